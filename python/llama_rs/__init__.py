@@ -1,0 +1,14 @@
+"""llama_rs: run LLaMA-family models on a CPU, from Python.
+
+Quick start::
+
+    import llama_rs
+    model = llama_rs.Model.demo()
+    print(model.complete("Never trust a computer", max_tokens=40).text)
+"""
+
+from .errors import ModelError
+from .model import Completion, Model, Tokenizer
+
+__all__ = ["Model", "Completion", "ModelError", "Tokenizer"]
+__version__ = "0.1.0"

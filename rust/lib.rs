@@ -1,0 +1,16 @@
+//! llama_rs: run LLaMA-family models on a CPU.
+//!
+//! Data flows one way: file -> (mmap) tensors -> model -> logits -> sampler -> tokens -> text.
+#![feature(portable_simd)]
+
+pub mod error;
+pub mod gguf;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod sampling;
+pub mod session;
+pub mod tokenizer;
+
+#[cfg(feature = "extension-module")]
+mod python;

@@ -1,0 +1,497 @@
+//! The PyO3 surface (`llama_rs._core`): converts arguments and errors, releases the GIL,
+//! and stops every Rust panic at the boundary. No logic of its own.
+
+use crate::error::Error;
+use crate::gguf::{GgufFile, TensorSpec, Value, ValueType};
+use crate::model::{KvType, Model};
+use crate::quant::{dequantize_row, quantize_row, GgmlType};
+use crate::sampling::{Rng, SamplingParams};
+use crate::session::{GenerateParams, Generation, Session};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Run `f`, turning a panic into an error so it never unwinds into Python.
+fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            Err(Error::Invalid(format!("internal error in llama_rs (please report): {msg}")))
+        }
+    }
+}
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    match e {
+        Error::Io(m) | Error::Format(m) => match py
+            .import("llama_rs.errors")
+            .and_then(|m| m.getattr("ModelError"))
+        {
+            Ok(ty) => PyErr::from_type(ty.downcast_into().unwrap(), m),
+            Err(_) => PyValueError::new_err(m),
+        },
+        Error::Invalid(m) if m.starts_with("internal error") => PyRuntimeError::new_err(m),
+        Error::Invalid(m) => PyValueError::new_err(m),
+    }
+}
+
+/// Run `f` without the GIL and with panics caught.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
+    py.allow_threads(|| guard(f)).map_err(|e| to_py(py, e))
+}
+
+fn lock(m: &Mutex<Session>) -> MutexGuard<'_, Session> {
+    // A panic while computing leaves the cache half-written: forget it rather than refuse.
+    m.lock().unwrap_or_else(|poisoned| {
+        let mut s = poisoned.into_inner();
+        s.reset();
+        s
+    })
+}
+
+#[pyclass(frozen, module = "llama_rs._core")]
+struct Engine {
+    session: Arc<Mutex<Session>>,
+    model: Arc<Model>,
+    seed: i64,
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf, n_ctx: usize, n_threads: usize, seed: i64, kv_type: &str) -> PyResult<Engine> {
+        let kv = match kv_type {
+            "f16" => KvType::F16,
+            "f32" => KvType::F32,
+            other => return Err(PyValueError::new_err(format!("kv_type must be \"f16\" or \"f32\", got {other:?}"))),
+        };
+        let model = run(py, || Model::load(&path).map(Arc::new))?;
+        let session = run(py, || Session::new(model.clone(), n_ctx, n_threads, kv))?;
+        Ok(Engine { session: Arc::new(Mutex::new(session)), model, seed })
+    }
+
+    #[getter]
+    fn n_ctx(&self) -> usize {
+        lock(&self.session).n_ctx()
+    }
+    #[getter]
+    fn n_vocab(&self) -> usize {
+        self.model.config.n_vocab
+    }
+    #[getter]
+    fn n_threads(&self) -> usize {
+        lock(&self.session).n_threads()
+    }
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.model.path.clone()
+    }
+    #[getter]
+    fn bos(&self) -> Option<u32> {
+        self.model.tokenizer.bos()
+    }
+    #[getter]
+    fn eos(&self) -> Option<u32> {
+        self.model.tokenizer.eos()
+    }
+    #[getter]
+    fn file_type(&self) -> String {
+        self.model.file_type.clone()
+    }
+
+    /// Hyperparameters as a dict (dim, n_layer, n_head, n_head_kv, ffn_dim, ...).
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.model.config;
+        let d = PyDict::new(py);
+        d.set_item("dim", c.dim)?;
+        d.set_item("n_layer", c.n_layer)?;
+        d.set_item("n_head", c.n_head)?;
+        d.set_item("n_head_kv", c.n_head_kv)?;
+        d.set_item("ffn_dim", c.ffn_dim)?;
+        d.set_item("n_vocab", c.n_vocab)?;
+        d.set_item("train_ctx", c.train_ctx)?;
+        d.set_item("n_rot", c.n_rot)?;
+        d.set_item("rms_eps", c.rms_eps)?;
+        d.set_item("freq_base", c.freq_base)?;
+        Ok(d)
+    }
+
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        metadata_dict(py, &self.model.metadata)
+    }
+
+    fn tokenize(&self, py: Python<'_>, text: &str, bos: bool) -> PyResult<Vec<u32>> {
+        let tok = &self.model.tokenizer;
+        run(py, || Ok(tok.encode(text, bos)))
+    }
+
+    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
+        let tok = &self.model.tokenizer;
+        run(py, || tok.decode(&ids))
+    }
+
+    fn token_piece(&self, id: u32) -> Option<String> {
+        self.model.tokenizer.piece(id).map(str::to_owned)
+    }
+
+    /// Evaluate ids after the cache; returns (logits bytes as f32, rows).
+    fn eval<'py>(&self, py: Python<'py>, ids: Vec<u32>, all_logits: bool) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+        let session = self.session.clone();
+        let logits = run(py, move || {
+            let mut s = lock(&session);
+            if all_logits {
+                s.eval_all(&ids)
+            } else {
+                s.eval(&ids)
+            }
+        })?;
+        let rows = logits.len() / self.model.config.n_vocab;
+        let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok((PyBytes::new(py, &bytes), rows))
+    }
+
+    fn reset(&self) {
+        lock(&self.session).reset();
+    }
+
+    fn n_past(&self) -> usize {
+        lock(&self.session).tokens().len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, bos=true))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        prompt: PyPromptArg,
+        max_tokens: i64,
+        top_k: i64,
+        top_p: f32,
+        temp: f32,
+        repeat_penalty: f32,
+        repeat_lastn: i64,
+        seed: Option<i64>,
+        stop: Vec<String>,
+        bos: bool,
+    ) -> PyResult<GenerationIter> {
+        if max_tokens < 0 {
+            return Err(PyValueError::new_err(format!("max_tokens must be >= 0, got {max_tokens}")));
+        }
+        if top_k < 0 {
+            return Err(PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")));
+        }
+        if repeat_lastn < 0 {
+            return Err(PyValueError::new_err(format!("repeat_lastn must be >= 0, got {repeat_lastn}")));
+        }
+        let seed = match seed.unwrap_or(self.seed) {
+            s if s < 0 => Rng::random_seed(),
+            s => s as u64,
+        };
+        let params = GenerateParams {
+            max_tokens: max_tokens as usize,
+            sampling: SamplingParams {
+                top_k: top_k as usize,
+                top_p,
+                temp,
+                repeat_penalty,
+                repeat_lastn: repeat_lastn as usize,
+            },
+            seed,
+            stop,
+        };
+        let session = self.session.clone();
+        let model = self.model.clone();
+        let generation = run(py, move || {
+            let ids = match prompt {
+                PyPromptArg::Text(t) => model.tokenizer.encode(&t, bos),
+                PyPromptArg::Ids(ids) => ids,
+            };
+            let mut s = lock(&session);
+            Generation::start(&mut s, &ids, params)
+        })?;
+        Ok(GenerationIter { session: self.session.clone(), generation: Mutex::new(generation) })
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.model.config;
+        format!(
+            "Model({:?}, {}, dim={}, layers={}, heads={}/{}, vocab={}, n_ctx={})",
+            self.model.path.display().to_string(),
+            self.model.file_type,
+            c.dim,
+            c.n_layer,
+            c.n_head,
+            c.n_head_kv,
+            c.n_vocab,
+            lock(&self.session).n_ctx()
+        )
+    }
+}
+
+#[derive(FromPyObject)]
+enum PyPromptArg {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Iterator of text pieces; `step()` computes one token without the GIL.
+#[pyclass(module = "llama_rs._core")]
+struct GenerationIter {
+    session: Arc<Mutex<Session>>,
+    generation: Mutex<Generation>,
+}
+
+#[pymethods]
+impl GenerationIter {
+    /// Next piece of text ("" while a character or a stop string is incomplete), or None at the end.
+    fn step(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let session = self.session.clone();
+        let gen = &self.generation;
+        run(py, move || {
+            let mut g = gen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&session);
+            g.step(&mut s)
+        })
+    }
+
+    #[getter]
+    fn finish_reason(&self) -> Option<&'static str> {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner()).finish.map(|f| f.as_str())
+    }
+    #[getter]
+    fn generated(&self) -> usize {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner()).generated
+    }
+    #[getter]
+    fn prompt_tokens(&self) -> usize {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner()).prompt_tokens
+    }
+}
+
+/// The tokenizer of any GGUF file (vocab-only files included).
+#[pyclass(frozen, module = "llama_rs._core")]
+struct TokenizerFile {
+    tok: crate::tokenizer::Tokenizer,
+}
+
+#[pymethods]
+impl TokenizerFile {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<TokenizerFile> {
+        let tok = run(py, || crate::model::tokenizer_from_gguf(&GgufFile::open(&path)?))?;
+        Ok(TokenizerFile { tok })
+    }
+
+    #[getter]
+    fn n_vocab(&self) -> usize {
+        self.tok.n_vocab()
+    }
+
+    fn encode(&self, py: Python<'_>, text: &str, bos: bool) -> PyResult<Vec<u32>> {
+        run(py, || Ok(self.tok.encode(text, bos)))
+    }
+
+    fn decode(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
+        run(py, || self.tok.decode(&ids))
+    }
+
+    /// The pieces the streaming decoder emits for `ids`, one per id, then the final flush.
+    fn stream_decode(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<Vec<String>> {
+        run(py, || {
+            let mut d = crate::tokenizer::StreamDecoder::new();
+            let mut out: Vec<String> = ids.iter().map(|&i| d.push(&self.tok, i)).collect();
+            out.push(d.finish(&self.tok));
+            Ok(out)
+        })
+    }
+
+    fn piece(&self, id: u32) -> Option<String> {
+        self.tok.piece(id).map(str::to_owned)
+    }
+}
+
+fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::U8(x) => x.into_pyobject(py)?.into_any(),
+        Value::I8(x) => x.into_pyobject(py)?.into_any(),
+        Value::U16(x) => x.into_pyobject(py)?.into_any(),
+        Value::I16(x) => x.into_pyobject(py)?.into_any(),
+        Value::U32(x) => x.into_pyobject(py)?.into_any(),
+        Value::I32(x) => x.into_pyobject(py)?.into_any(),
+        Value::U64(x) => x.into_pyobject(py)?.into_any(),
+        Value::I64(x) => x.into_pyobject(py)?.into_any(),
+        Value::F32(x) => x.into_pyobject(py)?.into_any(),
+        Value::F64(x) => x.into_pyobject(py)?.into_any(),
+        Value::Bool(x) => pyo3::types::PyBool::new(py, *x).to_owned().into_any(),
+        Value::String(s) => s.into_pyobject(py)?.into_any(),
+        Value::Array(_, items) => {
+            let list = PyList::empty(py);
+            for it in items {
+                list.append(value_to_py(py, it)?)?;
+            }
+            list.into_any()
+        }
+    })
+}
+
+fn metadata_dict<'py>(py: Python<'py>, meta: &[(String, Value)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in meta {
+        d.set_item(k, value_to_py(py, v)?)?;
+    }
+    Ok(d)
+}
+
+/// Metadata with its GGUF type ids: {key: (type_id, value)}; arrays as (9, (elem_type, [..])).
+fn typed_metadata<'py>(py: Python<'py>, meta: &[(String, Value)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in meta {
+        let typed = match v {
+            Value::Array(elem, _) => PyTuple::new(py, [(*elem as u32).into_pyobject(py)?.into_any(), value_to_py(py, v)?])?.into_any(),
+            _ => value_to_py(py, v)?,
+        };
+        d.set_item(k, (v.value_type() as u32, typed))?;
+    }
+    Ok(d)
+}
+
+/// A GGUF file's header, for tools and tests: (version, alignment, typed metadata,
+/// [(name, dims, type_name, offset, nbytes)]).
+#[pyfunction]
+fn gguf_read<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyTuple>> {
+    let f = run(py, || GgufFile::open(&path))?;
+    let tensors = PyList::empty(py);
+    for t in &f.tensors {
+        tensors.append((t.name.clone(), t.dims.clone(), t.ty.name(), t.offset, t.range.len()))?;
+    }
+    PyTuple::new(py, [f.version.into_pyobject(py)?.into_any(), f.alignment.into_pyobject(py)?.into_any(), typed_metadata(py, &f.metadata)?.into_any(), tensors.into_any()])
+}
+
+/// Raw bytes of one tensor of a GGUF file.
+#[pyfunction]
+fn gguf_tensor_bytes<'py>(py: Python<'py>, path: PathBuf, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let f = run(py, || GgufFile::open(&path))?;
+    let t = f.tensor(name).ok_or_else(|| PyValueError::new_err(format!("{}: no tensor {name:?}", path.display())))?;
+    Ok(PyBytes::new(py, f.tensor_data(t)))
+}
+
+fn value_from_py(ty: u32, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let vt = ValueType::from_id(ty).ok_or_else(|| PyValueError::new_err(format!("unknown GGUF value type {ty}")))?;
+    Ok(match vt {
+        ValueType::U8 => Value::U8(obj.extract()?),
+        ValueType::I8 => Value::I8(obj.extract()?),
+        ValueType::U16 => Value::U16(obj.extract()?),
+        ValueType::I16 => Value::I16(obj.extract()?),
+        ValueType::U32 => Value::U32(obj.extract()?),
+        ValueType::I32 => Value::I32(obj.extract()?),
+        ValueType::U64 => Value::U64(obj.extract()?),
+        ValueType::I64 => Value::I64(obj.extract()?),
+        ValueType::F32 => Value::F32(obj.extract()?),
+        ValueType::F64 => Value::F64(obj.extract()?),
+        ValueType::Bool => Value::Bool(obj.extract()?),
+        ValueType::String => Value::String(obj.extract()?),
+        ValueType::Array => {
+            let (elem, items): (u32, Vec<Bound<'_, PyAny>>) = obj.extract()?;
+            let et = ValueType::from_id(elem).ok_or_else(|| PyValueError::new_err(format!("unknown GGUF value type {elem}")))?;
+            let vals = items.iter().map(|it| value_from_py(elem, it)).collect::<PyResult<Vec<_>>>()?;
+            Value::Array(et, vals)
+        }
+    })
+}
+
+/// Write a GGUF v3 file: metadata [(key, type_id, value)] (arrays: (9, (elem_type, [..]))),
+/// tensors [(name, dims, type_name, bytes)].
+#[pyfunction]
+fn gguf_write(py: Python<'_>, path: PathBuf, metadata: Vec<(String, u32, Bound<'_, PyAny>)>, tensors: Vec<(String, Vec<u64>, String, Vec<u8>)>) -> PyResult<()> {
+    let meta = metadata
+        .iter()
+        .map(|(k, t, v)| Ok((k.clone(), value_from_py(*t, v)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut specs = Vec::new();
+    for (name, dims, ty, _) in &tensors {
+        specs.push(TensorSpec { name: name.clone(), dims: dims.clone(), ty: type_by_name(ty)? });
+    }
+    run(py, move || {
+        let file = std::fs::File::create(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let mut w = crate::gguf::GgufWriter::new(std::io::BufWriter::new(file), &meta, specs)?;
+        for (_, _, _, bytes) in &tensors {
+            w.write_tensor(bytes)?;
+        }
+        w.finish().map(|_| ())
+    })
+}
+
+fn type_by_name(name: &str) -> PyResult<GgmlType> {
+    [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| PyValueError::new_err(format!("unknown tensor type {name:?} (F32, F16, Q4_0, Q4_1, Q8_0)")))
+}
+
+fn check_row(ty: GgmlType, n: usize) -> PyResult<usize> {
+    ty.row_bytes(n).ok_or_else(|| {
+        PyValueError::new_err(format!("{} rows need a multiple of {} values, got {n}", ty.name(), ty.block_size()))
+    })
+}
+
+/// Quantize f32 values (little-endian bytes) into blocks of `type_name`.
+#[pyfunction]
+fn quantize<'py>(py: Python<'py>, type_name: &str, values: Vec<u8>) -> PyResult<Bound<'py, PyBytes>> {
+    let ty = type_by_name(type_name)?;
+    let x: Vec<f32> = values.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mut out = vec![0u8; check_row(ty, x.len())?];
+    run(py, || {
+        quantize_row(ty, &x, &mut out);
+        Ok(())
+    })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Dequantize `n` values of `type_name` blocks into f32 (little-endian bytes).
+#[pyfunction]
+fn dequantize<'py>(py: Python<'py>, type_name: &str, data: Vec<u8>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+    let ty = type_by_name(type_name)?;
+    if check_row(ty, n)? != data.len() {
+        return Err(PyValueError::new_err(format!("{n} {} values take {} bytes, got {}", ty.name(), check_row(ty, n)?, data.len())));
+    }
+    let mut out = vec![0f32; n];
+    run(py, || {
+        dequantize_row(ty, &data, &mut out);
+        Ok(())
+    })?;
+    let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Dot products of one weight row with activations: (simd, scalar), for kernel tests.
+#[pyfunction]
+fn vec_dot(type_name: &str, w_row: Vec<u8>, x: Vec<f32>) -> PyResult<(f32, f32)> {
+    let ty = type_by_name(type_name)?;
+    if check_row(ty, x.len())? != w_row.len() {
+        return Err(PyValueError::new_err("weight row and activations differ in length"));
+    }
+    let p = crate::quant::prepare_activation(ty, &x);
+    Ok((crate::quant::vec_dot(ty, &w_row, &p), crate::quant::vec_dot_scalar(ty, &w_row, &p)))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<GenerationIter>()?;
+    m.add_class::<TokenizerFile>()?;
+    m.add_function(wrap_pyfunction!(gguf_read, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf_tensor_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(gguf_write, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
+    Ok(())
+}

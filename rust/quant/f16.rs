@@ -1,0 +1,289 @@
+//! F16 rows: the f32 <-> f16 conversions (numpy's, bit for bit) and the F16 x f32 dot kernel.
+
+use super::simd::{self, float_dot, FloatKernel, FLOAT_LANES};
+use std::simd::prelude::*;
+
+/// f32 to IEEE half bits, rounding to nearest even, exactly as numpy's `astype(np.float16)`:
+/// overflow gives a signed infinity, NaN keeps the top 10 bits of its payload (and stays NaN;
+/// numpy does not set the quiet bit).
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    let f = x.to_bits();
+    let sign = ((f >> 16) & 0x8000) as u16;
+    let exp = f & 0x7f80_0000;
+    let man = f & 0x007f_ffff;
+    if exp >= 0x4780_0000 {
+        // |x| >= 65536 (rounds past the largest half 65504), inf or NaN.
+        if exp == 0x7f80_0000 && man != 0 {
+            let m = (man >> 13) as u16;
+            return sign | 0x7c00 | if m == 0 { 1 } else { m };
+        }
+        return sign | 0x7c00;
+    }
+    if exp <= 0x3800_0000 {
+        // Below the smallest normal half (2^-14): a subnormal half or zero.
+        if exp < 0x3300_0000 {
+            return sign; // below 2^-25: rounds to zero
+        }
+        // Count of 2^-24 units = sig * 2^(e - 150 + 24), rounded half to even.
+        let e = exp >> 23; // 102..=112
+        let sig = 0x0080_0000 | man;
+        let shift = 126 - e; // 14..=24
+        let q = sig >> shift;
+        let rem = sig & ((1 << shift) - 1);
+        let half = 1 << (shift - 1);
+        let q = if rem > half || (rem == half && q & 1 == 1) {
+            q + 1
+        } else {
+            q
+        };
+        return sign | q as u16; // q == 0x400 is the smallest normal: still right
+    }
+    // Normal half: rebias the exponent, keep 10 mantissa bits, round half to even on the
+    // 13 dropped bits; a carry propagates into the exponent (up to infinity), as it should.
+    let base = ((exp - 0x3800_0000) >> 13) | (man >> 13);
+    let rem = man & 0x1fff;
+    let r = if rem > 0x1000 || (rem == 0x1000 && base & 1 == 1) {
+        base + 1
+    } else {
+        base
+    };
+    sign | r as u16
+}
+
+/// IEEE half bits to f32 (exact; NaN payloads are kept, as numpy does).
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let man = (h & 0x03ff) as u32;
+    let bits = match h & 0x7c00 {
+        0 => (man as f32 * (1.0 / 16_777_216.0)).to_bits(), // zero or subnormal: man * 2^-24
+        0x7c00 => 0x7f80_0000 | (man << 13),
+        _ => (((h & 0x7fff) as u32) + 0x1c000) << 13,
+    };
+    f32::from_bits(sign | bits)
+}
+
+/// Little-endian f16 at `b[0..2]`, as f32.
+#[inline(always)]
+pub(crate) fn read_f16(b: &[u8]) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
+pub(crate) fn quantize_row(src: &[f32], dst: &mut [u8]) {
+    debug_assert_eq!(dst.len(), src.len() * 2);
+    for (x, out) in src.iter().zip(dst.chunks_exact_mut(2)) {
+        out.copy_from_slice(&f32_to_f16_bits(*x).to_le_bytes());
+    }
+}
+
+pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len() * 2);
+    for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
+        *y = read_f16(b);
+    }
+}
+
+/// Reference: `acc[i % 32] += w[i] * x[i]`, then the fixed reduction.
+pub(crate) fn vec_dot_scalar(w: &[u8], x: &[f32]) -> f32 {
+    debug_assert_eq!(w.len(), x.len() * 2);
+    let mut acc = [0f32; FLOAT_LANES];
+    for (i, (wb, &xv)) in w.chunks_exact(2).zip(x).enumerate() {
+        acc[i % FLOAT_LANES] += read_f16(wb) * xv;
+    }
+    simd::reduce32(&acc)
+}
+
+struct Portable;
+impl FloatKernel for Portable {
+    const ELEM_BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn load8(b: &[u8]) -> f32x8 {
+        simd::f16_to_f32_portable(simd::gather_f16_bits::<2>(b, 0))
+    }
+}
+
+pub(crate) fn vec_dot_portable(w: &[u8], x: &[f32]) -> f32 {
+    // SAFETY: the portable kernel needs no CPU feature.
+    unsafe { float_dot::<Portable>(w, x) }
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+struct Avx2;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+impl FloatKernel for Avx2 {
+    const ELEM_BYTES: usize = 2;
+    // Inlined into `vec_dot_avx2`, which enables the features (see `simd::x86`).
+    #[inline(always)]
+    unsafe fn load8(b: &[u8]) -> f32x8 {
+        use simd::x86::*;
+        let h = _mm_loadu_si128(simd::arr::<16>(b, 0).as_ptr().cast());
+        f32x8::from(_mm256_cvtph_ps(h))
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
+    float_dot::<Avx2>(w, x)
+}
+
+pub(crate) fn vec_dot(w: &[u8], x: &[f32]) -> f32 {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if simd::has_avx2() {
+        // SAFETY: checked just above.
+        return unsafe { vec_dot_avx2(w, x) };
+    }
+    vec_dot_portable(w, x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests_util::Rng;
+
+    const P2_M10: f32 = 1.0 / 1024.0;
+    const P2_M14: f32 = 1.0 / 16384.0;
+    const P2_M24: f32 = 1.0 / 16_777_216.0;
+
+    #[test]
+    fn known_conversions() {
+        let cases: &[(f32, u16)] = &[
+            (0.0, 0x0000),
+            (-0.0, 0x8000),
+            (1.0, 0x3c00),
+            (-2.0, 0xc000),
+            (65504.0, 0x7bff),
+            (65519.99, 0x7bff), // below the rounding midpoint to infinity
+            (65520.0, 0x7c00),  // the midpoint rounds to even: infinity
+            (1e30, 0x7c00),
+            (-1e30, 0xfc00),
+            (f32::INFINITY, 0x7c00),
+            (f32::NEG_INFINITY, 0xfc00),
+            (P2_M14, 0x0400),                              // smallest normal 2^-14
+            (P2_M24, 0x0001),                              // smallest subnormal 2^-24
+            (P2_M24 / 2.0, 0x0000),                        // 2^-25: tie, rounds to even (zero)
+            (P2_M24 / 2.0 * (1.0 + f32::EPSILON), 0x0001), // just above 2^-25
+            (1e-30, 0x0000),
+            (-1e-30, 0x8000),
+            (0.1, 0x2e66),
+            (1.0 + P2_M10, 0x3c01),
+            (1.0 + P2_M10 / 2.0, 0x3c00), // tie between 0x3c00 and 0x3c01: even
+            (1.0 + P2_M10 * 1.5, 0x3c02), // tie between 0x3c01 and 0x3c02: even
+        ];
+        for &(x, h) in cases {
+            assert_eq!(f32_to_f16_bits(x), h, "f32_to_f16_bits({x:e})");
+        }
+        // NaN payloads as numpy handles them (checked against numpy 2.4).
+        assert_eq!(f32_to_f16_bits(f32::from_bits(0x7fc0_0000)), 0x7e00);
+        assert_eq!(f32_to_f16_bits(f32::from_bits(0x7f80_0001)), 0x7c01);
+        assert_eq!(f32_to_f16_bits(f32::from_bits(0x7fa0_0000)), 0x7d00);
+        assert_eq!(f32_to_f16_bits(f32::from_bits(0xffc0_0001)), 0xfe00);
+        assert_eq!(f16_bits_to_f32(0x7c01).to_bits(), 0x7f80_2000);
+        assert_eq!(f16_bits_to_f32(0xfe01).to_bits(), 0xffc0_2000);
+        assert_eq!(f16_bits_to_f32(0x0001), P2_M24);
+        assert_eq!(f16_bits_to_f32(0x03ff).to_bits(), 0x387f_c000);
+        assert_eq!(f16_bits_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_bits_to_f32(0xfc00), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn every_half_round_trips() {
+        for h in 0..=u16::MAX {
+            let f = f16_bits_to_f32(h);
+            assert_eq!(f32_to_f16_bits(f), h, "{h:#06x}");
+            if !f.is_nan() {
+                // Exactness: the half value survives f32 arithmetic identities.
+                assert_eq!(f32_to_f16_bits(f * 1.0), h);
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_nearest_even_everywhere() {
+        // For every half h (finite, positive) the f32 values strictly between h and its
+        // successor round to the nearer one, and the midpoint to the even one.
+        for h in 0u16..0x7bff {
+            let lo = f16_bits_to_f32(h) as f64;
+            let hi = f16_bits_to_f32(h + 1) as f64;
+            let mid = ((lo + hi) / 2.0) as f32;
+            assert_eq!(mid as f64, (lo + hi) / 2.0);
+            let expect_mid = if h % 2 == 0 { h } else { h + 1 };
+            assert_eq!(f32_to_f16_bits(mid), expect_mid, "mid {h:#06x}");
+            assert_eq!(f32_to_f16_bits(f32::from_bits(mid.to_bits() - 1)), h);
+            assert_eq!(f32_to_f16_bits(f32::from_bits(mid.to_bits() + 1)), h + 1);
+            assert_eq!(f32_to_f16_bits(-mid), expect_mid | 0x8000);
+        }
+    }
+
+    #[test]
+    fn portable_simd_conversion_matches_scalar() {
+        for base in (0..=u16::MAX as u32).step_by(8) {
+            let h = u16x8::from_array(std::array::from_fn(|i| (base + i as u32) as u16));
+            let v = simd::f16_to_f32_portable(h).to_array();
+            for i in 0..8 {
+                assert_eq!(v[i].to_bits(), f16_bits_to_f32(h[i]).to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn dot_paths_agree_exactly() {
+        let mut rng = Rng::new(7);
+        for n in (0..=100).chain([127, 128, 129, 255, 256, 1000, 4096, 4097]) {
+            for _ in 0..4 {
+                let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 3.0).collect();
+                let mut w = vec![0u8; n * 2];
+                quantize_row(&wf, &mut w);
+                let x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+                let r = vec_dot_scalar(&w, &x);
+                assert_eq!(vec_dot_portable(&w, &x).to_bits(), r.to_bits(), "n={n}");
+                assert_eq!(vec_dot(&w, &x).to_bits(), r.to_bits(), "n={n}");
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                if simd::has_avx2() {
+                    assert_eq!(
+                        unsafe { vec_dot_avx2(&w, &x) }.to_bits(),
+                        r.to_bits(),
+                        "n={n}"
+                    );
+                }
+                // Unaligned weight bytes (as from an mmap at an odd offset).
+                let mut shifted = vec![0u8; w.len() + 1];
+                shifted[1..].copy_from_slice(&w);
+                assert_eq!(vec_dot(&shifted[1..], &x).to_bits(), r.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn known_answer_vectors_from_numpy() {
+        for (seed, n, qhash, dqhash) in crate::quant::tests_util::GGUF_F16 {
+            let x = crate::quant::tests_util::known_input(seed, n);
+            let mut b = vec![0u8; n * 2];
+            quantize_row(&x, &mut b);
+            assert_eq!(
+                crate::quant::tests_util::fnv1a(&b),
+                qhash,
+                "seed {seed} n {n}"
+            );
+            let mut y = vec![0f32; n];
+            dequantize_row(&b, &mut y);
+            let yb: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(
+                crate::quant::tests_util::fnv1a(&yb),
+                dqhash,
+                "seed {seed} n {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_small_known() {
+        // 1*1 + 2*0.5 + (-3)*2 = -4, all exact in f16 and f32.
+        let mut w = vec![0u8; 6];
+        quantize_row(&[1.0, 2.0, -3.0], &mut w);
+        assert_eq!(vec_dot(&w, &[1.0, 0.5, 2.0]), -4.0);
+        assert_eq!(vec_dot_scalar(&w, &[1.0, 0.5, 2.0]), -4.0);
+        assert_eq!(vec_dot(&[], &[]), 0.0);
+    }
+}

@@ -1,0 +1,454 @@
+//! SIMD plumbing shared by the kernels: run-time CPU selection, the fixed accumulation orders,
+//! and the loops that drive a per-chunk kernel over a whole row.
+//!
+//! The accumulation orders are part of the numerics contract, because the scalar references
+//! (`vec_dot_scalar`) follow them step by step and tests assert exact equality:
+//! - float rows (F32, F16 weights): 32 partial sums; element `i` is added into lane `i % 32`
+//!   in increasing `i`; then [`reduce32`].
+//! - block rows (Q4_0, Q4_1, Q8_0): integer dot product per block (exact), then that block's
+//!   f32 term is added into lane `b % 8` for block `b`; then [`reduce8`].
+//!
+//! Every float step is a separate IEEE f32 multiply or add (Rust never contracts `a * b + c`
+//! into an FMA), so the AVX2 build and the portable build give the same bits.
+//! Missing lanes of a ragged last chunk are padded with zeros: they add `+0.0` to their lane,
+//! which leaves it unchanged (a lane starting at `+0.0` can never become `-0.0`).
+
+use std::simd::prelude::*;
+use std::simd::Select;
+
+/// Elements per float-row chunk (4 accumulators of 8 lanes, enough to hide add latency).
+pub(crate) const FLOAT_LANES: usize = 32;
+/// Blocks per block-row group (one f32x8 accumulator, one lane per block).
+pub(crate) const BLOCK_LANES: usize = 8;
+
+/// Fixed reduction of 8 partial sums: halves folded onto each other, then pairs.
+#[inline(always)]
+pub(crate) fn reduce8(v: [f32; 8]) -> f32 {
+    let a = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    let b = [a[0] + a[2], a[1] + a[3]];
+    b[0] + b[1]
+}
+
+/// Fixed reduction of 32 partial sums: lanes `j, j+8, j+16, j+24` first (as a pairwise tree),
+/// then [`reduce8`].
+#[inline(always)]
+pub(crate) fn reduce32(acc: &[f32; FLOAT_LANES]) -> f32 {
+    let v: [f32; 8] = std::array::from_fn(|j| (acc[j] + acc[8 + j]) + (acc[16 + j] + acc[24 + j]));
+    reduce8(v)
+}
+
+/// Whether the AVX2 kernels may run here (checked once; std caches the cpuid answer too).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+pub(crate) fn has_avx2() -> bool {
+    false
+}
+
+/// Little-endian f16 bits read from `b[i * STRIDE + offset ..][..2]` for 8 consecutive blocks.
+#[inline(always)]
+pub(crate) fn gather_f16_bits<const STRIDE: usize>(b: &[u8], offset: usize) -> u16x8 {
+    u16x8::from_array(std::array::from_fn(|i| {
+        let p = i * STRIDE + offset;
+        u16::from_le_bytes([b[p], b[p + 1]])
+    }))
+}
+
+/// f16 bits to f32, lane-wise, in plain std::simd (same values as `f16_bits_to_f32`).
+#[inline(always)]
+pub(crate) fn f16_to_f32_portable(h: u16x8) -> f32x8 {
+    let h = h.cast::<u32>();
+    let sign = (h & Simd::splat(0x8000)) << Simd::splat(16);
+    let exp = h & Simd::splat(0x7c00);
+    let man = h & Simd::splat(0x03ff);
+    // Normal numbers: rebias the exponent (127 - 15 = 112 = 0x1c000 >> 10).
+    let normal = ((h & Simd::splat(0x7fff)) + Simd::splat(0x1c000)) << Simd::splat(13);
+    // Subnormals: man * 2^-24 is exact in f32.
+    let sub = (man.cast::<f32>() * Simd::splat(1.0 / 16_777_216.0)).to_bits();
+    let infnan = Simd::splat(0x7f80_0000) | (man << Simd::splat(13));
+    let bits = exp
+        .simd_eq(Simd::splat(0))
+        .select(sub, exp.simd_eq(Simd::splat(0x7c00)).select(infnan, normal));
+    Simd::from_bits(bits | sign)
+}
+
+/// 8 little-endian f32 from 32 bytes (no alignment needed).
+#[inline(always)]
+pub(crate) fn load_f32x8_le(b: &[u8; 32]) -> f32x8 {
+    // SAFETY: `b` is exactly 32 readable bytes and any bit pattern is a valid u32x8.
+    let v: u32x8 = unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<u32x8>()) };
+    #[cfg(target_endian = "big")]
+    let v = v.swap_bytes();
+    f32x8::from_bits(v)
+}
+
+/// `max |x|` over a block, or `None` if the block holds a NaN. Lane-wise max then a lane
+/// reduction: no serial dependency chain, and the maximum of a set is the same whatever the
+/// order (`|x|` has no negative zeros).
+#[inline(always)]
+pub(crate) fn block_abs_max(x: &[f32; 32]) -> Option<f32> {
+    let v: [f32x8; 4] = std::array::from_fn(|k| f32x8::from_slice(&x[8 * k..]).abs());
+    if (v[0].is_nan() | v[1].is_nan() | v[2].is_nan() | v[3].is_nan()).any() {
+        return None;
+    }
+    Some(
+        v[0].simd_max(v[1])
+            .simd_max(v[2].simd_max(v[3]))
+            .reduce_max(),
+    )
+}
+
+/// `(min, max)` over a block, or `None` if the block holds a NaN. Only the sign of a zero
+/// result can depend on the order; callers fix it up.
+#[inline(always)]
+pub(crate) fn block_min_max(x: &[f32; 32]) -> Option<(f32, f32)> {
+    let v: [f32x8; 4] = std::array::from_fn(|k| f32x8::from_slice(&x[8 * k..]));
+    if (v[0].is_nan() | v[1].is_nan() | v[2].is_nan() | v[3].is_nan()).any() {
+        return None;
+    }
+    let min = v[0]
+        .simd_min(v[1])
+        .simd_min(v[2].simd_min(v[3]))
+        .reduce_min();
+    let max = v[0]
+        .simd_max(v[1])
+        .simd_max(v[2].simd_max(v[3]))
+        .reduce_max();
+    Some((min, max))
+}
+
+// numpy float32 semantics the quantizers need, scalar (the readable definition, checked
+// against the lane-wise versions in tests) and 8 lanes at a time (what the quantizers use:
+// Rust's saturating `f32 as i32` does not vectorize).
+
+/// `np.trunc(t).astype(np.uint8)` as numpy does it on x86: truncate to int32 and keep the
+/// low byte; NaN and values outside the int32 range give 0 (any such finite f32 is a multiple
+/// of 256, so the low byte is 0 whichever integer width numpy goes through).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn np_trunc_u8(t: f32) -> u8 {
+    if t.abs() < 2_147_483_648.0 {
+        t as i32 as u8
+    } else {
+        0
+    }
+}
+
+/// gguf's `np_roundf`: round half away from zero, computed the way it does:
+/// `sign(n) * (floor(|n|) + floor(2 * (|n| - floor(|n|))))`; NaN for NaN and infinities.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn np_roundf(n: f32) -> f32 {
+    let a = n.abs();
+    let floored = a.floor();
+    let b = floored + (2.0 * (a - floored)).floor();
+    let sign = if n > 0.0 {
+        1.0
+    } else if n < 0.0 {
+        -1.0
+    } else if n.is_nan() {
+        f32::NAN
+    } else {
+        0.0
+    };
+    sign * b
+}
+
+/// [`np_trunc_u8`], lane-wise.
+#[inline(always)]
+pub(crate) fn np_trunc_u8_x8(t: f32x8) -> u8x8 {
+    let in_range = t.abs().simd_lt(f32x8::splat(2_147_483_648.0));
+    // Clamp into the i32 range first (simd_max/min return the non-NaN operand, so NaN lanes
+    // become finite too); those lanes are then replaced by 0.
+    let c = t
+        .simd_max(f32x8::splat(-2_147_483_520.0))
+        .simd_min(f32x8::splat(2_147_483_520.0));
+    // SAFETY: every lane of `c` is finite and within the i32 range.
+    let i: i32x8 = unsafe { c.to_int_unchecked() };
+    in_range.select(i, i32x8::splat(0)).cast::<u8>()
+}
+
+/// `floor` of lanes that are `>= 0` or NaN: below 2^23 truncation is floor; from 2^23 on
+/// every f32 is an integer (inf and NaN stay themselves).
+#[inline(always)]
+fn floor_nonneg_x8(a: f32x8) -> f32x8 {
+    let small = a.simd_lt(f32x8::splat(8_388_608.0));
+    // Finite for every lane, NaN included (simd_min returns the non-NaN operand).
+    let c = a.simd_min(f32x8::splat(8_388_607.0));
+    // SAFETY: every lane of `c` is finite and within the i32 range.
+    let t: i32x8 = unsafe { c.to_int_unchecked() };
+    small.select(t.cast::<f32>(), a)
+}
+
+/// [`np_roundf`], lane-wise, up to the sign of a zero result (`copysign` instead of
+/// `sign(n) * b`), which the integer cast that always follows erases.
+#[inline(always)]
+pub(crate) fn np_roundf_x8(n: f32x8) -> f32x8 {
+    let a = n.abs();
+    let floored = floor_nonneg_x8(a);
+    let b = floored + floor_nonneg_x8(f32x8::splat(2.0) * (a - floored));
+    b.copysign(n)
+}
+
+/// A kernel over a float row: turns the weight bytes of 8 consecutive elements into f32.
+pub(crate) trait FloatKernel {
+    /// Bytes per weight element (4 for F32, 2 for F16).
+    const ELEM_BYTES: usize;
+    /// `b` holds exactly `8 * ELEM_BYTES` bytes.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set the implementation was compiled for.
+    unsafe fn load8(b: &[u8]) -> f32x8;
+}
+
+/// Dot product of a float weight row with f32 activations, in the float-row order (see top).
+///
+/// # Safety
+/// `K::load8` must be callable on this CPU.
+#[inline(always)]
+pub(crate) unsafe fn float_dot<K: FloatKernel>(w: &[u8], x: &[f32]) -> f32 {
+    let eb = K::ELEM_BYTES;
+    let chunk_bytes = FLOAT_LANES * eb;
+    debug_assert_eq!(w.len(), x.len() * eb);
+    let mut acc = [f32x8::splat(0.0); FLOAT_LANES / 8];
+
+    #[inline(always)]
+    unsafe fn step<K: FloatKernel>(acc: &mut [f32x8; 4], w: &[u8], x: &[f32; FLOAT_LANES]) {
+        let eb = K::ELEM_BYTES;
+        for k in 0..4 {
+            let wv = K::load8(&w[k * 8 * eb..(k + 1) * 8 * eb]);
+            let xv = f32x8::from_slice(&x[k * 8..k * 8 + 8]);
+            acc[k] += wv * xv;
+        }
+    }
+
+    let (xc, xt) = x.as_chunks::<FLOAT_LANES>();
+    for (wc, xc) in w.chunks_exact(chunk_bytes).zip(xc) {
+        step::<K>(&mut acc, wc, xc);
+    }
+    if !xt.is_empty() {
+        let done = xc.len();
+        let mut wp = [0u8; FLOAT_LANES * 4];
+        let mut xp = [0f32; FLOAT_LANES];
+        wp[..xt.len() * eb].copy_from_slice(&w[done * chunk_bytes..][..xt.len() * eb]);
+        xp[..xt.len()].copy_from_slice(xt);
+        step::<K>(&mut acc, &wp[..chunk_bytes], &xp);
+    }
+    let v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    reduce8(v.to_array())
+}
+
+/// A kernel over a block row against q8_0 activations (34-byte blocks).
+pub(crate) trait BlockKernel {
+    /// Bytes per weight block.
+    const BLOCK_BYTES: usize;
+    /// Lane `b` of the result is the f32 term of block `b` of a group of 8 blocks.
+    /// `w` holds `8 * BLOCK_BYTES` bytes, `y` holds `8 * 34` bytes.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set the implementation was compiled for.
+    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8;
+}
+
+/// Bytes per q8_0 activation block.
+pub(crate) const Q8_BYTES: usize = 34;
+
+/// Dot product of a block weight row with q8_0 activations, in the block-row order (see top).
+///
+/// # Safety
+/// `K::group` must be callable on this CPU.
+#[inline(always)]
+pub(crate) unsafe fn block_dot<K: BlockKernel>(w: &[u8], y: &[u8]) -> f32 {
+    let wg = BLOCK_LANES * K::BLOCK_BYTES;
+    let yg = BLOCK_LANES * Q8_BYTES;
+    let nb = w.len() / K::BLOCK_BYTES;
+    debug_assert_eq!(w.len() % K::BLOCK_BYTES, 0);
+    debug_assert_eq!(y.len(), nb * Q8_BYTES);
+    let mut acc = f32x8::splat(0.0);
+    let full = nb / BLOCK_LANES;
+    for (wc, yc) in w.chunks_exact(wg).zip(y.chunks_exact(yg)) {
+        acc += K::group(wc, yc);
+    }
+    let rem = nb % BLOCK_LANES;
+    if rem != 0 {
+        // Zero blocks have zero scales and zero quants: their lanes add +0.0.
+        let mut wp = [0u8; BLOCK_LANES * Q8_BYTES];
+        let mut yp = [0u8; BLOCK_LANES * Q8_BYTES];
+        wp[..rem * K::BLOCK_BYTES].copy_from_slice(&w[full * wg..][..rem * K::BLOCK_BYTES]);
+        yp[..rem * Q8_BYTES].copy_from_slice(&y[full * yg..][..rem * Q8_BYTES]);
+        acc += K::group(&wp[..wg], &yp);
+    }
+    reduce8(acc.to_array())
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) mod x86 {
+    //! AVX2 helpers. They are `#[inline(always)]` without `#[target_feature]` of their own:
+    //! they are only ever inlined into `#[target_feature(enable = "avx2,fma,f16c")]` entry
+    //! points (`vec_dot_avx2`), where the intrinsics then inline too. (A `#[target_feature]`
+    //! helper cannot be `inline(always)`, and LLVM declined to inline the group kernels.)
+    use std::simd::prelude::*;
+
+    #[cfg(target_arch = "x86")]
+    pub(crate) use std::arch::x86::*;
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) use std::arch::x86_64::*;
+
+    /// Lane `b` of the result = sum of the 8 i32 lanes of `v[b]` (exact: integer adds).
+    #[inline(always)]
+    pub(crate) unsafe fn hsum8_epi32(v: [__m256i; 8]) -> i32x8 {
+        // hadd twice gives each vector's low-half and high-half sums; a cross-lane permute
+        // lines them up per vector and one add finishes.
+        let h01 = _mm256_hadd_epi32(v[0], v[1]);
+        let h23 = _mm256_hadd_epi32(v[2], v[3]);
+        let h45 = _mm256_hadd_epi32(v[4], v[5]);
+        let h67 = _mm256_hadd_epi32(v[6], v[7]);
+        let h0123 = _mm256_hadd_epi32(h01, h23);
+        let h4567 = _mm256_hadd_epi32(h45, h67);
+        let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+        let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+        i32x8::from(_mm256_add_epi32(lo, hi))
+    }
+
+    /// f16 bits to f32 with F16C. Equal to the portable conversion except for signalling NaN
+    /// inputs, which the hardware quiets (results are NaN either way).
+    #[inline(always)]
+    pub(crate) unsafe fn f16x8_to_f32(h: u16x8) -> f32x8 {
+        f32x8::from(_mm256_cvtph_ps(__m128i::from(h)))
+    }
+
+    /// 16 unaligned bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn load16(b: &[u8; 16]) -> __m128i {
+        _mm_loadu_si128(b.as_ptr().cast())
+    }
+
+    /// 32 unaligned bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn load32(b: &[u8; 32]) -> __m256i {
+        _mm256_loadu_si256(b.as_ptr().cast())
+    }
+}
+
+/// `&b[start..start + N]` as an array reference (bounds-checked).
+#[inline(always)]
+pub(crate) fn arr<const N: usize>(b: &[u8], start: usize) -> &[u8; N] {
+    b[start..start + N].try_into().unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests_util::Rng;
+
+    fn interesting_f32(rng: &mut Rng) -> Vec<f32> {
+        let mut v = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.49999997,
+            126.5,
+            127.49999,
+            -127.5,
+            255.9,
+            256.0,
+            -1.0,
+            8_388_607.5,
+            8_388_608.0,
+            16_777_217.0,
+            2_147_483_520.0,
+            -2_147_483_520.0,
+            2_147_483_648.0,
+            -2_147_483_648.0,
+            1e10,
+            -1e10,
+            1e38,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-45,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for _ in 0..200_000 {
+            v.push(f32::from_bits(rng.next_u64() as u32));
+            v.push((rng.unit() - 0.5) * 300.0);
+            v.push(((rng.next_u64() % 600) as f32 - 300.0) * 0.5);
+        }
+        while v.len() % 8 != 0 {
+            v.push(0.0);
+        }
+        v
+    }
+
+    #[test]
+    fn lane_wise_numpy_helpers_match_scalar() {
+        let mut rng = Rng::new(5);
+        let v = interesting_f32(&mut rng);
+        for c in v.chunks_exact(8) {
+            let x = f32x8::from_slice(c);
+            let t = np_trunc_u8_x8(x).to_array();
+            let r = np_roundf_x8(x).to_array();
+            for i in 0..8 {
+                assert_eq!(t[i], np_trunc_u8(c[i]), "trunc {:e}", c[i]);
+                let s = np_roundf(c[i]);
+                if s.is_nan() {
+                    assert!(r[i].is_nan(), "roundf {:e}", c[i]);
+                } else if s == 0.0 {
+                    assert_eq!(r[i], 0.0);
+                } else {
+                    assert_eq!(r[i].to_bits(), s.to_bits(), "roundf {:e}", c[i]);
+                }
+                assert_eq!(np_trunc_u8(r[i]), np_trunc_u8(s));
+            }
+        }
+    }
+
+    #[test]
+    fn block_reductions_match_scalar() {
+        let mut rng = Rng::new(6);
+        let v = interesting_f32(&mut rng);
+        for c in v.chunks_exact(32) {
+            let x: &[f32; 32] = c.try_into().unwrap();
+            let has_nan = x.iter().any(|v| v.is_nan());
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let min = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+            let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            match block_abs_max(x) {
+                None => assert!(has_nan),
+                Some(a) => assert!(!has_nan && a == amax),
+            }
+            match block_min_max(x) {
+                None => assert!(has_nan),
+                Some((lo, hi)) => assert!(!has_nan && lo == min && hi == max),
+            }
+        }
+    }
+
+    #[test]
+    fn reductions_follow_the_documented_tree() {
+        // Values chosen so that any other association gives a different f32.
+        let v = [1e8, 1.0, -1e8, 1.0, 3.0, 1.0, 5.0, 1.0];
+        // ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))
+        let expect = ((1e8f32 + 3.0) + (-1e8f32 + 5.0)) + ((1.0f32 + 1.0) + (1.0f32 + 1.0));
+        assert_eq!(reduce8(v), expect);
+        let mut acc = [0f32; 32];
+        acc[0] = 1e8;
+        acc[8] = 1.0;
+        acc[16] = -1e8;
+        acc[24] = 1.0;
+        assert_eq!(reduce32(&acc), (1e8f32 + 1.0) + (-1e8f32 + 1.0));
+    }
+}

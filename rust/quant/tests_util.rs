@@ -1,0 +1,243 @@
+//! Test helpers: a tiny deterministic PRNG, inputs that numpy can reproduce exactly, and the
+//! known-answer hashes computed with the `gguf` Python package.
+
+use super::q8_0;
+
+/// xorshift64* (Vigna). Deterministic, no dependencies.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1))
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1) with 24 bits: exactly representable, so numpy gets the same f32.
+    pub(crate) fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 * (1.0 / 16_777_216.0)
+    }
+
+    /// Roughly normal (sum of uniforms); only for our own random tests.
+    pub(crate) fn normal(&mut self) -> f32 {
+        (0..4).map(|_| self.unit()).sum::<f32>() - 2.0
+    }
+}
+
+/// Rows of `n` (a multiple of 32) f32 whose every value is computed exactly (integers, 24-bit
+/// fractions, powers of two), so numpy regenerates them bit for bit. Each block picks a
+/// pattern and a power-of-two scale. The tables below came from this Python twin:
+///
+/// ```text
+/// M = 2**64 - 1
+/// class Rng:
+///     def __init__(s, seed): s.s = (seed * 0x9e3779b97f4a7c15 + 1) & M
+///     def next(s):
+///         x = s.s; x ^= x >> 12; x ^= (x << 25) & M; x ^= x >> 27; s.s = x
+///         return (x * 0x2545f4914f6cdd1d) & M
+///     def unit(s): return np.float32(s.next() >> 40) * np.float32(1 / 16777216)
+/// def known_input(seed, n):   # same branches as below, every step in np.float32
+/// ```
+pub(crate) fn known_input(seed: u64, n: usize) -> Vec<f32> {
+    assert_eq!(n % 32, 0);
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n / 32 {
+        let r = rng.next_u64();
+        let mode = r % 6;
+        // Seeds below 1000: f16-friendly scales 2^-16 .. 2^11; from 1000 on: 2^-35 .. 2^24,
+        // where scales underflow and overflow f16 (gguf's behaviour is the reference there too).
+        let e = if seed < 1000 {
+            ((r >> 8) % 28) as i32 - 16
+        } else {
+            ((r >> 8) % 60) as i32 - 35
+        };
+        let scale = 2f32.powi(e);
+        let pos = ((r >> 16) % 32) as usize;
+        for i in 0..32 {
+            let v = match mode {
+                // uniform, or uniform with one outlier 16x larger
+                0..=2 => {
+                    let v = (rng.unit() - 0.5) * scale;
+                    if mode == 2 && i == pos {
+                        v * 16.0
+                    } else {
+                        v
+                    }
+                }
+                // a grid: values land exactly on rounding boundaries
+                3 => ((rng.next_u64() % 16) as f32 - 8.0) * scale,
+                // a constant block
+                4 => (((r >> 24) % 7) as f32 - 3.0) * scale,
+                // mostly zeros
+                _ => {
+                    if rng.next_u64().is_multiple_of(4) {
+                        (rng.unit() - 0.5) * scale
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// FNV-1a 64.
+pub(crate) fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &v| {
+        (h ^ v as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+type Dot = fn(&[u8], &[u8]) -> f32;
+pub(crate) type UnsafeDot = unsafe fn(&[u8], &[u8]) -> f32;
+
+/// Checks, for a block weight type, that every kernel path equals the scalar reference bit for
+/// bit over many sizes (ragged groups of 8 blocks included), on quantized data and on raw
+/// random bytes (every nibble and every int8, -128 too), and at odd byte offsets; and that the
+/// reference is a dot product of the dequantized rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_block_dot_paths(
+    block_bytes: usize,
+    quantize: fn(&[f32], &mut [u8]),
+    dequantize: fn(&[u8], &mut [f32]),
+    scalar: Dot,
+    portable: Dot,
+    dispatch: Dot,
+    avx2: Option<UnsafeDot>,
+) {
+    let avx2 = avx2.filter(|_| super::simd::has_avx2());
+    let mut rng = Rng::new(1234);
+    let sizes: Vec<usize> = (0..=40).chain([63, 64, 65, 127, 128, 129, 256]).collect();
+    for &nb in &sizes {
+        let n = nb * 32;
+        for round in 0..6 {
+            let (w, y) = if round % 2 == 0 {
+                let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
+                let xf: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
+                let mut w = vec![0u8; nb * block_bytes];
+                quantize(&wf, &mut w);
+                let mut y = vec![0u8; nb * q8_0::BLOCK_BYTES];
+                q8_0::quantize_row(&xf, &mut y);
+                (w, y)
+            } else {
+                let mut w: Vec<u8> = (0..nb * block_bytes)
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
+                let mut y: Vec<u8> = (0..nb * q8_0::BLOCK_BYTES)
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
+                // Finite scales (random f16 bytes could be NaN): normal halves of any sign.
+                let half = |rng: &mut Rng| {
+                    let h = (rng.next_u64() as u16 & 0x83ff)
+                        | (((rng.next_u64() % 29) as u16 + 1) << 10);
+                    h.to_le_bytes()
+                };
+                for b in 0..nb {
+                    let d = half(&mut rng);
+                    w[b * block_bytes..][..2].copy_from_slice(&d);
+                    if block_bytes == 20 {
+                        let m = half(&mut rng);
+                        w[b * block_bytes + 2..][..2].copy_from_slice(&m);
+                    }
+                    let d = half(&mut rng);
+                    y[b * q8_0::BLOCK_BYTES..][..2].copy_from_slice(&d);
+                }
+                (w, y)
+            };
+            let r = scalar(&w, &y);
+            let ctx = format!("nb={nb} round={round}");
+            assert_eq!(portable(&w, &y).to_bits(), r.to_bits(), "portable {ctx}");
+            assert_eq!(dispatch(&w, &y).to_bits(), r.to_bits(), "dispatch {ctx}");
+            if let Some(f) = avx2 {
+                assert_eq!(unsafe { f(&w, &y) }.to_bits(), r.to_bits(), "avx2 {ctx}");
+            }
+            // Unaligned copies.
+            let mut wb = vec![0u8; w.len() + 3];
+            wb[3..].copy_from_slice(&w);
+            let mut yb = vec![0u8; y.len() + 1];
+            yb[1..].copy_from_slice(&y);
+            assert_eq!(
+                dispatch(&wb[3..], &yb[1..]).to_bits(),
+                r.to_bits(),
+                "unaligned {ctx}"
+            );
+
+            // The reference is the dot product of the dequantized rows (up to f32 rounding).
+            if round < 2 && r.is_finite() {
+                let mut wd = vec![0f32; n];
+                dequantize(&w, &mut wd);
+                let mut yd = vec![0f32; n];
+                q8_0::dequantize_row(&y, &mut yd);
+                let exact: f64 = wd.iter().zip(&yd).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let mag: f64 = wd
+                    .iter()
+                    .zip(&yd)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                assert!(
+                    (r as f64 - exact).abs() <= 1e-5 * mag + 1e-30,
+                    "{ctx}: {r} vs {exact}"
+                );
+            }
+        }
+    }
+    if avx2.is_none() {
+        eprintln!("note: AVX2 kernels not available here, only the portable path was checked");
+    }
+}
+
+/// (seed, n, FNV-1a of the bytes of `gguf.quants.quantize(known_input(seed, n), type)`,
+///  FNV-1a of the f32 bytes of `gguf.quants.dequantize` of those), from gguf 0.19.0 / numpy 2.4.6.
+/// F16 is numpy's `astype(np.float16)`.
+pub(crate) const GGUF_Q4_0: [(u64, usize, u64, u64); 9] = [
+    (1, 32, 0x95b4c86f9754abf3, 0xf3c6ad7f1ae16ea0),
+    (2, 64, 0xf97ff955ce09ea1b, 0x81db26a1fc6ba325),
+    (3, 256, 0x3dd0a6d3dba478c4, 0x7437e10f3dd37f59),
+    (4, 4096, 0x734965719c434fdc, 0x53d143e8ec12d6a8),
+    (5, 2048, 0xa1f7cc56e9c449cb, 0x915843ff1155c155),
+    (6, 9600, 0xfc812f9581c85cd7, 0x672701c4cf47026d),
+    (1001, 6400, 0xf8390cee57799330, 0x236d3309b0738a3f),
+    (1002, 4096, 0x810a309e06614fad, 0xec295c3687e09444),
+    (1003, 16000, 0xf548a9d7442ef7a7, 0xa5e21fa86f9a91da),
+];
+pub(crate) const GGUF_Q4_1: [(u64, usize, u64, u64); 9] = [
+    (1, 32, 0x8dc019536836033b, 0x498924889d1b522e),
+    (2, 64, 0x25ef5aaed12e19c3, 0x81db26a1fc6ba325),
+    (3, 256, 0x53605a6b01fcee9b, 0x7aba09db0b6469f0),
+    (4, 4096, 0x5e31bd0a71030cb7, 0xc00f45965c727249),
+    (5, 2048, 0x222fccb1da8be592, 0xf0f19ca75a5ff98d),
+    (6, 9600, 0xe0efdc15527cb461, 0x3308b99aa8ed6ea8),
+    (1001, 6400, 0x7fc342acbdeaf548, 0x017131a52807a6f2),
+    (1002, 4096, 0x1c5581f5ef2d062e, 0x1ea94fdf6fcdeba0),
+    (1003, 16000, 0x470847698a009960, 0x84f388e9cd70f590),
+];
+pub(crate) const GGUF_Q8_0: [(u64, usize, u64, u64); 9] = [
+    (1, 32, 0x13f0e1a889569752, 0x648e04cb0ea15ef6),
+    (2, 64, 0xadd8d071946d08c9, 0x4d7dbfcd67105de5),
+    (3, 256, 0x5e117fd1eb7dc3e7, 0xeb5f854acae87640),
+    (4, 4096, 0xd2ca719bc8b2ac07, 0x82dc7d7e97a29ba3),
+    (5, 2048, 0xe57d7bce6f11d43e, 0x53680ab49d932ae8),
+    (6, 9600, 0x165b23c9b4737f40, 0x345eb8f2b7d449d7),
+    (1001, 6400, 0xfb42c348dc741886, 0x86a4f25092338623),
+    (1002, 4096, 0xfd01672d9c899039, 0xe579fe1cde6e9fff),
+    (1003, 16000, 0x1073602df7540839, 0x80905624f2ca49c3),
+];
+pub(crate) const GGUF_F16: [(u64, usize, u64, u64); 9] = [
+    (1, 32, 0x797a4c2a2b68eb0d, 0x4da7d7870aaf339e),
+    (2, 64, 0xac32cc5bbb6c6a25, 0x81db26a1fc6ba325),
+    (3, 256, 0xd68ab8dcaf3dbad0, 0x85cfa13f33372039),
+    (4, 4096, 0x699caf04d77e19cd, 0x96c69039e4ee4723),
+    (5, 2048, 0xb1f8a27c098bcfc5, 0x885e47361ba2236e),
+    (6, 9600, 0x60e8a19332c41be3, 0xe014a697508ca378),
+    (1001, 6400, 0xbcd7cfe960ff4e4f, 0xdfedcbaadc7b2293),
+    (1002, 4096, 0x4441ad7bd3a93a81, 0x229bb295fd1b3e48),
+    (1003, 16000, 0x35c12bd15aef6288, 0xd049cf7d2936f194),
+];

@@ -1,0 +1,125 @@
+"""Logits against the torch reference (Meta semantics) on random models of several shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llama_rs
+
+from reference import Shape, random_weights, reference_logits, write_model
+
+SHAPES = {
+    "mha-hd16": Shape(dim=64, n_layer=2, n_head=4, n_head_kv=4, ffn=96, vocab=300),
+    "gqa-hd64": Shape(dim=256, n_layer=2, n_head=4, n_head_kv=2, ffn=160, vocab=261),
+    "mqa-hd128": Shape(dim=256, n_layer=1, n_head=2, n_head_kv=1, ffn=224, vocab=77),
+    "gqa4-hd32": Shape(dim=128, n_layer=3, n_head=8, n_head_kv=2, ffn=352, vocab=1000, rope_base=500000.0),
+}
+
+# Random prompt split across several eval calls, so the KV cache carries positions over.
+TOKENS = [1, 17, 42, 5, 9, 33, 60, 8, 21, 70, 3, 11, 50, 4]
+SPLITS = [(0, 5), (5, 6), (6, 11), (11, 14)]
+
+
+def engine_logits(path: Path, threads: int = 2, kv_type: str = "f32") -> np.ndarray:
+    # f32 cache by default: the reference keeps keys and values at full precision.
+    m = llama_rs.Model(path, n_ctx=32, n_threads=threads, kv_type=kv_type)
+    rows = [m.eval(TOKENS[a:b], all_logits=True) for a, b in SPLITS]
+    assert m.n_past == len(TOKENS)
+    return np.concatenate(rows).astype(np.float64)
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_f32_logits_equal_reference(tmp_path: Path, name: str) -> None:
+    s = SHAPES[name]
+    w = random_weights(s, seed=1)
+    path = tmp_path / "m.gguf"
+    stored = write_model(path, s, w, "F32")
+    ref = reference_logits(s, stored, TOKENS)
+    ours = engine_logits(path)
+    # float32 against float64 through a few layers: errors of a few float32 ulps of the
+    # largest logit; 1e-5 is ~100 ulps and far below any semantic mistake (which is O(1)).
+    assert rel_err(ours, ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["gqa-hd64", "gqa4-hd32"])
+def test_f16_kv_cache_equals_reference(tmp_path: Path, name: str) -> None:
+    s = SHAPES[name]
+    path = tmp_path / "m.gguf"
+    stored = write_model(path, s, random_weights(s, seed=6), "F32")
+    ours = engine_logits(path, kv_type="f16")
+    # The reference rounds q, k, v and the probabilities to f16 as llama.cpp does; f32 noise
+    # can still flip an f16 rounding (one f16 step is 2^-11 relative), hence 2e-4.
+    with_rounding = rel_err(ours, reference_logits(s, stored, TOKENS, f16_kv=True))
+    without = rel_err(ours, reference_logits(s, stored, TOKENS))
+    assert with_rounding < 2e-4
+    # The rounding is real: the unrounded reference is at least twice as far.
+    assert with_rounding < without / 2
+
+
+def test_tied_output_falls_back_to_token_embd(tmp_path: Path) -> None:
+    s = SHAPES["mha-hd16"]
+    path = tmp_path / "tied.gguf"
+    stored = write_model(path, s, random_weights(s, seed=2), "F32", tie_output=True)
+    assert rel_err(engine_logits(path), reference_logits(s, stored, TOKENS)) < 1e-5
+
+
+@pytest.mark.parametrize("wtype", ["F16", "Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("name", ["mha-hd16", "gqa-hd64"])
+def test_quantized_logits_equal_reference(tmp_path: Path, name: str, wtype: str) -> None:
+    s = SHAPES[name]
+    path = tmp_path / f"{wtype}.gguf"
+    stored = write_model(path, s, random_weights(s, seed=3), wtype)
+    ours = engine_logits(path)
+    if wtype == "F16":
+        # F16 weights times f32 activations: the reference holds the same f16-rounded weights.
+        assert rel_err(ours, reference_logits(s, stored, TOKENS)) < 1e-5
+        return
+    # Quantized weights multiply q8_0-rounded activations (as llama.cpp). The reference
+    # rounds activations the same way, so only float32 noise remains -- except where that
+    # noise moves an activation across a q8_0 rounding boundary (one step = amax/127 of
+    # one element), hence a looser 2e-3.
+    assert rel_err(ours, reference_logits(s, stored, TOKENS, quantized_acts=True)) < 2e-3
+    # Against unrounded activations the q8_0 rounding shows, but stays small: ~1%.
+    assert rel_err(ours, reference_logits(s, stored, TOKENS)) < 5e-2
+
+
+def test_one_and_two_threads_give_identical_logits(tmp_path: Path) -> None:
+    s = SHAPES["gqa-hd64"]
+    path = tmp_path / "q.gguf"
+    write_model(path, s, random_weights(s, seed=4), "Q4_0")
+    np.testing.assert_array_equal(engine_logits(path, threads=1), engine_logits(path, threads=2))
+
+
+def test_batch_equals_token_by_token(tmp_path: Path) -> None:
+    s = SHAPES["gqa4-hd32"]
+    path = tmp_path / "b.gguf"
+    write_model(path, s, random_weights(s, seed=5), "Q8_0")
+    m = llama_rs.Model(path, n_ctx=32, n_threads=2)
+    batch = m.eval(TOKENS, all_logits=True)
+    m.reset()
+    one = np.stack([m.eval([t]) for t in TOKENS])
+    np.testing.assert_array_equal(batch, one)
+
+
+def test_eval_errors(tmp_path: Path) -> None:
+    s = SHAPES["mha-hd16"]
+    path = tmp_path / "e.gguf"
+    write_model(path, s, random_weights(s), "F32")
+    m = llama_rs.Model(path, n_ctx=8)
+    with pytest.raises(ValueError, match="outside the vocab"):
+        m.eval([1, 300])
+    with pytest.raises(ValueError, match="exceed the context"):
+        m.eval(list(range(1, 10)))
+    assert m.n_past == 0  # a refused eval leaves the cache as it was
+    m.eval([1, 2, 3])
+    assert m.eval([4]).shape == (s.vocab,)
+    assert m.n_past == 4
+    m.reset()
+    assert m.n_past == 0
