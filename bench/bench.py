@@ -102,9 +102,14 @@ def bench_llama_cpp(path: Path, threads: int, prompt: list[int], n_gen: int) -> 
     t = time.perf_counter()
     m.eval(prompt)
     t_prompt = time.perf_counter() - t
+    n_vocab = m.n_vocab()
+
+    def last_logits() -> np.ndarray:  # llama-cpp-python keeps only the last row without logits_all
+        return np.ctypeslib.as_array(m._ctx.get_logits(), shape=(n_vocab,))
+
     t = time.perf_counter()
     for _ in range(n_gen):
-        tok = int(np.argmax(m.scores[m.n_tokens - 1]))
+        tok = int(np.argmax(last_logits()))
         m.eval([tok])
     t_gen = time.perf_counter() - t
     return len(prompt) / t_prompt, n_gen / t_gen

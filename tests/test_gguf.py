@@ -70,6 +70,20 @@ def test_reads_what_gguf_writes(tmp_path: Path, wtype: str) -> None:
     assert m.metadata["general.architecture"] == "llama"
 
 
+def test_gguf_v2_loads(tmp_path: Path) -> None:
+    """v2 has v3's layout (v3 only added big-endian files): patching the version keeps it valid."""
+    s = Shape(dim=32, n_layer=1, n_head=2, ffn=32, vocab=40)
+    path = tmp_path / "v3.gguf"
+    write_model(path, s, random_weights(s), "Q8_0")
+    data = bytearray(path.read_bytes())
+    assert data[4:8] == (3).to_bytes(4, "little")
+    data[4:8] = (2).to_bytes(4, "little")
+    v2 = write(tmp_path / "v2.gguf", bytes(data))
+    assert _core.gguf_read(v2)[0] == 2
+    a, b = llama_rs.Model(path, n_ctx=8), llama_rs.Model(v2, n_ctx=8)
+    np.testing.assert_array_equal(a.eval([1, 5]), b.eval([1, 5]))
+
+
 def test_every_value_type_round_trips(tmp_path: Path) -> None:
     """Our writer's file reads back identically in gguf.GGUFReader, for every value type."""
     meta = [
