@@ -72,7 +72,7 @@ def test_reads_what_gguf_writes(tmp_path: Path, wtype: str) -> None:
 
 def test_gguf_v2_loads(tmp_path: Path) -> None:
     """v2 has v3's layout (v3 only added big-endian files): patching the version keeps it valid."""
-    s = Shape(dim=32, n_layer=1, n_head=2, ffn=32, vocab=40)
+    s = Shape(dim=32, n_layer=1, n_head=2, n_head_kv=1, ffn=32, vocab=40)
     path = tmp_path / "v3.gguf"
     write_model(path, s, random_weights(s), "Q8_0")
     data = bytearray(path.read_bytes())

@@ -8,7 +8,7 @@ Quick start::
 """
 
 from .errors import ModelError
-from .model import Completion, Model, Tokenizer
+from .model import Completion, Generation, Model, Tokenizer
 
-__all__ = ["Model", "Completion", "ModelError", "Tokenizer"]
+__all__ = ["Model", "Completion", "Generation", "ModelError", "Tokenizer"]
 __version__ = "0.1.0"

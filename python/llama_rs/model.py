@@ -7,6 +7,7 @@ and results. The GIL is released while the engine computes.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -116,7 +117,8 @@ class Model:
         return self._engine.eos
 
     def __repr__(self) -> str:
-        return self._engine.__repr__()
+        engine = getattr(self, "_engine", None)  # absent when __init__ failed
+        return engine.__repr__() if engine is not None else "Model(<not loaded>)"
 
     # -- tokens --------------------------------------------------------------------------
     def tokenize(self, text: str, bos: bool = True) -> list[int]:
@@ -153,15 +155,17 @@ class Model:
         self._engine.reset()
 
     # -- generation ----------------------------------------------------------------------
-    def _start(self, prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop):
+    def _start(self, prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop) -> "Generation":
         if isinstance(stop, str):
             stop = [stop]
         if not isinstance(prompt, str):
             prompt = [int(t) for t in prompt]
-        return self._engine.start(
+        t0 = time.perf_counter()
+        core = self._engine.start(
             prompt, int(max_tokens), int(top_k), float(top_p), float(temp), float(repeat_penalty),
             int(repeat_lastn), seed, list(stop),
         )
+        return Generation(core, time.perf_counter() - t0)
 
     def generate(
         self,
@@ -174,7 +178,7 @@ class Model:
         repeat_lastn: int = 64,
         seed: int | None = None,
         stop: str | Sequence[str] = (),
-    ) -> Iterator[str]:
+    ) -> "Generation":
         """Generate text after `prompt`, yielding pieces as they are produced.
 
         `prompt` is text (tokenized with BOS) or a list of token ids. Sampling: repeat
@@ -183,18 +187,11 @@ class Model:
         ends after `max_tokens`, at the end-of-sequence token, before any of the `stop`
         strings, or when the context is full. The KV cache keeps the prompt's longest
         common prefix with the previous call, so a growing conversation is cheap.
-        """
-        gen = self._start(prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
-        return self._pieces(gen)
 
-    @staticmethod
-    def _pieces(gen) -> Iterator[str]:
-        while True:
-            piece = gen.step()
-            if piece is None:
-                return
-            if piece:
-                yield piece
+        The prompt is evaluated before this returns; the returned `Generation` is an
+        iterator of text pieces that also reports counts, the finish reason and timings.
+        """
+        return self._start(prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
 
     def complete(
         self,
@@ -211,8 +208,47 @@ class Model:
         """Like `generate`, but returns the whole text with counts and the finish reason.
         Ctrl+C interrupts it between tokens (KeyboardInterrupt)."""
         gen = self._start(prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
-        text = "".join(self._pieces(gen))
-        return Completion(text=text, tokens=gen.generated, prompt_tokens=gen.prompt_tokens, finish_reason=gen.finish_reason)
+        text = "".join(gen)
+        return Completion(text=text, tokens=gen.tokens, prompt_tokens=gen.prompt_tokens, finish_reason=gen.finish_reason)
+
+
+class Generation(Iterator[str]):
+    """A generation in progress: iterate for text pieces (never half a UTF-8 character).
+
+    `tokens`, `prompt_tokens` and `finish_reason` (None until it ends) describe it so far;
+    `prompt_seconds` is the time taken by the prompt, `gen_seconds` by the tokens since.
+    """
+
+    def __init__(self, core, prompt_seconds: float):
+        self._core = core
+        self.prompt_seconds = prompt_seconds
+        self.gen_seconds = 0.0
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            t0 = time.perf_counter()
+            piece = self._core.step()
+            self.gen_seconds += time.perf_counter() - t0
+            if piece is None:
+                raise StopIteration
+            if piece:
+                return piece
+
+    @property
+    def tokens(self) -> int:
+        """Tokens generated so far (EOS not counted)."""
+        return self._core.generated
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._core.prompt_tokens
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self._core.finish_reason
 
 
 class Tokenizer:

@@ -1,0 +1,250 @@
+"""`llama-rs run`: load a model once, then answer prompt after prompt (the seed's main job);
+or generate once for a script (`-p TEXT`, or text piped on stdin)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+import llama_rs
+
+from .common import errors_as_messages, fail, missing_model_hint, physical_cores
+
+HELP = """\
+Type a prompt; an empty line sends it (the prompt can span several lines).
+  key=value ...   change parameters, e.g. `temp=0.2 top_k=10` (keys: {keys})
+  /params         show the parameters
+  /reset          empty the model's context cache
+  /help           this text
+  /quit           leave (also Ctrl+D, or Ctrl+C at an empty prompt)
+Ctrl+C while text is being generated stops it and returns to the prompt."""
+
+
+@dataclass
+class Params:
+    tokens: int = 128
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    repeat_penalty: float = 1.3
+    repeat_lastn: int = 64
+    seed: int = -1
+
+    def kwargs(self) -> dict:
+        return dict(
+            max_tokens=self.tokens, temp=self.temp, top_k=self.top_k, top_p=self.top_p,
+            repeat_penalty=self.repeat_penalty, repeat_lastn=self.repeat_lastn,
+            seed=None if self.seed < 0 else self.seed,
+        )
+
+    def update(self, line: str) -> str:
+        """Apply `key=value ...`; returns the echo, raises ValueError on a bad pair."""
+        types = {f.name: f.type for f in fields(self)}
+        changes = {}
+        for pair in line.split():
+            key, _, raw = pair.partition("=")
+            key = {"n": "tokens", "n_predict": "tokens", "repeat_last_n": "repeat_lastn"}.get(key, key)
+            if key not in types:
+                raise ValueError(f"unknown parameter {key!r} (known: {', '.join(types)})")
+            try:
+                changes[key] = int(raw) if types[key] in ("int", int) else float(raw)
+            except ValueError:
+                raise ValueError(f"{key} wants a number, got {raw!r}") from None
+        for k, v in changes.items():
+            setattr(self, k, v)
+        return " ".join(f"{k}={v}" for k, v in changes.items())
+
+    def show(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+def is_param_line(line: str) -> bool:
+    parts = line.split()
+    return bool(parts) and all("=" in p and not p.startswith("=") and " " not in p for p in parts) and all(
+        p.split("=", 1)[0].replace("_", "").isalnum() for p in parts
+    )
+
+
+def count_parameters(c: dict) -> int:
+    kv = c["dim"] // c["n_head"] * c["n_head_kv"]
+    per_layer = 2 * c["dim"] * c["dim"] + 2 * c["dim"] * kv + 3 * c["dim"] * c["ffn_dim"] + 2 * c["dim"]
+    return 2 * c["n_vocab"] * c["dim"] + c["n_layer"] * per_layer + c["dim"]
+
+
+def human(n: float) -> str:
+    for unit in ("", "K", "M", "B"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
+        n /= 1000
+    return f"{n:.1f}T"
+
+
+def banner(model: llama_rs.Model, load_s: float, demo: bool) -> str:
+    c = model.config
+    meta = model.metadata
+    name = meta.get("general.name") or model.path.stem
+    lines = [
+        f"model    {name}{' (demo model shipped with llama-rs; pass -m for a real one)' if demo else ''}",
+        f"file     {model.path}",
+        f"shape    {human(count_parameters(c))} parameters, {c['n_layer']} layers, dim {c['dim']}, "
+        f"{c['n_head']} heads ({c['n_head_kv']} KV), vocab {c['n_vocab']}",
+        f"weights  {model._engine.file_type}",
+        f"context  {model.n_ctx} tokens, {model.n_threads} threads, loaded in {load_s:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def stat_line(gen: llama_rs.Generation) -> str:
+    pp = gen.prompt_tokens / gen.prompt_seconds if gen.prompt_seconds > 0 else 0.0
+    tg = gen.tokens / gen.gen_seconds if gen.gen_seconds > 0 else 0.0
+    return (
+        f"[{gen.prompt_tokens} prompt tokens at {pp:.1f} tok/s, {gen.tokens} generated at {tg:.1f} tok/s, "
+        f"{gen.finish_reason or 'stopped'}]"
+    )
+
+
+def dim(text: str) -> str:
+    return f"\x1b[2m{text}\x1b[0m" if sys.stdout.isatty() else text
+
+
+def read_prompt() -> Optional[str]:
+    """Lines until an empty one; None on Ctrl+D / Ctrl+C at an empty prompt."""
+    lines: list[str] = []
+    while True:
+        try:
+            line = input(">>> " if not lines else "... ")
+        except (EOFError, KeyboardInterrupt):
+            if lines:  # Ctrl+D / Ctrl+C in the middle of a prompt drops the prompt
+                print()
+                lines = []
+                continue
+            print()
+            return None
+        if line == "":
+            if lines:
+                return "\n".join(lines)
+            continue
+        # Commands and parameter lines act at once, on the first line only.
+        if not lines and (line.strip().startswith("/") or is_param_line(line)):
+            return line.strip()
+        lines.append(line)
+
+
+def interactive(model: llama_rs.Model, params: Params) -> None:
+    print(dim("Type a prompt and an empty line to send it; /help for commands."))
+    while True:
+        text = read_prompt()
+        if text is None or text in ("/quit", "/exit", "/q"):
+            return
+        if text.startswith("/"):
+            if text == "/help":
+                print(HELP.format(keys=", ".join(f.name for f in fields(params))))
+            elif text == "/params":
+                print(params.show())
+            elif text == "/reset":
+                model.reset()
+                print("context cleared")
+            else:
+                print(f"unknown command {text}; /help lists them")
+            continue
+        if is_param_line(text):
+            try:
+                print(params.update(text))
+            except ValueError as e:
+                print(f"error: {e}")
+            continue
+        try:
+            gen = model.generate(text, **params.kwargs())
+        except ValueError as e:
+            print(f"error: {e}")
+            continue
+        try:
+            for piece in gen:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(dim(" [interrupted]"))
+        print()
+        print(dim(stat_line(gen)))
+
+
+def run(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the small demo model shipped with llama-rs.", show_default=False),
+    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Generate once for this prompt, print, and exit (no interactive prompt)."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size in tokens (prompt + generated text)."),
+    seed: int = typer.Option(-1, "-s", "--seed", help="Sampling seed; -1 picks a random one each time."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Threads. Default: the number of physical cores.", show_default=False),
+    tokens: int = typer.Option(128, "-n", "--tokens", min=0, help="Maximum tokens to generate per prompt."),
+    top_k: int = typer.Option(40, "--top-k", min=0, help="Sample from the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p."),
+    temp: float = typer.Option(0.8, "--temp", min=0.0, help="Temperature; 0 = always the most likely token (greedy)."),
+    repeat_penalty: float = typer.Option(1.3, "--repeat-penalty", min=0.0, help="Penalty for repeating recent tokens (1 = none)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", min=0, help="How many recent tokens the repeat penalty looks at."),
+    as_json: bool = typer.Option(False, "--json", help="One-shot mode: print {prompt, text, tokens, finish_reason, timings} as JSON."),
+) -> None:
+    """Chat with a model at an interactive prompt, or generate once with -p (or stdin)."""
+    params = Params(tokens=tokens, temp=temp, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty,
+                    repeat_lastn=repeat_last_n, seed=seed)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+        if prompt.endswith("\n"):
+            prompt = prompt[:-1]
+        if not prompt:
+            fail("no prompt: stdin was empty (pass -p TEXT, or run in a terminal for the interactive prompt)")
+    if as_json and prompt is None:
+        fail("--json needs a prompt (-p TEXT or text on stdin)")
+    if model is not None and not model.exists():
+        fail(missing_model_hint(model))
+    n_threads = threads or physical_cores()
+    with errors_as_messages():
+        t0 = time.perf_counter()
+        if model is None:
+            m = llama_rs.Model.demo(n_ctx=ctx_size, n_threads=n_threads, seed=seed)
+        else:
+            m = llama_rs.Model(model, n_ctx=ctx_size, n_threads=n_threads, seed=seed)
+        load_s = time.perf_counter() - t0
+        if prompt is not None:
+            one_shot(m, prompt, params, as_json, load_s)
+            return
+        print(banner(m, load_s, demo=model is None))
+        interactive(m, params)
+
+
+def one_shot(m: llama_rs.Model, prompt: str, params: Params, as_json: bool, load_s: float) -> None:
+    gen = m.generate(prompt, **params.kwargs())
+    parts = []
+    try:
+        for piece in gen:
+            parts.append(piece)
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        if not as_json:
+            print()
+        raise typer.Exit(130)
+    if as_json:
+        print(json.dumps({
+            "prompt": prompt,
+            "text": "".join(parts),
+            "tokens": gen.tokens,
+            "finish_reason": gen.finish_reason,
+            "timings": {
+                "load_seconds": round(load_s, 4),
+                "prompt_tokens": gen.prompt_tokens,
+                "prompt_seconds": round(gen.prompt_seconds, 4),
+                "generated_seconds": round(gen.gen_seconds, 4),
+                "prompt_tokens_per_second": round(gen.prompt_tokens / gen.prompt_seconds, 2) if gen.prompt_seconds else None,
+                "generated_tokens_per_second": round(gen.tokens / gen.gen_seconds, 2) if gen.gen_seconds else None,
+            },
+        }, ensure_ascii=False))
+    else:
+        print()
+        if sys.stderr.isatty():
+            print(dim(stat_line(gen)), file=sys.stderr)
