@@ -39,6 +39,9 @@ def _root(
 from . import run as _run  # noqa: E402
 
 app.command("run", help="Chat with a model at an interactive prompt, or generate once with -p.")(_run.run)
+from . import serve as _serve  # noqa: E402
+app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(_serve.serve)
+app.command("worker", hidden=True)(_serve.worker)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,73 @@
+"""`llama-rs serve`: the HTTP API over worker processes; `llama-rs worker` is the internal
+command the front starts for each worker (users never type it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import errors_as_messages, fail, missing_model_hint, physical_cores
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", listen
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="'-l' / '--listen'")
+    return host or "127.0.0.1", int(port)
+
+
+def serve(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the demo model shipped with llama-rs.", show_default=False),
+    workers: int = typer.Option(1, "-w", "--workers", min=1, max=64, help="Worker processes; each answers one request at a time."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Threads per worker. Default: physical cores / workers.", show_default=False),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size of each worker, in tokens."),
+    listen: str = typer.Option("127.0.0.1:4000", "-l", "--listen", help="Address to listen on, HOST:PORT."),
+    queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a free worker; beyond this: 503."),
+    max_body: int = typer.Option(1 << 20, "--max-body", min=1, help="Largest request body in bytes; beyond this: 413."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMA_RS_API_KEY", help="Require 'Authorization: Bearer KEY' on API routes (also $LLAMA_RS_API_KEY).", show_default=False),
+    grace: float = typer.Option(10.0, "--grace", min=0.0, help="Seconds in-flight requests get to finish on Ctrl+C / SIGTERM."),
+) -> None:
+    """Serve the model over HTTP: the seed's POST /api/completion, OpenAI-compatible
+    /v1/completions and /v1/chat/completions, /health, and a web page at /."""
+    host, port = parse_listen(listen)
+    if model is not None and not model.exists():
+        fail(missing_model_hint(model))
+    with errors_as_messages():
+        import uvicorn
+
+        import llama_rs
+        from llama_rs.server.front import ServerConfig, create_app
+
+        # Load once here so a bad file is one clear error before any worker starts.
+        probe = llama_rs.Model.demo(n_ctx=8, n_threads=1) if model is None else llama_rs.Model(model, n_ctx=8, n_threads=1)
+        meta = probe.metadata
+        name = str(meta.get("general.name") or probe.path.stem)
+        template = meta.get("tokenizer.chat_template")
+        del probe
+        per_worker = threads or max(1, physical_cores() // workers)
+        cfg = ServerConfig(model=model, model_name=name, workers=workers, threads=per_worker, n_ctx=ctx_size,
+                           queue_limit=queue, max_body=max_body, api_key=api_key,
+                           chat_template=template if isinstance(template, str) else None)
+        typer.echo(f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), context {ctx_size}, "
+                   f"http://{host}:{port}/", err=True)
+        uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace)
+
+
+def worker(
+    socket: Path = typer.Option(..., "--socket", help="Unix socket to serve on."),
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model)."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size in tokens."),
+    threads: int = typer.Option(1, "-t", "--threads", min=1, help="Threads."),
+    parent_pid: Optional[int] = typer.Option(None, "--parent-pid", help="Exit when this process (the front) is gone."),
+) -> None:
+    """Internal: one serving worker on a unix socket (started by `llama-rs serve`)."""
+    with errors_as_messages():
+        from llama_rs.server.worker import serve as serve_worker
+
+        serve_worker(socket, model, ctx_size, threads, parent_pid)

@@ -1,0 +1,336 @@
+"""`llama-rs serve`: real server processes on free loopback ports, worker processes behind
+them, the seed's and OpenAI's APIs, faults (queue full, disconnects, killed workers,
+shutdown) and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+import llama_rs
+
+from reference import Shape, random_weights, write_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str, key: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.pop("LLAMA_RS_API_KEY", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_rs_cli.app", "serve", "-l", f"127.0.0.1:{self.port}", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=5).json()
+
+    def post(self, path: str, body, **kw) -> httpx.Response:
+        kw.setdefault("timeout", 120)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        if isinstance(body, (bytes, str)):
+            return httpx.post(self.url + path, content=body, headers=headers, **kw)
+        return httpx.post(self.url + path, json=body, headers=headers, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def demo_server():
+    s = Server("-w", "2", "-t", "1", "--max-body", "20000")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    """Random weights, big enough that a long generation takes seconds. EOS's output row is
+    zero, so its logit is 0 and greedy decoding (temp 0) never picks it: generations run
+    until their token limit or until interrupted."""
+    s = Shape(dim=512, n_layer=8, n_head=8, n_head_kv=4, ffn=1024, vocab=500)
+    path = tmp_path_factory.mktemp("serve") / "slow.gguf"
+    w = random_weights(s, seed=3)
+    w["output.weight"][2] = 0.0
+    write_model(path, s, w, "Q8_0")
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_server(slow_model: Path):
+    s = Server("-m", str(slow_model), "-w", "2", "-t", "1", "-c", "2048", "--queue", "1", "--api-key", "sekret",
+               key="sekret")
+    yield s
+    s.stop()
+
+
+LONG = {"prompt": "t5 t6 t7", "tokens": 2000, "repeat_penalty": 1.0, "temp": 0}
+
+
+# -- the seed's API ---------------------------------------------------------------------------
+
+def test_seed_completion_schema_and_text(demo_server: Server) -> None:
+    body = {"prompt": "Never trust a computer", "tokens": 30, "seed": 4}
+    r = demo_server.post("/api/completion", body)
+    assert r.status_code == 200
+    out = r.json()
+    assert set(out) == {"Prompt", "Text", "Tokens", "CompleteReason"}
+    want = llama_rs.Model.demo(n_ctx=512).complete("Never trust a computer", max_tokens=30, seed=4)
+    assert out == {"Prompt": "Never trust a computer", "Text": want.text, "Tokens": want.tokens,
+                   "CompleteReason": want.finish_reason}
+    # No Content-Type (the seed's clients) works too, and stop strings end the text.
+    r = demo_server.post("/api/completion", json.dumps({**body, "stop": [want.text[5:8]]}),
+                         headers={"content-type": ""})
+    assert r.status_code == 200 and r.json()["CompleteReason"] == "stop"
+    assert r.json()["Text"] == want.text[: want.text.index(want.text[5:8])]
+
+
+# -- OpenAI compatibility through the official client -----------------------------------------
+
+def test_openai_client_completions(demo_server: Server) -> None:
+    client = openai.OpenAI(base_url=demo_server.url + "/v1", api_key="unused")
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["fortunes-1M"]
+    r = client.completions.create(model="fortunes-1M", prompt="Q:", max_tokens=12, temperature=0)
+    want = llama_rs.Model.demo(n_ctx=512).complete("Q:", max_tokens=12, temp=0, repeat_penalty=1.1)
+    assert r.choices[0].text == want.text
+    assert r.usage.prompt_tokens == 3 and r.usage.completion_tokens == want.tokens
+    assert r.choices[0].finish_reason == ("length" if want.finish_reason == "length" else "stop")
+    pieces = list(client.completions.create(model="fortunes-1M", prompt="Q:", max_tokens=12, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in pieces) == want.text
+    assert pieces[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_openai_client_chat(demo_server: Server) -> None:
+    client = openai.OpenAI(base_url=demo_server.url + "/v1", api_key="unused")
+    msgs = [{"role": "system", "content": "You write fortunes."}, {"role": "user", "content": "Tell me one."}]
+    r = client.chat.completions.create(model="fortunes-1M", messages=msgs, max_tokens=20, temperature=0, seed=1)
+    assert r.choices[0].message.role == "assistant"
+    text = r.choices[0].message.content
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 10
+    stream = client.chat.completions.create(model="fortunes-1M", messages=msgs, max_tokens=20, temperature=0, seed=1,
+                                            stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_health_docs_and_page(demo_server: Server) -> None:
+    h = demo_server.health()
+    assert h["status"] == "ok" and h["model"] == "fortunes-1M" and h["queue"] == 0
+    assert [w["alive"] for w in h["workers"]] == [True, True]
+    assert all(set(w) >= {"busy", "restarts", "pid"} for w in h["workers"])
+    spec = httpx.get(demo_server.url + "/openapi.json").json()
+    assert {"/api/completion", "/v1/completions", "/v1/chat/completions", "/v1/models", "/health"} <= set(spec["paths"])
+    assert httpx.get(demo_server.url + "/docs").status_code == 200
+    page = httpx.get(demo_server.url + "/").text
+    assert "<textarea" in page and "fortunes-1M" in page and "/v1/completions" in page
+    assert "http://" not in page and "https://" not in page  # self-contained, works offline
+
+
+def test_two_workers_serve_two_requests_at_once(demo_server: Server) -> None:
+    results = []
+
+    def one(seed: int) -> None:
+        results.append(demo_server.post("/api/completion", {"prompt": "Q:", "tokens": 500, "seed": seed,
+                                                             "repeat_penalty": 1.0, "temp": 1.5}).json())
+
+    before = len(demo_server.health()["recent"])
+    threads = [threading.Thread(target=one, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all("Text" in r for r in results), results
+    recent = demo_server.health()["recent"][before - 16 if before >= 16 else before:][-2:]
+    a, b = sorted(recent, key=lambda r: r["started"])
+    assert a["worker"] != b["worker"]
+    assert b["started"] < a["ended"], "the two requests did not overlap"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,body,status,needle", [
+    ("/api/completion", b"{not json", 400, "not valid JSON"),
+    ("/api/completion", b"[1, 2]", 400, "JSON object"),
+    ("/api/completion", {"tokens": 5}, 400, "prompt"),
+    ("/api/completion", {"prompt": "x"}, 400, "tokens"),
+    ("/api/completion", {"prompt": 5, "tokens": 5}, 400, "prompt"),
+    ("/api/completion", {"prompt": "x", "tokens": "many"}, 400, "tokens"),
+    ("/api/completion", {"prompt": "x", "tokens": 0}, 400, "tokens"),
+    ("/api/completion", {"prompt": "x", "tokens": 100000}, 400, "beyond the context"),
+    ("/api/completion", {"prompt": "x", "tokens": 5, "top_p": 0}, 400, "top_p"),
+    ("/api/completion", {"prompt": "x", "tokens": 5, "top_p": 1.5}, 400, "top_p"),
+    ("/api/completion", {"prompt": "x", "tokens": 5, "temp": -1}, 400, "temp"),
+    ("/api/completion", {"prompt": "x", "tokens": 5, "top_k": -1}, 400, "top_k"),
+    ("/api/completion", {"prompt": "word " * 700, "tokens": 5}, 400, "longer than the context"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 5, "temperature": -2}, 400, "temperature"),
+    ("/v1/completions", {"prompt": "x", "n": 3}, 400, "n"),
+    ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+    ("/api/completion", {"prompt": "x" * 30000, "tokens": 5}, 413, "larger than the limit"),
+])
+def test_bad_requests_get_json_errors(demo_server: Server, path: str, body, status: int, needle: str) -> None:
+    r = demo_server.post(path, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"], err
+    # ... and the server keeps serving.
+    assert demo_server.post("/api/completion", {"prompt": "Q:", "tokens": 2}).status_code == 200
+
+
+def test_unknown_route(demo_server: Server) -> None:
+    r = httpx.get(demo_server.url + "/nope")
+    assert r.status_code == 404 and "no route" in r.json()["error"]["message"]
+
+
+# -- faults, with a slow model and an API key ------------------------------------------------------
+
+def test_api_key(slow_server: Server, demo_server: Server) -> None:
+    r = httpx.post(slow_server.url + "/api/completion", json={"prompt": "t5", "tokens": 2})
+    assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+    r = httpx.post(slow_server.url + "/api/completion", json={"prompt": "t5", "tokens": 2},
+                   headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert slow_server.post("/api/completion", {"prompt": "t5", "tokens": 2}).status_code == 200
+    assert httpx.get(slow_server.url + "/health").status_code == 200  # health stays open
+    assert httpx.get(demo_server.url + "/v1/models").status_code == 200  # no key configured: open
+
+
+def wait_until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def busy_workers(s: Server) -> int:
+    return sum(w["busy"] for w in s.health()["workers"])
+
+
+def test_queue_full_is_503_and_disconnect_frees_the_worker(slow_server: Server) -> None:
+    # Two streams occupy both workers; one request may wait (--queue 1); the next is refused.
+    streams = []
+    for _ in range(2):
+        c = httpx.Client(timeout=60, headers=slow_server.headers)
+        cm = c.stream("POST", slow_server.url + "/v1/completions",
+                      json={"prompt": "t5", "max_tokens": 2000, "stream": True, "repeat_penalty": 1.0,
+                            "temperature": 0})
+        r = cm.__enter__()
+        lines = r.iter_lines()
+        assert next(l for l in lines if l.startswith("data:"))
+        streams.append((c, cm, lines))  # keep the iterator: dropping it closes the stream
+    assert busy_workers(slow_server) == 2
+    waiting = threading.Thread(target=lambda: slow_server.post("/api/completion", {"prompt": "t5", "tokens": 3}))
+    waiting.start()
+    wait_until(lambda: slow_server.health()["queue"] == 1)
+    r = slow_server.post("/api/completion", {"prompt": "t5", "tokens": 3})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "busy" in r.json()["error"]["message"]
+    # Clients hang up mid-stream: their generations stop and the workers come back.
+    for c, cm, _ in streams:
+        cm.__exit__(None, None, None)
+        c.close()
+    waiting.join(timeout=60)
+    wait_until(lambda: busy_workers(slow_server) == 0 and slow_server.health()["queue"] == 0)
+    assert slow_server.post("/api/completion", {"prompt": "t5", "tokens": 3}).status_code == 200
+
+
+def test_killed_worker_is_replaced(slow_server: Server) -> None:
+    out = {}
+
+    def long_request(key: str) -> None:
+        out[key] = slow_server.post("/api/completion", {**LONG, "tokens": 400 if key == "other" else 2000})
+
+    victim = threading.Thread(target=long_request, args=("victim",))
+    victim.start()
+    wait_until(lambda: busy_workers(slow_server) == 1)
+    busy = next(w for w in slow_server.health()["workers"] if w["busy"])
+    other = threading.Thread(target=long_request, args=("other",))
+    other.start()
+    wait_until(lambda: busy_workers(slow_server) == 2)
+    os.kill(busy["pid"], signal.SIGKILL)
+    victim.join(timeout=60)
+    other.join(timeout=120)
+    assert out["victim"].status_code == 502
+    assert "worker" in out["victim"].json()["error"]["message"]
+    assert out["other"].status_code == 200 and out["other"].json()["Tokens"] > 0
+    wait_until(lambda: slow_server.health()["workers"][busy["index"]]["restarts"] == 1
+               and slow_server.health()["workers"][busy["index"]]["alive"])
+    new_pid = slow_server.health()["workers"][busy["index"]]["pid"]
+    assert new_pid != busy["pid"]
+    for _ in range(3):  # every worker serves again
+        assert slow_server.post("/api/completion", {"prompt": "t5", "tokens": 3}).status_code == 200
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its dead parent's reaper) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_shutdown_leaves_no_workers(sig: int) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("llama-rs-*"))
+    s = Server("-w", "2", "-t", "1")
+    pids = [w["pid"] for w in s.health()["workers"]]
+    (socket_dir,) = set(Path(tempfile.gettempdir()).glob("llama-rs-*")) - before
+    assert oct(socket_dir.stat().st_mode & 0o777) == "0o700"  # private to the user
+    code = s.stop(sig)
+    if sig != signal.SIGKILL:
+        # uvicorn cleans up, then re-raises the signal so the exit status tells what happened.
+        assert code in (0, -sig, 128 + sig), s.proc.stderr.read()
+        assert "Traceback" not in s.proc.stderr.read()
+    # Workers go too, even when the front is killed without a chance to stop them.
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
+    if sig != signal.SIGKILL:
+        assert not socket_dir.exists()
+    else:
+        import shutil
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_serve_usage_errors() -> None:
+    r = subprocess.run([sys.executable, "-m", "llama_rs_cli.app", "serve", "-l", "nohost:port"], capture_output=True, text=True)
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", "/no/model.gguf"], capture_output=True, text=True)
+    assert r.returncode == 1 and "no such model file" in r.stderr
