@@ -42,6 +42,8 @@ app.command("run", help="Chat with a model at an interactive prompt, or generate
 from . import serve as _serve  # noqa: E402
 app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(_serve.serve)
 app.command("worker", hidden=True)(_serve.worker)
+from . import bench as _bench  # noqa: E402
+app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(_bench.bench)
 
 
 def main(argv: list[str] | None = None) -> None:

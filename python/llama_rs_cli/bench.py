@@ -1,0 +1,85 @@
+"""`llama-rs bench`: prompt processing (pp) and text generation (tg) speed, llama-bench style."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+import llama_rs
+
+from .common import errors_as_messages, fail, missing_model_hint
+
+
+def parse_threads(spec: str) -> list[int]:
+    try:
+        out = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{spec!r} is not a comma-separated list of numbers", param_hint="'-t'")
+    if not out or any(t < 1 for t in out):
+        raise typer.BadParameter("thread counts must be >= 1", param_hint="'-t'")
+    return out
+
+
+def run_once(m: llama_rs.Model, prompt: list[int], n_gen: int) -> tuple[float, float]:
+    """Seconds for the prompt as one batch, and for n_gen single-token evaluations."""
+    m.reset()
+    t0 = time.perf_counter()
+    logits = m.eval(prompt) if prompt else None
+    t_pp = time.perf_counter() - t0
+    if logits is None:
+        logits = m.eval([m.bos_token or 1])
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        logits = m.eval([int(np.argmax(logits))])
+    return t_pp, time.perf_counter() - t0
+
+
+def bench(
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the demo model.", show_default=False),
+    n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=0, help="Prompt tokens, evaluated as one batch (pp)."),
+    n_gen: int = typer.Option(128, "-n", "--n-gen", min=0, help="Tokens generated one at a time (tg)."),
+    threads: str = typer.Option("1,2", "-t", "--threads", help="Comma-separated thread counts, one row each."),
+    reps: int = typer.Option(3, "-r", "--repetitions", min=1, help="Repetitions per row (mean ± standard deviation)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Measure prompt processing and generation speed in tokens per second."""
+    counts = parse_threads(threads)
+    if model is not None and not model.exists():
+        fail(missing_model_hint(model))
+    rows = []
+    with errors_as_messages():
+        for t in counts:
+            ctx = n_prompt + n_gen + 1
+            m = llama_rs.Model.demo(n_ctx=ctx, n_threads=t) if model is None else llama_rs.Model(model, n_ctx=ctx, n_threads=t)
+            rng = np.random.default_rng(0)
+            prompt = [m.bos_token or 1] + rng.integers(3, m.n_vocab, max(0, n_prompt - 1)).tolist() if n_prompt else []
+            run_once(m, prompt[: min(8, len(prompt))], 1)  # warm up: page in the weights, start the threads
+            pp, tg = [], []
+            for _ in range(reps):
+                t_pp, t_tg = run_once(m, prompt, n_gen)
+                if n_prompt:
+                    pp.append(n_prompt / t_pp)
+                if n_gen:
+                    tg.append(n_gen / t_tg)
+            row = {"model": str(m.path.name), "type": m._engine.file_type, "threads": t, "n_prompt": n_prompt,
+                   "n_gen": n_gen, "repetitions": reps}
+            for name, vals in (("pp", pp), ("tg", tg)):
+                if vals:
+                    row[f"{name}_tokens_per_second"] = round(statistics.mean(vals), 2)
+                    row[f"{name}_stdev"] = round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0
+            rows.append(row)
+            if not as_json:
+                if len(rows) == 1:
+                    typer.echo(f"{'model':<28} {'type':<6} {'threads':>7} {'test':>8} {'tokens/s':>18}")
+                for name, n in (("pp", n_prompt), ("tg", n_gen)):
+                    if f"{name}_tokens_per_second" in row:
+                        typer.echo(f"{row['model'][:28]:<28} {row['type']:<6} {t:>7} {name + str(n):>8} "
+                                   f"{row[name + '_tokens_per_second']:>10.2f} ± {row[name + '_stdev']:<6.2f}")
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))

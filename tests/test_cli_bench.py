@@ -1,0 +1,35 @@
+"""`llama-rs bench`: one row per thread count, mean and deviation, human and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llama_rs_cli.app", "bench", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_bench_json_rows() -> None:
+    r = cli("-p", "16", "-n", "4", "-t", "1,2", "-r", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["threads"] for row in rows] == [1, 2]
+    for row in rows:
+        assert row["model"] == "fortunes-1M.gguf" and row["n_prompt"] == 16 and row["n_gen"] == 4
+        assert row["pp_tokens_per_second"] > 0 and row["tg_tokens_per_second"] > 0
+        assert row["pp_stdev"] >= 0 and row["tg_stdev"] >= 0
+
+
+def test_bench_table_and_errors() -> None:
+    r = cli("-p", "8", "-n", "2", "-t", "1", "-r", "1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["model", "type", "threads", "test"]
+    assert "pp8" in lines[1] and "tg2" in lines[2] and "±" in lines[1]
+    bad = cli("-t", "0")
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    missing = cli("-m", "/no/such.gguf")
+    assert missing.returncode == 1 and "no such model file" in missing.stderr
