@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -310,10 +309,10 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_shutdown_leaves_no_workers(sig: int) -> None:
-    before = set(Path(tempfile.gettempdir()).glob("llama-rs-*"))
     s = Server("-w", "2", "-t", "1")
     pids = [w["pid"] for w in s.health()["workers"]]
-    (socket_dir,) = set(Path(tempfile.gettempdir()).glob("llama-rs-*")) - before
+    args = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+    socket_dir = Path(args[args.index(b"--socket") + 1].decode()).parent
     assert oct(socket_dir.stat().st_mode & 0o777) == "0o700"  # private to the user
     code = s.stop(sig)
     if sig != signal.SIGKILL:
