@@ -529,6 +529,9 @@ impl<W: Write> GgufWriter<W> {
             let Some(n) = s.n_bytes() else {
                 return Err(Error::Invalid(format!("tensor {:?}: shape {:?} does not fit type {}", s.name, s.dims, s.ty.name())));
             };
+            if !s.ty.is_gguf() {
+                return Err(Error::Invalid(format!("tensor {:?}: type {} cannot be stored in GGUF", s.name, s.ty.name())));
+            }
             if s.dims.len() > MAX_DIMS {
                 return Err(Error::Invalid(format!("tensor {:?}: more than {MAX_DIMS} dimensions", s.name)));
             }

@@ -5,8 +5,12 @@
 
 pub mod error;
 pub mod gguf;
+pub mod info;
+pub mod legacy;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
+pub mod quantize;
 pub mod quant;
 pub mod sampling;
 pub mod session;

@@ -8,6 +8,7 @@ use crate::quant::{dequantize_row, f16_bits_to_f32, f32_to_f16_bits, GgmlType};
 use crate::tokenizer::Tokenizer;
 use memmap2::Mmap;
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -194,9 +195,35 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
 }
 
 impl Model {
+    /// Load a GGUF file, or a legacy (ggml, ggmf, ggjt) file with its parts.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        let f = GgufFile::open(path.as_ref())?;
+        let path = path.as_ref();
+        if crate::legacy::is_legacy_magic(&read_head(path)) {
+            return Self::from_legacy(&crate::legacy::LegacyFile::open(path)?);
+        }
+        let f = GgufFile::open(path)?;
         Self::from_gguf(&f)
+    }
+
+    pub fn from_legacy(f: &crate::legacy::LegacyFile) -> Result<Model> {
+        let shown = f.paths[0].display().to_string();
+        let tokenizer = f.tokenizer()?;
+        let config = f.config(tokenizer.n_vocab())?;
+        let get = |name: &str, shape: &[usize]| -> Result<Weight> {
+            let legacy = crate::legacy::meta_name(name).unwrap_or_else(|| name.to_string());
+            let t = f
+                .tensor(&legacy)
+                .ok_or_else(|| Error::Format(format!("{shown}: tensor {legacy} is missing")))?;
+            check_dims(&shown, &legacy, &t.ne, shape)?;
+            Ok(f.weight(t))
+        };
+        let has_output = f.tensor("output.weight").is_some();
+        let file_type = f.tensors.iter().filter(|t| t.ne.len() >= 2).fold(HashMap::new(), |mut m: HashMap<String, u64>, t| {
+            *m.entry(t.type_name()).or_default() += t.n_elements();
+            m
+        });
+        let file_type = file_type.into_iter().max_by_key(|(_, n)| *n).map_or("F32".to_string(), |(t, _)| t);
+        build(f.paths[0].clone(), config, tokenizer, f.metadata(), file_type, has_output, get)
     }
 
     pub fn from_gguf(f: &GgufFile) -> Result<Model> {
@@ -250,45 +277,69 @@ impl Model {
             let rows = (t.n_elements() / t.dims[0]) as usize;
             Ok(Weight { name: name.to_string(), ty: t.ty, rows, cols, data: Storage::Mapped(map.clone(), t.range.clone()) })
         };
-        let kv_dim = config.kv_dim();
-        let token_embd = get("token_embd.weight", &[dim, config.n_vocab])?;
-        let mut layers = Vec::with_capacity(n_layer);
-        for i in 0..n_layer {
-            let p = |s: &str| format!("blk.{i}.{s}.weight");
-            layers.push(Layer {
-                attn_norm: get(&p("attn_norm"), &[dim])?.to_f32(),
-                wq: get(&p("attn_q"), &[dim, dim])?,
-                wk: get(&p("attn_k"), &[dim, kv_dim])?,
-                wv: get(&p("attn_v"), &[dim, kv_dim])?,
-                wo: get(&p("attn_output"), &[dim, dim])?,
-                ffn_norm: get(&p("ffn_norm"), &[dim])?.to_f32(),
-                w_gate: get(&p("ffn_gate"), &[dim, ffn_dim])?,
-                w_up: get(&p("ffn_up"), &[dim, ffn_dim])?,
-                w_down: get(&p("ffn_down"), &[ffn_dim, dim])?,
-            });
-        }
-        let output_norm = get("output_norm.weight", &[dim])?.to_f32();
-        let output = match f.tensor("output.weight") {
-            Some(_) => Some(get("output.weight", &[dim, config.n_vocab])?),
-            None => None,
-        };
-        let file_type = dominant_type(f);
-        Ok(Model {
-            path: f.path.clone(),
-            config,
-            token_embd,
-            layers,
-            output_norm,
-            output,
-            tokenizer,
-            metadata: f.metadata.clone(),
-            file_type,
-        })
+        let has_output = f.tensor("output.weight").is_some();
+        build(f.path.clone(), config, tokenizer, f.metadata.clone(), dominant_type(f), has_output, get)
     }
 
     fn output_weight(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
+}
+
+/// The first bytes of a file (empty if it cannot be read: the real open reports why).
+fn read_head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = vec![0u8; 8];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => {
+            head.truncate(n);
+            head
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Assemble a model from its hyperparameters and a source of weights by GGUF name.
+fn build(
+    path: PathBuf,
+    config: Config,
+    tokenizer: Tokenizer,
+    metadata: Vec<(String, Value)>,
+    file_type: String,
+    has_output: bool,
+    get: impl Fn(&str, &[usize]) -> Result<Weight>,
+) -> Result<Model> {
+    let (dim, ffn_dim, kv_dim) = (config.dim, config.ffn_dim, config.kv_dim());
+    let token_embd = get("token_embd.weight", &[dim, config.n_vocab])?;
+    let mut layers = Vec::with_capacity(config.n_layer);
+    for i in 0..config.n_layer {
+        let p = |s: &str| format!("blk.{i}.{s}.weight");
+        layers.push(Layer {
+            attn_norm: get(&p("attn_norm"), &[dim])?.to_f32(),
+            wq: get(&p("attn_q"), &[dim, dim])?,
+            wk: get(&p("attn_k"), &[dim, kv_dim])?,
+            wv: get(&p("attn_v"), &[dim, kv_dim])?,
+            wo: get(&p("attn_output"), &[dim, dim])?,
+            ffn_norm: get(&p("ffn_norm"), &[dim])?.to_f32(),
+            w_gate: get(&p("ffn_gate"), &[dim, ffn_dim])?,
+            w_up: get(&p("ffn_up"), &[dim, ffn_dim])?,
+            w_down: get(&p("ffn_down"), &[ffn_dim, dim])?,
+        });
+    }
+    let output_norm = get("output_norm.weight", &[dim])?.to_f32();
+    let output = if has_output { Some(get("output.weight", &[dim, config.n_vocab])?) } else { None };
+    Ok(Model { path, config, token_embd, layers, output_norm, output, tokenizer, metadata, file_type })
+}
+
+fn check_dims(file: &str, name: &str, dims: &[u64], shape: &[usize]) -> Result<()> {
+    let mut trimmed: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    while trimmed.len() > shape.len() && trimmed.last() == Some(&1) {
+        trimmed.pop();
+    }
+    if trimmed != shape {
+        return format_err(format!("{file}: tensor {name} has shape {dims:?}, expected {shape:?} from the hyperparameters"));
+    }
+    Ok(())
 }
 
 fn check_shape(file: &str, t: &TensorInfo, shape: &[usize]) -> Result<()> {

@@ -162,6 +162,12 @@ impl Engine {
         lock(&self.session).reset();
     }
 
+    /// Perplexity of one chunk (llama.cpp's method): (sum of NLL, tokens scored). Empties the cache.
+    fn perplexity_chunk(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<(f64, usize)> {
+        let session = self.session.clone();
+        run(py, move || crate::perplexity::score_chunk(&mut lock(&session), &ids))
+    }
+
     fn n_past(&self) -> usize {
         lock(&self.session).tokens().len()
     }
@@ -482,11 +488,103 @@ fn vec_dot(type_name: &str, w_row: Vec<u8>, x: Vec<f32>) -> PyResult<(f32, f32)>
     Ok((crate::quant::vec_dot(ty, &w_row, &p), crate::quant::vec_dot_scalar(ty, &w_row, &p)))
 }
 
+/// What `llama-rs info` shows: a dict (format, version, size, paths, n_vocab, hparams,
+/// metadata, tensors [(name, type, dims, offset, nbytes)]).
+#[pyfunction]
+fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let info = run(py, || crate::info::file_info(&path))?;
+    let d = PyDict::new(py);
+    d.set_item("format", &info.format)?;
+    d.set_item("version", info.version)?;
+    d.set_item("size", info.size)?;
+    d.set_item("paths", info.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?;
+    d.set_item("n_vocab", info.n_vocab)?;
+    d.set_item("hparams", metadata_dict(py, &info.hparams)?)?;
+    d.set_item("metadata", metadata_dict(py, &info.metadata)?)?;
+    let tensors = PyList::empty(py);
+    for t in &info.tensors {
+        tensors.append((t.name.clone(), t.ty.clone(), t.dims.clone(), t.offset, t.n_bytes))?;
+    }
+    d.set_item("tensors", tensors)?;
+    Ok(d)
+}
+
+/// A quantization in progress (see rust/quantize.rs): `step()` writes one tensor without the
+/// GIL, `finish()` writes the rest and moves the file into place, `abort()` removes it.
+#[pyclass(frozen, module = "llama_rs._core")]
+struct QuantizeJob {
+    job: Mutex<Option<crate::quantize::Quantizer>>,
+    plan: Vec<(String, Vec<u64>, String, String)>,
+}
+
+#[pymethods]
+impl QuantizeJob {
+    #[new]
+    fn new(py: Python<'_>, input: PathBuf, output: PathBuf, type_name: &str, pure: bool, allow_requantize: bool, force: bool) -> PyResult<QuantizeJob> {
+        let target = crate::quantize::target_type(type_name).map_err(|e| to_py(py, e))?;
+        let opts = crate::quantize::Options { target, pure, allow_requantize, force };
+        let q = run(py, || crate::quantize::Quantizer::new(&input, &output, &opts))?;
+        let plan = q.plan.iter().map(|p| (p.name.clone(), p.dims.clone(), p.from.name().to_string(), p.to.name().to_string())).collect();
+        Ok(QuantizeJob { job: Mutex::new(Some(q)), plan })
+    }
+
+    /// [(name, dims, from_type, to_type)] in file order.
+    #[getter]
+    fn plan(&self) -> Vec<(String, Vec<u64>, String, String)> {
+        self.plan.clone()
+    }
+
+    /// Write the next tensor; its index, or None when all are written.
+    fn step(&self, py: Python<'_>) -> PyResult<Option<usize>> {
+        let job = &self.job;
+        run(py, move || {
+            let mut g = job.lock().unwrap_or_else(|p| p.into_inner());
+            match g.as_mut() {
+                None => Err(Error::Invalid("this quantization has already ended".into())),
+                Some(q) => {
+                    let r = q.step();
+                    if r.is_err() {
+                        g.take(); // removes the partial output
+                    }
+                    r
+                }
+            }
+        })
+    }
+
+    /// Finish and return the summary (n_tensors, n_elements, bytes_in, bytes_out, file_in, file_out).
+    fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let job = &self.job;
+        let s = run(py, move || {
+            let q = job.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match q {
+                None => Err(Error::Invalid("this quantization has already ended".into())),
+                Some(q) => q.finish(),
+            }
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("n_tensors", s.n_tensors)?;
+        d.set_item("n_elements", s.n_elements)?;
+        d.set_item("bytes_in", s.bytes_in)?;
+        d.set_item("bytes_out", s.bytes_out)?;
+        d.set_item("file_in", s.file_in)?;
+        d.set_item("file_out", s.file_out)?;
+        Ok(d)
+    }
+
+    /// Stop and remove the partial output.
+    fn abort(&self) {
+        self.job.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<GenerationIter>()?;
     m.add_class::<TokenizerFile>()?;
+    m.add_class::<QuantizeJob>()?;
+    m.add_function(wrap_pyfunction!(file_info, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_read, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_tensor_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_write, m)?)?;

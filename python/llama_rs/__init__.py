@@ -8,7 +8,13 @@ Quick start::
 """
 
 from .errors import ModelError
+from .info import file_info
 from .model import Completion, Generation, Model, Tokenizer
+from .perplexity import Perplexity, perplexity
+from .quantize import QuantizeSummary, quantize_file
 
-__all__ = ["Model", "Completion", "Generation", "ModelError", "Tokenizer"]
+__all__ = [
+    "Model", "Completion", "Generation", "ModelError", "Tokenizer",
+    "file_info", "perplexity", "Perplexity", "quantize_file", "QuantizeSummary",
+]
 __version__ = "0.1.0"

@@ -39,6 +39,11 @@ def _root(
 from . import run as _run  # noqa: E402
 
 app.command("run", help="Chat with a model at an interactive prompt, or generate once with -p.")(_run.run)
+from . import quantize as _quantize, info as _info, perplexity as _perplexity  # noqa: E402
+
+app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32), streaming one tensor at a time.")(_quantize.quantize)
+app.command("info", help="Show a model file's format, hyperparameters and tensors (GGUF or legacy).")(_info.info)
+app.command("perplexity", help="Measure perplexity on a text file with llama.cpp's method.")(_perplexity.perplexity)
 from . import serve as _serve  # noqa: E402
 app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(_serve.serve)
 app.command("worker", hidden=True)(_serve.worker)

@@ -12,6 +12,7 @@
 mod fp16;
 #[path = "f32.rs"]
 mod fp32;
+mod legacy;
 mod q4_0;
 mod q4_1;
 mod q8_0;
@@ -30,6 +31,11 @@ pub enum GgmlType {
     Q4_0,
     Q4_1,
     Q8_0,
+    /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
+    /// Only ever built in memory by the legacy loader; they have no GGUF id.
+    Q4_0F32,
+    Q4_1F32,
+    Q8_0F32,
 }
 
 impl GgmlType {
@@ -54,6 +60,10 @@ impl GgmlType {
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
             GgmlType::Q8_0 => 8,
+            // Not GGUF types: ids no file uses (`from_id` never returns these).
+            GgmlType::Q4_0F32 => 1002,
+            GgmlType::Q4_1F32 => 1003,
+            GgmlType::Q8_0F32 => 1008,
         }
     }
 
@@ -64,6 +74,9 @@ impl GgmlType {
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
             GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q4_0F32 => "Q4_0 (f32 scales)",
+            GgmlType::Q4_1F32 => "Q4_1 (f32 scales)",
+            GgmlType::Q8_0F32 => "Q8_0 (f32 scales)",
         }
     }
 
@@ -74,6 +87,7 @@ impl GgmlType {
             GgmlType::Q4_0 => q4_0::QK,
             GgmlType::Q4_1 => q4_1::QK,
             GgmlType::Q8_0 => q8_0::QK,
+            GgmlType::Q4_0F32 | GgmlType::Q4_1F32 | GgmlType::Q8_0F32 => legacy::QK,
         }
     }
 
@@ -85,6 +99,9 @@ impl GgmlType {
             GgmlType::Q4_0 => q4_0::BLOCK_BYTES,
             GgmlType::Q4_1 => q4_1::BLOCK_BYTES,
             GgmlType::Q8_0 => q8_0::BLOCK_BYTES,
+            GgmlType::Q4_0F32 => legacy::Q4_0_BYTES,
+            GgmlType::Q4_1F32 => legacy::Q4_1_BYTES,
+            GgmlType::Q8_0F32 => legacy::Q8_0_BYTES,
         }
     }
 
@@ -99,6 +116,21 @@ impl GgmlType {
 
     pub fn is_quantized(self) -> bool {
         !matches!(self, GgmlType::F32 | GgmlType::F16)
+    }
+
+    /// Today's type with the same block layout (the type itself for GGUF types).
+    pub fn with_f16_scales(self) -> GgmlType {
+        match self {
+            GgmlType::Q4_0F32 => GgmlType::Q4_0,
+            GgmlType::Q4_1F32 => GgmlType::Q4_1,
+            GgmlType::Q8_0F32 => GgmlType::Q8_0,
+            t => t,
+        }
+    }
+
+    /// Whether this type can be stored in a GGUF file.
+    pub fn is_gguf(self) -> bool {
+        Self::ALL.contains(&self)
     }
 }
 
@@ -121,6 +153,12 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         GgmlType::Q4_0 => q4_0::quantize_row(src, dst),
         GgmlType::Q4_1 => q4_1::quantize_row(src, dst),
         GgmlType::Q8_0 => q8_0::quantize_row(src, dst),
+        GgmlType::Q4_0F32 | GgmlType::Q4_1F32 | GgmlType::Q8_0F32 => {
+            let today = ty.with_f16_scales();
+            let mut tmp = vec![0u8; today.row_bytes(src.len()).unwrap()];
+            quantize_row(today, src, &mut tmp);
+            legacy::widen(today, &tmp, dst);
+        }
     }
 }
 
@@ -137,6 +175,9 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         GgmlType::Q4_0 => q4_0::dequantize_row(src, dst),
         GgmlType::Q4_1 => q4_1::dequantize_row(src, dst),
         GgmlType::Q8_0 => q8_0::dequantize_row(src, dst),
+        GgmlType::Q4_0F32 => legacy::dequantize_q4_0(src, dst),
+        GgmlType::Q4_1F32 => legacy::dequantize_q4_1(src, dst),
+        GgmlType::Q8_0F32 => legacy::dequantize_q8_0(src, dst),
     }
 }
 
@@ -205,6 +246,9 @@ pub fn vec_dot(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f32 {
         (GgmlType::Q4_0, PreparedRow::Q8_0(y)) => q4_0::vec_dot(w_row, y),
         (GgmlType::Q4_1, PreparedRow::Q8_0(y)) => q4_1::vec_dot(w_row, y),
         (GgmlType::Q8_0, PreparedRow::Q8_0(y)) => q8_0::vec_dot(w_row, y),
+        (GgmlType::Q4_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_0(w_row, y),
+        (GgmlType::Q4_1F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_1(w_row, y),
+        (GgmlType::Q8_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q8_0(w_row, y),
         _ => mismatch(weight_type),
     }
 }
@@ -218,6 +262,9 @@ pub fn vec_dot_scalar(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f
         (GgmlType::Q4_0, PreparedRow::Q8_0(y)) => q4_0::vec_dot_scalar(w_row, y),
         (GgmlType::Q4_1, PreparedRow::Q8_0(y)) => q4_1::vec_dot_scalar(w_row, y),
         (GgmlType::Q8_0, PreparedRow::Q8_0(y)) => q8_0::vec_dot_scalar(w_row, y),
+        (GgmlType::Q4_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_0(w_row, y),
+        (GgmlType::Q4_1F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_1(w_row, y),
+        (GgmlType::Q8_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q8_0(w_row, y),
         _ => mismatch(weight_type),
     }
 }

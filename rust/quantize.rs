@@ -1,0 +1,290 @@
+//! `llama-rs quantize`: GGUF in, GGUF out, one tensor at a time.
+//!
+//! Policy (llama.cpp's): 2-D weights become the target type, except `output.weight`, which
+//! becomes Q8_0 when the target is 4-bit (unless `pure`); 1-D tensors keep their type; a
+//! tensor already of its target type is copied; converting an already quantized tensor is
+//! refused unless `allow_requantize`. Metadata is copied with `general.file_type` updated.
+//!
+//! The output is written under a temporary name in the target folder and renamed at the end;
+//! any failure (or dropping the job) removes it, so nothing partial is left behind.
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value};
+use crate::quant::{dequantize_row, quantize_row, GgmlType};
+use rayon::prelude::*;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// `general.file_type` (llama.cpp's `llama_ftype`) of a file mostly of `ty`.
+pub fn file_type_id(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        _ => unreachable!("not a target type"),
+    }
+}
+
+/// Target types by their command-line name (case-insensitive).
+pub fn target_type(name: &str) -> Result<GgmlType> {
+    let t = match name.to_ascii_lowercase().as_str() {
+        "q4_0" => GgmlType::Q4_0,
+        "q4_1" => GgmlType::Q4_1,
+        "q8_0" => GgmlType::Q8_0,
+        "f16" => GgmlType::F16,
+        "f32" => GgmlType::F32,
+        _ => return Err(Error::Invalid(format!("unknown type {name:?} (choose q4_0, q4_1, q8_0, f16 or f32)"))),
+    };
+    Ok(t)
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanItem {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub from: GgmlType,
+    pub to: GgmlType,
+}
+
+/// What each tensor becomes.
+pub fn plan(f: &GgufFile, target: GgmlType, pure: bool) -> Vec<PlanItem> {
+    f.tensors
+        .iter()
+        .map(|t| {
+            let n_dims = t.dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+            let to = if n_dims < 2 {
+                t.ty
+            } else if !pure && t.name == "output.weight" && matches!(target, GgmlType::Q4_0 | GgmlType::Q4_1) {
+                GgmlType::Q8_0
+            } else {
+                target
+            };
+            PlanItem { name: t.name.clone(), dims: t.dims.clone(), from: t.ty, to }
+        })
+        .collect()
+}
+
+pub struct Options {
+    pub target: GgmlType,
+    pub pure: bool,
+    pub allow_requantize: bool,
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub n_tensors: usize,
+    pub n_elements: u64,
+    /// Tensor data bytes, before and after.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Whole files, before and after.
+    pub file_in: u64,
+    pub file_out: u64,
+}
+
+/// A quantization in progress: `step` writes one tensor, `finish` renames the output.
+pub struct Quantizer {
+    src: GgufFile,
+    pub plan: Vec<PlanItem>,
+    writer: Option<GgufWriter<BufWriter<File>>>,
+    tmp: PathBuf,
+    out: PathBuf,
+    next: usize,
+    summary: Summary,
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = p.parent().filter(|x| !x.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+}
+
+impl Quantizer {
+    pub fn new(input: &Path, output: &Path, opts: &Options) -> Result<Quantizer> {
+        let out_shown = output.display();
+        if !opts.target.is_gguf() {
+            return Err(Error::Invalid(format!("cannot quantize to {}", opts.target)));
+        }
+        if same_file(input, output) {
+            return Err(Error::Invalid(format!("{out_shown}: the output is the input file; choose another output name")));
+        }
+        if output.is_dir() {
+            return Err(Error::Io(format!("{out_shown}: is a directory; give the output file's name")));
+        }
+        if output.exists() && !opts.force {
+            return Err(Error::Io(format!("{out_shown}: already exists (pass --force to overwrite it)")));
+        }
+        let src = GgufFile::open(input)?;
+        let plan = plan(&src, opts.target, opts.pure);
+        for p in &plan {
+            if p.from != p.to && p.from.is_quantized() && !opts.allow_requantize {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor {} is already quantized ({}); requantizing to {} loses quality (pass --allow-requantize to do it anyway, or start from the F16/F32 file)",
+                    input.display(),
+                    p.name,
+                    p.from,
+                    p.to
+                )));
+            }
+            if p.to.row_bytes(p.dims[0] as usize).is_none() {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor {} has rows of {} values, not a multiple of {}: it cannot be {}",
+                    input.display(),
+                    p.name,
+                    p.dims[0],
+                    p.to.block_size(),
+                    p.to
+                )));
+            }
+        }
+        let mut meta: Vec<(String, Value)> = src.metadata.clone();
+        let ft = Value::U32(file_type_id(opts.target));
+        match meta.iter_mut().find(|(k, _)| k == "general.file_type") {
+            Some(kv) => kv.1 = ft,
+            None => meta.push(("general.file_type".into(), ft)),
+        }
+        if opts.target.is_quantized() && !meta.iter().any(|(k, _)| k == "general.quantization_version") {
+            meta.push(("general.quantization_version".into(), Value::U32(2)));
+        }
+        let specs = plan.iter().map(|p| TensorSpec { name: p.name.clone(), dims: p.dims.clone(), ty: p.to }).collect();
+
+        let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = output.file_name().ok_or_else(|| Error::Io(format!("{out_shown}: not a file name")))?;
+        let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+        let file = File::create(&tmp).map_err(|e| Error::Io(format!("{out_shown}: cannot create: {e}")))?;
+        let mut q = Quantizer {
+            summary: Summary { file_in: src.mmap().len() as u64, n_tensors: plan.len(), ..Default::default() },
+            src,
+            plan,
+            writer: None,
+            tmp,
+            out: output.to_path_buf(),
+            next: 0,
+        };
+        // On error `q` is dropped here, which removes the temporary file.
+        let w = GgufWriter::new(BufWriter::with_capacity(1 << 20, file), &meta, specs).map_err(|e| q.name_err(e))?;
+        q.writer = Some(w);
+        Ok(q)
+    }
+
+    fn name_err(&self, e: Error) -> Error {
+        match e {
+            Error::Io(m) => Error::Io(format!("{}: {m}", self.out.display())),
+            e => e,
+        }
+    }
+
+    pub fn n_tensors(&self) -> usize {
+        self.plan.len()
+    }
+
+    /// Convert and write the next tensor; its index, or None when all are written.
+    pub fn step(&mut self) -> Result<Option<usize>> {
+        let i = self.next;
+        let Some(p) = self.plan.get(i) else { return Ok(None) };
+        let t = self.src.tensor(&p.name).expect("planned from this file");
+        let data = self.src.tensor_data(t);
+        let converted;
+        let bytes: &[u8] = if p.from == p.to {
+            data
+        } else {
+            converted = convert(data, p.from, p.to, p.dims[0] as usize);
+            &converted
+        };
+        self.summary.n_elements += t.n_elements();
+        self.summary.bytes_in += data.len() as u64;
+        self.summary.bytes_out += bytes.len() as u64;
+        let r = self.writer.as_mut().expect("writer").write_tensor(bytes);
+        r.map_err(|e| self.name_err(e))?;
+        self.next += 1;
+        Ok(Some(i))
+    }
+
+    /// Write what is left, flush, and move the output into place.
+    pub fn finish(mut self) -> Result<Summary> {
+        while self.step()?.is_some() {}
+        let w = self.writer.take().expect("writer");
+        let buf = w.finish().map_err(|e| self.name_err(e))?;
+        let file = buf.into_inner().map_err(|e| Error::Io(format!("{}: write failed: {}", self.out.display(), e.error())))?;
+        file.sync_all().map_err(|e| Error::Io(format!("{}: write failed: {e}", self.out.display())))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.out)
+            .map_err(|e| Error::Io(format!("{}: cannot move the finished file into place: {e}", self.out.display())))?;
+        self.summary.file_out = std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0);
+        self.tmp = PathBuf::new();
+        Ok(self.summary.clone())
+    }
+}
+
+impl Drop for Quantizer {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.writer.take();
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Rows of `cols` values from `from` to `to`, in parallel (via f32, exact for F16/F32 input).
+pub fn convert(data: &[u8], from: GgmlType, to: GgmlType, cols: usize) -> Vec<u8> {
+    let rb_in = from.row_bytes(cols).expect("checked");
+    let rb_out = to.row_bytes(cols).expect("checked");
+    let rows = data.len() / rb_in;
+    let mut out = vec![0u8; rows * rb_out];
+    const ROWS: usize = 16;
+    out.par_chunks_mut(rb_out * ROWS).zip(data.par_chunks(rb_in * ROWS)).for_each(|(o, i)| {
+        let mut x = vec![0f32; cols];
+        for (orow, irow) in o.chunks_exact_mut(rb_out).zip(i.chunks_exact(rb_in)) {
+            dequantize_row(from, irow, &mut x);
+            quantize_row(to, &x, orow);
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A writer that fails once `limit` bytes were written, like a full disk.
+    struct Full {
+        limit: usize,
+        n: usize,
+    }
+    impl Write for Full {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.n + b.len() > self.limit {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.n += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn full_disk_is_an_error() {
+        let specs = vec![TensorSpec { name: "x".into(), dims: vec![64, 4], ty: GgmlType::Q4_0 }];
+        let mut w = GgufWriter::new(Full { limit: 100, n: 0 }, &[], specs).unwrap();
+        let e = w.write_tensor(&[0u8; 4 * 2 * 18]).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+    }
+
+    #[test]
+    fn type_names() {
+        assert_eq!(target_type("Q4_0").unwrap(), GgmlType::Q4_0);
+        assert!(target_type("q5_k").unwrap_err().to_string().contains("unknown type"));
+    }
+}
