@@ -49,6 +49,8 @@ app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web
 app.command("worker", hidden=True)(_serve.worker)
 from . import bench as _bench  # noqa: E402
 app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(_bench.bench)
+from . import convert as _convert  # noqa: E402
+app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(_convert.convert)
 
 
 def main(argv: list[str] | None = None) -> None:
