@@ -46,7 +46,7 @@ def test_interactive_session_with_the_demo_model() -> None:
     p = spawn("run", "-s", "5", "-n", "30")
     p.expect_exact(">>> ")
     banner = p.before
-    for field in ("model    fortunes-1M", "demo model", "parameters", "weights  F16", "context  512 tokens", "loaded in"):
+    for field in ("model    fortunes-1M", "demo model", "parameters", "weights  Q8_0", "context  512 tokens", "loaded in"):
         assert field in banner, banner
     demo = llama_rs.Model.demo(n_ctx=512)
     want = demo.complete("Never trust a computer", max_tokens=30, seed=5)

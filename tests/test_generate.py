@@ -128,7 +128,7 @@ def test_interleaved_generation_is_refused() -> None:
 def test_api_surface(demo) -> None:
     assert demo.n_ctx == 256 and demo.n_vocab == 1024
     assert demo.metadata["general.architecture"] == "llama"
-    assert "fortunes-1M" in repr(demo) and "F16" in repr(demo)
+    assert "fortunes-1M" in repr(demo) and "Q8_0" in repr(demo)
     assert demo.config["n_head_kv"] == 2
     logits = demo.eval(demo.tokenize("Q:"))
     assert logits.shape == (1024,) and logits.dtype == np.float32

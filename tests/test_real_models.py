@@ -69,7 +69,7 @@ def test_greedy_text_through_complete(name: str) -> None:
 
 
 def test_demo_model_writes_fortunes() -> None:
-    """The shipped demo (our F16 GGUF of fortunes-1M) agrees with llama.cpp's f32 file on
+    """The shipped demo (our Q8_0 GGUF of fortunes-1M) agrees with llama.cpp's f32 file on
     greedy text and writes fortune-like text: words from its training data, attributions."""
     models = need_data("fortunes-1M-f32.gguf")
     demo = llama_rs.Model.demo()
