@@ -35,22 +35,17 @@ def _root(
     set_debug(debug)
 
 
-# Commands: one module each.
-from . import run as _run  # noqa: E402
+# Commands: one module each, listed in --help in this order.
+from . import bench, convert, info, perplexity, quantize, run, serve  # noqa: E402
 
-app.command("run", help="Chat with a model at an interactive prompt, or generate once with -p.")(_run.run)
-from . import quantize as _quantize, info as _info, perplexity as _perplexity  # noqa: E402
-
-app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32), streaming one tensor at a time.")(_quantize.quantize)
-app.command("info", help="Show a model file's format, hyperparameters and tensors (GGUF or legacy).")(_info.info)
-app.command("perplexity", help="Measure perplexity on a text file with llama.cpp's method.")(_perplexity.perplexity)
-from . import serve as _serve  # noqa: E402
-app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(_serve.serve)
-app.command("worker", hidden=True)(_serve.worker)
-from . import bench as _bench  # noqa: E402
-app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(_bench.bench)
-from . import convert as _convert  # noqa: E402
-app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(_convert.convert)
+app.command("run", help="Chat with a model at an interactive prompt, or generate once with -p.")(run.run)
+app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(serve.serve)
+app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(convert.convert)
+app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32), streaming one tensor at a time.")(quantize.quantize)
+app.command("info", help="Show a model file's format, hyperparameters and tensors (GGUF or legacy).")(info.info)
+app.command("perplexity", help="Measure perplexity on a text file with llama.cpp's method.")(perplexity.perplexity)
+app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(bench.bench)
+app.command("worker", hidden=True)(serve.worker)
 
 
 def main(argv: list[str] | None = None) -> None:
