@@ -3,7 +3,7 @@
 
 use crate::error::{format_err, Error, Result};
 use crate::gguf::{GgufFile, TensorInfo, Value};
-use crate::ops::{matmul, rmsnorm, rope, silu, softmax, WeightView};
+use crate::ops::{matmul, matmul_with, rmsnorm, rope_table, rope_with, silu, softmax, Prepared, WeightView};
 use crate::quant::{dequantize_row, f16_bits_to_f32, f32_to_f16_bits, GgmlType};
 use crate::tokenizer::Tokenizer;
 use memmap2::Mmap;
@@ -488,18 +488,20 @@ impl Model {
         for (t, &id) in ids.iter().enumerate() {
             self.token_embd.row_f32(id as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
+        let rope_tables: Vec<Vec<(f32, f32)>> = (0..n).map(|t| rope_table(c.n_rot, n_past + t, c.freq_base)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             s.h.copy_from_slice(&s.x);
             for row in s.h.chunks_mut(dim) {
                 rmsnorm(row, &layer.attn_norm, c.rms_eps);
             }
-            matmul(&layer.wq, &s.h, n, &mut s.q);
-            matmul(&layer.wk, &s.h, n, &mut s.k);
-            matmul(&layer.wv, &s.h, n, &mut s.v);
-            for t in 0..n {
-                let pos = n_past + t;
-                rope(&mut s.q[t * dim..(t + 1) * dim], hd, c.n_rot, pos, c.freq_base);
-                rope(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, c.n_rot, pos, c.freq_base);
+            // One preparation (q8_0 rows for quantized weights) serves q, k and v.
+            let p = Prepared::new(layer.wq.ty, &s.h, dim);
+            matmul_with(&layer.wq, &p, &s.h, &mut s.q);
+            matmul_with(&layer.wk, &p, &s.h, &mut s.k);
+            matmul_with(&layer.wv, &p, &s.h, &mut s.v);
+            for (t, table) in rope_tables.iter().enumerate() {
+                rope_with(&mut s.q[t * dim..(t + 1) * dim], hd, table);
+                rope_with(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, table);
             }
             cache.k[l].write(n_past * kv_dim, &s.k);
             cache.v[l].write(n_past * kv_dim, &s.v);
@@ -517,8 +519,9 @@ impl Model {
             for row in s.h.chunks_mut(dim) {
                 rmsnorm(row, &layer.ffn_norm, c.rms_eps);
             }
-            matmul(&layer.w_gate, &s.h, n, &mut s.gate);
-            matmul(&layer.w_up, &s.h, n, &mut s.up);
+            let p = Prepared::new(layer.w_gate.ty, &s.h, dim);
+            matmul_with(&layer.w_gate, &p, &s.h, &mut s.gate);
+            matmul_with(&layer.w_up, &p, &s.h, &mut s.up);
             for (g, u) in s.gate.iter_mut().zip(&s.up) {
                 *g = silu(*g) * u;
             }
@@ -548,6 +551,33 @@ fn round_f16(x: &mut [f32]) {
     }
 }
 
+/// Attention scores `dot(q, k_p) * scale` for positions `0..out.len()` (`k_p` at
+/// `kc[p * stride ..][..q.len()]`). Each dot is the plain left-to-right sum (as
+/// `Iterator::sum`, from -0.0); eight positions run side by side so their independent
+/// chains overlap instead of waiting on one another. Same bits as one at a time.
+fn scores_into(q: &[f32], kc: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let len = out.len();
+    let mut p = 0;
+    while p + 8 <= len {
+        let ks: [&[f32]; 8] = std::array::from_fn(|j| &kc[(p + j) * stride..][..hd]);
+        let mut acc = [-0.0f32; 8];
+        for (i, &qi) in q.iter().enumerate() {
+            for j in 0..8 {
+                acc[j] += qi * ks[j][i];
+            }
+        }
+        for j in 0..8 {
+            out[p + j] = acc[j] * scale;
+        }
+        p += 8;
+    }
+    for (p, o) in out.iter_mut().enumerate().skip(p) {
+        let k = &kc[p * stride..][..hd];
+        *o = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+    }
+}
+
 /// Causal attention for `n` new positions after `n_past`, parallel over (position, head);
 /// each output is computed by one thread in a fixed order. With an f16 cache the
 /// probabilities are rounded to f16 before they weight the values, as in llama.cpp.
@@ -560,12 +590,8 @@ fn attention(c: &Config, q: &[f32], kc: &[f32], vc: &[f32], n_past: usize, f16: 
         let qh = &q[t * c.dim + h * hd..t * c.dim + (h + 1) * hd];
         let kvh = h / group;
         let len = n_past + t + 1;
-        let mut scores: Vec<f32> = (0..len)
-            .map(|p| {
-                let k = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
-            })
-            .collect();
+        let mut scores = vec![0f32; len];
+        scores_into(qh, &kc[kvh * hd..], kv_dim, scale, &mut scores);
         softmax(&mut scores);
         if f16 {
             round_f16(&mut scores);
@@ -578,4 +604,30 @@ fn attention(c: &Config, q: &[f32], kc: &[f32], vc: &[f32], n_past: usize, f16: 
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scores_into;
+
+    #[test]
+    fn scores_equal_plain_sums_bit_for_bit() {
+        let mut s = 3u64;
+        let mut r = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let (hd, stride) = (64, 3 * 64);
+        for len in [0, 1, 7, 8, 9, 23, 64] {
+            let q: Vec<f32> = (0..hd).map(|_| r()).collect();
+            let kc: Vec<f32> = (0..len * stride).map(|_| r()).collect();
+            let mut got = vec![0f32; len];
+            scores_into(&q, kc.get(64..).unwrap_or(&[]), stride, 0.125, &mut got);
+            for (p, g) in got.iter().enumerate() {
+                let k = &kc[p * stride + 64..p * stride + 128];
+                let want = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * 0.125;
+                assert_eq!(g.to_bits(), want.to_bits(), "len {len} p {p}");
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! Matmul is the hot one: parallel over output rows with rayon, each output element reduced
 //! by exactly one thread in a fixed order, so results never depend on the thread count.
 
-use crate::quant::{prepare_activation, vec_dot, GgmlType};
+use crate::quant::{has_x4_kernel, prepare_activation, vec_dot_xn, GgmlType, PreparedRow, X4Aux, X4};
 use rayon::prelude::*;
 
 /// `x / sqrt(mean(x^2) + eps) * weight`, in place.
@@ -18,12 +18,28 @@ pub fn rmsnorm(x: &mut [f32], weight: &[f32], eps: f32) {
 /// Rotary embedding on adjacent pairs `(2i, 2i+1)` of each head (Meta's layout), for the first
 /// `n_rot` dimensions of every head.
 pub fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, pos: usize, freq_base: f32) {
-    for head in x.chunks_exact_mut(head_dim) {
-        for i in (0..n_rot).step_by(2) {
+    rope_with(x, head_dim, &rope_table(n_rot, pos, freq_base));
+}
+
+/// `(sin, cos)` of each pair's angle at `pos` (the same for every head: compute once per
+/// position, apply to q and k of every head with [`rope_with`]).
+pub fn rope_table(n_rot: usize, pos: usize, freq_base: f32) -> Vec<(f32, f32)> {
+    (0..n_rot)
+        .step_by(2)
+        .map(|i| {
             // Angles in f64: positions times small frequencies lose digits in f32.
             let freq = (freq_base as f64).powf(-(i as f64) / n_rot as f64);
             let (sin, cos) = (pos as f64 * freq).sin_cos();
-            let (sin, cos) = (sin as f32, cos as f32);
+            (sin as f32, cos as f32)
+        })
+        .collect()
+}
+
+/// [`rope`] with a precomputed [`rope_table`].
+pub fn rope_with(x: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (k, &(sin, cos)) in table.iter().enumerate() {
+            let i = 2 * k;
             let (a, b) = (head[i], head[i + 1]);
             head[i] = a * cos - b * sin;
             head[i + 1] = a * sin + b * cos;
@@ -56,46 +72,109 @@ pub trait WeightView: Sync {
     fn bytes(&self) -> &[u8];
 }
 
+/// Activation rows prepared once for weights of one kind (q8_0 for quantized weights, f32
+/// otherwise), with the multi-row kernels' side data. The same preparation serves every weight
+/// with the same `is_quantized()` (q, k and v; gate and up).
+pub struct Prepared {
+    quantized: bool,
+    rows: Vec<PreparedRow>,
+    aux: Vec<X4Aux>,
+}
+
+impl Prepared {
+    /// One prepared row per `cols`-element row of `x`, for weights of type `ty`.
+    pub fn new(ty: GgmlType, x: &[f32], cols: usize) -> Prepared {
+        let rows: Vec<PreparedRow> = if x.len() > cols {
+            x.par_chunks(cols).map(|r| prepare_activation(ty, r)).collect()
+        } else {
+            vec![prepare_activation(ty, x)]
+        };
+        // Only Q4_0 has a multi-row kernel; its side data is cheap (one pass over the rows).
+        let aux = if has_x4_kernel(ty) {
+            rows.par_iter().map(X4Aux::new).collect()
+        } else {
+            vec![X4Aux::default(); rows.len()]
+        };
+        Prepared { quantized: ty.is_quantized(), rows, aux }
+    }
+
+    /// Whether these rows serve weights of type `ty` with the fast kernels.
+    pub fn serves(&self, ty: GgmlType) -> bool {
+        self.quantized == ty.is_quantized() && (!has_x4_kernel(ty) || self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(r)))
+    }
+}
+
 /// `out[t][o] = dot(W[o, :], x[t])` for each of the `n` input rows in `x` (n x cols).
 /// Runs on the current rayon pool (call inside `pool.install`).
 pub fn matmul(w: &dyn WeightView, x: &[f32], n: usize, out: &mut [f32]) {
-    let (rows, cols) = (w.rows(), w.cols());
-    assert_eq!(x.len(), n * cols, "matmul input shape");
+    assert_eq!(x.len(), n * w.cols(), "matmul input shape");
+    if n == 0 {
+        assert!(out.is_empty(), "matmul output shape");
+        return;
+    }
+    matmul_prepared(w, &Prepared::new(w.ty(), x, w.cols()), out);
+}
+
+/// [`matmul`] on activation rows already prepared (see [`Prepared::serves`]); re-prepares
+/// them if they were prepared for another kind of weight.
+pub fn matmul_with(w: &dyn WeightView, p: &Prepared, x: &[f32], out: &mut [f32]) {
+    if p.serves(w.ty()) {
+        matmul_prepared(w, p, out);
+    } else {
+        matmul(w, x, p.rows.len(), out);
+    }
+}
+
+fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
+    let (prepared, aux) = (&p.rows[..], &p.aux[..]);
+    let (rows, cols, n) = (w.rows(), w.cols(), prepared.len());
+    assert!(prepared.iter().all(|p| p.len() == cols), "matmul input shape");
     assert_eq!(out.len(), n * rows, "matmul output shape");
     let row_bytes = w.ty().row_bytes(cols).expect("weight rows are whole blocks");
     let data = w.bytes();
-    // Each activation row is prepared (quantized to q8_0 for quantized weights) once.
-    let prepared: Vec<_> = if n > 1 {
-        x.par_chunks(cols).map(|r| prepare_activation(w.ty(), r)).collect()
-    } else {
-        vec![prepare_activation(w.ty(), x)]
-    };
+    let ty = w.ty();
     // Work in output-row chunks so a weight row stays in cache while it meets every token.
     const CHUNK: usize = 16;
     if n == 1 {
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
             for (j, o) in chunk.iter_mut().enumerate() {
                 let r = c * CHUNK + j;
-                *o = vec_dot(w.ty(), &data[r * row_bytes..(r + 1) * row_bytes], &prepared[0]);
+                *o = vec_dot_xn(ty, &data[r * row_bytes..(r + 1) * row_bytes], [&prepared[0]], [&aux[0]])[0];
             }
         });
         return;
     }
     let mut transposed = vec![0.0f32; rows * n];
     transposed.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, chunk)| {
-        for (j, per_token) in chunk.chunks_mut(n).enumerate() {
+        let wrow = |j: usize| {
             let r = c * CHUNK + j;
-            let wrow = &data[r * row_bytes..(r + 1) * row_bytes];
-            for (t, o) in per_token.iter_mut().enumerate() {
-                *o = vec_dot(w.ty(), wrow, &prepared[t]);
+            &data[r * row_bytes..(r + 1) * row_bytes]
+        };
+        let n_rows = chunk.len() / n;
+        // Tokens outermost within a chunk: four activation rows and the chunk's weight rows
+        // stay in cache together. Four tokens per call (each weight block unpacked once for
+        // four), the rest one by one; every element gets the bits of the one-row kernel.
+        let mut t = 0;
+        while t + X4 <= n {
+            let xs = [&prepared[t], &prepared[t + 1], &prepared[t + 2], &prepared[t + 3]];
+            let ax = [&aux[t], &aux[t + 1], &aux[t + 2], &aux[t + 3]];
+            for j in 0..n_rows {
+                let r4 = vec_dot_xn(ty, wrow(j), xs, ax);
+                chunk[j * n + t..j * n + t + X4].copy_from_slice(&r4);
+            }
+            t += X4;
+        }
+        for t in t..n {
+            for j in 0..n_rows {
+                chunk[j * n + t] = vec_dot_xn(ty, wrow(j), [&prepared[t]], [&aux[t]])[0];
             }
         }
     });
-    for (r, per_token) in transposed.chunks(n).enumerate() {
-        for (t, v) in per_token.iter().enumerate() {
-            out[t * rows + r] = *v;
+    out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
+        for (r, v) in o.iter_mut().enumerate() {
+            *v = transposed[r * n + t];
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -133,7 +212,7 @@ mod tests {
     fn matmul_same_with_one_and_two_threads() {
         let mut s = 7u64;
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let (rows, cols, n) = (37, 64, 5);
+            let (rows, cols, n) = (37, 64, 11);
             let vals: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
             let rb = ty.row_bytes(cols).unwrap();
             let mut data = vec![0u8; rb * rows];
@@ -153,6 +232,37 @@ mod tests {
             // The batched path equals the one-row path, row by row.
             let single = run(1, 1);
             assert_eq!(&a[..rows], &single[..], "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn shared_preparation_equals_own() {
+        let mut s = 11u64;
+        let (rows, cols, n) = (19, 96, 6);
+        let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut s)).collect();
+        let weight = |ty: GgmlType, s: &mut u64| {
+            let rb = ty.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rb * rows];
+            for r in 0..rows {
+                let vals: Vec<f32> = (0..cols).map(|_| lcg(s)).collect();
+                quantize_row(ty, &vals, &mut data[r * rb..(r + 1) * rb]);
+            }
+            Owned { ty, rows, cols, data }
+        };
+        let all = [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+        for m in [n, 1] {
+            let x = &x[..m * cols];
+            for pt in all {
+                let p = Prepared::new(pt, x, cols);
+                for wt in all {
+                    let w = weight(wt, &mut s);
+                    let mut own = vec![0.0; m * rows];
+                    matmul(&w, x, m, &mut own);
+                    let mut shared = vec![0.0; m * rows];
+                    matmul_with(&w, &p, x, &mut shared);
+                    assert_eq!(own, shared, "prepared for {pt:?}, weights {wt:?}, n {m}");
+                }
+            }
         }
     }
 

@@ -101,20 +101,23 @@ def test_multiline_prompt(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
-    """Random weights: it rarely produces EOS, so a generation runs until interrupted."""
+    """Random weights with EOS's output row zero: its logit is 0, so greedy decoding
+    (--temp 0) never picks it and a generation runs until interrupted."""
     s = Shape(dim=256, n_layer=6, n_head=4, n_head_kv=2, ffn=512, vocab=300)
     path = tmp_path_factory.mktemp("slow") / "slow.gguf"
-    write_model(path, s, random_weights(s, seed=9), "Q8_0")
+    w = random_weights(s, seed=9)
+    w["output.weight"][2] = 0.0
+    write_model(path, s, w, "Q8_0")
     return path
 
 
 def test_ctrl_c_stops_generation_and_returns_to_the_prompt(slow_model: Path) -> None:
-    p = spawn("run", "-m", str(slow_model), "-c", "4096", "-n", "4000", "--repeat-penalty", "1")
+    p = spawn("run", "-m", str(slow_model), "-c", "4096", "-n", "4000", "--repeat-penalty", "1", "--temp", "0")
     p.expect_exact(">>> ")
     p.sendline("t5 t6")
     p.expect_exact("... ")
     p.sendline("")
-    time.sleep(1.0)
+    time.sleep(0.5)
     p.sendintr()
     p.expect_exact("[interrupted]")
     p.expect(r"(\d+) generated at")

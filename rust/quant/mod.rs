@@ -269,6 +269,68 @@ pub fn vec_dot_scalar(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f
     }
 }
 
+/// Activation rows per [`vec_dot_xn`] call in prompts.
+pub const X4: usize = 4;
+
+/// Side data of one prepared row for [`vec_dot_xn`], computed once per matmul (empty for
+/// f32 rows).
+#[derive(Clone, Debug, Default)]
+pub struct X4Aux {
+    d: Vec<f32>,
+    s8: Vec<i32>,
+    yt: Vec<u8>,
+}
+
+impl X4Aux {
+    pub fn new(x: &PreparedRow) -> X4Aux {
+        match x {
+            PreparedRow::Q8_0(y) => {
+                let (d, s8, yt) = q4_0::x4_aux(y);
+                X4Aux { d, s8, yt }
+            }
+            PreparedRow::F32(_) => X4Aux::default(),
+        }
+    }
+
+    /// Whether this is the side data of a row like `x` (whole groups of 8 blocks).
+    pub fn fits(&self, x: &PreparedRow) -> bool {
+        match x {
+            PreparedRow::Q8_0(y) => {
+                let groups = (y.len() / q8_0::BLOCK_BYTES).div_ceil(8);
+                self.d.len() == groups * 8 && self.s8.len() == groups * 8 && self.yt.len() == groups * 256
+            }
+            PreparedRow::F32(_) => true,
+        }
+    }
+}
+
+/// Whether [`vec_dot_xn`] has a multi-row kernel for this weight type (else it runs
+/// [`vec_dot`] four times, and [`X4Aux`] is not worth computing).
+pub fn has_x4_kernel(weight_type: GgmlType) -> bool {
+    weight_type == GgmlType::Q4_0
+}
+
+/// One weight row against `N` prepared activation rows: `[vec_dot(w, xs[0]), ..]` bit for
+/// bit, faster where a multi-row kernel exists (Q4_0: the weight blocks are unpacked once,
+/// and the activations' block sums come precomputed in `aux`). `aux[t]` is
+/// `X4Aux::new(xs[t])` (ignored, and may be empty, without such a kernel).
+#[inline]
+pub fn vec_dot_xn<const N: usize>(weight_type: GgmlType, w_row: &[u8], xs: [&PreparedRow; N], aux: [&X4Aux; N]) -> [f32; N] {
+    if weight_type == GgmlType::Q4_0 {
+        let ys: [Option<&[u8]>; N] = xs.map(|x| match x {
+            PreparedRow::Q8_0(y) => Some(&y[..]),
+            PreparedRow::F32(_) => None,
+        });
+        if ys.iter().all(Option::is_some) {
+            for x in xs {
+                check_lengths(weight_type, w_row.len(), x.len());
+            }
+            return q4_0::vec_dot_xn(w_row, ys.map(Option::unwrap), aux.map(|a| &a.d[..]), aux.map(|a| &a.s8[..]), aux.map(|a| &a.yt[..]));
+        }
+    }
+    xs.map(|x| vec_dot(weight_type, w_row, x))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +418,27 @@ mod tests {
                 _ => 0.15,
             };
             assert!((r as f64 - exact).abs() <= tol * mag, "{t}: {r} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn x4_dispatch_equals_vec_dot() {
+        let mut rng = Rng::new(5);
+        let n = 32 * 11;
+        for t in GgmlType::ALL {
+            let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.05).collect();
+            let mut w = vec![0u8; t.row_bytes(n).unwrap()];
+            quantize_row(t, &wf, &mut w);
+            let ps: Vec<PreparedRow> = (0..X4)
+                .map(|_| prepare_activation(t, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>()))
+                .collect();
+            let aux: Vec<X4Aux> = ps.iter().map(X4Aux::new).collect();
+            let got = vec_dot_xn(t, &w, [&ps[0], &ps[1], &ps[2], &ps[3]], [&aux[0], &aux[1], &aux[2], &aux[3]]);
+            for k in 0..X4 {
+                assert_eq!(got[k].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");
+                let one = vec_dot_xn(t, &w, [&ps[k]], [&aux[k]]);
+                assert_eq!(one[0].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");
+            }
         }
     }
 

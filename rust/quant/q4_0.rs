@@ -161,6 +161,174 @@ pub(crate) fn vec_dot(w: &[u8], y: &[u8]) -> f32 {
     vec_dot_portable(w, y)
 }
 
+/// Activation rows per multi-row call in prompts.
+pub(crate) const X4: usize = 4;
+
+/// Reference for [`vec_dot_xn`] with 4 rows: the single-row reference, once per activation row.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn vec_dot_x4_scalar(w: &[u8], ys: [&[u8]; X4]) -> [f32; X4] {
+    ys.map(|y| vec_dot_scalar(w, y))
+}
+
+/// Lane `l` of the multi-row kernels' vectors holds block `LANE_BLOCK[l]` of a group of 8
+/// (the order a 4x4 dword transpose within 128-bit halves produces). The float accumulator
+/// of lane `l` is the single-row kernel's lane `LANE_BLOCK[l]`; it is put back in place
+/// before the fixed reduction.
+const LANE_BLOCK: [usize; BLOCK_LANES] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// Bytes of one group of 8 activation blocks rearranged for the multi-row kernels: 8 vectors
+/// of 32 bytes; vector `2k + h`, lane `l` holds quants `16h + 4k .. 16h + 4k + 4` of block
+/// `LANE_BLOCK[l]` (the weights' nibbles land in that layout after a cheap transpose).
+const YT_GROUP: usize = BLOCK_LANES * 32;
+
+/// One group of 8 blocks of a weight row against the same group of `N` activation rows.
+/// The weight nibbles are unpacked and transposed once (lane = block, 4 weights per lane per
+/// vector) to meet the activations, rearranged the same way once per matmul (`x4_aux`). Per
+/// activation row, the integer sum of each block is `sum(nib * y) - 8 * sum(y)`: the
+/// single-row kernel's integer, by exact integer arithmetic (each i16 lane sums 16 products
+/// of at most 15 * 128, so no i16 overflows). The float steps are the single-row kernel's
+/// (`combine`, with the same scales), so each lane accumulates the bits it would in [`vec_dot`].
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn group_xn_avx2<const N: usize>(
+    w: &[u8; BLOCK_LANES * BLOCK_BYTES],
+    yt: [&[u8; YT_GROUP]; N],
+    dx: [&[f32; BLOCK_LANES]; N],
+    s8: [&[i32; BLOCK_LANES]; N],
+    acc: &mut [f32x8; N],
+) {
+    use simd::x86::*;
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    // r[i] = [quants of block 2i | quants of block 2i + 1].
+    let r: [__m256i; 4] = std::array::from_fn(|i| {
+        _mm256_set_m128i(
+            load16(simd::arr::<16>(w, (2 * i + 1) * BLOCK_BYTES + 2)),
+            load16(simd::arr::<16>(w, 2 * i * BLOCK_BYTES + 2)),
+        )
+    });
+    // 4x4 dword transpose within each half: t[k] lane l = dword k of block LANE_BLOCK[l].
+    let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let a2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let a3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t = [
+        _mm256_unpacklo_epi64(a0, a2),
+        _mm256_unpackhi_epi64(a0, a2),
+        _mm256_unpacklo_epi64(a1, a3),
+        _mm256_unpackhi_epi64(a1, a3),
+    ];
+    // nib[2k]: weights 4k..4k+4 (low nibbles), nib[2k + 1]: weights 16 + 4k.. (high).
+    let nib: [__m256i; 8] = std::array::from_fn(|v| {
+        let tk = t[v / 2];
+        if v % 2 == 0 {
+            _mm256_and_si256(tk, m4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
+        }
+    });
+    let dw = f16x8_to_f32(u16x8::from_array(std::array::from_fn(|l| {
+        let p = LANE_BLOCK[l] * BLOCK_BYTES;
+        u16::from_le_bytes([w[p], w[p + 1]])
+    })));
+    for n in 0..N {
+        let y = yt[n];
+        let mut s16 = _mm256_maddubs_epi16(nib[0], load32(simd::arr::<32>(y, 0)));
+        for (v, nv) in nib.iter().enumerate().skip(1) {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*nv, load32(simd::arr::<32>(y, 32 * v))));
+        }
+        let isum = i32x8::from(_mm256_madd_epi16(s16, ones)) - i32x8::from_array(*s8[n]);
+        acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
+    }
+}
+
+/// Side data of one q8_0 activation row for [`vec_dot_xn`], per group of 8 blocks (the last
+/// one padded with zero blocks), lanes in `LANE_BLOCK` order: the scales as f32, `8 * sum(q)`
+/// of each block, and the quants rearranged (`YT_GROUP` bytes per group).
+pub(crate) fn x4_aux(y: &[u8]) -> (Vec<f32>, Vec<i32>, Vec<u8>) {
+    let nb = y.len() / Q8_BYTES;
+    let groups = nb.div_ceil(BLOCK_LANES);
+    let mut d = vec![0f32; groups * BLOCK_LANES];
+    let mut s8 = vec![0i32; groups * BLOCK_LANES];
+    let mut yt = vec![0u8; groups * YT_GROUP];
+    for g in 0..groups {
+        for (l, &lb) in LANE_BLOCK.iter().enumerate() {
+            let b = g * BLOCK_LANES + lb;
+            if b >= nb {
+                continue;
+            }
+            let yb = &y[b * Q8_BYTES..(b + 1) * Q8_BYTES];
+            d[g * BLOCK_LANES + l] = read_f16(yb);
+            s8[g * BLOCK_LANES + l] = 8 * yb[2..].iter().map(|&q| q as i8 as i32).sum::<i32>();
+            for v in 0..8 {
+                let (k, h) = (v / 2, v % 2);
+                let src = 2 + 16 * h + 4 * k;
+                yt[g * YT_GROUP + 32 * v + 4 * l..][..4].copy_from_slice(&yb[src..src + 4]);
+            }
+        }
+    }
+    (d, s8, yt)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `d`, `s8` and `yt` come from [`x4_aux`] of the
+/// activation rows.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn vec_dot_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
+    const WG: usize = BLOCK_LANES * BLOCK_BYTES;
+    let nb = w.len() / BLOCK_BYTES;
+    let groups = nb.div_ceil(BLOCK_LANES);
+    for t in 0..N {
+        assert!(
+            d[t].len() == groups * BLOCK_LANES && s8[t].len() == groups * BLOCK_LANES && yt[t].len() == groups * YT_GROUP,
+            "vec_dot_xn lengths"
+        );
+    }
+    let parts = |g: usize| {
+        (
+            yt.map(|v| simd::arr::<YT_GROUP>(v, g * YT_GROUP)),
+            d.map(|v| -> &[f32; BLOCK_LANES] { v[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap() }),
+            s8.map(|v| -> &[i32; BLOCK_LANES] { v[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap() }),
+        )
+    };
+    let mut acc = [f32x8::splat(0.0); N];
+    let full = nb / BLOCK_LANES;
+    for g in 0..full {
+        let (yg, dg, sg) = parts(g);
+        group_xn_avx2(simd::arr::<WG>(w, g * WG), yg, dg, sg, &mut acc);
+    }
+    let rem = nb % BLOCK_LANES;
+    if rem != 0 {
+        // Zero padding as in `block_dot`: padded lanes add (0 * 0) * 0 = +0.0.
+        let mut wp = [0u8; WG];
+        wp[..rem * BLOCK_BYTES].copy_from_slice(&w[full * WG..][..rem * BLOCK_BYTES]);
+        let (yg, dg, sg) = parts(full);
+        group_xn_avx2(&wp, yg, dg, sg, &mut acc);
+    }
+    acc.map(|a| {
+        let a = a.to_array();
+        let mut lanes = [0f32; BLOCK_LANES];
+        for (l, &b) in LANE_BLOCK.iter().enumerate() {
+            lanes[b] = a[l];
+        }
+        simd::reduce8(lanes)
+    })
+}
+
+/// One weight row against `N` activation rows (4 for prompts, 1 for generation); result `t`
+/// is bit-identical to `vec_dot(w, ys[t])` (and so to [`vec_dot_x4_scalar`]).
+/// `d`, `s8` and `yt` come from [`x4_aux`] of `ys`.
+pub(crate) fn vec_dot_xn<const N: usize>(w: &[u8], ys: [&[u8]; N], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if simd::has_avx2() {
+        // SAFETY: checked just above.
+        return unsafe { vec_dot_xn_avx2(w, d, s8, yt) };
+    }
+    let _ = (d, s8, yt);
+    ys.map(|y| vec_dot_portable(w, y))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +469,59 @@ mod tests {
             vec_dot,
             AVX2,
         );
+    }
+
+    #[test]
+    fn x4_equals_single_row_exactly() {
+        let mut rng = crate::quant::tests_util::Rng::new(77);
+        for nb in (0..=20).chain([63, 64, 65, 128]) {
+            for round in 0..4 {
+                let n = nb * QK;
+                let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
+                let w = if round % 2 == 0 {
+                    quantize(&wf)
+                } else {
+                    // Random nibbles, finite random scales.
+                    let mut w: Vec<u8> = (0..nb * BLOCK_BYTES).map(|_| rng.next_u64() as u8).collect();
+                    for b in 0..nb {
+                        let h = (rng.next_u64() as u16 & 0x83ff) | (((rng.next_u64() % 29) as u16 + 1) << 10);
+                        w[b * BLOCK_BYTES..][..2].copy_from_slice(&h.to_le_bytes());
+                    }
+                    w
+                };
+                let ys: Vec<Vec<u8>> = (0..X4)
+                    .map(|t| {
+                        let xf: Vec<f32> = (0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect();
+                        let mut y = vec![0u8; nb * Q8_BYTES];
+                        crate::quant::q8_0::quantize_row(&xf, &mut y);
+                        if round == 3 && nb > 0 {
+                            y[2] = 0x80; // a -128 activation
+                        }
+                        y
+                    })
+                    .collect();
+                let yr = [&ys[0][..], &ys[1][..], &ys[2][..], &ys[3][..]];
+                let aux: Vec<(Vec<f32>, Vec<i32>, Vec<u8>)> = ys.iter().map(|y| x4_aux(y)).collect();
+                let d = [&aux[0].0[..], &aux[1].0[..], &aux[2].0[..], &aux[3].0[..]];
+                let s8 = [&aux[0].1[..], &aux[1].1[..], &aux[2].1[..], &aux[3].1[..]];
+                let yt = [&aux[0].2[..], &aux[1].2[..], &aux[2].2[..], &aux[3].2[..]];
+                let want = vec_dot_x4_scalar(&w, yr);
+                let got = vec_dot_xn(&w, yr, d, s8, yt);
+                for t in 0..X4 {
+                    let one = vec_dot_xn(&w, [yr[t]], [d[t]], [s8[t]], [yt[t]]);
+                    assert_eq!(one[0].to_bits(), want[t].to_bits(), "x1 nb={nb} round={round} t={t}");
+                }
+                for t in 0..X4 {
+                    assert_eq!(got[t].to_bits(), want[t].to_bits(), "nb={nb} round={round} t={t}");
+                    assert_eq!(vec_dot(&w, yr[t]).to_bits(), want[t].to_bits());
+                }
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                if simd::has_avx2() {
+                    let got = unsafe { vec_dot_xn_avx2(&w, d, s8, yt) };
+                    assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "avx2 nb={nb}");
+                }
+            }
+        }
     }
 
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]

@@ -1,0 +1,183 @@
+"""llama_rs against llama-cpp-python, side by side: pp and tg at each thread count, ratios,
+memory read bandwidth and tg as a fraction of its roofline.
+
+    python bench/compare.py [--shape tinyllama|7b] [--model FILE] [-p 512] [-n 128]
+                            [-t 1 2] [-r 3]
+
+pp: one prompt of `-p` tokens evaluated as one batch from an empty context (tokens/s).
+tg: `-n` tokens evaluated one at a time from an empty context (tokens/s), as llama-bench does.
+For each thread count and repetition the two engines run alternately (ours, theirs, ours,
+theirs ...) in this one process, on the same file and the same token ids, so machine noise
+hits both; the table shows mean +- standard deviation and the ratio of the means.
+
+Roofline: generating one token reads every weight once (all tensors but token_embd, of which
+one row is read); at the measured read bandwidth B that allows at most B / bytes tokens/s.
+The bandwidth is measured here with numpy: the best of several passes summing a 1 GiB buffer,
+split over the threads (numpy's reductions release the GIL).
+Random-weight models are written once to bench/out/ (see bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench import TINYLLAMA, write_random_q4_0  # noqa: E402
+
+LLAMA7B = dict(dim=4096, n_layer=32, n_head=32, n_head_kv=32, ffn=11008, vocab=32000)
+SHAPES = {"tinyllama": ("tinyllama-random-q4_0.gguf", TINYLLAMA), "7b": ("llama7b-random-q4_0.gguf", LLAMA7B)}
+
+
+def weight_bytes_per_token(path: Path) -> int:
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    names = {t.name for t in r.tensors}
+    total = 0
+    for t in r.tensors:
+        if t.name == "token_embd.weight" and "output.weight" in names:
+            total += int(t.n_bytes) // int(t.shape[-1] if len(t.shape) > 1 else 1)  # one row
+        else:
+            total += int(t.n_bytes)
+    return total
+
+
+def read_bandwidth(threads: int, gib: float = 1.0, passes: int = 5) -> float:
+    """Bytes/s reading a buffer larger than any cache, `threads` numpy reductions at once."""
+    a = np.ones(int(gib * (1 << 30)) // 8, dtype=np.float64)
+    parts = np.array_split(a, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as ex:
+        for _ in range(passes):
+            t = time.perf_counter()
+            list(ex.map(np.sum, parts))
+            best = min(best, time.perf_counter() - t)
+    return a.nbytes / best
+
+
+class Ours:
+    name = "llama_rs"
+
+    def __init__(self, path: Path, threads: int, n_ctx: int):
+        import llama_rs
+
+        self.m = llama_rs.Model(path, n_ctx=n_ctx, n_threads=threads)
+        self.m.eval([1, 2, 3, 4])  # page cache and thread pool warm
+        self.m.reset()
+
+    def pp(self, prompt: list[int]) -> float:
+        self.m.reset()
+        t = time.perf_counter()
+        self.m.eval(prompt)
+        return len(prompt) / (time.perf_counter() - t)
+
+    def tg(self, ids: list[int]) -> float:
+        self.m.reset()
+        t = time.perf_counter()
+        for i in ids:
+            self.m.eval([i])
+        return len(ids) / (time.perf_counter() - t)
+
+
+class Theirs:
+    name = "llama-cpp-python"
+
+    def __init__(self, path: Path, threads: int, n_ctx: int, n_batch: int):
+        import llama_cpp
+
+        self.m = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                 n_batch=n_batch, n_ubatch=n_batch, verbose=False, logits_all=False)
+        self.m.eval([1, 2, 3, 4])
+        self.m.reset()
+
+    def pp(self, prompt: list[int]) -> float:
+        self.m.reset()
+        t = time.perf_counter()
+        self.m.eval(prompt)
+        return len(prompt) / (time.perf_counter() - t)
+
+    def tg(self, ids: list[int]) -> float:
+        self.m.reset()
+        t = time.perf_counter()
+        for i in ids:
+            self.m.eval([i])
+        return len(ids) / (time.perf_counter() - t)
+
+
+def fmt(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):8.2f} ± {sd:5.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
+    p.add_argument("--model", type=Path, help="a GGUF file instead of a random-weight model")
+    p.add_argument("-p", "--prompt", type=int, default=512)
+    p.add_argument("-n", "--gen", type=int, default=128)
+    p.add_argument("-t", "--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("-r", "--reps", type=int, default=3)
+    p.add_argument("--no-bandwidth", action="store_true")
+    a = p.parse_args()
+
+    path = a.model
+    if path is None:
+        fname, shape = SHAPES[a.shape]
+        path = HERE / "out" / fname
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            print(f"writing {path} ...", file=sys.stderr)
+            write_random_q4_0(path, **shape)
+    import llama_cpp
+    import llama_rs
+
+    rng = np.random.default_rng(1)
+    prompt = [1] + rng.integers(100, 30000, a.prompt - 1).tolist()
+    gen_ids = [1] + rng.integers(100, 30000, a.gen - 1).tolist()
+    n_ctx = max(a.prompt, a.gen) + 8
+    bpt = weight_bytes_per_token(path)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')}, "
+          f"llama-cpp-python {llama_cpp.__version__}")
+    print(f"model {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {bpt / 2**20:.0f} MiB read per generated token); "
+          f"pp{a.prompt} tg{a.gen}, {a.reps} reps, engines alternating")
+    print(f"{'threads':>7} | {'test':>6} | {'llama_rs tok/s':>17} | {'llama.cpp tok/s':>17} | {'ratio':>5} | roofline")
+    for th in a.threads:
+        ours = Ours(path, th, n_ctx)
+        theirs = Theirs(path, th, n_ctx, a.prompt)
+        res = {(e, k): [] for e in ("ours", "theirs") for k in ("pp", "tg")}
+        for _ in range(a.reps):
+            res["ours", "pp"].append(ours.pp(prompt))
+            res["theirs", "pp"].append(theirs.pp(prompt))
+            res["ours", "tg"].append(ours.tg(gen_ids))
+            res["theirs", "tg"].append(theirs.tg(gen_ids))
+        del ours, theirs
+        bw = None if a.no_bandwidth else read_bandwidth(th)
+        for k in ("pp", "tg"):
+            o, t = res["ours", k], res["theirs", k]
+            ratio = statistics.mean(o) / statistics.mean(t)
+            roof = ""
+            if k == "tg" and bw:
+                limit = bw / bpt
+                roof = (f"bw {bw / 1e9:.1f} GB/s -> {limit:.1f} tok/s; ours {statistics.mean(o) / limit:.0%}, "
+                        f"llama.cpp {statistics.mean(t) / limit:.0%}")
+            name = f"{k}{a.prompt if k == 'pp' else a.gen}"
+            print(f"{th:>7} | {name:>6} | {fmt(o):>17} | {fmt(t):>17} | {ratio:5.2f} | {roof}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
