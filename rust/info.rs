@@ -1,6 +1,7 @@
 //! What `llama-rs info` shows about a model file of any supported format, without loading
 //! the weights: format and version, hyperparameters, vocab size, tensors.
 
+use crate::model::read_head;
 use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::legacy::{is_legacy_magic, LegacyFile};
@@ -31,17 +32,6 @@ pub struct FileInfo {
     pub tensors: Vec<TensorRow>,
 }
 
-fn read_head(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut head = vec![0u8; 8];
-    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
-        Ok(n) => {
-            head.truncate(n);
-            head
-        }
-        Err(_) => Vec::new(),
-    }
-}
 
 const HPARAMS: [&str; 10] = [
     "context_length",

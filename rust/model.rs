@@ -287,7 +287,7 @@ impl Model {
 }
 
 /// The first bytes of a file (empty if it cannot be read: the real open reports why).
-fn read_head(path: &Path) -> Vec<u8> {
+pub(crate) fn read_head(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut head = vec![0u8; 8];
     match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {

@@ -118,7 +118,6 @@ pub(crate) fn widen(today: super::GgmlType, src: &[u8], dst: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::quant::tests_util::Rng;
     use crate::quant::{dequantize_row, prepare_activation, quantize_row, vec_dot, GgmlType};
 
