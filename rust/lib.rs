@@ -3,6 +3,7 @@
 //! Data flows one way: file -> (mmap) tensors -> model -> logits -> sampler -> tokens -> text.
 #![feature(portable_simd)]
 
+pub mod attention;
 pub mod error;
 pub mod gguf;
 pub mod info;

@@ -3,11 +3,12 @@
 
 use crate::error::{format_err, Error, Result};
 use crate::gguf::{GgufFile, TensorInfo, Value};
-use crate::ops::{matmul, matmul_with, rmsnorm, rope_table, rope_with, silu, softmax, Prepared, WeightView};
-use crate::quant::{dequantize_row, f16_bits_to_f32, f32_to_f16_bits, GgmlType};
+pub use crate::attention::{KvCache, KvType};
+use crate::attention::attention;
+use crate::ops::{matmul, matmul_with, rmsnorm, rope_table, rope_with, silu, Prepared, WeightView};
+use crate::quant::{dequantize_row, GgmlType};
 use crate::tokenizer::Tokenizer;
 use memmap2::Mmap;
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -378,70 +379,6 @@ fn dominant_type(f: &GgufFile) -> String {
     best.map_or("F32".to_string(), |b| b.0.name().to_string())
 }
 
-/// How the KV cache stores keys and values. F16 is llama.cpp's default (half the memory, and
-/// its attention rounds queries and probabilities to f16 too); F32 keeps full precision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvType {
-    F32,
-    F16,
-}
-
-enum KvBuf {
-    F32(Vec<f32>),
-    F16(Vec<u16>),
-}
-
-impl KvBuf {
-    fn new(ty: KvType, n: usize) -> KvBuf {
-        match ty {
-            KvType::F32 => KvBuf::F32(vec![0.0; n]),
-            KvType::F16 => KvBuf::F16(vec![0; n]),
-        }
-    }
-
-    fn write(&mut self, start: usize, vals: &[f32]) {
-        match self {
-            KvBuf::F32(b) => b[start..start + vals.len()].copy_from_slice(vals),
-            KvBuf::F16(b) => {
-                for (d, v) in b[start..start + vals.len()].iter_mut().zip(vals) {
-                    *d = f32_to_f16_bits(*v);
-                }
-            }
-        }
-    }
-
-    /// The first `n` values as f32 (borrowed when stored as f32).
-    fn read(&self, n: usize) -> std::borrow::Cow<'_, [f32]> {
-        match self {
-            KvBuf::F32(b) => std::borrow::Cow::Borrowed(&b[..n]),
-            KvBuf::F16(b) => std::borrow::Cow::Owned(b[..n].iter().map(|&h| f16_bits_to_f32(h)).collect()),
-        }
-    }
-}
-
-/// Keys and values of every position evaluated so far, per layer.
-pub struct KvCache {
-    pub n_ctx: usize,
-    pub ty: KvType,
-    k: Vec<KvBuf>,
-    v: Vec<KvBuf>,
-}
-
-impl KvCache {
-    pub fn new(config: &Config, n_ctx: usize, ty: KvType) -> KvCache {
-        let n = n_ctx * config.kv_dim();
-        let mk = || (0..config.n_layer).map(|_| KvBuf::new(ty, n)).collect();
-        KvCache { n_ctx, ty, k: mk(), v: mk() }
-    }
-
-    pub fn bytes_per_value(ty: KvType) -> usize {
-        match ty {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
-        }
-    }
-}
-
 /// Scratch buffers for one batch, sized once per call.
 struct Scratch {
     x: Vec<f32>,
@@ -503,14 +440,8 @@ impl Model {
                 rope_with(&mut s.q[t * dim..(t + 1) * dim], hd, table);
                 rope_with(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, table);
             }
-            cache.k[l].write(n_past * kv_dim, &s.k);
-            cache.v[l].write(n_past * kv_dim, &s.v);
-            let len = (n_past + n) * kv_dim;
-            let f16 = cache.ty == KvType::F16;
-            if f16 {
-                round_f16(&mut s.q);
-            }
-            attention(c, &s.q, &cache.k[l].read(len), &cache.v[l].read(len), n_past, f16, &mut s.att);
+            cache.write(l, n_past, &s.k, &s.v);
+            attention(c, cache, l, &s.q, n_past, &mut s.att);
             matmul(&layer.wo, &s.att, n, &mut s.o);
             for (x, o) in s.x.iter_mut().zip(&s.o) {
                 *x += o;
@@ -540,94 +471,5 @@ impl Model {
         let mut logits = vec![0.0; m * c.n_vocab];
         matmul(self.output_weight(), rows, m, &mut logits);
         Ok(logits)
-    }
-}
-
-/// Round values to the nearest f16 (kept as f32), as ggml does to a matmul's f32 input when
-/// the other side is f16.
-fn round_f16(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = f16_bits_to_f32(f32_to_f16_bits(*v));
-    }
-}
-
-/// Attention scores `dot(q, k_p) * scale` for positions `0..out.len()` (`k_p` at
-/// `kc[p * stride ..][..q.len()]`). Each dot is the plain left-to-right sum (as
-/// `Iterator::sum`, from -0.0); eight positions run side by side so their independent
-/// chains overlap instead of waiting on one another. Same bits as one at a time.
-fn scores_into(q: &[f32], kc: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
-    let hd = q.len();
-    let len = out.len();
-    let mut p = 0;
-    while p + 8 <= len {
-        let ks: [&[f32]; 8] = std::array::from_fn(|j| &kc[(p + j) * stride..][..hd]);
-        let mut acc = [-0.0f32; 8];
-        for (i, &qi) in q.iter().enumerate() {
-            for j in 0..8 {
-                acc[j] += qi * ks[j][i];
-            }
-        }
-        for j in 0..8 {
-            out[p + j] = acc[j] * scale;
-        }
-        p += 8;
-    }
-    for (p, o) in out.iter_mut().enumerate().skip(p) {
-        let k = &kc[p * stride..][..hd];
-        *o = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-    }
-}
-
-/// Causal attention for `n` new positions after `n_past`, parallel over (position, head);
-/// each output is computed by one thread in a fixed order. With an f16 cache the
-/// probabilities are rounded to f16 before they weight the values, as in llama.cpp.
-fn attention(c: &Config, q: &[f32], kc: &[f32], vc: &[f32], n_past: usize, f16: bool, out: &mut [f32]) {
-    let (hd, kv_dim, n_head) = (c.head_dim(), c.kv_dim(), c.n_head);
-    let group = c.n_head / c.n_head_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / n_head, i % n_head);
-        let qh = &q[t * c.dim + h * hd..t * c.dim + (h + 1) * hd];
-        let kvh = h / group;
-        let len = n_past + t + 1;
-        let mut scores = vec![0f32; len];
-        scores_into(qh, &kc[kvh * hd..], kv_dim, scale, &mut scores);
-        softmax(&mut scores);
-        if f16 {
-            round_f16(&mut scores);
-        }
-        o.fill(0.0);
-        for (p, &w) in scores.iter().enumerate() {
-            let v = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            for (acc, x) in o.iter_mut().zip(v) {
-                *acc += w * x;
-            }
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scores_into;
-
-    #[test]
-    fn scores_equal_plain_sums_bit_for_bit() {
-        let mut s = 3u64;
-        let mut r = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        let (hd, stride) = (64, 3 * 64);
-        for len in [0, 1, 7, 8, 9, 23, 64] {
-            let q: Vec<f32> = (0..hd).map(|_| r()).collect();
-            let kc: Vec<f32> = (0..len * stride).map(|_| r()).collect();
-            let mut got = vec![0f32; len];
-            scores_into(&q, kc.get(64..).unwrap_or(&[]), stride, 0.125, &mut got);
-            for (p, g) in got.iter().enumerate() {
-                let k = &kc[p * stride + 64..p * stride + 128];
-                let want = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * 0.125;
-                assert_eq!(g.to_bits(), want.to_bits(), "len {len} p {p}");
-            }
-        }
     }
 }

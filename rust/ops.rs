@@ -3,7 +3,7 @@
 //! Matmul is the hot one: parallel over output rows with rayon, each output element reduced
 //! by exactly one thread in a fixed order, so results never depend on the thread count.
 
-use crate::quant::{has_x4_kernel, prepare_activation, vec_dot_xn, GgmlType, PreparedRow, X4Aux, X4};
+use crate::quant::{has_multi_row_kernel, prepare_activation, vec_dot_rows, GgmlType, PreparedRow, RowAux, XN};
 use rayon::prelude::*;
 
 /// `x / sqrt(mean(x^2) + eps) * weight`, in place.
@@ -78,7 +78,7 @@ pub trait WeightView: Sync {
 pub struct Prepared {
     quantized: bool,
     rows: Vec<PreparedRow>,
-    aux: Vec<X4Aux>,
+    aux: Vec<RowAux>,
 }
 
 impl Prepared {
@@ -90,17 +90,17 @@ impl Prepared {
             vec![prepare_activation(ty, x)]
         };
         // Only Q4_0 has a multi-row kernel; its side data is cheap (one pass over the rows).
-        let aux = if has_x4_kernel(ty) {
-            rows.par_iter().map(X4Aux::new).collect()
+        let aux = if has_multi_row_kernel(ty) {
+            rows.par_iter().map(RowAux::new).collect()
         } else {
-            vec![X4Aux::default(); rows.len()]
+            vec![RowAux::default(); rows.len()]
         };
         Prepared { quantized: ty.is_quantized(), rows, aux }
     }
 
     /// Whether these rows serve weights of type `ty` with the fast kernels.
     pub fn serves(&self, ty: GgmlType) -> bool {
-        self.quantized == ty.is_quantized() && (!has_x4_kernel(ty) || self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(r)))
+        self.quantized == ty.is_quantized() && (!has_multi_row_kernel(ty) || self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(r)))
     }
 }
 
@@ -125,6 +125,9 @@ pub fn matmul_with(w: &dyn WeightView, p: &Prepared, x: &[f32], out: &mut [f32])
     }
 }
 
+/// Weight rows per matmul task.
+const CHUNK: usize = 16;
+
 fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
     let (prepared, aux) = (&p.rows[..], &p.aux[..]);
     let (rows, cols, n) = (w.rows(), w.cols(), prepared.len());
@@ -133,48 +136,59 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
     let row_bytes = w.ty().row_bytes(cols).expect("weight rows are whole blocks");
     let data = w.bytes();
     let ty = w.ty();
-    // Work in output-row chunks so a weight row stays in cache while it meets every token.
-    const CHUNK: usize = 16;
-    if n == 1 {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            for (j, o) in chunk.iter_mut().enumerate() {
-                let r = c * CHUNK + j;
-                *o = vec_dot_xn(ty, &data[r * row_bytes..(r + 1) * row_bytes], [&prepared[0]], [&aux[0]])[0];
-            }
-        });
-        return;
-    }
-    let mut transposed = vec![0.0f32; rows * n];
-    transposed.par_chunks_mut(CHUNK * n).enumerate().for_each(|(c, chunk)| {
-        let wrow = |j: usize| {
-            let r = c * CHUNK + j;
-            &data[r * row_bytes..(r + 1) * row_bytes]
-        };
-        let n_rows = chunk.len() / n;
-        // Tokens outermost within a chunk: four activation rows and the chunk's weight rows
-        // stay in cache together. Four tokens per call (each weight block unpacked once for
-        // four), the rest one by one; every element gets the bits of the one-row kernel.
+    // Work in output-row chunks so the chunk's weight rows stay in cache while they meet
+    // every token. Each task owns a range of output rows (weight rows) for every token, so it
+    // writes `out[t * rows + r]` for its own `r` only: disjoint writes through a shared pointer.
+    let dst = Disjoint(out.as_mut_ptr(), out.len());
+    (0..rows.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+        let dst = &dst;
+        let (r0, r1) = (c * CHUNK, rows.min((c + 1) * CHUNK));
+        let w_rows = &data[r0 * row_bytes..r1 * row_bytes];
+        // Tokens outermost within a chunk: the activation rows of one call and the chunk's
+        // weight rows stay in cache together. Eight tokens per call (each weight block
+        // unpacked once for eight), then four, then one by one; every element gets the bits
+        // of the one-row kernel.
         let mut t = 0;
-        while t + X4 <= n {
-            let xs = [&prepared[t], &prepared[t + 1], &prepared[t + 2], &prepared[t + 3]];
-            let ax = [&aux[t], &aux[t + 1], &aux[t + 2], &aux[t + 3]];
-            for j in 0..n_rows {
-                let r4 = vec_dot_xn(ty, wrow(j), xs, ax);
-                chunk[j * n + t..j * n + t + X4].copy_from_slice(&r4);
+        while t < n {
+            let step = if n - t >= XN { XN } else if n - t >= 4 { 4 } else { 1 };
+            match step {
+                XN => tile::<XN>(ty, w_rows, prepared, aux, t, r0, rows, dst),
+                4 => tile::<4>(ty, w_rows, prepared, aux, t, r0, rows, dst),
+                _ => tile::<1>(ty, w_rows, prepared, aux, t, r0, rows, dst),
             }
-            t += X4;
-        }
-        for t in t..n {
-            for j in 0..n_rows {
-                chunk[j * n + t] = vec_dot_xn(ty, wrow(j), [&prepared[t]], [&aux[t]])[0];
-            }
+            t += step;
         }
     });
-    out.par_chunks_mut(rows).enumerate().for_each(|(t, o)| {
-        for (r, v) in o.iter_mut().enumerate() {
-            *v = transposed[r * n + t];
+}
+
+/// Weight rows `r0 ..` (`w_rows`) against tokens `t .. t + N`, into `dst` (`n x rows`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<const N: usize>(ty: GgmlType, w_rows: &[u8], xs: &[PreparedRow], aux: &[RowAux], t: usize, r0: usize, rows: usize, dst: &Disjoint) {
+    let mut res = [[0f32; N]; CHUNK];
+    let n_rows = w_rows.len() / ty.row_bytes(xs[t].len()).expect("whole blocks");
+    let res = &mut res[..n_rows];
+    vec_dot_rows(ty, w_rows, std::array::from_fn(|k| &xs[t + k]), std::array::from_fn(|k| &aux[t + k]), res);
+    for (j, r) in res.iter().enumerate() {
+        for (k, &v) in r.iter().enumerate() {
+            // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
+            unsafe { dst.set((t + k) * rows + r0 + j, v) };
         }
-    });
+    }
+}
+
+/// An output buffer that parallel tasks write at disjoint indices.
+struct Disjoint(*mut f32, usize);
+// SAFETY: only used for writes to indices no other task writes (see `set`'s callers).
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    /// # Safety
+    /// No other thread may access index `i` during the parallel section.
+    unsafe fn set(&self, i: usize, v: f32) {
+        assert!(i < self.1, "matmul output index");
+        *self.0.add(i) = v;
+    }
 }
 
 #[cfg(test)]

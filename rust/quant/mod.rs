@@ -16,7 +16,7 @@ mod legacy;
 mod q4_0;
 mod q4_1;
 mod q8_0;
-mod simd;
+pub(crate) mod simd;
 
 #[cfg(test)]
 mod tests_util;
@@ -269,26 +269,26 @@ pub fn vec_dot_scalar(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f
     }
 }
 
-/// Activation rows per [`vec_dot_xn`] call in prompts.
-pub const X4: usize = 4;
+/// Activation rows per [`vec_dot_rows`] call in prompts (then 4, then 1 for the rest).
+pub const XN: usize = 8;
 
 /// Side data of one prepared row for [`vec_dot_xn`], computed once per matmul (empty for
 /// f32 rows).
 #[derive(Clone, Debug, Default)]
-pub struct X4Aux {
+pub struct RowAux {
     d: Vec<f32>,
     s8: Vec<i32>,
     yt: Vec<u8>,
 }
 
-impl X4Aux {
-    pub fn new(x: &PreparedRow) -> X4Aux {
+impl RowAux {
+    pub fn new(x: &PreparedRow) -> RowAux {
         match x {
             PreparedRow::Q8_0(y) => {
                 let (d, s8, yt) = q4_0::x4_aux(y);
-                X4Aux { d, s8, yt }
+                RowAux { d, s8, yt }
             }
-            PreparedRow::F32(_) => X4Aux::default(),
+            PreparedRow::F32(_) => RowAux::default(),
         }
     }
 
@@ -304,31 +304,47 @@ impl X4Aux {
     }
 }
 
-/// Whether [`vec_dot_xn`] has a multi-row kernel for this weight type (else it runs
-/// [`vec_dot`] four times, and [`X4Aux`] is not worth computing).
-pub fn has_x4_kernel(weight_type: GgmlType) -> bool {
+/// Whether [`vec_dot_rows`] has a multi-row kernel for this weight type (else it runs
+/// [`vec_dot`] per pair, and [`RowAux`] is not worth computing).
+pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
     weight_type == GgmlType::Q4_0
 }
 
-/// One weight row against `N` prepared activation rows: `[vec_dot(w, xs[0]), ..]` bit for
-/// bit, faster where a multi-row kernel exists (Q4_0: the weight blocks are unpacked once,
-/// and the activations' block sums come precomputed in `aux`). `aux[t]` is
-/// `X4Aux::new(xs[t])` (ignored, and may be empty, without such a kernel).
-#[inline]
-pub fn vec_dot_xn<const N: usize>(weight_type: GgmlType, w_row: &[u8], xs: [&PreparedRow; N], aux: [&X4Aux; N]) -> [f32; N] {
+/// `out.len()` consecutive weight rows (`w_rows`) against `N` prepared activation rows:
+/// `out[r][t] = vec_dot(row r, xs[t])` bit for bit, faster where a multi-row kernel exists
+/// (Q4_0: each weight block is unpacked once for all `N`, and the activations' block sums
+/// come precomputed in `aux`). `aux[t]` is `RowAux::new(xs[t])` (ignored, and may be empty,
+/// without such a kernel).
+pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&PreparedRow; N], aux: [&RowAux; N], out: &mut [[f32; N]]) {
+    if out.is_empty() {
+        return;
+    }
+    let row_bytes = w_rows.len() / out.len();
+    assert_eq!(w_rows.len(), row_bytes * out.len(), "vec_dot_rows: weight bytes are not whole rows");
+    for x in xs {
+        check_lengths(weight_type, row_bytes, x.len());
+    }
     if weight_type == GgmlType::Q4_0 {
         let ys: [Option<&[u8]>; N] = xs.map(|x| match x {
             PreparedRow::Q8_0(y) => Some(&y[..]),
             PreparedRow::F32(_) => None,
         });
         if ys.iter().all(Option::is_some) {
-            for x in xs {
-                check_lengths(weight_type, w_row.len(), x.len());
-            }
-            return q4_0::vec_dot_xn(w_row, ys.map(Option::unwrap), aux.map(|a| &a.d[..]), aux.map(|a| &a.s8[..]), aux.map(|a| &a.yt[..]));
+            let ys = ys.map(Option::unwrap);
+            return q4_0::vec_dot_rows_xn(w_rows, row_bytes, ys, aux.map(|a| &a.d[..]), aux.map(|a| &a.s8[..]), aux.map(|a| &a.yt[..]), out);
         }
     }
-    xs.map(|x| vec_dot(weight_type, w_row, x))
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w_rows[r * row_bytes..(r + 1) * row_bytes];
+        *o = xs.map(|x| vec_dot(weight_type, row, x));
+    }
+}
+
+/// [`vec_dot_rows`] for one weight row.
+pub fn vec_dot_xn<const N: usize>(weight_type: GgmlType, w_row: &[u8], xs: [&PreparedRow; N], aux: [&RowAux; N]) -> [f32; N] {
+    let mut out = [[0f32; N]];
+    vec_dot_rows(weight_type, w_row, xs, aux, &mut out);
+    out[0]
 }
 
 #[cfg(test)]
@@ -422,19 +438,19 @@ mod tests {
     }
 
     #[test]
-    fn x4_dispatch_equals_vec_dot() {
+    fn multi_row_dispatch_equals_vec_dot() {
         let mut rng = Rng::new(5);
         let n = 32 * 11;
         for t in GgmlType::ALL {
             let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.05).collect();
             let mut w = vec![0u8; t.row_bytes(n).unwrap()];
             quantize_row(t, &wf, &mut w);
-            let ps: Vec<PreparedRow> = (0..X4)
+            let ps: Vec<PreparedRow> = (0..4)
                 .map(|_| prepare_activation(t, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>()))
                 .collect();
-            let aux: Vec<X4Aux> = ps.iter().map(X4Aux::new).collect();
+            let aux: Vec<RowAux> = ps.iter().map(RowAux::new).collect();
             let got = vec_dot_xn(t, &w, [&ps[0], &ps[1], &ps[2], &ps[3]], [&aux[0], &aux[1], &aux[2], &aux[3]]);
-            for k in 0..X4 {
+            for k in 0..4 {
                 assert_eq!(got[k].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");
                 let one = vec_dot_xn(t, &w, [&ps[k]], [&aux[k]]);
                 assert_eq!(one[0].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");

@@ -161,15 +161,6 @@ pub(crate) fn vec_dot(w: &[u8], y: &[u8]) -> f32 {
     vec_dot_portable(w, y)
 }
 
-/// Activation rows per multi-row call in prompts.
-pub(crate) const X4: usize = 4;
-
-/// Reference for [`vec_dot_xn`] with 4 rows: the single-row reference, once per activation row.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn vec_dot_x4_scalar(w: &[u8], ys: [&[u8]; X4]) -> [f32; X4] {
-    ys.map(|y| vec_dot_scalar(w, y))
-}
-
 /// Lane `l` of the multi-row kernels' vectors holds block `LANE_BLOCK[l]` of a group of 8
 /// (the order a 4x4 dword transpose within 128-bit halves produces). The float accumulator
 /// of lane `l` is the single-row kernel's lane `LANE_BLOCK[l]`; it is put back in place
@@ -218,26 +209,22 @@ unsafe fn group_xn_avx2<const N: usize>(
         _mm256_unpacklo_epi64(a1, a3),
         _mm256_unpackhi_epi64(a1, a3),
     ];
-    // nib[2k]: weights 4k..4k+4 (low nibbles), nib[2k + 1]: weights 16 + 4k.. (high).
-    let nib: [__m256i; 8] = std::array::from_fn(|v| {
-        let tk = t[v / 2];
-        if v % 2 == 0 {
-            _mm256_and_si256(tk, m4)
-        } else {
-            _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
-        }
-    });
     let dw = f16x8_to_f32(u16x8::from_array(std::array::from_fn(|l| {
         let p = LANE_BLOCK[l] * BLOCK_BYTES;
         u16::from_le_bytes([w[p], w[p + 1]])
     })));
-    for n in 0..N {
-        let y = yt[n];
-        let mut s16 = _mm256_maddubs_epi16(nib[0], load32(simd::arr::<32>(y, 0)));
-        for (v, nv) in nib.iter().enumerate().skip(1) {
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(*nv, load32(simd::arr::<32>(y, 32 * v))));
+    // Nibble vector v by v, each meeting every activation row while it is in a register:
+    // nib(2k) = weights 4k..4k+4 (low nibbles), nib(2k + 1) = weights 16 + 4k.. (high).
+    let mut s16 = [_mm256_setzero_si256(); N];
+    for v in 0..8 {
+        let tk = t[v / 2];
+        let nib = if v % 2 == 0 { _mm256_and_si256(tk, m4) } else { _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4) };
+        for n in 0..N {
+            s16[n] = _mm256_add_epi16(s16[n], _mm256_maddubs_epi16(nib, load32(simd::arr::<32>(yt[n], 32 * v))));
         }
-        let isum = i32x8::from(_mm256_madd_epi16(s16, ones)) - i32x8::from_array(*s8[n]);
+    }
+    for n in 0..N {
+        let isum = i32x8::from(_mm256_madd_epi16(s16[n], ones)) - i32x8::from_array(*s8[n]);
         acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
     }
 }
@@ -270,12 +257,26 @@ pub(crate) fn x4_aux(y: &[u8]) -> (Vec<f32>, Vec<i32>, Vec<u8>) {
     (d, s8, yt)
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `d`, `s8` and `yt` come from [`x4_aux`] of the
-/// activation rows.
+/// Group `g`'s slices of each activation row's side data.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn group_parts<'a, const N: usize>(
+    yt: [&'a [u8]; N],
+    d: [&'a [f32]; N],
+    s8: [&'a [i32]; N],
+    g: usize,
+) -> ([&'a [u8; YT_GROUP]; N], [&'a [f32; BLOCK_LANES]; N], [&'a [i32; BLOCK_LANES]; N]) {
+    (
+        std::array::from_fn(|t| simd::arr::<YT_GROUP>(yt[t], g * YT_GROUP)),
+        std::array::from_fn(|t| d[t][g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+        std::array::from_fn(|t| s8[t][g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+    )
+}
+
+/// One weight row against `N` activation rows (the body of [`rows_xn_avx2`]).
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
+#[inline(always)]
+unsafe fn row_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
     const WG: usize = BLOCK_LANES * BLOCK_BYTES;
     let nb = w.len() / BLOCK_BYTES;
     let groups = nb.div_ceil(BLOCK_LANES);
@@ -285,17 +286,10 @@ pub(crate) unsafe fn vec_dot_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s
             "vec_dot_xn lengths"
         );
     }
-    let parts = |g: usize| {
-        (
-            yt.map(|v| simd::arr::<YT_GROUP>(v, g * YT_GROUP)),
-            d.map(|v| -> &[f32; BLOCK_LANES] { v[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap() }),
-            s8.map(|v| -> &[i32; BLOCK_LANES] { v[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap() }),
-        )
-    };
     let mut acc = [f32x8::splat(0.0); N];
     let full = nb / BLOCK_LANES;
     for g in 0..full {
-        let (yg, dg, sg) = parts(g);
+        let (yg, dg, sg) = group_parts(yt, d, s8, g);
         group_xn_avx2(simd::arr::<WG>(w, g * WG), yg, dg, sg, &mut acc);
     }
     let rem = nb % BLOCK_LANES;
@@ -303,7 +297,7 @@ pub(crate) unsafe fn vec_dot_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s
         // Zero padding as in `block_dot`: padded lanes add (0 * 0) * 0 = +0.0.
         let mut wp = [0u8; WG];
         wp[..rem * BLOCK_BYTES].copy_from_slice(&w[full * WG..][..rem * BLOCK_BYTES]);
-        let (yg, dg, sg) = parts(full);
+        let (yg, dg, sg) = group_parts(yt, d, s8, full);
         group_xn_avx2(&wp, yg, dg, sg, &mut acc);
     }
     acc.map(|a| {
@@ -316,17 +310,49 @@ pub(crate) unsafe fn vec_dot_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s
     })
 }
 
-/// One weight row against `N` activation rows (4 for prompts, 1 for generation); result `t`
-/// is bit-identical to `vec_dot(w, ys[t])` (and so to [`vec_dot_x4_scalar`]).
-/// `d`, `s8` and `yt` come from [`x4_aux`] of `ys`.
-pub(crate) fn vec_dot_xn<const N: usize>(w: &[u8], ys: [&[u8]; N], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `d`, `s8` and `yt` come from [`x4_aux`] of the
+/// activation rows.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_xn_avx2<const N: usize>(w: &[u8], row_bytes: usize, d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N], out: &mut [[f32; N]]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = row_xn_avx2(&w[r * row_bytes..(r + 1) * row_bytes], d, s8, yt);
+    }
+}
+
+/// `out.len()` consecutive weight rows of `row_bytes` (in `w`) against `N` activation rows
+/// `ys` (8 or 4 for prompts, 1 for generation): `out[r][t]` is bit-identical to
+/// `vec_dot(row r, ys[t])` (and so to [`vec_dot_scalar`]). `d`, `s8` and `yt` come from
+/// [`x4_aux`] of `ys`. Each weight group is unpacked once for all `N` rows.
+pub(crate) fn vec_dot_rows_xn<const N: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    ys: [&[u8]; N],
+    d: [&[f32]; N],
+    s8: [&[i32]; N],
+    yt: [&[u8]; N],
+    out: &mut [[f32; N]],
+) {
+    assert_eq!(w.len(), out.len() * row_bytes, "vec_dot_rows_xn weight rows");
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if simd::has_avx2() {
         // SAFETY: checked just above.
-        return unsafe { vec_dot_xn_avx2(w, d, s8, yt) };
+        return unsafe { rows_xn_avx2(w, row_bytes, d, s8, yt, out) };
     }
     let _ = (d, s8, yt);
-    ys.map(|y| vec_dot_portable(w, y))
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        *o = ys.map(|y| vec_dot_portable(row, y));
+    }
+}
+
+/// One weight row against `N` activation rows: [`vec_dot_rows_xn`] for a single row.
+#[cfg(test)]
+pub(crate) fn vec_dot_xn<const N: usize>(w: &[u8], ys: [&[u8]; N], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
+    let mut out = [[0f32; N]];
+    vec_dot_rows_xn(w, w.len(), ys, d, s8, yt, &mut out);
+    out[0]
 }
 
 #[cfg(test)]
@@ -471,25 +497,29 @@ mod tests {
         );
     }
 
+    /// Several weight rows against 8, 4 and 1 activation rows at once equal the single-row
+    /// reference exactly, for ragged and whole groups, quantized and random weight bytes, and
+    /// an activation of -128.
     #[test]
-    fn x4_equals_single_row_exactly() {
+    fn multi_row_equals_single_row_exactly() {
         let mut rng = crate::quant::tests_util::Rng::new(77);
         for nb in (0..=20).chain([63, 64, 65, 128]) {
             for round in 0..4 {
                 let n = nb * QK;
-                let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
-                let w = if round % 2 == 0 {
-                    quantize(&wf)
+                let rows = 3;
+                let w: Vec<u8> = if round % 2 == 0 {
+                    quantize(&(0..rows * n).map(|_| rng.normal() * 0.02).collect::<Vec<_>>())
                 } else {
                     // Random nibbles, finite random scales.
-                    let mut w: Vec<u8> = (0..nb * BLOCK_BYTES).map(|_| rng.next_u64() as u8).collect();
-                    for b in 0..nb {
+                    let mut w: Vec<u8> = (0..rows * nb * BLOCK_BYTES).map(|_| rng.next_u64() as u8).collect();
+                    for b in 0..rows * nb {
                         let h = (rng.next_u64() as u16 & 0x83ff) | (((rng.next_u64() % 29) as u16 + 1) << 10);
                         w[b * BLOCK_BYTES..][..2].copy_from_slice(&h.to_le_bytes());
                     }
                     w
                 };
-                let ys: Vec<Vec<u8>> = (0..X4)
+                let row_bytes = nb * BLOCK_BYTES;
+                let ys: Vec<Vec<u8>> = (0..8)
                     .map(|t| {
                         let xf: Vec<f32> = (0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect();
                         let mut y = vec![0u8; nb * Q8_BYTES];
@@ -500,26 +530,37 @@ mod tests {
                         y
                     })
                     .collect();
-                let yr = [&ys[0][..], &ys[1][..], &ys[2][..], &ys[3][..]];
                 let aux: Vec<(Vec<f32>, Vec<i32>, Vec<u8>)> = ys.iter().map(|y| x4_aux(y)).collect();
-                let d = [&aux[0].0[..], &aux[1].0[..], &aux[2].0[..], &aux[3].0[..]];
-                let s8 = [&aux[0].1[..], &aux[1].1[..], &aux[2].1[..], &aux[3].1[..]];
-                let yt = [&aux[0].2[..], &aux[1].2[..], &aux[2].2[..], &aux[3].2[..]];
-                let want = vec_dot_x4_scalar(&w, yr);
-                let got = vec_dot_xn(&w, yr, d, s8, yt);
-                for t in 0..X4 {
-                    let one = vec_dot_xn(&w, [yr[t]], [d[t]], [s8[t]], [yt[t]]);
-                    assert_eq!(one[0].to_bits(), want[t].to_bits(), "x1 nb={nb} round={round} t={t}");
+                let want: Vec<[f32; 8]> = (0..rows)
+                    .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
+                    .collect();
+                fn check<const N: usize>(w: &[u8], row_bytes: usize, ys: &[Vec<u8>], aux: &[(Vec<f32>, Vec<i32>, Vec<u8>)], t0: usize, want: &[[f32; 8]]) {
+                    let mut out = vec![[0f32; N]; want.len()];
+                    vec_dot_rows_xn::<N>(
+                        w,
+                        row_bytes,
+                        std::array::from_fn(|k| &ys[t0 + k][..]),
+                        std::array::from_fn(|k| &aux[t0 + k].0[..]),
+                        std::array::from_fn(|k| &aux[t0 + k].1[..]),
+                        std::array::from_fn(|k| &aux[t0 + k].2[..]),
+                        &mut out,
+                    );
+                    for (r, (o, w)) in out.iter().zip(want).enumerate() {
+                        for k in 0..N {
+                            assert_eq!(o[k].to_bits(), w[t0 + k].to_bits(), "N={N} row {r} token {}", t0 + k);
+                        }
+                    }
                 }
-                for t in 0..X4 {
-                    assert_eq!(got[t].to_bits(), want[t].to_bits(), "nb={nb} round={round} t={t}");
-                    assert_eq!(vec_dot(&w, yr[t]).to_bits(), want[t].to_bits());
+                check::<8>(&w, row_bytes, &ys, &aux, 0, &want);
+                check::<4>(&w, row_bytes, &ys, &aux, 4, &want);
+                check::<1>(&w, row_bytes, &ys, &aux, 6, &want);
+                for (r, wr) in want.iter().enumerate() {
+                    for t in 0..8 {
+                        assert_eq!(vec_dot(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t]).to_bits(), wr[t].to_bits());
+                    }
                 }
-                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-                if simd::has_avx2() {
-                    let got = unsafe { vec_dot_xn_avx2(&w, d, s8, yt) };
-                    assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "avx2 nb={nb}");
-                }
+                let one = vec_dot_xn(&w[..row_bytes], [&ys[5][..]], [&aux[5].0[..]], [&aux[5].1[..]], [&aux[5].2[..]]);
+                assert_eq!(one[0].to_bits(), want.first().map_or(0.0f32, |w| w[5]).to_bits());
             }
         }
     }
