@@ -289,6 +289,7 @@ unsafe fn row_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s8: [&[i32]; N],
     let mut acc = [f32x8::splat(0.0); N];
     let full = nb / BLOCK_LANES;
     for g in 0..full {
+        simd::prefetch_ahead(w.as_ptr().wrapping_add(g * WG), WG);
         let (yg, dg, sg) = group_parts(yt, d, s8, g);
         group_xn_avx2(simd::arr::<WG>(w, g * WG), yg, dg, sg, &mut acc);
     }
