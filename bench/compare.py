@@ -12,8 +12,9 @@ hits both; the table shows mean +- standard deviation and the ratio of the means
 
 Roofline: generating one token reads every weight once (all tensors but token_embd, of which
 one row is read); at the measured read bandwidth B that allows at most B / bytes tokens/s.
-The bandwidth is measured here with numpy: the best of several passes summing a 1 GiB buffer,
-split over the threads (numpy's reductions release the GIL).
+The bandwidth is the best of several passes summing a 1 GiB buffer split over the threads,
+with 32-byte vector loads (`llama_rs._core.read_bandwidth`; numpy's reductions read ~10% slower
+here, so they would flatter the roofline fraction).
 Random-weight models are written once to bench/out/ (see bench.py).
 """
 
@@ -25,7 +26,6 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +52,12 @@ def weight_bytes_per_token(path: Path) -> int:
     return total
 
 
-def read_bandwidth(threads: int, gib: float = 1.0, passes: int = 5) -> float:
-    """Bytes/s reading a buffer larger than any cache, `threads` numpy reductions at once."""
-    a = np.ones(int(gib * (1 << 30)) // 8, dtype=np.float64)
-    parts = np.array_split(a, threads)
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as ex:
-        for _ in range(passes):
-            t = time.perf_counter()
-            list(ex.map(np.sum, parts))
-            best = min(best, time.perf_counter() - t)
-    return a.nbytes / best
+def read_bandwidth(threads: int, gib: float = 1.0, passes: int = 3) -> float:
+    """Bytes/s reading a buffer larger than any cache with `threads` threads (llama_rs's
+    streaming read probe: 32-byte loads, best of passes with and without prefetch)."""
+    import llama_rs._core as core
+
+    return core.read_bandwidth(int(gib * (1 << 30)), threads, passes)
 
 
 class Ours:

@@ -4,6 +4,7 @@
 #![feature(portable_simd)]
 
 pub mod attention;
+pub mod bandwidth;
 pub mod error;
 pub mod gguf;
 pub mod info;

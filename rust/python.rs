@@ -488,6 +488,13 @@ fn vec_dot(type_name: &str, w_row: Vec<u8>, x: Vec<f32>) -> PyResult<(f32, f32)>
     Ok((crate::quant::vec_dot(ty, &w_row, &p), crate::quant::vec_dot_scalar(ty, &w_row, &p)))
 }
 
+/// Memory read bandwidth in bytes/s (see `bandwidth::read_bandwidth`), for benchmarks.
+#[pyfunction]
+#[pyo3(signature = (bytes = 1 << 30, threads = 1, passes = 3))]
+fn read_bandwidth(py: Python<'_>, bytes: usize, threads: usize, passes: usize) -> PyResult<f64> {
+    run(py, || crate::bandwidth::read_bandwidth(bytes, threads, passes))
+}
+
 /// What `llama-rs info` shows: a dict (format, version, size, paths, n_vocab, hparams,
 /// metadata, tensors [(name, type, dims, offset, nbytes)]).
 #[pyfunction]
@@ -591,5 +598,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     Ok(())
 }
