@@ -89,9 +89,9 @@ impl Prepared {
         } else {
             vec![prepare_activation(ty, x)]
         };
-        // Only Q4_0 has a multi-row kernel; its side data is cheap (one pass over the rows).
+        // Side data for the multi-row kernels (Q4_0, Q8_0): one cheap pass over the rows.
         let aux = if has_multi_row_kernel(ty) {
-            rows.par_iter().map(RowAux::new).collect()
+            rows.par_iter().map(|r| RowAux::new(ty, r)).collect()
         } else {
             vec![RowAux::default(); rows.len()]
         };
@@ -100,7 +100,7 @@ impl Prepared {
 
     /// Whether these rows serve weights of type `ty` with the fast kernels.
     pub fn serves(&self, ty: GgmlType) -> bool {
-        self.quantized == ty.is_quantized() && (!has_multi_row_kernel(ty) || self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(r)))
+        self.quantized == ty.is_quantized() && self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(ty, r))
     }
 }
 
@@ -226,7 +226,8 @@ mod tests {
     fn matmul_same_with_one_and_two_threads() {
         let mut s = 7u64;
         for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let (rows, cols, n) = (37, 64, 11);
+            // 13 tokens: one call of 8, one of 4, one of 1.
+            let (rows, cols, n) = (37, 64, 13);
             let vals: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
             let rb = ty.row_bytes(cols).unwrap();
             let mut data = vec![0u8; rb * rows];
@@ -243,9 +244,12 @@ mod tests {
             };
             let a = run(1, n);
             assert_eq!(a, run(2, n), "{ty:?}");
-            // The batched path equals the one-row path, row by row.
-            let single = run(1, 1);
-            assert_eq!(&a[..rows], &single[..], "{ty:?}");
+            // The batched path equals the one-token path, token by token.
+            for t in 0..n {
+                let mut one = vec![0.0; rows];
+                matmul(&w, &x[t * cols..(t + 1) * cols], 1, &mut one);
+                assert_eq!(&a[t * rows..(t + 1) * rows], &one[..], "{ty:?} token {t}");
+            }
         }
     }
 

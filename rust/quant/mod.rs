@@ -272,34 +272,45 @@ pub fn vec_dot_scalar(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f
 /// Activation rows per [`vec_dot_rows`] call in prompts (then 4, then 1 for the rest).
 pub const XN: usize = 8;
 
-/// Side data of one prepared row for [`vec_dot_xn`], computed once per matmul (empty for
-/// f32 rows).
+/// Side data of one prepared activation row for a weight type's multi-row kernel
+/// ([`vec_dot_rows`]), computed once per matmul.
 #[derive(Clone, Debug, Default)]
-pub struct RowAux {
-    d: Vec<f32>,
-    s8: Vec<i32>,
-    yt: Vec<u8>,
+pub enum RowAux {
+    /// No multi-row kernel for the weight type (or f32 activations).
+    #[default]
+    None,
+    /// For Q4_0 weights: scales, `8 * sum(q)` per block, quants rearranged (`q4_0::x4_aux`).
+    Q4_0 { d: Vec<f32>, s8: Vec<i32>, yt: Vec<u8> },
+    /// For Q8_0 weights: scales and quants widened to i16 (`q8_0::rows_aux`).
+    Q8_0 { d: Vec<f32>, y16: Vec<i16> },
 }
 
 impl RowAux {
-    pub fn new(x: &PreparedRow) -> RowAux {
-        match x {
-            PreparedRow::Q8_0(y) => {
+    pub fn new(weight_type: GgmlType, x: &PreparedRow) -> RowAux {
+        match (weight_type, x) {
+            (GgmlType::Q4_0, PreparedRow::Q8_0(y)) => {
                 let (d, s8, yt) = q4_0::x4_aux(y);
-                RowAux { d, s8, yt }
+                RowAux::Q4_0 { d, s8, yt }
             }
-            PreparedRow::F32(_) => RowAux::default(),
+            (GgmlType::Q8_0, PreparedRow::Q8_0(y)) => {
+                let (d, y16) = q8_0::rows_aux(y);
+                RowAux::Q8_0 { d, y16 }
+            }
+            _ => RowAux::None,
         }
     }
 
-    /// Whether this is the side data of a row like `x` (whole groups of 8 blocks).
-    pub fn fits(&self, x: &PreparedRow) -> bool {
-        match x {
-            PreparedRow::Q8_0(y) => {
-                let groups = (y.len() / q8_0::BLOCK_BYTES).div_ceil(8);
-                self.d.len() == groups * 8 && self.s8.len() == groups * 8 && self.yt.len() == groups * 256
-            }
-            PreparedRow::F32(_) => true,
+    /// Whether this is the side data `RowAux::new(weight_type, x)` would make (same kind,
+    /// whole groups of 8 blocks for `x`'s length).
+    pub fn fits(&self, weight_type: GgmlType, x: &PreparedRow) -> bool {
+        let groups = match x {
+            PreparedRow::Q8_0(y) => (y.len() / q8_0::BLOCK_BYTES).div_ceil(8),
+            PreparedRow::F32(_) => return !has_multi_row_kernel(weight_type),
+        };
+        match (weight_type, self) {
+            (GgmlType::Q4_0, RowAux::Q4_0 { d, s8, yt }) => d.len() == groups * 8 && s8.len() == groups * 8 && yt.len() == groups * 256,
+            (GgmlType::Q8_0, RowAux::Q8_0 { d, y16 }) => d.len() == groups * 8 && y16.len() == groups * 8 * q8_0::QK,
+            (t, _) => !has_multi_row_kernel(t),
         }
     }
 }
@@ -307,7 +318,7 @@ impl RowAux {
 /// Whether [`vec_dot_rows`] has a multi-row kernel for this weight type (else it runs
 /// [`vec_dot`] per pair, and [`RowAux`] is not worth computing).
 pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
-    weight_type == GgmlType::Q4_0
+    matches!(weight_type, GgmlType::Q4_0 | GgmlType::Q8_0)
 }
 
 /// `out.len()` consecutive weight rows (`w_rows`) against `N` prepared activation rows:
@@ -324,14 +335,30 @@ pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&
     for x in xs {
         check_lengths(weight_type, row_bytes, x.len());
     }
-    if weight_type == GgmlType::Q4_0 {
-        let ys: [Option<&[u8]>; N] = xs.map(|x| match x {
-            PreparedRow::Q8_0(y) => Some(&y[..]),
-            PreparedRow::F32(_) => None,
-        });
-        if ys.iter().all(Option::is_some) {
-            let ys = ys.map(Option::unwrap);
-            return q4_0::vec_dot_rows_xn(w_rows, row_bytes, ys, aux.map(|a| &a.d[..]), aux.map(|a| &a.s8[..]), aux.map(|a| &a.yt[..]), out);
+    let ys: [Option<&[u8]>; N] = xs.map(|x| match x {
+        PreparedRow::Q8_0(y) => Some(&y[..]),
+        PreparedRow::F32(_) => None,
+    });
+    if ys.iter().all(Option::is_some) && aux.iter().zip(xs).all(|(a, x)| a.fits(weight_type, x)) {
+        let ys = ys.map(Option::unwrap);
+        match weight_type {
+            GgmlType::Q4_0 => {
+                let part = |k: usize| match aux[k] {
+                    RowAux::Q4_0 { d, s8, yt } => (&d[..], &s8[..], &yt[..]),
+                    _ => unreachable!("checked by fits"),
+                };
+                let (d, s8, yt) = (std::array::from_fn(|k| part(k).0), std::array::from_fn(|k| part(k).1), std::array::from_fn(|k| part(k).2));
+                return q4_0::vec_dot_rows_xn(w_rows, row_bytes, ys, d, s8, yt, out);
+            }
+            GgmlType::Q8_0 => {
+                let part = |k: usize| match aux[k] {
+                    RowAux::Q8_0 { d, y16 } => (&d[..], &y16[..]),
+                    _ => unreachable!("checked by fits"),
+                };
+                let (d, y16) = (std::array::from_fn(|k| part(k).0), std::array::from_fn(|k| part(k).1));
+                return q8_0::vec_dot_rows_xn(w_rows, row_bytes, ys, d, y16, out);
+            }
+            _ => {}
         }
     }
     for (r, o) in out.iter_mut().enumerate() {
@@ -448,7 +475,7 @@ mod tests {
             let ps: Vec<PreparedRow> = (0..4)
                 .map(|_| prepare_activation(t, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>()))
                 .collect();
-            let aux: Vec<RowAux> = ps.iter().map(RowAux::new).collect();
+            let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(t, p)).collect();
             let got = vec_dot_xn(t, &w, [&ps[0], &ps[1], &ps[2], &ps[3]], [&aux[0], &aux[1], &aux[2], &aux[3]]);
             for k in 0..4 {
                 assert_eq!(got[k].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");

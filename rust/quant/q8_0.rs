@@ -164,6 +164,139 @@ pub(crate) fn vec_dot(w: &[u8], y: &[u8]) -> f32 {
     vec_dot_portable(w, y)
 }
 
+/// Side data of one q8_0 activation row for [`vec_dot_rows_xn`], per group of 8 blocks (the
+/// last one padded with zero blocks): the scales as f32 and the quants widened to i16, so the
+/// multi-row kernel multiplies them straight from memory.
+pub(crate) fn rows_aux(y: &[u8]) -> (Vec<f32>, Vec<i16>) {
+    let nb = y.len() / Q8_BYTES;
+    let padded = nb.div_ceil(BLOCK_LANES) * BLOCK_LANES;
+    let mut d = vec![0f32; padded];
+    let mut y16 = vec![0i16; padded * QK];
+    for (b, yb) in y.chunks_exact(Q8_BYTES).enumerate() {
+        d[b] = read_f16(yb);
+        for (o, &q) in y16[b * QK..(b + 1) * QK].iter_mut().zip(&yb[2..]) {
+            *o = q as i8 as i16;
+        }
+    }
+    (d, y16)
+}
+
+/// One group of 8 weight blocks against the same group of `N` activation rows. Each weight
+/// block is widened to i16 once for all rows; per row, the integer sum of each block is the
+/// single-row kernel's (exact i16 x i16 -> i32 madd), reduced to one lane per block by the
+/// same `hadd` tree as `hsum8_epi32`, and the float steps are the single-row kernel's
+/// (`combine`), so each lane accumulates the bits it would in [`vec_dot`].
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn group_xn_avx2<const N: usize>(
+    w: &[u8; BLOCK_LANES * BLOCK_BYTES],
+    y16: [&[i16; BLOCK_LANES * QK]; N],
+    dx: [&[f32; BLOCK_LANES]; N],
+    acc: &mut [f32x8; N],
+) {
+    use simd::x86::*;
+    // h[n][i]: hadd of blocks 2i and 2i + 1 of row n (the first level of the hadd tree).
+    let mut h = [[_mm256_setzero_si256(); 4]; N];
+    for i in 0..4 {
+        let wv: [__m256i; 4] = std::array::from_fn(|k| {
+            let b = 2 * i + k / 2;
+            _mm256_cvtepi8_epi16(load16(simd::arr::<16>(w, b * BLOCK_BYTES + 2 + 16 * (k % 2))))
+        });
+        for n in 0..N {
+            let a = block_i32(wv[0], wv[1], &y16[n][2 * i * QK..][..QK]);
+            let b = block_i32(wv[2], wv[3], &y16[n][(2 * i + 1) * QK..][..QK]);
+            h[n][i] = _mm256_hadd_epi32(a, b);
+        }
+    }
+    let dw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
+    for n in 0..N {
+        let h0123 = _mm256_hadd_epi32(h[n][0], h[n][1]);
+        let h4567 = _mm256_hadd_epi32(h[n][2], h[n][3]);
+        let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+        let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+        let isum = i32x8::from(_mm256_add_epi32(lo, hi));
+        acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
+    }
+}
+
+/// Eight i32 partial sums of one block: widened weights `w0`, `w1` (values 0..16, 16..32)
+/// times the block's i16 activations.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn block_i32(w0: simd::x86::__m256i, w1: simd::x86::__m256i, y: &[i16]) -> simd::x86::__m256i {
+    use simd::x86::*;
+    let y = &y[..QK];
+    let y0 = _mm256_loadu_si256(y.as_ptr().cast());
+    let y1 = _mm256_loadu_si256(y[16..].as_ptr().cast());
+    _mm256_add_epi32(_mm256_madd_epi16(w0, y0), _mm256_madd_epi16(w1, y1))
+}
+
+/// Group `g`'s slices of each activation row's side data.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn group_parts<'a, const N: usize>(y16: [&'a [i16]; N], d: [&'a [f32]; N], g: usize) -> ([&'a [i16; BLOCK_LANES * QK]; N], [&'a [f32; BLOCK_LANES]; N]) {
+    const YG: usize = BLOCK_LANES * QK;
+    (
+        std::array::from_fn(|t| y16[t][g * YG..][..YG].try_into().unwrap()),
+        std::array::from_fn(|t| d[t][g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+    )
+}
+
+/// One weight row against `N` activation rows (the body of [`rows_xn_avx2`]).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn row_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], y16: [&[i16]; N]) -> [f32; N] {
+    const WG: usize = BLOCK_LANES * BLOCK_BYTES;
+    const YG: usize = BLOCK_LANES * QK;
+    let nb = w.len() / BLOCK_BYTES;
+    let groups = nb.div_ceil(BLOCK_LANES);
+    for t in 0..N {
+        assert!(d[t].len() == groups * BLOCK_LANES && y16[t].len() == groups * YG, "q8_0 rows_aux lengths");
+    }
+    let mut acc = [f32x8::splat(0.0); N];
+    let full = nb / BLOCK_LANES;
+    for g in 0..full {
+        simd::prefetch_ahead(w.as_ptr().wrapping_add(g * WG), WG);
+        let (yg, dg) = group_parts(y16, d, g);
+        group_xn_avx2(simd::arr::<WG>(w, g * WG), yg, dg, &mut acc);
+    }
+    if nb % BLOCK_LANES != 0 {
+        // Zero padding as in `block_dot`: padded lanes add (0 * 0) * 0 = +0.0.
+        let mut wp = [0u8; WG];
+        wp[..w.len() - full * WG].copy_from_slice(&w[full * WG..]);
+        let (yg, dg) = group_parts(y16, d, full);
+        group_xn_avx2(&wp, yg, dg, &mut acc);
+    }
+    acc.map(|a| simd::reduce8(a.to_array()))
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `d` and `y16` come from [`rows_aux`].
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_xn_avx2<const N: usize>(w: &[u8], row_bytes: usize, d: [&[f32]; N], y16: [&[i16]; N], out: &mut [[f32; N]]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = row_xn_avx2(&w[r * row_bytes..(r + 1) * row_bytes], d, y16);
+    }
+}
+
+/// `out.len()` consecutive weight rows of `row_bytes` (in `w`) against `N` activation rows
+/// `ys`: `out[r][t]` is bit-identical to `vec_dot(row r, ys[t])`. `d` and `y16` come from
+/// [`rows_aux`] of `ys`.
+pub(crate) fn vec_dot_rows_xn<const N: usize>(w: &[u8], row_bytes: usize, ys: [&[u8]; N], d: [&[f32]; N], y16: [&[i16]; N], out: &mut [[f32; N]]) {
+    assert_eq!(w.len(), out.len() * row_bytes, "vec_dot_rows_xn weight rows");
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if simd::has_avx2() {
+        // SAFETY: checked just above.
+        return unsafe { rows_xn_avx2(w, row_bytes, d, y16, out) };
+    }
+    let _ = (d, y16);
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        *o = ys.map(|y| vec_dot_portable(row, y));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +459,56 @@ mod tests {
             vec_dot,
             AVX2,
         );
+    }
+
+    /// Several weight rows against 8, 4 and 1 activation rows at once equal the single-row
+    /// reference exactly: ragged and whole groups, quantized and random bytes (so -128 on
+    /// both sides), random finite scales.
+    #[test]
+    fn multi_row_equals_single_row_exactly() {
+        let mut rng = crate::quant::tests_util::Rng::new(78);
+        for nb in (0..=20).chain([63, 64, 65]) {
+            for round in 0..2 {
+                let (n, rows, row_bytes) = (nb * QK, 3, nb * BLOCK_BYTES);
+                let random = |rng: &mut crate::quant::tests_util::Rng, len: usize| -> Vec<u8> {
+                    let mut b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+                    for blk in b.chunks_exact_mut(BLOCK_BYTES) {
+                        let h = (rng.next_u64() as u16 & 0x83ff) | (((rng.next_u64() % 29) as u16 + 1) << 10);
+                        blk[..2].copy_from_slice(&h.to_le_bytes());
+                    }
+                    b
+                };
+                let (w, ys): (Vec<u8>, Vec<Vec<u8>>) = if round == 0 {
+                    let w = quantize(&(0..rows * n).map(|_| rng.normal() * 0.02).collect::<Vec<_>>());
+                    (w, (0..8).map(|t| quantize(&(0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect::<Vec<_>>())).collect())
+                } else {
+                    (random(&mut rng, rows * row_bytes), (0..8).map(|_| random(&mut rng, row_bytes)).collect())
+                };
+                let aux: Vec<(Vec<f32>, Vec<i16>)> = ys.iter().map(|y| rows_aux(y)).collect();
+                let want: Vec<[f32; 8]> = (0..rows)
+                    .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
+                    .collect();
+                fn check<const N: usize>(w: &[u8], row_bytes: usize, ys: &[Vec<u8>], aux: &[(Vec<f32>, Vec<i16>)], t0: usize, want: &[[f32; 8]]) {
+                    let mut out = vec![[0f32; N]; want.len()];
+                    vec_dot_rows_xn::<N>(
+                        w,
+                        row_bytes,
+                        std::array::from_fn(|k| &ys[t0 + k][..]),
+                        std::array::from_fn(|k| &aux[t0 + k].0[..]),
+                        std::array::from_fn(|k| &aux[t0 + k].1[..]),
+                        &mut out,
+                    );
+                    for (r, (o, w)) in out.iter().zip(want).enumerate() {
+                        for k in 0..N {
+                            assert_eq!(o[k].to_bits(), w[t0 + k].to_bits(), "N={N} row {r} token {}", t0 + k);
+                        }
+                    }
+                }
+                check::<8>(&w, row_bytes, &ys, &aux, 0, &want);
+                check::<4>(&w, row_bytes, &ys, &aux, 3, &want);
+                check::<1>(&w, row_bytes, &ys, &aux, 7, &want);
+            }
+        }
     }
 
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
