@@ -23,7 +23,9 @@ VOCAB = HERE.parent.parent / "shared" / "models" / "ggml-vocab-llama-spm.gguf"
 TINYLLAMA = dict(dim=2048, n_layer=22, n_head=32, n_head_kv=4, ffn=5632, vocab=32000)
 
 
-def write_random_q4_0(path: Path, dim: int, n_layer: int, n_head: int, n_head_kv: int, ffn: int, vocab: int) -> None:
+def write_random_q4_0(path: Path, dim: int, n_layer: int, n_head: int, n_head_kv: int, ffn: int, vocab: int,
+                      qtype: str = "Q4_0") -> None:
+    """A random-weight LLaMA of this shape, every matrix in `qtype` (Q4_0 or Q8_0) blocks."""
     import gguf
     from gguf import GGMLQuantizationType as QT
 
@@ -38,7 +40,7 @@ def write_random_q4_0(path: Path, dim: int, n_layer: int, n_head: int, n_head_kv
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(2)
+    w.add_file_type({"Q4_0": 2, "Q8_0": 7}[qtype])
     w.add_tokenizer_model("llama")
     w.add_token_list([bytes(src.fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in src.fields["tokenizer.ggml.tokens"].data])
     w.add_token_scores(src.fields["tokenizer.ggml.scores"].contents())
@@ -47,27 +49,29 @@ def write_random_q4_0(path: Path, dim: int, n_layer: int, n_head: int, n_head_kv
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
 
+    block_bytes, scale = {"Q4_0": (18, 8), "Q8_0": (34, 128)}[qtype]
+
     def q4(rows: int, cols: int) -> np.ndarray:
-        # Random blocks directly: f16 scale ~ 1/(8*sqrt(cols)), random nibbles.
-        blocks = rng.integers(0, 256, size=(rows, cols // 32, 18), dtype=np.uint8)
-        d = np.float16(1.0 / (8 * np.sqrt(cols)))
+        # Random blocks directly: f16 scale ~ 1/(range*sqrt(cols)), random quants.
+        blocks = rng.integers(0, 256, size=(rows, cols // 32, block_bytes), dtype=np.uint8)
+        d = np.float16(1.0 / (scale * np.sqrt(cols)))
         blocks[:, :, 0:2] = np.frombuffer(d.tobytes(), dtype=np.uint8)
         return blocks.reshape(rows, -1)
 
     kv = dim // n_head * n_head_kv
-    w.add_tensor("token_embd.weight", q4(vocab, dim), raw_dtype=QT.Q4_0)
+    w.add_tensor("token_embd.weight", q4(vocab, dim), raw_dtype=QT[qtype])
     for i in range(n_layer):
         w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(dim, np.float32))
-        w.add_tensor(f"blk.{i}.attn_q.weight", q4(dim, dim), raw_dtype=QT.Q4_0)
-        w.add_tensor(f"blk.{i}.attn_k.weight", q4(kv, dim), raw_dtype=QT.Q4_0)
-        w.add_tensor(f"blk.{i}.attn_v.weight", q4(kv, dim), raw_dtype=QT.Q4_0)
-        w.add_tensor(f"blk.{i}.attn_output.weight", q4(dim, dim), raw_dtype=QT.Q4_0)
+        w.add_tensor(f"blk.{i}.attn_q.weight", q4(dim, dim), raw_dtype=QT[qtype])
+        w.add_tensor(f"blk.{i}.attn_k.weight", q4(kv, dim), raw_dtype=QT[qtype])
+        w.add_tensor(f"blk.{i}.attn_v.weight", q4(kv, dim), raw_dtype=QT[qtype])
+        w.add_tensor(f"blk.{i}.attn_output.weight", q4(dim, dim), raw_dtype=QT[qtype])
         w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(dim, np.float32))
-        w.add_tensor(f"blk.{i}.ffn_gate.weight", q4(ffn, dim), raw_dtype=QT.Q4_0)
-        w.add_tensor(f"blk.{i}.ffn_up.weight", q4(ffn, dim), raw_dtype=QT.Q4_0)
-        w.add_tensor(f"blk.{i}.ffn_down.weight", q4(dim, ffn), raw_dtype=QT.Q4_0)
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", q4(ffn, dim), raw_dtype=QT[qtype])
+        w.add_tensor(f"blk.{i}.ffn_up.weight", q4(ffn, dim), raw_dtype=QT[qtype])
+        w.add_tensor(f"blk.{i}.ffn_down.weight", q4(dim, ffn), raw_dtype=QT[qtype])
     w.add_tensor("output_norm.weight", np.ones(dim, np.float32))
-    w.add_tensor("output.weight", q4(vocab, dim), raw_dtype=QT.Q4_0)
+    w.add_tensor("output.weight", q4(vocab, dim), raw_dtype=QT[qtype])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

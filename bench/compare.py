@@ -1,7 +1,7 @@
 """llama_rs against llama-cpp-python, side by side: pp and tg at each thread count, ratios,
 memory read bandwidth and tg as a fraction of its roofline.
 
-    python bench/compare.py [--shape tinyllama|7b] [--model FILE] [-p 512] [-n 128]
+    python bench/compare.py [--shape tinyllama|7b] [--type Q4_0|Q8_0] [--model FILE] [-p 512] [-n 128]
                             [-t 1 2] [-r 3]
 
 pp: one prompt of `-p` tokens evaluated as one batch from an empty context (tokens/s).
@@ -118,6 +118,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
     p.add_argument("--model", type=Path, help="a GGUF file instead of a random-weight model")
+    p.add_argument("--type", choices=["Q4_0", "Q8_0"], default="Q4_0", help="block type of the random-weight model")
     p.add_argument("-p", "--prompt", type=int, default=512)
     p.add_argument("-n", "--gen", type=int, default=128)
     p.add_argument("-t", "--threads", type=int, nargs="+", default=[1, 2])
@@ -128,11 +129,11 @@ def main() -> None:
     path = a.model
     if path is None:
         fname, shape = SHAPES[a.shape]
-        path = HERE / "out" / fname
+        path = HERE / "out" / (fname if a.type == "Q4_0" else fname.replace("q4_0", a.type.lower()))
         if not path.exists():
             path.parent.mkdir(exist_ok=True)
             print(f"writing {path} ...", file=sys.stderr)
-            write_random_q4_0(path, **shape)
+            write_random_q4_0(path, **shape, qtype=a.type)
     import llama_cpp
     import llama_rs
 

@@ -195,8 +195,11 @@ unsafe fn group_xn_avx2<const N: usize>(
     acc: &mut [f32x8; N],
 ) {
     use simd::x86::*;
+    use std::mem::MaybeUninit;
     // h[n][i]: hadd of blocks 2i and 2i + 1 of row n (the first level of the hadd tree).
-    let mut h = [[_mm256_setzero_si256(); 4]; N];
+    // Left uninitialized: every element is written below before it is read, and zeroing
+    // 32 vectors per group cost a memset call per group.
+    let mut h = [[const { MaybeUninit::<__m256i>::uninit() }; 4]; N];
     for i in 0..4 {
         let wv: [__m256i; 4] = std::array::from_fn(|k| {
             let b = 2 * i + k / 2;
@@ -205,13 +208,15 @@ unsafe fn group_xn_avx2<const N: usize>(
         for n in 0..N {
             let a = block_i32(wv[0], wv[1], &y16[n][2 * i * QK..][..QK]);
             let b = block_i32(wv[2], wv[3], &y16[n][(2 * i + 1) * QK..][..QK]);
-            h[n][i] = _mm256_hadd_epi32(a, b);
+            h[n][i].write(_mm256_hadd_epi32(a, b));
         }
     }
     let dw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
     for n in 0..N {
-        let h0123 = _mm256_hadd_epi32(h[n][0], h[n][1]);
-        let h4567 = _mm256_hadd_epi32(h[n][2], h[n][3]);
+        // SAFETY: all four were written in the loop above.
+        let [h0, h1, h2, h3] = h[n].map(|v| v.assume_init());
+        let h0123 = _mm256_hadd_epi32(h0, h1);
+        let h4567 = _mm256_hadd_epi32(h2, h3);
         let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
         let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
         let isum = i32x8::from(_mm256_add_epi32(lo, hi));
