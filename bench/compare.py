@@ -137,9 +137,13 @@ def main() -> None:
     import llama_cpp
     import llama_rs
 
+    import gguf
+
+    n_vocab = len(gguf.GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].data)
     rng = np.random.default_rng(1)
-    prompt = [1] + rng.integers(100, 30000, a.prompt - 1).tolist()
-    gen_ids = [1] + rng.integers(100, 30000, a.gen - 1).tolist()
+    hi = min(30000, n_vocab)
+    prompt = [1] + rng.integers(min(100, hi - 1), hi, a.prompt - 1).tolist()
+    gen_ids = [1] + rng.integers(min(100, hi - 1), hi, a.gen - 1).tolist()
     n_ctx = max(a.prompt, a.gen) + 8
     bpt = weight_bytes_per_token(path)
     cpu = platform.processor() or platform.machine()
