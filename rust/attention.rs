@@ -109,8 +109,8 @@ pub fn attention(c: &Config, cache: &KvCache, layer: usize, q: &[f32], n_past: u
         let qg = &q[t * c.dim + kvh * group * hd..][..group * hd];
         let len = n_past + t + 1;
         match (&cache.k[layer], &cache.v[layer]) {
-            (Store::F32(k), Store::F32(v)) => attend_f32(&geo, k, v, kvh, qg, len, o),
-            (Store::F16(k), Store::F16(v)) => attend_f16(&geo, k, v, kvh, qg, len, o),
+            (Store::F32(k), Store::F32(v)) => attend(&geo, k, v, kvh, qg, len, o),
+            (Store::F16(k), Store::F16(v)) => attend(&geo, k, v, kvh, qg, len, o),
             _ => unreachable!("keys and values share one type"),
         }
     });
@@ -123,11 +123,38 @@ struct Geometry {
     scale: f32,
 }
 
+/// A cache element type: f32, or f16 bits.
+trait Elem: Copy {
+    fn to_f32(self) -> f32;
+    /// The lanes that run without any CPU feature.
+    type Portable: Lanes<E = Self>;
+    /// The lanes for AVX2 + F16C machines.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    type Avx2: Lanes<E = Self>;
+}
+
+impl Elem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    type Portable = F32Lanes;
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    type Avx2 = F32Lanes;
+}
+
+impl Elem for u16 {
+    fn to_f32(self) -> f32 {
+        f16_bits_to_f32(self)
+    }
+    type Portable = F16Portable;
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    type Avx2 = F16Avx2;
+}
+
 /// Eight cache values as f32, and the f16 rounding that goes with the cache type.
 trait Lanes {
-    type E: Copy;
+    type E: Elem;
     const F16: bool;
-    fn get(s: &[Self::E], i: usize) -> f32;
     /// `s[i .. i + 8]` as f32.
     unsafe fn load8(s: &[Self::E], i: usize) -> f32x8;
     /// Round to the nearest f16 (kept as f32), as `f32_to_f16_bits` then back.
@@ -138,10 +165,6 @@ struct F32Lanes;
 impl Lanes for F32Lanes {
     type E = f32;
     const F16: bool = false;
-    #[inline(always)]
-    fn get(s: &[f32], i: usize) -> f32 {
-        s[i]
-    }
     #[inline(always)]
     unsafe fn load8(s: &[f32], i: usize) -> f32x8 {
         f32x8::from_slice(&s[i..i + 8])
@@ -156,10 +179,6 @@ struct F16Portable;
 impl Lanes for F16Portable {
     type E = u16;
     const F16: bool = true;
-    #[inline(always)]
-    fn get(s: &[u16], i: usize) -> f32 {
-        f16_bits_to_f32(s[i])
-    }
     #[inline(always)]
     unsafe fn load8(s: &[u16], i: usize) -> f32x8 {
         f16_to_f32_portable(u16x8::from_slice(&s[i..i + 8]))
@@ -177,10 +196,6 @@ impl Lanes for F16Avx2 {
     type E = u16;
     const F16: bool = true;
     #[inline(always)]
-    fn get(s: &[u16], i: usize) -> f32 {
-        f16_bits_to_f32(s[i])
-    }
-    #[inline(always)]
     unsafe fn load8(s: &[u16], i: usize) -> f32x8 {
         use crate::quant::simd::x86::*;
         let s = &s[i..i + 8];
@@ -194,36 +209,23 @@ impl Lanes for F16Avx2 {
     }
 }
 
-fn attend_f32(g: &Geometry, k: &[f32], v: &[f32], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
+/// [`attend_group`] with the fastest lanes this CPU has.
+fn attend<E: Elem>(g: &Geometry, k: &[E], v: &[E], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if crate::quant::simd::has_avx2() {
         // SAFETY: checked just above.
-        return unsafe { attend_f32_avx2(g, k, v, kvh, q, len, out) };
+        return unsafe { attend_avx2::<E::Avx2>(g, k, v, kvh, q, len, out) };
     }
     // SAFETY: the portable lanes need no CPU feature.
-    unsafe { attend_group::<F32Lanes>(g, k, v, kvh, q, len, out) }
+    unsafe { attend_group::<E::Portable>(g, k, v, kvh, q, len, out) }
 }
 
-fn attend_f16(g: &Geometry, k: &[u16], v: &[u16], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if crate::quant::simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { attend_f16_avx2(g, k, v, kvh, q, len, out) };
-    }
-    // SAFETY: the portable lanes need no CPU feature.
-    unsafe { attend_group::<F16Portable>(g, k, v, kvh, q, len, out) }
-}
-
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_f32_avx2(g: &Geometry, k: &[f32], v: &[f32], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
-    attend_group::<F32Lanes>(g, k, v, kvh, q, len, out)
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_f16_avx2(g: &Geometry, k: &[u16], v: &[u16], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
-    attend_group::<F16Avx2>(g, k, v, kvh, q, len, out)
+unsafe fn attend_avx2<L: Lanes>(g: &Geometry, k: &[L::E], v: &[L::E], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
+    attend_group::<L>(g, k, v, kvh, q, len, out)
 }
 
 /// How many heads of a group the next tile takes (8, 4, 2 or 1): about eight accumulators
@@ -346,7 +348,7 @@ unsafe fn values<L: Lanes, const H: usize, const D: usize>(g: &Geometry, vh: &[L
         for h in 0..H {
             let mut acc = 0.0f32;
             for p in 0..len {
-                acc += probs[h * len8 + p] * L::get(vh, p * kv_dim + d);
+                acc += probs[h * len8 + p] * vh[p * kv_dim + d].to_f32();
             }
             out[h * hd + d] = acc;
         }
