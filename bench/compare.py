@@ -12,9 +12,9 @@ hits both; the table shows mean +- standard deviation and the ratio of the means
 
 Roofline: generating one token reads every weight once (all tensors but token_embd, of which
 one row is read); at the measured read bandwidth B that allows at most B / bytes tokens/s.
-The bandwidth is the best of several passes summing a 1 GiB buffer split over the threads,
-with 32-byte vector loads (`llama_rs._core.read_bandwidth`; numpy's reductions read ~10% slower
-here, so they would flatter the roofline fraction).
+The bandwidth B is measured after each repetition, so it sees the same host load as the
+engines (mean over repetitions; each the best of passes summing a 512 MiB buffer split over
+the threads with 32-byte loads: `llama_rs._core.read_bandwidth`).
 Random-weight models are written once to bench/out/ (see bench.py).
 """
 
@@ -160,13 +160,16 @@ def main() -> None:
         ours = Ours(path, th, n_ctx)
         theirs = Theirs(path, th, n_ctx, a.prompt)
         res = {(e, k): [] for e in ("ours", "theirs") for k in ("pp", "tg")}
+        bws = []
         for _ in range(a.reps):
             res["ours", "pp"].append(ours.pp(prompt))
             res["theirs", "pp"].append(theirs.pp(prompt))
             res["ours", "tg"].append(ours.tg(gen_ids))
             res["theirs", "tg"].append(theirs.tg(gen_ids))
+            if not a.no_bandwidth:  # between the runs, so it sees the same host load
+                bws.append(read_bandwidth(th, gib=0.5, passes=2))
         del ours, theirs
-        bw = None if a.no_bandwidth else read_bandwidth(th)
+        bw = statistics.mean(bws) if bws else None
         for k in ("pp", "tg"):
             o, t = res["ours", k], res["theirs", k]
             ratio = statistics.mean(o) / statistics.mean(t)
