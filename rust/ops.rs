@@ -152,21 +152,21 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         while t < n {
             let step = if n - t >= XN { XN } else if n - t >= 4 { 4 } else { 1 };
             match step {
-                XN => tile::<XN>(ty, w_rows, prepared, aux, t, r0, rows, dst),
-                4 => tile::<4>(ty, w_rows, prepared, aux, t, r0, rows, dst),
-                _ => tile::<1>(ty, w_rows, prepared, aux, t, r0, rows, dst),
+                XN => tile::<XN>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                4 => tile::<4>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                _ => tile::<1>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
             }
             t += step;
         }
     });
 }
 
-/// Weight rows `r0 ..` (`w_rows`) against tokens `t .. t + N`, into `dst` (`n x rows`).
+/// The `n_rows` weight rows `r0 ..` (`w_rows`) against tokens `t .. t + N`, into `dst`
+/// (`n x rows`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<const N: usize>(ty: GgmlType, w_rows: &[u8], xs: &[PreparedRow], aux: &[RowAux], t: usize, r0: usize, rows: usize, dst: &Disjoint) {
+fn tile<const N: usize>(ty: GgmlType, w_rows: &[u8], n_rows: usize, xs: &[PreparedRow], aux: &[RowAux], t: usize, r0: usize, rows: usize, dst: &Disjoint) {
     let mut res = [[0f32; N]; CHUNK];
-    let n_rows = w_rows.len() / ty.row_bytes(xs[t].len()).expect("whole blocks");
     let res = &mut res[..n_rows];
     vec_dot_rows(ty, w_rows, std::array::from_fn(|k| &xs[t + k]), std::array::from_fn(|k| &aux[t + k]), res);
     for (j, r) in res.iter().enumerate() {

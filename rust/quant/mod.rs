@@ -323,9 +323,9 @@ pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
 
 /// `out.len()` consecutive weight rows (`w_rows`) against `N` prepared activation rows:
 /// `out[r][t] = vec_dot(row r, xs[t])` bit for bit, faster where a multi-row kernel exists
-/// (Q4_0: each weight block is unpacked once for all `N`, and the activations' block sums
-/// come precomputed in `aux`). `aux[t]` is `RowAux::new(xs[t])` (ignored, and may be empty,
-/// without such a kernel).
+/// (Q4_0, Q8_0: each weight block is unpacked once for all `N`, and the activations come
+/// rearranged in `aux`). `aux[t]` is `RowAux::new(weight_type, xs[t])`; rows whose side data
+/// does not fit (or types without such a kernel) take [`vec_dot`], with the same bits.
 pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&PreparedRow; N], aux: [&RowAux; N], out: &mut [[f32; N]]) {
     if out.is_empty() {
         return;

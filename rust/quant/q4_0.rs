@@ -229,7 +229,7 @@ unsafe fn group_xn_avx2<const N: usize>(
     }
 }
 
-/// Side data of one q8_0 activation row for [`vec_dot_xn`], per group of 8 blocks (the last
+/// Side data of one q8_0 activation row for [`vec_dot_rows_xn`], per group of 8 blocks (the last
 /// one padded with zero blocks), lanes in `LANE_BLOCK` order: the scales as f32, `8 * sum(q)`
 /// of each block, and the quants rearranged (`YT_GROUP` bytes per group).
 pub(crate) fn x4_aux(y: &[u8]) -> (Vec<f32>, Vec<i32>, Vec<u8>) {
@@ -536,21 +536,17 @@ mod tests {
                     .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
                     .collect();
                 fn check<const N: usize>(w: &[u8], row_bytes: usize, ys: &[Vec<u8>], aux: &[(Vec<f32>, Vec<i32>, Vec<u8>)], t0: usize, want: &[[f32; 8]]) {
-                    let mut out = vec![[0f32; N]; want.len()];
-                    vec_dot_rows_xn::<N>(
-                        w,
-                        row_bytes,
-                        std::array::from_fn(|k| &ys[t0 + k][..]),
-                        std::array::from_fn(|k| &aux[t0 + k].0[..]),
-                        std::array::from_fn(|k| &aux[t0 + k].1[..]),
-                        std::array::from_fn(|k| &aux[t0 + k].2[..]),
-                        &mut out,
-                    );
-                    for (r, (o, w)) in out.iter().zip(want).enumerate() {
-                        for k in 0..N {
-                            assert_eq!(o[k].to_bits(), w[t0 + k].to_bits(), "N={N} row {r} token {}", t0 + k);
-                        }
-                    }
+                    crate::quant::tests_util::check_multi_row::<N>(want, t0, |out| {
+                        vec_dot_rows_xn::<N>(
+                            w,
+                            row_bytes,
+                            std::array::from_fn(|k| &ys[t0 + k][..]),
+                            std::array::from_fn(|k| &aux[t0 + k].0[..]),
+                            std::array::from_fn(|k| &aux[t0 + k].1[..]),
+                            std::array::from_fn(|k| &aux[t0 + k].2[..]),
+                            out,
+                        )
+                    });
                 }
                 check::<8>(&w, row_bytes, &ys, &aux, 0, &want);
                 check::<4>(&w, row_bytes, &ys, &aux, 4, &want);

@@ -494,20 +494,16 @@ mod tests {
                     .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
                     .collect();
                 fn check<const N: usize>(w: &[u8], row_bytes: usize, ys: &[Vec<u8>], aux: &[(Vec<f32>, Vec<i16>)], t0: usize, want: &[[f32; 8]]) {
-                    let mut out = vec![[0f32; N]; want.len()];
-                    vec_dot_rows_xn::<N>(
-                        w,
-                        row_bytes,
-                        std::array::from_fn(|k| &ys[t0 + k][..]),
-                        std::array::from_fn(|k| &aux[t0 + k].0[..]),
-                        std::array::from_fn(|k| &aux[t0 + k].1[..]),
-                        &mut out,
-                    );
-                    for (r, (o, w)) in out.iter().zip(want).enumerate() {
-                        for k in 0..N {
-                            assert_eq!(o[k].to_bits(), w[t0 + k].to_bits(), "N={N} row {r} token {}", t0 + k);
-                        }
-                    }
+                    crate::quant::tests_util::check_multi_row::<N>(want, t0, |out| {
+                        vec_dot_rows_xn::<N>(
+                            w,
+                            row_bytes,
+                            std::array::from_fn(|k| &ys[t0 + k][..]),
+                            std::array::from_fn(|k| &aux[t0 + k].0[..]),
+                            std::array::from_fn(|k| &aux[t0 + k].1[..]),
+                            out,
+                        )
+                    });
                 }
                 check::<8>(&w, row_bytes, &ys, &aux, 0, &want);
                 check::<4>(&w, row_bytes, &ys, &aux, 3, &want);

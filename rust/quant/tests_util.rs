@@ -241,3 +241,15 @@ pub(crate) const GGUF_F16: [(u64, usize, u64, u64); 9] = [
     (1002, 4096, 0x4441ad7bd3a93a81, 0x229bb295fd1b3e48),
     (1003, 16000, 0x35c12bd15aef6288, 0xd049cf7d2936f194),
 ];
+
+/// Runs a multi-row kernel over tokens `t0 .. t0 + N` (`run` fills one `[f32; N]` per weight
+/// row) and asserts every result has the bits of `want[row][t0 + k]`.
+pub(crate) fn check_multi_row<const N: usize>(want: &[[f32; 8]], t0: usize, run: impl FnOnce(&mut [[f32; N]])) {
+    let mut out = vec![[0f32; N]; want.len()];
+    run(&mut out);
+    for (r, (o, w)) in out.iter().zip(want).enumerate() {
+        for k in 0..N {
+            assert_eq!(o[k].to_bits(), w[t0 + k].to_bits(), "N={N} row {r} token {}", t0 + k);
+        }
+    }
+}
