@@ -7,14 +7,18 @@ pub enum Error {
     Io(String),
     /// The file is not a model we can load: bad magic, truncated, inconsistent.
     Format(String),
-    /// A bad argument from the caller (sampling parameters, token ids, prompt too long).
+    /// A bad argument from the caller (token ids, prompt too long).
     Invalid(String),
+    /// A generation parameter out of its range; `name` is the parameter, `msg` says the range.
+    Param { name: &'static str, msg: String },
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io(m) | Error::Format(m) | Error::Invalid(m) => f.write_str(m),
+            Error::Io(m) | Error::Format(m) | Error::Invalid(m) | Error::Param { msg: m, .. } => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -29,4 +33,11 @@ pub fn format_err<T>(msg: impl Into<String>) -> Result<T> {
 
 pub fn invalid<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::Invalid(msg.into()))
+}
+
+pub fn param_err<T>(name: &'static str, msg: impl Into<String>) -> Result<T> {
+    Err(Error::Param {
+        name,
+        msg: msg.into(),
+    })
 }

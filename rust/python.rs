@@ -5,8 +5,8 @@ use crate::error::Error;
 use crate::gguf::{GgufFile, TensorSpec, Value, ValueType};
 use crate::model::{KvType, Model};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
-use crate::sampling::{Rng, SamplingParams};
-use crate::session::{GenerateParams, Generation, Session};
+use crate::sampling::{Seed, TokenLogprob};
+use crate::session::{check_token_id, check_top_n, parse_seed, Arg, BiasEntries, GenerateArgs, Generation, Session};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -40,7 +40,112 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         },
         Error::Invalid(m) if m.starts_with("internal error") => PyRuntimeError::new_err(m),
         Error::Invalid(m) => PyValueError::new_err(m),
+        Error::Param { name, msg } => match py.import("llama_rs.errors").and_then(|m| m.getattr("ParamError")) {
+            Ok(ty) => PyErr::from_type(ty.downcast_into().unwrap(), (name, msg)),
+            Err(_) => PyValueError::new_err(msg),
+        },
     }
+}
+
+fn repr(ob: &Bound<'_, PyAny>) -> String {
+    ob.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unprintable>".into())
+}
+
+// Arguments that never fail to convert: what does not fit becomes `Arg::Bad(repr)` and the
+// Rust check reports it as a ParamError (no OverflowError/TypeError from PyO3 itself).
+
+fn int_arg(ob: &Bound<'_, PyAny>) -> Arg<i128> {
+    ob.extract::<i128>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)
+}
+
+fn float_arg(ob: &Bound<'_, PyAny>) -> Arg<f64> {
+    ob.extract::<f64>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)
+}
+
+/// Any Python integer (huge ones included).
+struct IntArg(Arg<i128>);
+
+impl<'py> FromPyObject<'py> for IntArg {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(IntArg(int_arg(ob)))
+    }
+}
+
+/// Any Python number convertible to float.
+struct FloatArg(Arg<f64>);
+
+impl<'py> FromPyObject<'py> for FloatArg {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(FloatArg(float_arg(ob)))
+    }
+}
+
+/// A sequence of strings (PyO3 refuses a str itself, so that is Bad).
+struct StopArg(Arg<Vec<String>>);
+
+impl<'py> FromPyObject<'py> for StopArg {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(StopArg(ob.extract::<Vec<String>>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)))
+    }
+}
+
+/// A logit_bias key: an integer, or its decimal text (JSON objects, hence OpenAI's
+/// logit_bias, only have string keys).
+fn bias_key(ob: &Bound<'_, PyAny>) -> Arg<i128> {
+    match ob.extract::<String>() {
+        Ok(text) => text.parse::<i128>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val),
+        Err(_) => int_arg(ob),
+    }
+}
+
+/// A dict {token id: bias}.
+struct BiasArg(Arg<BiasEntries>);
+
+impl<'py> FromPyObject<'py> for BiasArg {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(BiasArg(match ob.downcast::<PyDict>() {
+            Ok(d) => Arg::Val(d.iter().map(|(k, v)| (bias_key(&k), float_arg(&v))).collect()),
+            Err(_) => Arg::Bad(repr(ob)),
+        }))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_args(
+    max_tokens: IntArg,
+    top_k: IntArg,
+    top_p: FloatArg,
+    temp: FloatArg,
+    repeat_penalty: FloatArg,
+    repeat_lastn: IntArg,
+    seed: Option<IntArg>,
+    stop: StopArg,
+    presence_penalty: FloatArg,
+    frequency_penalty: FloatArg,
+    logit_bias: Option<BiasArg>,
+    logprobs: Option<IntArg>,
+) -> GenerateArgs {
+    GenerateArgs {
+        max_tokens: max_tokens.0,
+        top_k: top_k.0,
+        top_p: top_p.0,
+        temp: temp.0,
+        repeat_penalty: repeat_penalty.0,
+        repeat_lastn: repeat_lastn.0,
+        seed: seed.map(|a| a.0),
+        stop: stop.0,
+        presence_penalty: presence_penalty.0,
+        frequency_penalty: frequency_penalty.0,
+        logit_bias: logit_bias.map(|a| a.0),
+        logprobs: logprobs.map(|a| a.0),
+    }
+}
+
+/// [(id, logprob)], most likely first.
+type Top = Vec<(u32, f64)>;
+
+fn logprob_tuple(t: TokenLogprob) -> (u32, f64, Top) {
+    (t.id, t.logprob, t.top)
 }
 
 /// Run `f` without the GIL and with panics caught.
@@ -61,13 +166,15 @@ fn lock(m: &Mutex<Session>) -> MutexGuard<'_, Session> {
 struct Engine {
     session: Arc<Mutex<Session>>,
     model: Arc<Model>,
-    seed: i64,
+    /// Used when a generation gives no seed.
+    seed: Seed,
 }
 
 #[pymethods]
 impl Engine {
     #[new]
-    fn new(py: Python<'_>, path: PathBuf, n_ctx: usize, n_threads: usize, seed: i64, kv_type: &str) -> PyResult<Engine> {
+    fn new(py: Python<'_>, path: PathBuf, n_ctx: usize, n_threads: usize, seed: IntArg, kv_type: &str) -> PyResult<Engine> {
+        let seed = parse_seed(&seed.0).map_err(|e| to_py(py, e))?;
         let kv = match kv_type {
             "f16" => KvType::F16,
             "f32" => KvType::F32,
@@ -142,6 +249,28 @@ impl Engine {
         self.model.tokenizer.piece(id).map(str::to_owned)
     }
 
+    /// The bytes a token stands for in the middle of a text (`▁` as a space, `<0x0A>` as a
+    /// newline, control tokens as nothing).
+    fn token_bytes<'py>(&self, py: Python<'py>, id: IntArg) -> PyResult<Bound<'py, PyBytes>> {
+        let tok = &self.model.tokenizer;
+        let id = check_token_id(&id.0, tok.n_vocab()).map_err(|e| to_py(py, e))?;
+        Ok(PyBytes::new(py, tok.token_bytes(id)))
+    }
+
+    /// [(logprob of ids[i + 1] after ids[..=i], [(id, logprob)] of the top_n alternatives)]
+    /// for i in 0..len(ids)-1; empties the cache first and leaves it holding ids.
+    fn score(&self, py: Python<'_>, ids: Vec<IntArg>, top_n: IntArg) -> PyResult<Vec<(f64, Top)>> {
+        let n_vocab = self.model.config.n_vocab;
+        let checked = || -> Result<(Vec<u32>, usize), Error> {
+            let ids = ids.iter().map(|a| check_token_id(&a.0, n_vocab)).collect::<Result<Vec<_>, _>>()?;
+            Ok((ids, check_top_n(&top_n.0, n_vocab)?))
+        };
+        let (ids, top_n) = checked().map_err(|e| to_py(py, e))?;
+        let session = self.session.clone();
+        let scored = run(py, move || lock(&session).score(&ids, top_n))?;
+        Ok(scored.into_iter().map(|t| (t.logprob, t.top)).collect())
+    }
+
     /// Evaluate ids after the cache; returns (logits bytes as f32, rows).
     fn eval<'py>(&self, py: Python<'py>, ids: Vec<u32>, all_logits: bool) -> PyResult<(Bound<'py, PyBytes>, usize)> {
         let session = self.session.clone();
@@ -173,46 +302,34 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, bos=true))]
+    #[pyo3(signature = (
+        prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, bos=true,
+        presence_penalty=FloatArg(Arg::Val(0.0)), frequency_penalty=FloatArg(Arg::Val(0.0)), logit_bias=None, logprobs=None,
+    ))]
     fn start(
         &self,
         py: Python<'_>,
         prompt: PyPromptArg,
-        max_tokens: i64,
-        top_k: i64,
-        top_p: f32,
-        temp: f32,
-        repeat_penalty: f32,
-        repeat_lastn: i64,
-        seed: Option<i64>,
-        stop: Vec<String>,
+        max_tokens: IntArg,
+        top_k: IntArg,
+        top_p: FloatArg,
+        temp: FloatArg,
+        repeat_penalty: FloatArg,
+        repeat_lastn: IntArg,
+        seed: Option<IntArg>,
+        stop: StopArg,
         bos: bool,
+        presence_penalty: FloatArg,
+        frequency_penalty: FloatArg,
+        logit_bias: Option<BiasArg>,
+        logprobs: Option<IntArg>,
     ) -> PyResult<GenerationIter> {
-        if max_tokens < 0 {
-            return Err(PyValueError::new_err(format!("max_tokens must be >= 0, got {max_tokens}")));
-        }
-        if top_k < 0 {
-            return Err(PyValueError::new_err(format!("top_k must be >= 0, got {top_k}")));
-        }
-        if repeat_lastn < 0 {
-            return Err(PyValueError::new_err(format!("repeat_lastn must be >= 0, got {repeat_lastn}")));
-        }
-        let seed = match seed.unwrap_or(self.seed) {
-            s if s < 0 => Rng::random_seed(),
-            s => s as u64,
-        };
-        let params = GenerateParams {
-            max_tokens: max_tokens as usize,
-            sampling: SamplingParams {
-                top_k: top_k as usize,
-                top_p,
-                temp,
-                repeat_penalty,
-                repeat_lastn: repeat_lastn as usize,
-            },
-            seed,
-            stop,
-        };
+        let args = generate_args(
+            max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, presence_penalty, frequency_penalty, logit_bias,
+            logprobs,
+        );
+        let mut params = args.validate(Some(self.model.config.n_vocab)).map_err(|e| to_py(py, e))?;
+        params.seed.get_or_insert(self.seed);
         let session = self.session.clone();
         let model = self.model.clone();
         let generation = run(py, move || {
@@ -266,6 +383,13 @@ impl GenerationIter {
             let mut s = lock(&session);
             g.step(&mut s)
         })
+    }
+
+    /// [(id, logprob, [(id, logprob)] top alternatives)] of the tokens generated since the
+    /// last call (empty unless started with logprobs).
+    fn take_logprobs(&self) -> Vec<(u32, f64, Top)> {
+        let taken = self.generation.lock().unwrap_or_else(|p| p.into_inner()).take_logprobs();
+        taken.into_iter().map(logprob_tuple).collect()
     }
 
     #[getter]
@@ -488,6 +612,36 @@ fn vec_dot(type_name: &str, w_row: Vec<u8>, x: Vec<f32>) -> PyResult<(f32, f32)>
     Ok((crate::quant::vec_dot(ty, &w_row, &p), crate::quant::vec_dot_scalar(ty, &w_row, &p)))
 }
 
+/// Check generation parameters without a model (the checks `Engine.start` makes); raises
+/// ParamError. Token ids in `logit_bias` are checked against `n_vocab` when given.
+#[allow(clippy::too_many_arguments)]
+#[pyfunction]
+#[pyo3(signature = (
+    max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+    presence_penalty=FloatArg(Arg::Val(0.0)), frequency_penalty=FloatArg(Arg::Val(0.0)), logit_bias=None, logprobs=None, n_vocab=None,
+))]
+fn check_generation(
+    py: Python<'_>,
+    max_tokens: IntArg,
+    top_k: IntArg,
+    top_p: FloatArg,
+    temp: FloatArg,
+    repeat_penalty: FloatArg,
+    repeat_lastn: IntArg,
+    seed: Option<IntArg>,
+    stop: StopArg,
+    presence_penalty: FloatArg,
+    frequency_penalty: FloatArg,
+    logit_bias: Option<BiasArg>,
+    logprobs: Option<IntArg>,
+    n_vocab: Option<usize>,
+) -> PyResult<()> {
+    let args = generate_args(
+        max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, presence_penalty, frequency_penalty, logit_bias, logprobs,
+    );
+    args.validate(n_vocab).map(|_| ()).map_err(|e| to_py(py, e))
+}
+
 /// Memory read bandwidth in bytes/s (see `bandwidth::read_bandwidth`), for benchmarks.
 #[pyfunction]
 #[pyo3(signature = (bytes = 1 << 30, threads = 1, passes = 3))]
@@ -599,5 +753,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(check_generation, m)?)?;
     Ok(())
 }

@@ -1,8 +1,8 @@
-//! Choosing the next token from logits: repeat penalty, top-k, top-p, temperature, then a
-//! seeded draw (greedy at temp <= 0). Same seed, same logits: same token, on any machine.
+//! Choosing the next token from logits: logit bias, repeat penalty, presence/frequency
+//! penalties, top-k, top-p, temperature, then a seeded draw (greedy at temp <= 0). Same seed,
+//! same logits: same token, on any machine. Also the log-probabilities reported to callers.
 
-use crate::error::{invalid, Result};
-
+/// Sampling settings, already checked (see `session::GenerateArgs::validate`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
     /// 0 keeps every token.
@@ -11,26 +11,42 @@ pub struct SamplingParams {
     pub temp: f32,
     pub repeat_penalty: f32,
     pub repeat_lastn: usize,
+    /// OpenAI's penalties, on the counts of the tokens generated so far (not the prompt).
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Added to the raw logits: (token id, bias).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { top_k: 40, top_p: 0.9, temp: 0.8, repeat_penalty: 1.3, repeat_lastn: 64 }
+        SamplingParams {
+            top_k: 40,
+            top_p: 0.9,
+            temp: 0.8,
+            repeat_penalty: 1.3,
+            repeat_lastn: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+        }
     }
 }
 
-impl SamplingParams {
-    pub fn validate(&self) -> Result<()> {
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return invalid(format!("top_p must be in (0, 1], got {}", self.top_p));
+/// Where a generation's random numbers come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seed {
+    /// A fresh seed for every generation (a negative seed from the caller).
+    Random,
+    Fixed(u64),
+}
+
+impl Seed {
+    pub fn value(self) -> u64 {
+        match self {
+            Seed::Random => Rng::random_seed(),
+            Seed::Fixed(s) => s,
         }
-        if !(self.temp >= 0.0) || !self.temp.is_finite() {
-            return invalid(format!("temp must be >= 0, got {}", self.temp));
-        }
-        if !(self.repeat_penalty > 0.0) || !self.repeat_penalty.is_finite() {
-            return invalid(format!("repeat_penalty must be > 0, got {}", self.repeat_penalty));
-        }
-        Ok(())
     }
 }
 
@@ -74,6 +90,15 @@ impl Rng {
     }
 }
 
+/// Add each (token, bias) to the logits; ids outside the vocab are ignored (checked earlier).
+pub fn apply_logit_bias(logits: &mut [f32], bias: &[(u32, f32)]) {
+    for &(t, b) in bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l += b;
+        }
+    }
+}
+
 /// Divide positive logits (multiply negative ones) of tokens seen in the last `lastn`.
 pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], lastn: usize, penalty: f32) {
     if penalty == 1.0 || lastn == 0 {
@@ -91,6 +116,29 @@ pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], lastn: usize, p
     }
 }
 
+/// OpenAI's penalties: `logit[j] -= c[j] * frequency + (c[j] > 0) * presence`, where `c[j]`
+/// counts `j` in `generated`.
+pub fn apply_presence_frequency(logits: &mut [f32], generated: &[u32], presence: f32, frequency: f32) {
+    if presence == 0.0 && frequency == 0.0 {
+        return;
+    }
+    let mut ids = generated.to_vec();
+    ids.sort_unstable();
+    for run in ids.chunk_by(|a, b| a == b) {
+        if let Some(l) = logits.get_mut(run[0] as usize) {
+            *l -= run.len() as f32 * frequency + presence;
+        }
+    }
+}
+
+/// The logits the draw sees: bias, then repeat penalty over `history` (the whole context),
+/// then presence/frequency over `generated` (this generation's tokens only).
+pub fn adjust_logits(logits: &mut [f32], history: &[u32], generated: &[u32], p: &SamplingParams) {
+    apply_logit_bias(logits, &p.logit_bias);
+    apply_repeat_penalty(logits, history, p.repeat_lastn, p.repeat_penalty);
+    apply_presence_frequency(logits, generated, p.presence_penalty, p.frequency_penalty);
+}
+
 fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
@@ -101,10 +149,11 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Pick the next token. `history` is every token in the context so far (prompt included).
-pub fn sample(logits: &[f32], history: &[u32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+/// Pick the next token. `history` is every token in the context so far (prompt included);
+/// `generated` is its tail produced by this generation.
+pub fn sample(logits: &[f32], history: &[u32], generated: &[u32], p: &SamplingParams, rng: &mut Rng) -> u32 {
     let mut logits = logits.to_vec();
-    apply_repeat_penalty(&mut logits, history, p.repeat_lastn, p.repeat_penalty);
+    adjust_logits(&mut logits, history, generated, p);
     if p.temp <= 0.0 {
         return argmax(&logits);
     }
@@ -147,6 +196,47 @@ fn softmax_of(cand: &[(u32, f32)], temp: f32) -> Vec<f64> {
     exps.iter().map(|e| e / sum).collect()
 }
 
+/// A generated token's log-probability under the raw model logits, with the most likely
+/// alternatives (what OpenAI's `logprobs` reports).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f64,
+    /// The `n` most likely tokens as (id, logprob), most likely first, ties by lower id.
+    pub top: Vec<(u32, f64)>,
+}
+
+impl TokenLogprob {
+    pub fn new(logits: &[f32], id: u32, n: usize) -> TokenLogprob {
+        let lp = log_softmax(logits);
+        TokenLogprob { id, logprob: lp[id as usize], top: top_logprobs(&lp, n) }
+    }
+}
+
+/// Log-probabilities of every token: `x - max - ln(sum(exp(x - max)))`, in f64 (every f32 is
+/// exact in f64), before any bias, penalty or temperature.
+pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let ln_sum = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|&x| x as f64 - max - ln_sum).collect()
+}
+
+/// The `n` largest of `lp` as (id, logprob), largest first; equal values: lower id first.
+pub fn top_logprobs(lp: &[f64], n: usize) -> Vec<(u32, f64)> {
+    let n = n.min(lp.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut all: Vec<(u32, f64)> = lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    if n < all.len() {
+        all.select_nth_unstable_by(n - 1, order);
+        all.truncate(n);
+    }
+    all.sort_by(order);
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,14 +246,14 @@ mod tests {
         let logits = vec![0.1, 2.0, -1.0, 1.9];
         let mut rng = Rng::new(1);
         let g = SamplingParams { temp: 0.0, ..Default::default() };
-        assert_eq!(sample(&logits, &[], &g, &mut rng), 1);
+        assert_eq!(sample(&logits, &[], &[], &g, &mut rng), 1);
         let k1 = SamplingParams { top_k: 1, ..Default::default() };
         for _ in 0..20 {
-            assert_eq!(sample(&logits, &[], &k1, &mut rng), 1);
+            assert_eq!(sample(&logits, &[], &[], &k1, &mut rng), 1);
         }
         // The penalty on token 1 (2.0 / 1.3 < 1.9) hands the lead to token 3, in both modes.
-        assert_eq!(sample(&logits, &[1], &g, &mut rng), 3);
-        assert_eq!(sample(&logits, &[1], &k1, &mut rng), 3);
+        assert_eq!(sample(&logits, &[1], &[], &g, &mut rng), 3);
+        assert_eq!(sample(&logits, &[1], &[], &k1, &mut rng), 3);
     }
 
     #[test]
@@ -180,13 +270,13 @@ mod tests {
     fn top_p_keeps_the_smallest_set() {
         // probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p 0.5 keeps only the first.
         let logits = vec![3.0, 2.0, 1.0, 0.0];
-        let p = SamplingParams { top_k: 0, top_p: 0.5, temp: 1.0, repeat_penalty: 1.0, repeat_lastn: 0 };
+        let p = SamplingParams { top_k: 0, top_p: 0.5, temp: 1.0, repeat_penalty: 1.0, repeat_lastn: 0, ..Default::default() };
         let mut rng = Rng::new(3);
         for _ in 0..50 {
-            assert_eq!(sample(&logits, &[], &p, &mut rng), 0);
+            assert_eq!(sample(&logits, &[], &[], &p, &mut rng), 0);
         }
         let p = SamplingParams { top_p: 0.95, ..p };
-        let drawn: std::collections::HashSet<u32> = (0..500).map(|_| sample(&logits, &[], &p, &mut rng)).collect();
+        let drawn: std::collections::HashSet<u32> = (0..500).map(|_| sample(&logits, &[], &[], &p, &mut rng)).collect();
         assert_eq!(drawn, [0, 1, 2].into_iter().collect());
     }
 
@@ -196,17 +286,84 @@ mod tests {
         let p = SamplingParams { top_k: 0, top_p: 1.0, temp: 1.0, ..Default::default() };
         let run = |seed| {
             let mut r = Rng::new(seed);
-            (0..30).map(|_| sample(&logits, &[], &p, &mut r)).collect::<Vec<_>>()
+            (0..30).map(|_| sample(&logits, &[], &[], &p, &mut r)).collect::<Vec<_>>()
         };
         assert_eq!(run(5), run(5));
         assert_ne!(run(5), run(6));
     }
 
     #[test]
-    fn validation() {
-        assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { top_p: 1.5, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams { temp: -0.1, ..Default::default() }.validate().is_err());
-        assert!(SamplingParams::default().validate().is_ok());
+    fn logit_bias_is_added_to_the_raw_logits() {
+        let mut l = vec![1.0, 2.0, 3.0];
+        apply_logit_bias(&mut l, &[(0, 5.0), (2, -1.5), (7, 9.0)]); // 7 is outside: ignored
+        assert_eq!(l, vec![6.0, 2.0, 1.5]);
+        let g = SamplingParams { temp: 0.0, logit_bias: vec![(0, 100.0)], ..Default::default() };
+        assert_eq!(sample(&[1.0, 2.0, 3.0], &[], &[], &g, &mut Rng::new(1)), 0);
+    }
+
+    #[test]
+    fn presence_and_frequency_follow_openai() {
+        // counts: token 0 twice, token 2 once, token 1 never.
+        let mut l = vec![1.0f32, 1.0, 1.0];
+        apply_presence_frequency(&mut l, &[0, 2, 0], 0.5, 0.25);
+        assert_eq!(l, vec![1.0 - (2.0 * 0.25 + 0.5), 1.0, 1.0 - (0.25 + 0.5)]);
+        let mut l = vec![1.0f32, 1.0];
+        apply_presence_frequency(&mut l, &[0, 0, 0], -2.0, 0.0); // negative presence rewards
+        assert_eq!(l, vec![3.0, 1.0]);
+        let mut l = vec![1.0f32, -1.0];
+        apply_presence_frequency(&mut l, &[0, 1], 0.0, 0.0);
+        assert_eq!(l, vec![1.0, -1.0]);
+    }
+
+    #[test]
+    fn adjustments_apply_in_order_and_only_generated_tokens_count() {
+        let p = SamplingParams {
+            repeat_penalty: 2.0,
+            repeat_lastn: 64,
+            presence_penalty: 1.0,
+            frequency_penalty: 0.5,
+            logit_bias: vec![(0, 2.0)],
+            ..Default::default()
+        };
+        let mut l = vec![2.0f32, 4.0, -1.0, 3.0];
+        // history = prompt [1, 2] + generated [2, 3, 3].
+        adjust_logits(&mut l, &[1, 2, 2, 3, 3], &[2, 3, 3], &p);
+        // 0: bias only, 4. 1: penalty only (prompt), 2. 2: -1*2 - (0.5 + 1) = -3.5.
+        // 3: 3/2 - (1.0 + 1) = -0.5. Bias before the penalty: 0 is not in the history.
+        assert_eq!(l, vec![4.0, 2.0, -3.5, -0.5]);
+    }
+
+    #[test]
+    fn defaults_change_nothing() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.7).cos()).collect();
+        let p = SamplingParams { repeat_penalty: 1.0, ..Default::default() };
+        let mut l = logits.clone();
+        adjust_logits(&mut l, &[1, 2, 3], &[2, 3], &p);
+        assert_eq!(l, logits);
+    }
+
+    #[test]
+    fn log_softmax_is_normalized_and_shift_invariant() {
+        let logits = vec![1.0f32, 2.0, 3.0, -50.0];
+        let lp = log_softmax(&logits);
+        let total: f64 = lp.iter().map(|x| x.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+        let z = (1f64.exp() + 2f64.exp() + 3f64.exp() + (-50f64).exp()).ln();
+        assert!((lp[1] - (2.0 - z)).abs() < 1e-12);
+        let shifted = log_softmax(&logits.iter().map(|x| x + 1000.0).collect::<Vec<_>>());
+        for (a, b) in lp.iter().zip(&shifted) {
+            assert!((a - b).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn top_logprobs_sorted_with_ties_by_id() {
+        let lp = vec![-2.0, -1.0, -3.0, -1.0, -0.5];
+        assert_eq!(top_logprobs(&lp, 3), vec![(4, -0.5), (1, -1.0), (3, -1.0)]);
+        assert_eq!(top_logprobs(&lp, 0), vec![]);
+        assert_eq!(top_logprobs(&lp, 99).len(), 5);
+        let t = TokenLogprob::new(&[0.0, 0.0], 1, 2);
+        assert_eq!(t.top, vec![(0, -(2f64.ln())), (1, -(2f64.ln()))]);
+        assert_eq!(t.logprob, -(2f64.ln()));
     }
 }

@@ -7,14 +7,16 @@ Quick start::
     print(model.complete("Never trust a computer", max_tokens=40).text)
 """
 
-from .errors import ModelError
+from .errors import ModelError, ParamError
+from .generation import GenerationConfig, check_generation
 from .info import file_info
 from .model import Completion, Generation, Model, Tokenizer
 from .perplexity import Perplexity, perplexity
 from .quantize import QuantizeSummary, quantize_file
 
 __all__ = [
-    "Model", "Completion", "Generation", "ModelError", "Tokenizer",
+    "Model", "Completion", "Generation", "ModelError", "ParamError", "Tokenizer",
+    "GenerationConfig", "check_generation",
     "file_info", "perplexity", "Perplexity", "quantize_file", "QuantizeSummary",
 ]
 __version__ = "0.1.0"

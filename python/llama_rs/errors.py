@@ -7,3 +7,19 @@ class ModelError(OSError, ValueError):
     The message names the file and the problem. It is both an ``OSError`` (the file is
     at fault) and a ``ValueError`` (its contents are), like ``io.UnsupportedOperation``.
     """
+
+
+class ParamError(ValueError):
+    """A generation parameter is out of its range (or not a value of its kind).
+
+    ``param`` is the engine's name for it (``"top_p"``, ``"seed"``, ``"logit_bias"``...), so
+    a server can report which request field is at fault; ``str(e)`` is the message, which
+    names the parameter and the accepted range.
+    """
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self):  # pickles (e.g. across worker processes) with both arguments
+        return (type(self), (self.param, str(self)))

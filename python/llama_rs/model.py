@@ -11,13 +11,19 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, List, Literal, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
+from .generation import DEFAULTS
 
 FinishReason = Literal["length", "eos", "stop", "context"]
+
+#: A generated token's log-probability: (id, logprob, [(id, logprob)] of the most likely
+#: alternatives, most likely first). Log-probabilities are of the raw model logits, before
+#: logit_bias, penalties and temperature.
+TokenLogprob = Tuple[int, float, List[Tuple[int, float]]]
 
 DEMO_MODEL = "fortunes-1M.gguf"
 
@@ -34,6 +40,8 @@ class Completion:
     #: Why generation ended: max_tokens reached, end-of-sequence token, a stop string, or
     #: the context (n_ctx) full.
     finish_reason: FinishReason
+    #: One entry per generated token when asked for (`logprobs=n`), else None.
+    logprobs: list[TokenLogprob] | None = None
 
 
 def _default_threads() -> int:
@@ -47,12 +55,14 @@ class Model:
         path: the ``.gguf`` file. Weights are memory-mapped, not copied.
         n_ctx: context length in tokens (prompt plus generated text).
         n_threads: worker threads for the matrix products (default: the CPUs available).
-        seed: default seed for sampling; -1 draws a fresh seed for every generation.
+        seed: default seed for sampling (-2^63 to 2^64-1); negative draws a fresh seed for
+            every generation.
         kv_type: how the KV cache stores keys and values: "f16" (llama.cpp's default: half
             the memory, same results as llama.cpp) or "f32" (full precision).
 
     Raises:
         ModelError: the file is missing, unreadable, or not a model llama_rs can run.
+        ParamError: a seed out of range.
         ValueError: a bad argument (n_ctx < 1, ...).
     """
 
@@ -133,6 +143,13 @@ class Model:
         """The vocab piece of a token id (with ``▁`` for spaces), or None if out of range."""
         return self._engine.token_piece(id)
 
+    def token_bytes(self, id: int) -> bytes:
+        """The bytes a token stands for in the middle of a text: ``▁`` as a space, a byte
+        token (``<0x0A>``) as that byte, control tokens (BOS, EOS) as nothing. A single byte
+        token may be part of a UTF-8 character, so this is bytes, not text. Raises ValueError
+        for an id outside the vocab."""
+        return self._engine.token_bytes(id)
+
     # -- evaluation ----------------------------------------------------------------------
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Evaluate `ids` after the tokens already in the KV cache.
@@ -145,6 +162,17 @@ class Model:
         logits = np.frombuffer(data, dtype="<f4")
         return logits.reshape(rows, self.n_vocab) if all_logits else logits
 
+    def score(self, ids: Sequence[int], top_n: int = 0) -> list[tuple[float, list[tuple[int, float]]]]:
+        """Log-probabilities of a token sequence (OpenAI's ``echo`` with ``logprobs``).
+
+        Returns ``len(ids) - 1`` entries: entry ``i`` is ``(logprob of ids[i+1] after
+        ids[:i+1], [(id, logprob)] of the top_n most likely tokens there, most likely
+        first)``, from the raw logits (log-softmax in float64). Empties the KV cache first and
+        leaves it holding `ids`. Raises ValueError when `ids` is empty, longer than n_ctx, or
+        has an id outside the vocab, or when top_n is not from 0 to n_vocab.
+        """
+        return self._engine.score(list(ids), top_n)
+
     @property
     def n_past(self) -> int:
         """Number of tokens in the KV cache."""
@@ -155,61 +183,98 @@ class Model:
         self._engine.reset()
 
     # -- generation ----------------------------------------------------------------------
-    def _start(self, prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop) -> "Generation":
+    def _start(
+        self, prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+        presence_penalty, frequency_penalty, logit_bias, logprobs,
+    ) -> "Generation":
+        # Values go to Rust unconverted: it checks them all (ParamError), even ones that
+        # int()/float() would refuse or overflow on.
         if isinstance(stop, str):
             stop = [stop]
+        else:
+            try:
+                stop = list(stop)
+            except TypeError:
+                pass
         if not isinstance(prompt, str):
             prompt = [int(t) for t in prompt]
         t0 = time.perf_counter()
         core = self._engine.start(
-            prompt, int(max_tokens), int(top_k), float(top_p), float(temp), float(repeat_penalty),
-            int(repeat_lastn), seed, list(stop),
+            prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias, logprobs=logprobs,
         )
         return Generation(core, time.perf_counter() - t0)
 
     def generate(
         self,
         prompt: str | Sequence[int],
-        max_tokens: int = 128,
-        top_k: int = 40,
-        top_p: float = 0.9,
-        temp: float = 0.8,
-        repeat_penalty: float = 1.3,
-        repeat_lastn: int = 64,
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
+        max_tokens: int = DEFAULTS.max_tokens,
+        top_k: int = DEFAULTS.top_k,
+        top_p: float = DEFAULTS.top_p,
+        temp: float = DEFAULTS.temp,
+        repeat_penalty: float = DEFAULTS.repeat_penalty,
+        repeat_lastn: int = DEFAULTS.repeat_lastn,
+        seed: int | None = DEFAULTS.seed,
+        stop: str | Sequence[str] = DEFAULTS.stop,
+        presence_penalty: float = DEFAULTS.presence_penalty,
+        frequency_penalty: float = DEFAULTS.frequency_penalty,
+        logit_bias: Mapping[int, float] | None = DEFAULTS.logit_bias,
+        logprobs: int | None = DEFAULTS.logprobs,
     ) -> "Generation":
         """Generate text after `prompt`, yielding pieces as they are produced.
 
-        `prompt` is text (tokenized with BOS) or a list of token ids. Sampling: repeat
-        penalty over the last `repeat_lastn` tokens, then top-k (0 = all), top-p, then
-        temperature; `temp <= 0` is greedy. `seed` None uses the model's seed. Generation
-        ends after `max_tokens`, at the end-of-sequence token, before any of the `stop`
-        strings, or when the context is full. The KV cache keeps the prompt's longest
-        common prefix with the previous call, so a growing conversation is cheap.
+        `prompt` is text (tokenized with BOS) or a list of token ids. Sampling: `logit_bias`
+        added to the logits, repeat penalty over the last `repeat_lastn` tokens, presence and
+        frequency penalties over the tokens generated so far, then top-k (0 = all), top-p,
+        then temperature; `temp <= 0` is greedy. `seed` None uses the model's seed.
+        Generation ends after `max_tokens`, at the end-of-sequence token, before any of the
+        `stop` strings, or when the context is full. The KV cache keeps the prompt's longest
+        common prefix with the previous call, so a growing conversation is cheap. With
+        `logprobs` set, each generated token's log-probability is recorded
+        (`Generation.take_logprobs`). Every parameter is described, with its range, in
+        `GenerationConfig`.
 
         The prompt is evaluated before this returns; the returned `Generation` is an
         iterator of text pieces that also reports counts, the finish reason and timings.
+
+        Raises:
+            ParamError: a parameter out of its range (`.param` names it).
+            ValueError: the prompt does not fit the context.
         """
-        return self._start(prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
+        return self._start(
+            prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+            presence_penalty, frequency_penalty, logit_bias, logprobs,
+        )
 
     def complete(
         self,
         prompt: str | Sequence[int],
-        max_tokens: int = 128,
-        top_k: int = 40,
-        top_p: float = 0.9,
-        temp: float = 0.8,
-        repeat_penalty: float = 1.3,
-        repeat_lastn: int = 64,
-        seed: int | None = None,
-        stop: str | Sequence[str] = (),
+        max_tokens: int = DEFAULTS.max_tokens,
+        top_k: int = DEFAULTS.top_k,
+        top_p: float = DEFAULTS.top_p,
+        temp: float = DEFAULTS.temp,
+        repeat_penalty: float = DEFAULTS.repeat_penalty,
+        repeat_lastn: int = DEFAULTS.repeat_lastn,
+        seed: int | None = DEFAULTS.seed,
+        stop: str | Sequence[str] = DEFAULTS.stop,
+        presence_penalty: float = DEFAULTS.presence_penalty,
+        frequency_penalty: float = DEFAULTS.frequency_penalty,
+        logit_bias: Mapping[int, float] | None = DEFAULTS.logit_bias,
+        logprobs: int | None = DEFAULTS.logprobs,
     ) -> Completion:
-        """Like `generate`, but returns the whole text with counts and the finish reason.
-        Ctrl+C interrupts it between tokens (KeyboardInterrupt)."""
-        gen = self._start(prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
+        """Like `generate`, but returns the whole text with counts, the finish reason and
+        (when `logprobs` is set) the tokens' log-probabilities. Ctrl+C interrupts it between
+        tokens (KeyboardInterrupt)."""
+        gen = self._start(
+            prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+            presence_penalty, frequency_penalty, logit_bias, logprobs,
+        )
         text = "".join(gen)
-        return Completion(text=text, tokens=gen.tokens, prompt_tokens=gen.prompt_tokens, finish_reason=gen.finish_reason)
+        return Completion(
+            text=text, tokens=gen.tokens, prompt_tokens=gen.prompt_tokens, finish_reason=gen.finish_reason,
+            logprobs=gen.take_logprobs() if logprobs is not None else None,
+        )
 
 
 class Generation(Iterator[str]):
@@ -249,6 +314,13 @@ class Generation(Iterator[str]):
     @property
     def finish_reason(self) -> FinishReason | None:
         return self._core.finish_reason
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The log-probabilities of the tokens generated since the last call, and forget
+        them: one `(id, logprob, top)` per token (the EOS that ends a generation has none).
+        A piece can span several tokens, so after a `next()` there may be several entries,
+        or none. Empty unless the generation was started with `logprobs`."""
+        return self._core.take_logprobs()
 
 
 class Tokenizer:
