@@ -82,6 +82,37 @@ def test_interactive_session_with_the_demo_model() -> None:
     assert "Traceback" not in p.before
 
 
+def test_bad_parameter_lines_are_rejected_and_change_nothing() -> None:
+    """The prompt checks `key=value` lines as the engine checks the options: a value it would
+    refuse is one message, the old parameters stay, and the next prompt is answered."""
+    p = spawn("run", "-s", "3", "-n", "20")
+    p.expect_exact(">>> ")
+    bad = ["n=-3", "temp=-1", "top_p=5", "top_p=0", f"seed={2**70}", "repeat_penalty=0",
+           "top_k=10 temp=-1"]  # the last: top_k=10 is fine, but the line is one change
+    for line in bad:
+        p.sendline(line)
+        p.expect_exact(">>> ")
+        out = p.before.replace("\r\n", "\n").strip().splitlines()
+        assert len(out) == 2 and out[0] == line, out  # the echo, then one message
+        assert out[1].startswith(f"error: {line.split()[-1]}: ") and out[1].endswith("; parameters unchanged"), out
+    p.sendline("n=1.5")
+    p.expect_exact(">>> ")
+    assert "error: tokens wants an integer, got '1.5'" in p.before
+    p.sendline("/params")
+    p.expect_exact(">>> ")
+    assert "tokens=20 temp=0.8 top_k=40 top_p=0.9 repeat_penalty=1.3 repeat_lastn=64 seed=3" in p.before
+    want = llama_rs.Model.demo(n_ctx=512).complete("Never trust a computer", max_tokens=20, seed=3)
+    assert answer(p, "Never trust a computer") == want.text
+    p.expect_exact(">>> ")
+    p.sendline("top_p=1 n=5")  # the edge of the range is fine
+    p.expect_exact(">>> ")
+    assert "top_p=1.0 tokens=5" in p.before
+    p.sendline("/quit")
+    p.expect(pexpect.EOF)
+    p.close()
+    assert p.exitstatus == 0 and "Traceback" not in p.before
+
+
 def test_multiline_prompt(tmp_path: Path) -> None:
     p = spawn("run", "-n", "8", "--temp", "0")
     p.expect_exact(">>> ")

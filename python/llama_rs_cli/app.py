@@ -3,13 +3,14 @@ only registers them and turns errors into one-line messages with the right exit 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 import llama_rs
 
-from .common import CliError, set_debug, is_debug
+from .common import CliError, describe, is_debug, one_line, set_debug
 
 app = typer.Typer(
     name="llama-rs",
@@ -48,32 +49,51 @@ app.command("bench", help="Measure prompt and generation speed (tokens/s), llama
 app.command("worker", hidden=True)(serve.worker)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors exit 2 and runtime errors exit 1, each as one line on stderr."""
-    try:  # typer >= 0.24 vendors its own copy of click
-        from typer._click import exceptions as click
-    except ImportError:  # pragma: no cover
-        from click import exceptions as click
+def _usage_error_class() -> type[Exception]:
+    """click's UsageError, found through typer's public BadParameter: typer >= 0.24 vendors its
+    own click (typer._click), older versions use click itself, and neither module is the API."""
+    return next((c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"), typer.BadParameter)
 
+
+def _click_exception_class() -> type[Exception]:
+    """click's ClickException (a file error, ...: shown as a runtime failure)."""
+    return next((c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"), _usage_error_class())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors exit 2 and runtime errors exit 1, each as one line on stderr;
+    Ctrl+C exits 130. Anything else is a bug: one line too, or its traceback with --debug."""
+    usage_error, click_exception = _usage_error_class(), _click_exception_class()
     try:
         # Without standalone mode, an Exit raised inside a command comes back as its code.
         code = app(args=argv, standalone_mode=False, prog_name="llama-rs")
-    except click.NoArgsIsHelpError as e:  # bare `llama-rs`: the help, status 0
-        typer.echo(e.ctx.get_help() if e.ctx else "", err=False)
-        sys.exit(0)
-    except click.UsageError as e:
-        cmd = e.ctx.command_path if e.ctx else "llama-rs"
-        typer.echo(f"error: {e.format_message()} (see `{cmd} --help`)", err=True)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `llama-rs` (click >= 8.2): the help, status 0
+            typer.echo(e.ctx.get_help() if e.ctx else "")
+            sys.exit(0)
+        cmd = e.ctx.command_path if getattr(e, "ctx", None) else "llama-rs"
+        typer.echo(f"error: {one_line(e.format_message())} (see `{cmd} --help`)", err=True)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(getattr(e, "exit_code", 0))
-    except click.Abort:
-        typer.echo("", err=True)
+    except (typer.Abort, KeyboardInterrupt):  # typer turns Ctrl+C into Exit(130); click into Abort
         sys.exit(130)
-    except CliError as e:
+    except BrokenPipeError:  # `llama-rs ... | head`: stop quietly, and keep Python from
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # complaining at exit
+        sys.exit(1)
+    except click_exception as e:
+        typer.echo(f"error: {one_line(e.format_message())}", err=True)
+        sys.exit(getattr(e, "exit_code", 1))
+    except (CliError, OSError) as e:  # OSError includes llama_rs.ModelError
         if is_debug():
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {describe(e)}", err=True)
+        sys.exit(1)
+    except Exception as e:
+        if is_debug():
+            raise
+        typer.echo(f"error: internal error: {type(e).__name__}: {describe(e)} (run with --debug for the traceback)",
+                   err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -13,7 +13,7 @@ import typer
 
 import llama_rs
 
-from .common import errors_as_messages, fail, missing_model_hint
+from .common import errors_as_messages, fail, given, missing_model_hint, warn_if_beyond_training
 
 
 def parse_threads(spec: str) -> list[int]:
@@ -41,6 +41,7 @@ def run_once(m: llama_rs.Model, prompt: list[int], n_gen: int) -> tuple[float, f
 
 
 def bench(
+    ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the demo model.", show_default=False),
     n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=0, help="Prompt tokens, evaluated as one batch (pp)."),
     n_gen: int = typer.Option(128, "-n", "--n-gen", min=0, help="Tokens generated one at a time (tg)."),
@@ -54,9 +55,11 @@ def bench(
         fail(missing_model_hint(model))
     rows = []
     with errors_as_messages():
+        n_ctx = n_prompt + n_gen + 1
         for t in counts:
-            ctx = n_prompt + n_gen + 1
-            m = llama_rs.Model.demo(n_ctx=ctx, n_threads=t) if model is None else llama_rs.Model(model, n_ctx=ctx, n_threads=t)
+            m = llama_rs.Model.demo(n_ctx=n_ctx, n_threads=t) if model is None else llama_rs.Model(model, n_ctx=n_ctx, n_threads=t)
+            if not rows and given(ctx, "n_prompt", "n_gen"):  # once, not per thread count
+                warn_if_beyond_training(m, n_ctx)
             rng = np.random.default_rng(0)
             prompt = [m.bos_token or 1] + rng.integers(3, m.n_vocab, max(0, n_prompt - 1)).tolist() if n_prompt else []
             run_once(m, prompt[: min(8, len(prompt))], 1)  # warm up: page in the weights, start the threads

@@ -26,9 +26,21 @@ def is_debug() -> bool:
     return _DEBUG
 
 
+def one_line(message: str) -> str:
+    """The message on one line: engine and OS messages may span several."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def describe(e: BaseException) -> str:
+    """What went wrong, for the user: `FILE: reason` for OS errors rather than `[Errno N] ...`."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return one_line(f"{e.filename}: {e.strerror}")
+    return one_line(str(e)) or type(e).__name__
+
+
 def fail(message: str) -> NoReturn:
     """Print `error: message` on stderr and exit 1."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(1)
 
 
@@ -39,12 +51,42 @@ def errors_as_messages() -> Iterator[None]:
 
     try:
         yield
-    except typer.Exit:
+    except (typer.Exit, BrokenPipeError):  # the reader went away: app.main exits quietly
         raise
     except (llama_rs.ModelError, ValueError, OSError, CliError) as e:
         if _DEBUG:
             raise
-        fail(str(e))
+        fail(describe(e))
+
+
+def check_generation_options(params: dict, options: dict[str, str]) -> None:
+    """Check generation parameters given as command-line options with the engine's own rules;
+    a bad one is a usage error (exit 2) naming the option. `options` maps the engine's
+    parameter names to the options' names ("top_p" -> "--top-p")."""
+    import llama_rs
+
+    try:
+        llama_rs.check_generation(**params)
+    except llama_rs.ParamError as e:
+        raise typer.BadParameter(one_line(str(e)), param_hint=options.get(e.param)) from None
+
+
+def given(ctx: typer.Context, *names: str) -> bool:
+    """Whether the user set any of these parameters (command line or environment): defaults are
+    ours, so `run`'s 512 with the demo model (trained on 256) is no reason to warn."""
+    return any(getattr(ctx.get_parameter_source(n), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP") for n in names)
+
+
+def warn_if_beyond_training(model, n_ctx: int) -> None:
+    """One warning line when the context is longer than the model was trained on (positions
+    past that are extrapolation: text quality usually drops). Unknown (0) stays silent."""
+    train = int(model.config.get("train_ctx") or 0)
+    if train > 0 and n_ctx > train:
+        typer.echo(
+            f"warning: context size {n_ctx} exceeds the {train} tokens the model was trained on; "
+            f"output beyond {train} tokens may degrade",
+            err=True,
+        )
 
 
 def missing_model_hint(path: Path) -> str:

@@ -46,9 +46,9 @@ def convert(
     chosen = outtype.value if outtype is not None else None
     if ftype is not None:
         if ftype not in _SEED_FTYPE:
-            fail(f"FTYPE must be 0 (f32) or 1 (f16), not {ftype}")
+            raise typer.BadParameter(f"must be 0 (f32) or 1 (f16), not {ftype}", param_hint="FTYPE")
         if chosen is not None and chosen != _SEED_FTYPE[ftype]:
-            fail(f"FTYPE {ftype} ({_SEED_FTYPE[ftype]}) contradicts --outtype {chosen}")
+            raise typer.BadParameter(f"{ftype} ({_SEED_FTYPE[ftype]}) contradicts --outtype {chosen}", param_hint="FTYPE")
         chosen = _SEED_FTYPE[ftype]
     chosen = chosen or "f16"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +14,8 @@ import typer
 
 import llama_rs
 
-from .common import errors_as_messages, fail, missing_model_hint, physical_cores
+from .common import (check_generation_options, errors_as_messages, fail, given, missing_model_hint, one_line,
+                     physical_cores, warn_if_beyond_training)
 
 HELP = """\
 Type a prompt; an empty line sends it (the prompt can span several lines).
@@ -28,6 +29,8 @@ Ctrl+C while text is being generated stops it and returns to the prompt."""
 
 @dataclass
 class Params:
+    """The interactive prompt's parameters; the engine owns their ranges (check_generation)."""
+
     tokens: int = 128
     temp: float = 0.8
     top_k: int = 40
@@ -37,6 +40,7 @@ class Params:
     seed: int = -1
 
     def kwargs(self) -> dict:
+        """The engine's generation arguments (`Model.generate`, `llama_rs.check_generation`)."""
         return dict(
             max_tokens=self.tokens, temp=self.temp, top_k=self.top_k, top_p=self.top_p,
             repeat_penalty=self.repeat_penalty, repeat_lastn=self.repeat_lastn,
@@ -44,24 +48,41 @@ class Params:
         )
 
     def update(self, line: str) -> str:
-        """Apply `key=value ...`; returns the echo, raises ValueError on a bad pair."""
+        """Apply `key=value ...`; returns the echo. Raises ValueError on a bad pair or a value
+        the engine would refuse, and then changes nothing."""
         types = {f.name: f.type for f in fields(self)}
-        changes = {}
+        changes, typed = {}, {}
         for pair in line.split():
             key, _, raw = pair.partition("=")
             key = {"n": "tokens", "n_predict": "tokens", "repeat_last_n": "repeat_lastn"}.get(key, key)
             if key not in types:
                 raise ValueError(f"unknown parameter {key!r} (known: {', '.join(types)})")
+            is_int = types[key] in ("int", int)
             try:
-                changes[key] = int(raw) if types[key] in ("int", int) else float(raw)
+                changes[key] = int(raw) if is_int else float(raw)
             except ValueError:
-                raise ValueError(f"{key} wants a number, got {raw!r}") from None
+                raise ValueError(f"{key} wants {'an integer' if is_int else 'a number'}, got {raw!r}") from None
+            typed[key] = pair
+        new = replace(self, **changes)
+        try:
+            llama_rs.check_generation(**new.kwargs())
+        except llama_rs.ParamError as e:
+            key = ENGINE_TO_KEY.get(e.param, e.param)
+            raise ValueError(f"{typed.get(key, key)}: {one_line(str(e))}; parameters unchanged") from None
         for k, v in changes.items():
             setattr(self, k, v)
         return " ".join(f"{k}={v}" for k, v in changes.items())
 
     def show(self) -> str:
         return " ".join(f"{k}={v}" for k, v in asdict(self).items())
+
+
+# The engine's parameter names (ParamError.param) as the prompt's keys and as run's options.
+ENGINE_TO_KEY = {"max_tokens": "tokens"}
+OPTIONS = {
+    "max_tokens": "'-n' / '--tokens'", "temp": "'--temp'", "top_k": "'--top-k'", "top_p": "'--top-p'",
+    "repeat_penalty": "'--repeat-penalty'", "repeat_lastn": "'--repeat-last-n'", "seed": "'-s' / '--seed'",
+}
 
 
 def is_param_line(line: str) -> bool:
@@ -175,22 +196,25 @@ def interactive(model: llama_rs.Model, params: Params) -> None:
 
 
 def run(
+    ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the small demo model shipped with llama-rs.", show_default=False),
     prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Generate once for this prompt, print, and exit (no interactive prompt)."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size in tokens (prompt + generated text)."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Sampling seed; -1 picks a random one each time."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Threads. Default: the number of physical cores.", show_default=False),
-    tokens: int = typer.Option(128, "-n", "--tokens", min=0, help="Maximum tokens to generate per prompt."),
-    top_k: int = typer.Option(40, "--top-k", min=0, help="Sample from the k most likely tokens (0 = all)."),
-    top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0, help="Sample from the smallest set of tokens whose probability reaches p."),
-    temp: float = typer.Option(0.8, "--temp", min=0.0, help="Temperature; 0 = always the most likely token (greedy)."),
-    repeat_penalty: float = typer.Option(1.3, "--repeat-penalty", min=0.0, help="Penalty for repeating recent tokens (1 = none)."),
-    repeat_last_n: int = typer.Option(64, "--repeat-last-n", min=0, help="How many recent tokens the repeat penalty looks at."),
+    tokens: int = typer.Option(128, "-n", "--tokens", help="Maximum tokens to generate per prompt."),
+    top_k: int = typer.Option(40, "--top-k", help="Sample from the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(0.9, "--top-p", help="Sample from the smallest set of tokens whose probability reaches p, in (0, 1]."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = always the most likely token (greedy)."),
+    repeat_penalty: float = typer.Option(1.3, "--repeat-penalty", help="Penalty for repeating recent tokens (1 = none)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="How many recent tokens the repeat penalty looks at."),
     as_json: bool = typer.Option(False, "--json", help="One-shot mode: print {prompt, text, tokens, finish_reason, timings} as JSON."),
 ) -> None:
     """Chat with a model at an interactive prompt, or generate once with -p (or stdin)."""
     params = Params(tokens=tokens, temp=temp, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty,
                     repeat_lastn=repeat_last_n, seed=seed)
+    # Before reading stdin or loading the model: a bad value is a usage error (exit 2).
+    check_generation_options(params.kwargs(), OPTIONS)
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
         if prompt.endswith("\n"):
@@ -209,6 +233,8 @@ def run(
         else:
             m = llama_rs.Model(model, n_ctx=ctx_size, n_threads=n_threads, seed=seed)
         load_s = time.perf_counter() - t0
+        if given(ctx, "ctx_size"):
+            warn_if_beyond_training(m, ctx_size)
         if prompt is not None:
             one_shot(m, prompt, params, as_json, load_s)
             return
