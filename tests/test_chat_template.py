@@ -1,4 +1,4 @@
-"""Chat messages -> prompt: the model's GGUF chat template when present, else LLaMA-2 style."""
+"""Chat messages -> prompt: the model's GGUF chat template when present, else a plain transcript."""
 
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ CHATML = (
 )
 
 
-def test_default_llama2_style() -> None:
-    assert render_chat(MSGS, None) == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello. [INST] Joke? [/INST]"
-    assert render_chat([{"role": "user", "content": "Hi"}], None) == "[INST] Hi [/INST]"
+def test_default_is_a_transcript_a_base_model_continues() -> None:
+    p = render_chat(MSGS, None)
+    assert p.text == "System: Be brief.\nUser: Hi\nAssistant: Hello.\nUser: Joke?\nAssistant:"
+    assert "\nUser:" in p.stop  # the model must not write the user's next turn
+    assert render_chat([{"role": "developer", "content": " x "}], None).text == "System: x\nAssistant:"
 
 
 def test_the_models_template_is_used() -> None:
     out = render_chat(MSGS, CHATML)
-    assert out == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    assert out.stop == ()
+    assert out.text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                    "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nJoke?<|im_end|>\n<|im_start|>assistant\n")
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -20,50 +18,7 @@ import pytest
 
 import llama_rs
 
-from reference import Shape, random_weights, write_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, *args: str, key: str | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        env.pop("LLAMA_RS_API_KEY", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_rs_cli.app", "serve", "-l", f"127.0.0.1:{self.port}", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=5).json()
-
-    def post(self, path: str, body, **kw) -> httpx.Response:
-        kw.setdefault("timeout", 120)
-        headers = {**self.headers, **kw.pop("headers", {})}
-        if isinstance(body, (bytes, str)):
-            return httpx.post(self.url + path, content=body, headers=headers, **kw)
-        return httpx.post(self.url + path, json=body, headers=headers, **kw)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+from serve_helpers import LONG, Server, busy_workers, pid_alive, wait_until, write_slow_model
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +30,7 @@ def demo_server():
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
-    """Random weights, big enough that a long generation takes seconds. EOS's output row is
-    zero, so its logit is 0 and greedy decoding (temp 0) never picks it: generations run
-    until their token limit or until interrupted."""
-    s = Shape(dim=512, n_layer=8, n_head=8, n_head_kv=4, ffn=1024, vocab=500)
-    path = tmp_path_factory.mktemp("serve") / "slow.gguf"
-    w = random_weights(s, seed=3)
-    w["output.weight"][2] = 0.0
-    write_model(path, s, w, "Q8_0")
-    return path
+    return write_slow_model(tmp_path_factory.mktemp("serve") / "slow.gguf")
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +41,6 @@ def slow_server(slow_model: Path):
     s.stop()
 
 
-LONG = {"prompt": "t5 t6 t7", "tokens": 2000, "repeat_penalty": 1.0, "temp": 0}
 
 
 # -- the seed's API ---------------------------------------------------------------------------
@@ -197,7 +143,7 @@ def test_two_workers_serve_two_requests_at_once(slow_server: Server) -> None:
     ("/api/completion", {"prompt": "x", "tokens": 5, "top_k": -1}, 400, "top_k"),
     ("/api/completion", {"prompt": "word " * 700, "tokens": 5}, 400, "longer than the context"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 5, "temperature": -2}, 400, "temperature"),
-    ("/v1/completions", {"prompt": "x", "n": 3}, 400, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 17}, 400, "n"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages"),
     ("/api/completion", {"prompt": "x" * 30000, "tokens": 5}, 413, "larger than the limit"),
 ])
@@ -226,19 +172,6 @@ def test_api_key(slow_server: Server, demo_server: Server) -> None:
     assert slow_server.post("/api/completion", {"prompt": "t5", "tokens": 2}).status_code == 200
     assert httpx.get(slow_server.url + "/health").status_code == 200  # health stays open
     assert httpx.get(demo_server.url + "/v1/models").status_code == 200  # no key configured: open
-
-
-def wait_until(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
-def busy_workers(s: Server) -> int:
-    return sum(w["busy"] for w in s.health()["workers"])
 
 
 def test_queue_full_is_503_and_disconnect_frees_the_worker(slow_server: Server) -> None:
@@ -296,18 +229,6 @@ def test_killed_worker_is_replaced(slow_server: Server) -> None:
         assert slow_server.post("/api/completion", {"prompt": "t5", "tokens": 3}).status_code == 200
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its dead parent's reaper) counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_shutdown_leaves_no_workers(sig: int) -> None:
     s = Server("-w", "2", "-t", "1")
@@ -318,15 +239,14 @@ def test_shutdown_leaves_no_workers(sig: int) -> None:
     code = s.stop(sig)
     if sig != signal.SIGKILL:
         # uvicorn cleans up, then re-raises the signal so the exit status tells what happened.
-        assert code in (0, -sig, 128 + sig), s.proc.stderr.read()
-        assert "Traceback" not in s.proc.stderr.read()
+        assert code in (0, -sig, 128 + sig), s.log()
+        assert "Traceback" not in s.log()
     # Workers go too, even when the front is killed without a chance to stop them.
     wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10)
-    if sig != signal.SIGKILL:
-        assert not socket_dir.exists()
-    else:
-        import shutil
-        shutil.rmtree(socket_dir, ignore_errors=True)
+    if sig == signal.SIGKILL:  # no chance to clean up: the next server does it
+        assert socket_dir.exists()
+        Server("-w", "1", "-t", "1").stop()
+    assert not socket_dir.exists()
 
 
 def test_serve_usage_errors() -> None:

@@ -46,7 +46,6 @@ app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32)
 app.command("info", help="Show a model file's format, hyperparameters and tensors (GGUF or legacy).")(info.info)
 app.command("perplexity", help="Measure perplexity on a text file with llama.cpp's method.")(perplexity.perplexity)
 app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(bench.bench)
-app.command("worker", hidden=True)(serve.worker)
 
 
 def _usage_error_class() -> type[Exception]:

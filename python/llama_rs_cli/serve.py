@@ -1,16 +1,14 @@
-"""`llama-rs serve`: the HTTP API over worker processes; `llama-rs worker` is the internal
-command the front starts for each worker (users never type it)."""
+"""`llama-rs serve`: the HTTP API over worker processes (llama_rs.server)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import errors_as_messages, fail, missing_model_hint, physical_cores
+from .common import (CliError, errors_as_messages, fail, given, missing_model_hint, physical_cores,
+                     warn_if_beyond_training)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -23,6 +21,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def serve(
+    ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the demo model shipped with llama-rs.", show_default=False),
     workers: int = typer.Option(1, "-w", "--workers", min=1, max=64, help="Worker processes; each answers one request at a time."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Threads per worker. Default: physical cores / workers.", show_default=False),
@@ -30,11 +29,13 @@ def serve(
     listen: str = typer.Option("127.0.0.1:4000", "-l", "--listen", help="Address to listen on, HOST:PORT."),
     queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a free worker; beyond this: 503."),
     max_body: int = typer.Option(1 << 20, "--max-body", min=1, help="Largest request body in bytes; beyond this: 413."),
+    timeout: float = typer.Option(600.0, "--timeout", min=0.1, help="Seconds a request may hold a worker; then it gets a 504 and the worker is reclaimed."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMA_RS_API_KEY", help="Require 'Authorization: Bearer KEY' on API routes (also $LLAMA_RS_API_KEY).", show_default=False),
     grace: float = typer.Option(10.0, "--grace", min=0.0, help="Seconds in-flight requests get to finish on Ctrl+C / SIGTERM."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No access log (one line per request on stderr); warnings and errors still show."),
 ) -> None:
     """Serve the model over HTTP: the seed's POST /api/completion, OpenAI-compatible
-    /v1/completions and /v1/chat/completions, /health, and a web page at /."""
+    /v1/completions and /v1/chat/completions, /health, a web page at / and the API docs at /docs."""
     host, port = parse_listen(listen)
     if model is not None and not model.exists():
         fail(missing_model_hint(model))
@@ -49,25 +50,46 @@ def serve(
         meta = probe.metadata
         name = str(meta.get("general.name") or probe.path.stem)
         template = meta.get("tokenizer.chat_template")
+        if given(ctx, "ctx_size"):
+            warn_if_beyond_training(probe, ctx_size)
+        n_vocab = probe.n_vocab
         del probe
         per_worker = threads or max(1, physical_cores() // workers)
-        cfg = ServerConfig(model=model, model_name=name, workers=workers, threads=per_worker, n_ctx=ctx_size,
-                           queue_limit=queue, max_body=max_body, api_key=api_key,
-                           chat_template=template if isinstance(template, str) else None)
+        cfg = ServerConfig(model=model, model_name=name, n_vocab=n_vocab, workers=workers, threads=per_worker,
+                           n_ctx=ctx_size, queue_limit=queue, max_body=max_body, api_key=api_key,
+                           chat_template=template if isinstance(template, str) else None, timeout=timeout)
+        setup_logging(quiet)
+        port_free(host, port)
         typer.echo(f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), context {ctx_size}, "
                    f"http://{host}:{port}/", err=True)
-        uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace)
+        uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=grace)
 
 
-def worker(
-    socket: Path = typer.Option(..., "--socket", help="Unix socket to serve on."),
-    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file (default: the demo model)."),
-    ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size in tokens."),
-    threads: int = typer.Option(1, "-t", "--threads", min=1, help="Threads."),
-    parent_pid: Optional[int] = typer.Option(None, "--parent-pid", help="Exit when this process (the front) is gone."),
-) -> None:
-    """Internal: one serving worker on a unix socket (started by `llama-rs serve`)."""
-    with errors_as_messages():
-        from llama_rs.server.worker import serve as serve_worker
+def setup_logging(quiet: bool) -> None:
+    """The server's own lines (access log, worker deaths and restarts) on stderr."""
+    import logging
 
-        serve_worker(socket, model, ctx_size, threads, parent_pid)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("llama_rs.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def port_free(host: str, port: int) -> None:
+    """A taken port is one clear error before any worker starts (uvicorn would log and exit)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise CliError(f"cannot listen on {host}:{port}: {e.strerror}") from None

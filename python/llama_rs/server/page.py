@@ -47,7 +47,7 @@ $("api_key").value = localStorage.getItem("llama-rs-key") || "";
 async function generate() {
   const prompt = $("prompt").value;
   const body = {
-    prompt, stream: true,
+    prompt, stream: true, stream_options: {include_usage: true},
     max_tokens: parseInt($("max_tokens").value, 10),
     temperature: parseFloat($("temperature").value),
     top_k: parseInt($("top_k").value, 10),
@@ -87,10 +87,11 @@ async function generate() {
         if (data === "[DONE]") continue;
         const msg = JSON.parse(data);
         if (msg.error) throw new Error(msg.error.message);
+        if (msg.usage) usage = msg.usage;
         const c = msg.choices[0];
+        if (!c) continue;  // the usage chunk has no choices
         if (c.text) { if (first === null) first = performance.now(); gen.textContent += c.text; pieces++; }
         if (c.finish_reason) finish = c.finish_reason;
-        if (msg.usage) usage = msg.usage;
       }
       const secs = (performance.now() - (first || t0)) / 1000;
       $("stats").textContent = pieces + " pieces, " + (secs > 0 ? (pieces / secs).toFixed(1) : "-") + " tok/s";

@@ -1,9 +1,18 @@
-"""The worker processes behind the front: start them, hand them out one request at a time
-in FIFO order with a bounded queue, and replace any that dies."""
+"""The worker processes behind the front: start them, lease them out one request at a
+time in FIFO order with a bounded queue, and never lose one.
+
+Every way a lease can end is handled in `Lease.close`: a clean end hands the worker back at
+once; anything else (a cancelled or abandoned request, a deadline passed, garbage or a
+closed socket from the worker, an exception in the front's own code) closes the connection,
+which makes the worker stop at its next token, and a drain check then pings it on a fresh
+connection: it answers and goes back to the pool, or it is killed and restarted. A watchdog
+enforces deadlines even on leases whose holder has gone away, and replaces dead workers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -11,11 +20,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import AsyncIterator, Optional
 
-import httpx
+from . import protocol
+
+log = logging.getLogger("llama_rs.serve")
+
+SOCKET_DIR_PREFIX = "llama-rs-serve-"
 
 
 class QueueFull(Exception):
@@ -23,22 +36,7 @@ class QueueFull(Exception):
 
 
 class WorkerFailed(Exception):
-    """The worker died or broke the connection while serving a request."""
-
-
-@dataclass
-class Worker:
-    index: int
-    socket: Path
-    proc: Optional[subprocess.Popen] = None
-    client: Optional[httpx.AsyncClient] = None
-    busy: bool = False
-    restarts: int = 0
-    restarting: bool = False
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    """The worker died, broke the protocol or ran out of time while serving a request."""
 
 
 @dataclass
@@ -48,82 +46,220 @@ class PoolConfig:
     threads: int
     n_ctx: int
     queue_limit: int
+    #: Seconds a request may hold a worker, waiting in the queue not included.
+    timeout: float = 600.0
     start_timeout: float = 120.0
+    #: Seconds a worker gets to stop a cancelled generation before it is restarted; after
+    #: a fifth of that, /health reports it stuck (a healthy worker stops within a token).
+    drain_timeout: float = 10.0
+
+
+@dataclass
+class Worker:
+    index: int
+    socket: Path
+    proc: Optional[subprocess.Popen] = None
+    #: starting | idle | busy | draining | restarting
+    state: str = "starting"
+    since: float = 0.0
+    restarts: int = 0
+    lease: Optional["Lease"] = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def set(self, state: str) -> None:
+        self.state, self.since = state, time.monotonic()
+
+
+class Lease:
+    """One worker, held by one request, over one connection."""
+
+    def __init__(self, pool: "Pool", worker: Worker, deadline: float):
+        self.pool, self.worker, self.deadline = pool, worker, deadline
+        self._reader: Optional[asyncio.StreamReader] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._clean = True  # nothing sent that has not been answered in full
+        self._closed = False
+        self.expired = False
+
+    async def request(self, msg: dict) -> AsyncIterator[dict]:
+        """Send one request; yield the worker's messages up to and including its `done`
+        or `error` line. Raises WorkerFailed if the worker does not answer properly."""
+        if self._closed:
+            raise WorkerFailed(f"worker {self.worker.index}: the request was cancelled ({self._why()})")
+        self._clean = False
+        try:
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_unix_connection(
+                    str(self.worker.socket), limit=protocol.MAX_LINE)
+            self._writer.write(protocol.encode(msg))
+            await self._writer.drain()
+            while True:
+                line = await self._reader.readline()
+                if not line:
+                    raise WorkerFailed(f"worker {self.worker.index} {self._why()}")
+                reply = protocol.decode(line)
+                if "done" in reply or "error" in reply:
+                    self._clean = True
+                    yield reply
+                    return
+                yield reply
+        except (OSError, ValueError, asyncio.LimitOverrunError) as e:
+            raise WorkerFailed(f"worker {self.worker.index} {self._why()} ({type(e).__name__})") from None
+
+    def _why(self) -> str:
+        if self.expired:
+            return f"ran past the request deadline of {self.pool.cfg.timeout:g} s"
+        return "died or closed the connection while serving the request"
+
+    def expire(self) -> None:
+        """The deadline passed: cut the connection (the holder's read fails at once)."""
+        self.expired = True
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+    async def close(self) -> None:
+        """Give the worker back. Safe to call twice and from any path."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.transport.abort() if not self._clean else self._writer.close()
+        self.pool._return(self.worker, clean=self._clean and not self.expired)
+
+    async def __aenter__(self) -> "Lease":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
 
 
 class Pool:
     def __init__(self, cfg: PoolConfig):
         self.cfg = cfg
+        clean_stale_socket_dirs()
         # Private to this user: nobody else may talk to the workers' sockets.
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="llama-rs-"))
+        self.socket_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         os.chmod(self.socket_dir, 0o700)
         self.workers = [Worker(i, self.socket_dir / f"worker-{i}.sock") for i in range(cfg.workers)]
         self.free: asyncio.Queue[Worker] = asyncio.Queue()
         self.waiting = 0
         self.stopping = False
         self.recent: list[dict] = []
+        self._tasks: set[asyncio.Task] = set()
         self._watch_task: Optional[asyncio.Task] = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def _spawn(self, w: Worker) -> None:
-        cmd = [sys.executable, "-m", "llama_rs_cli.app", "worker", "--socket", str(w.socket),
+        cmd = [sys.executable, "-m", "llama_rs.server.worker", "--socket", str(w.socket),
                "-c", str(self.cfg.n_ctx), "-t", str(self.cfg.threads), "--parent-pid", str(os.getpid())]
         if self.cfg.model is not None:
             cmd += ["-m", str(self.cfg.model)]
         w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-        w.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(w.socket)), base_url="http://worker",
-                                     timeout=httpx.Timeout(None, connect=5.0))
+        w.set("starting")
+
+    async def _ping(self, w: Worker, timeout: float) -> bool:
+        """True when the worker answers a ping on a fresh connection within `timeout`."""
+        async def once() -> bool:
+            reader, writer = await asyncio.open_unix_connection(str(w.socket))
+            try:
+                writer.write(protocol.encode({"op": "ping"}))
+                await writer.drain()
+                return bool(protocol.decode(await reader.readline()).get("pong"))
+            finally:
+                writer.close()
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and w.alive:
+            try:
+                return await asyncio.wait_for(once(), max(0.05, deadline - time.monotonic()))
+            except (OSError, ValueError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)  # not listening yet
+        return False
 
     async def _wait_ready(self, w: Worker) -> None:
-        deadline = time.monotonic() + self.cfg.start_timeout
-        while time.monotonic() < deadline:
+        if not await self._ping(w, self.cfg.start_timeout):
             if not w.alive:
                 raise RuntimeError(f"worker {w.index} exited while starting (status {w.proc.returncode})")
-            try:
-                r = await w.client.get("/health", timeout=1.0)
-                if r.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"worker {w.index} did not start within {self.cfg.start_timeout:.0f} s")
+            raise RuntimeError(f"worker {w.index} did not start within {self.cfg.start_timeout:.0f} s")
 
     async def start(self) -> None:
         for w in self.workers:
             self._spawn(w)
         await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
         for w in self.workers:
+            w.set("idle")
             self.free.put_nowait(w)
         self._watch_task = asyncio.create_task(self._watch())
 
+    def _background(self, coro) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
     async def _watch(self) -> None:
-        """Replace dead workers. One that dies mid-request is replaced once that request has
-        noticed (its handler gets WorkerFailed and gives the worker back)."""
+        """Deadlines and deaths, whatever the lease holders are doing."""
         while not self.stopping:
+            now = time.monotonic()
             for w in self.workers:
-                if not w.alive and not w.busy and not w.restarting:
-                    w.restarting = True
-                    asyncio.create_task(self._restart(w))
+                if w.state == "busy" and w.lease is not None and now > w.lease.deadline and not w.lease.expired:
+                    log.warning("worker %d: request ran past the deadline of %g s; reclaiming it", w.index,
+                                self.cfg.timeout)
+                    lease = w.lease
+                    lease.expire()
+                    await lease.close()  # whether or not its holder is still there to do it
+                if w.state in ("idle", "busy") and not w.alive:
+                    log.error("worker %d (pid %d) died (%s)%s", w.index, w.proc.pid, exit_text(w.proc.returncode),
+                              "" if w.state == "idle" else " while serving a request")
+                    if w.state == "idle":
+                        self._restart_later(w)
             await asyncio.sleep(0.1)
 
+    def _restart_later(self, w: Worker) -> None:
+        w.set("restarting")
+        self._background(self._restart(w))
+
     async def _restart(self, w: Worker) -> None:
-        try:
-            if w.client is not None:
-                await w.client.aclose()
+        while not self.stopping:
+            if w.alive:
+                w.proc.kill()
+            if w.proc is not None:
+                await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
             w.restarts += 1
+            t0 = time.monotonic()
             self._spawn(w)
-            await self._wait_ready(w)
-            self.free.put_nowait(w)
-        except Exception as e:  # keep trying: the watcher sees it dead again
-            print(f"llama-rs serve: restarting worker {w.index} failed: {e}", file=sys.stderr)
-            await asyncio.sleep(1.0)
-        finally:
-            w.restarting = False
+            w.set("restarting")
+            try:
+                await self._wait_ready(w)
+            except RuntimeError as e:
+                log.error("restarting worker %d failed: %s; trying again", w.index, e)
+                await asyncio.sleep(1.0)
+                continue
+            log.warning("worker %d restarted (pid %d) in %.1f s", w.index, w.proc.pid, time.monotonic() - t0)
+            self._make_free(w)
+            return
+
+    async def _drain(self, w: Worker) -> None:
+        """After an unclean lease: the worker must answer a ping soon, or be restarted."""
+        if await self._ping(w, self.cfg.drain_timeout):
+            self._make_free(w)
+        else:
+            if w.alive:
+                log.warning("worker %d did not stop its cancelled request within %g s; restarting it", w.index,
+                            self.cfg.drain_timeout)
+            self._restart_later(w)
+
+    def _make_free(self, w: Worker) -> None:
+        w.set("idle")
+        self.free.put_nowait(w)
 
     async def stop(self, grace: float = 5.0) -> None:
         self.stopping = True
-        if self._watch_task is not None:
-            self._watch_task.cancel()
+        for t in [self._watch_task, *self._tasks]:
+            if t is not None:
+                t.cancel()
         for w in self.workers:
             if w.alive:
                 w.proc.send_signal(signal.SIGTERM)
@@ -136,41 +272,89 @@ class Pool:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-            if w.client is not None:
-                await w.client.aclose()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
-    # -- requests -----------------------------------------------------------------------------
-    async def acquire(self) -> Worker:
+    # -- leases -----------------------------------------------------------------------------
+    async def acquire(self) -> Lease:
         if self.free.empty() and self.waiting >= self.cfg.queue_limit:
             raise QueueFull()
         self.waiting += 1
         try:
             while True:
                 w = await self.free.get()
-                if w.alive:  # a worker that died while idle is left to the watcher
-                    w.busy = True
-                    return w
+                if w.alive and w.state == "idle":
+                    break
+                if w.state == "idle":  # died while idle: the watcher restarts it
+                    continue
         finally:
             self.waiting -= 1
+        w.set("busy")
+        w.lease = Lease(self, w, time.monotonic() + self.cfg.timeout)
+        return w.lease
 
-    def release(self, w: Worker, healthy: bool = True) -> None:
-        w.busy = False
-        if healthy and w.alive:
-            self.free.put_nowait(w)
-        # else: the watcher restarts it and puts it back
+    def _return(self, w: Worker, clean: bool) -> None:
+        w.lease = None
+        if not w.alive:
+            self._restart_later(w)
+        elif clean:
+            self._make_free(w)
+        else:
+            w.set("draining")
+            self._background(self._drain(w))
 
     def record(self, entry: dict) -> None:
         self.recent.append(entry)
         del self.recent[:-64]
 
     def health(self) -> dict:
-        return {
-            "workers": [
-                {"index": w.index, "pid": w.proc.pid if w.proc else None, "alive": w.alive, "busy": w.busy,
-                 "restarts": w.restarts}
-                for w in self.workers
-            ],
-            "queue": self.waiting,
-            "queue_limit": self.cfg.queue_limit,
-        }
+        now = time.monotonic()
+
+        def stuck(w: Worker) -> bool:
+            return ((w.state == "busy" and w.lease is not None and now > w.lease.deadline)
+                    or (w.state == "draining" and now - w.since > self.cfg.drain_timeout / 5))
+
+        workers = [
+            {"index": w.index, "pid": w.proc.pid if w.proc else None, "alive": w.alive, "state": w.state,
+             "busy": w.state == "busy", "seconds_in_state": round(now - w.since, 3), "stuck": stuck(w),
+             "restarts": w.restarts}
+            for w in self.workers
+        ]
+        serving = sum(w["alive"] and w["state"] in ("idle", "busy") and not w["stuck"] for w in workers)
+        return {"status": "ok" if serving == len(workers) else ("degraded" if serving else "unavailable"),
+                "workers": workers, "queue": self.waiting, "queue_limit": self.cfg.queue_limit}
+
+
+def exit_text(code: Optional[int]) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def clean_stale_socket_dirs() -> None:
+    """Remove socket folders left by fronts that were killed (SIGKILL gives no chance to
+    clean up): ours, named after a process that no longer runs."""
+    root = Path(tempfile.gettempdir())
+    for d in root.glob(f"{SOCKET_DIR_PREFIX}*-*"):
+        try:
+            pid = int(d.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0])
+            if d.stat().st_uid != os.getuid() or pid_running(pid):
+                continue
+        except (ValueError, OSError):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("removed %s, left by a server that is gone", d)
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
