@@ -23,8 +23,9 @@ VOCAB = HERE.parent.parent / "shared" / "models" / "ggml-vocab-llama-spm.gguf"
 TINYLLAMA = dict(dim=2048, n_layer=22, n_head=32, n_head_kv=4, ffn=5632, vocab=32000)
 
 
-def write_random_q4_0(path: Path, dim: int, n_layer: int, n_head: int, n_head_kv: int, ffn: int, vocab: int,
-                      qtype: str = "Q4_0") -> None:
+def write_random_q4_0(
+    path: Path, dim: int, n_layer: int, n_head: int, n_head_kv: int, ffn: int, vocab: int, qtype: str = "Q4_0"
+) -> None:
     """A random-weight LLaMA of this shape, every matrix in `qtype` (Q4_0 or Q8_0) blocks."""
     import gguf
     from gguf import GGMLQuantizationType as QT
@@ -42,7 +43,9 @@ def write_random_q4_0(path: Path, dim: int, n_layer: int, n_head: int, n_head_kv
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type({"Q4_0": 2, "Q8_0": 7}[qtype])
     w.add_tokenizer_model("llama")
-    w.add_token_list([bytes(src.fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in src.fields["tokenizer.ggml.tokens"].data])
+    w.add_token_list(
+        [bytes(src.fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in src.fields["tokenizer.ggml.tokens"].data]
+    )
     w.add_token_scores(src.fields["tokenizer.ggml.scores"].contents())
     w.add_token_types(src.fields["tokenizer.ggml.token_type"].contents())
     w.add_bos_token_id(1)
@@ -99,8 +102,15 @@ def bench_llama_cpp(path: Path, threads: int, prompt: list[int], n_gen: int) -> 
         import llama_cpp
     except ImportError:
         return None
-    m = llama_cpp.Llama(str(path), n_ctx=len(prompt) + n_gen + 1, n_threads=threads, n_threads_batch=threads,
-                        n_batch=len(prompt), verbose=False, logits_all=False)
+    m = llama_cpp.Llama(
+        str(path),
+        n_ctx=len(prompt) + n_gen + 1,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=len(prompt),
+        verbose=False,
+        logits_all=False,
+    )
     m.eval(prompt[:8])
     m.reset()
     t = time.perf_counter()

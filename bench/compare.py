@@ -90,8 +90,16 @@ class Theirs:
     def __init__(self, path: Path, threads: int, n_ctx: int, n_batch: int):
         import llama_cpp
 
-        self.m = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                 n_batch=n_batch, n_ubatch=n_batch, verbose=False, logits_all=False)
+        self.m = llama_cpp.Llama(
+            str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            verbose=False,
+            logits_all=False,
+        )
         self.m.eval([1, 2, 3, 4])
         self.m.reset()
 
@@ -148,13 +156,17 @@ def main() -> None:
     bpt = weight_bytes_per_token(path)
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')}, "
-          f"llama-cpp-python {llama_cpp.__version__}")
-    print(f"model {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {bpt / 2**20:.0f} MiB read per generated token); "
-          f"pp{a.prompt} tg{a.gen}, {a.reps} reps, engines alternating")
+    print(
+        f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')}, "
+        f"llama-cpp-python {llama_cpp.__version__}"
+    )
+    print(
+        f"model {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {bpt / 2**20:.0f} MiB read per generated token); "
+        f"pp{a.prompt} tg{a.gen}, {a.reps} reps, engines alternating"
+    )
     print(f"{'threads':>7} | {'test':>6} | {'llama_rs tok/s':>17} | {'llama.cpp tok/s':>17} | {'ratio':>5} | roofline")
     for th in a.threads:
         ours = Ours(path, th, n_ctx)
@@ -176,8 +188,10 @@ def main() -> None:
             roof = ""
             if k == "tg" and bw:
                 limit = bw / bpt
-                roof = (f"bw {bw / 1e9:.1f} GB/s -> {limit:.1f} tok/s; ours {statistics.mean(o) / limit:.0%}, "
-                        f"llama.cpp {statistics.mean(t) / limit:.0%}")
+                roof = (
+                    f"bw {bw / 1e9:.1f} GB/s -> {limit:.1f} tok/s; ours {statistics.mean(o) / limit:.0%}, "
+                    f"llama.cpp {statistics.mean(t) / limit:.0%}"
+                )
             name = f"{k}{a.prompt if k == 'pp' else a.gen}"
             print(f"{th:>7} | {name:>6} | {fmt(o):>17} | {fmt(t):>17} | {ratio:5.2f} | {roof}", flush=True)
 

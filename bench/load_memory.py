@@ -82,22 +82,29 @@ def main() -> None:
     size, kv = path.stat().st_size, kv_bytes(path, a.ctx)
     bound = (size + kv) * 1.10
     mib = lambda b: f"{b / 2**20:7.0f} MiB"  # noqa: E731
-    print(f"model {path.name}: file {mib(size)}, f16 KV cache for {a.ctx} positions {mib(kv)}, "
-          f"bound file + KV + 10% = {mib(bound)}")
-    print(f"{'engine':>16} | {'load s':>13} | {'RSS before':>11} | {'RSS after':>11} | {'file pages':>11} | "
-          f"{'anon':>11} | RSS / bound")
+    print(
+        f"model {path.name}: file {mib(size)}, f16 KV cache for {a.ctx} positions {mib(kv)}, "
+        f"bound file + KV + 10% = {mib(bound)}"
+    )
+    print(
+        f"{'engine':>16} | {'load s':>13} | {'RSS before':>11} | {'RSS after':>11} | {'file pages':>11} | "
+        f"{'anon':>11} | RSS / bound"
+    )
     for engine in ("llama_rs", "llama-cpp-python"):
         runs = []
         for _ in range(a.reps):
-            out = subprocess.run([sys.executable, "-c", CHILD, engine, str(path), str(a.ctx)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, engine, str(path), str(a.ctx)], capture_output=True, text=True, check=True
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         loads = [r["load"] for r in runs]
         last = runs[-1]
         rss = last["after"]["VmRSS"]
-        print(f"{engine:>16} | {statistics.mean(loads):6.3f}±{statistics.stdev(loads) if len(loads) > 1 else 0:5.3f} | "
-              f"{mib(last['before']['VmRSS']):>11} | {mib(rss):>11} | {mib(last['after']['RssFile']):>11} | "
-              f"{mib(last['after']['RssAnon']):>11} | {rss / bound:.2f}")
+        print(
+            f"{engine:>16} | {statistics.mean(loads):6.3f}±{statistics.stdev(loads) if len(loads) > 1 else 0:5.3f} | "
+            f"{mib(last['before']['VmRSS']):>11} | {mib(rss):>11} | {mib(last['after']['RssFile']):>11} | "
+            f"{mib(last['after']['RssAnon']):>11} | {rss / bound:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,23 @@ def measure(model: Path, workers: int) -> list[dict[str, int]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", str(model), "-w", str(workers),
-                             "-t", "1", "-l", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_rs_cli.app",
+            "serve",
+            "-m",
+            str(model),
+            "-w",
+            str(workers),
+            "-t",
+            "1",
+            "-l",
+            f"127.0.0.1:{port}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(600):
             try:
@@ -43,8 +58,13 @@ def measure(model: Path, workers: int) -> list[dict[str, int]]:
                 time.sleep(0.1)
         # One request per worker, at the same time, so every worker has touched every weight.
         import threading
-        ts = [threading.Thread(target=lambda: httpx.post(url + "/api/completion", json={"prompt": "Hello", "tokens": 4},
-                                                         timeout=600)) for _ in range(workers)]
+
+        ts = [
+            threading.Thread(
+                target=lambda: httpx.post(url + "/api/completion", json={"prompt": "Hello", "tokens": 4}, timeout=600)
+            )
+            for _ in range(workers)
+        ]
         [t.start() for t in ts]
         [t.join() for t in ts]
         pids = [w["pid"] for w in httpx.get(url + "/health").json()["workers"]]
@@ -61,8 +81,10 @@ def main() -> None:
         rows = measure(model, w)
         for i, m in enumerate(rows):
             print(f"workers={w} worker {i}: RSS {m['Rss'] / 1024:.0f} MiB, PSS {m['Pss'] / 1024:.0f} MiB")
-        print(f"workers={w} total: RSS {sum(m['Rss'] for m in rows) / 1024:.0f} MiB, "
-              f"PSS {sum(m['Pss'] for m in rows) / 1024:.0f} MiB")
+        print(
+            f"workers={w} total: RSS {sum(m['Rss'] for m in rows) / 1024:.0f} MiB, "
+            f"PSS {sum(m['Pss'] for m in rows) / 1024:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

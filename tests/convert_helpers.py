@@ -25,8 +25,14 @@ def train_tokenizer(prefix: Path, vocab_size: int = 320, seed: int = 0, normaliz
     rng = random.Random(seed)
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(2000)]
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(prefix), vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, minloglevel=2, normalization_rule_name=normalizer,
+        sentence_iterator=iter(lines),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        minloglevel=2,
+        normalization_rule_name=normalizer,
         remove_extra_whitespaces=False,
     )
     return prefix.with_suffix(".model")
@@ -40,9 +46,15 @@ def _meta_names(n_layer: int) -> dict[str, tuple[str, int | None]]:
         "output.weight": ("output.weight", 0),
     }
     layer = {
-        "attn_norm": ("attention_norm", None), "attn_q": ("attention.wq", 0), "attn_k": ("attention.wk", 0),
-        "attn_v": ("attention.wv", 0), "attn_output": ("attention.wo", 1), "ffn_norm": ("ffn_norm", None),
-        "ffn_gate": ("feed_forward.w1", 0), "ffn_down": ("feed_forward.w2", 1), "ffn_up": ("feed_forward.w3", 0),
+        "attn_norm": ("attention_norm", None),
+        "attn_q": ("attention.wq", 0),
+        "attn_k": ("attention.wk", 0),
+        "attn_v": ("attention.wv", 0),
+        "attn_output": ("attention.wo", 1),
+        "ffn_norm": ("ffn_norm", None),
+        "ffn_gate": ("feed_forward.w1", 0),
+        "ffn_down": ("feed_forward.w2", 1),
+        "ffn_up": ("feed_forward.w3", 0),
     }
     for i in range(n_layer):
         for g, (m, d) in layer.items():
@@ -65,12 +77,24 @@ def meta_parts(s: Shape, weights: dict[str, np.ndarray], n_parts: int) -> list[d
     return parts
 
 
-def write_meta(folder: Path, s: Shape, weights: dict[str, np.ndarray], n_parts: int = 1,
-               tokenizer: Path | None = None, max_seq_len: int | None = 128) -> Path:
+def write_meta(
+    folder: Path,
+    s: Shape,
+    weights: dict[str, np.ndarray],
+    n_parts: int = 1,
+    tokenizer: Path | None = None,
+    max_seq_len: int | None = 128,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     params = {
-        "dim": s.dim, "n_layers": s.n_layer, "n_heads": s.n_head, "n_kv_heads": s.n_head_kv,
-        "vocab_size": s.vocab, "multiple_of": 32, "ffn_dim_multiplier": None, "norm_eps": s.eps,
+        "dim": s.dim,
+        "n_layers": s.n_layer,
+        "n_heads": s.n_head,
+        "n_kv_heads": s.n_head_kv,
+        "vocab_size": s.vocab,
+        "multiple_of": 32,
+        "ffn_dim_multiplier": None,
+        "norm_eps": s.eps,
         "rope_theta": s.rope_base,
     }
     if max_seq_len:
@@ -89,9 +113,18 @@ def random_hf_llama(vocab: int, seed: int = 0, tie: bool = False, rope_theta: fl
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=rope_theta, max_position_embeddings=96,
-        tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=rope_theta,
+        max_position_embeddings=96,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
@@ -134,5 +167,7 @@ def save_hf_bin(model, folder: Path, shards: int = 1) -> Path:
         torch.save(part, folder / fname)
         weight_map.update({n: fname for n in part})
     total = sum(v.numel() * v.element_size() for v in sd.values())
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return folder

@@ -68,9 +68,14 @@ def synthetic_vocab(n: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, [0.0] * n, types
 
 
-def write_model(path: Path, s: Shape, weights: dict[str, np.ndarray], wtype: str = "F32",
-                vocab: tuple[list[str], list[float], list[int]] | None = None,
-                tie_output: bool = False) -> dict[str, np.ndarray]:
+def write_model(
+    path: Path,
+    s: Shape,
+    weights: dict[str, np.ndarray],
+    wtype: str = "F32",
+    vocab: tuple[list[str], list[float], list[int]] | None = None,
+    tie_output: bool = False,
+) -> dict[str, np.ndarray]:
     """Write a GGUF with 2-D weights in `wtype` (norms stay F32) using the `gguf` package.
     Returns the weights as the file holds them (after quantization), in float64."""
     w = gguf.GGUFWriter(str(path), "llama")
@@ -124,8 +129,9 @@ def f16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).to(torch.float64)
 
 
-def reference_logits(s: Shape, w: dict[str, np.ndarray], tokens: list[int], quantized_acts: bool = False,
-                     f16_kv: bool = False) -> np.ndarray:
+def reference_logits(
+    s: Shape, w: dict[str, np.ndarray], tokens: list[int], quantized_acts: bool = False, f16_kv: bool = False
+) -> np.ndarray:
     """Logits [len(tokens), vocab] of a Meta-semantics forward pass in float64.
 
     With `quantized_acts`, every matmul input is rounded through q8_0 first, as the engine

@@ -33,7 +33,11 @@ class Server:
         self.log_file = tempfile.NamedTemporaryFile("w+", prefix="llama-rs-serve-test-", suffix=".log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llama_rs_cli.app", "serve", "-l", f"127.0.0.1:{self.port}", *args],
-            stdout=subprocess.DEVNULL, stderr=self.log_file, text=True, env=env)
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_file,
+            text=True,
+            env=env,
+        )
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

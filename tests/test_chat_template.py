@@ -30,8 +30,10 @@ def test_default_is_a_transcript_a_base_model_continues() -> None:
 def test_the_models_template_is_used() -> None:
     out = render_chat(MSGS, CHATML)
     assert out.stop == ()
-    assert out.text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                   "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nJoke?<|im_end|>\n<|im_start|>assistant\n")
+    assert out.text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nJoke?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_template_errors_and_sandbox() -> None:

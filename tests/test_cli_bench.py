@@ -8,8 +8,9 @@ import sys
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llama_rs_cli.app", "bench", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "bench", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bench_json_rows() -> None:

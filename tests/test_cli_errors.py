@@ -113,7 +113,9 @@ def test_debug_shows_the_real_traceback(files: dict[str, Path]) -> None:
 
 def main_with(patch: str, *args: str) -> subprocess.CompletedProcess:
     """`llama-rs ARGS` with `patch` applied to llama_rs first: errors nothing else can provoke."""
-    code = "import sys, llama_rs\n" + textwrap.dedent(patch) + "\nfrom llama_rs_cli.app import main\nmain(sys.argv[1:])\n"
+    code = (
+        "import sys, llama_rs\n" + textwrap.dedent(patch) + "\nfrom llama_rs_cli.app import main\nmain(sys.argv[1:])\n"
+    )
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
 
 
@@ -133,11 +135,15 @@ def test_unexpected_exception_is_one_line_internal_error() -> None:
 
 
 def test_ctrl_c_exits_130_quietly() -> None:
-    r = main_with("""
+    r = main_with(
+        """
         def file_info(path):
             raise KeyboardInterrupt
         llama_rs.file_info = file_info
-    """, "info", "x.gguf")
+    """,
+        "info",
+        "x.gguf",
+    )
     assert r.returncode == 130, r.stderr
     assert r.stderr.strip() == "" and r.stdout == ""
 
@@ -145,13 +151,17 @@ def test_ctrl_c_exits_130_quietly() -> None:
 def test_os_error_outside_a_command_body_is_one_line() -> None:
     # An OSError that no command turned into a message (e.g. from the server) is still a
     # runtime failure, named by its file.
-    r = main_with("""
+    r = main_with(
+        """
         def file_info(path):
             raise PermissionError(13, "Permission denied", "/root/secret.gguf")
         import llama_rs_cli.common
         llama_rs_cli.common.errors_as_messages = __import__("contextlib").nullcontext
         llama_rs.file_info = file_info
-    """, "info", "x.gguf")
+    """,
+        "info",
+        "x.gguf",
+    )
     assert r.returncode == 1, r.stderr
     assert r.stderr == "error: /root/secret.gguf: Permission denied\n"
 

@@ -46,7 +46,14 @@ def test_interactive_session_with_the_demo_model() -> None:
     p = spawn("run", "-s", "5", "-n", "30")
     p.expect_exact(">>> ")
     banner = p.before
-    for field in ("model    fortunes-1M", "demo model", "parameters", "weights  Q8_0", "context  512 tokens", "loaded in"):
+    for field in (
+        "model    fortunes-1M",
+        "demo model",
+        "parameters",
+        "weights  Q8_0",
+        "context  512 tokens",
+        "loaded in",
+    ):
         assert field in banner, banner
     demo = llama_rs.Model.demo(n_ctx=512)
     want = demo.complete("Never trust a computer", max_tokens=30, seed=5)
@@ -87,8 +94,15 @@ def test_bad_parameter_lines_are_rejected_and_change_nothing() -> None:
     refuse is one message, the old parameters stay, and the next prompt is answered."""
     p = spawn("run", "-s", "3", "-n", "20")
     p.expect_exact(">>> ")
-    bad = ["n=-3", "temp=-1", "top_p=5", "top_p=0", f"seed={2**70}", "repeat_penalty=0",
-           "top_k=10 temp=-1"]  # the last: top_k=10 is fine, but the line is one change
+    bad = [
+        "n=-3",
+        "temp=-1",
+        "top_p=5",
+        "top_p=0",
+        f"seed={2**70}",
+        "repeat_penalty=0",
+        "top_k=10 temp=-1",
+    ]  # the last: top_k=10 is fine, but the line is one change
     for line in bad:
         p.sendline(line)
         p.expect_exact(">>> ")
@@ -184,14 +198,21 @@ def test_one_shot_json() -> None:
     assert t["prompt_tokens"] == 3 and t["prompt_seconds"] >= 0 and t["generated_seconds"] >= 0
 
 
-@pytest.mark.parametrize("args,code,pattern", [
-    (["run", "--temp", "abc"], 2, r"error: Invalid value for '--temp'"),
-    (["run", "--bogus"], 2, r"error: No such option: --bogus"),
-    (["run", "-n", "-5", "-p", "x"], 2, r"error: .*--tokens"),
-    (["nosuchcommand"], 2, r"error: No such command"),
-    (["run", "-m", "/no/such/model.gguf", "-p", "x"], 1, r"error: /no/such/model.gguf: no such model file.*llama-rs convert"),
-    (["run", "--json"], 1, r"error: no prompt: stdin was empty"),
-])
+@pytest.mark.parametrize(
+    "args,code,pattern",
+    [
+        (["run", "--temp", "abc"], 2, r"error: Invalid value for '--temp'"),
+        (["run", "--bogus"], 2, r"error: No such option: --bogus"),
+        (["run", "-n", "-5", "-p", "x"], 2, r"error: .*--tokens"),
+        (["nosuchcommand"], 2, r"error: No such command"),
+        (
+            ["run", "-m", "/no/such/model.gguf", "-p", "x"],
+            1,
+            r"error: /no/such/model.gguf: no such model file.*llama-rs convert",
+        ),
+        (["run", "--json"], 1, r"error: no prompt: stdin was empty"),
+    ],
+)
 def test_errors_are_one_line(args: list[str], code: int, pattern: str) -> None:
     r = cli(*args, input="")
     assert r.returncode == code, (r.stdout, r.stderr)
@@ -218,8 +239,20 @@ def test_help_of_every_command() -> None:
         assert h.returncode == 0, (c, h.stderr)
         assert "Usage: llama-rs " + c in h.stdout
     h = cli("run", "--help")
-    for opt in ("--model", "--ctx-size", "--seed", "--threads", "--tokens", "--top-k", "--top-p", "--temp",
-                "--repeat-penalty", "--repeat-last-n", "--prompt", "--json"):
+    for opt in (
+        "--model",
+        "--ctx-size",
+        "--seed",
+        "--threads",
+        "--tokens",
+        "--top-k",
+        "--top-p",
+        "--temp",
+        "--repeat-penalty",
+        "--repeat-last-n",
+        "--prompt",
+        "--json",
+    ):
         assert opt in h.stdout, opt
     assert cli("--version").stdout.strip() == f"llama-rs {llama_rs.__version__}"
 

@@ -4,7 +4,6 @@ torch's reference forward, transformers' logits, and the real checkpoints' expec
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -201,18 +200,33 @@ def test_seed_positional_form_through_the_app(tmp_path) -> None:
     assert reader.fields["general.file_type"].parts[-1][0] == 1
     demo = llama_rs.Model.demo(kv_type="f32")
     ours = llama_rs.Model(out, n_ctx=256, kv_type="f32")
-    assert ours.complete("Never trust a computer", max_tokens=30, temp=0).text == \
-        demo.complete("Never trust a computer", max_tokens=30, temp=0).text
+    assert (
+        ours.complete("Never trust a computer", max_tokens=30, temp=0).text
+        == demo.complete("Never trust a computer", max_tokens=30, temp=0).text
+    )
 
 
 # -- 4. Metadata -------------------------------------------------------------------------
 DESIGN_KEYS = [
-    "general.architecture", "llama.context_length", "llama.embedding_length", "llama.block_count",
-    "llama.feed_forward_length", "llama.rope.dimension_count", "llama.attention.head_count",
-    "llama.attention.head_count_kv", "llama.attention.layer_norm_rms_epsilon", "llama.rope.freq_base",
-    "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
-    "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-    "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_bos_token",
+    "general.architecture",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.block_count",
+    "llama.feed_forward_length",
+    "llama.rope.dimension_count",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.attention.layer_norm_rms_epsilon",
+    "llama.rope.freq_base",
+    "general.file_type",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.add_bos_token",
 ]
 
 
@@ -242,8 +256,11 @@ def test_metadata_keys_and_gguf_reader(meta_dirs, tokenizer, tmp_path) -> None:
     assert field(r, "tokenizer.ggml.tokens") == [p.piece for p in proto.pieces]
     assert np.allclose(field(r, "tokenizer.ggml.scores"), [p.score for p in proto.pieces])
     assert field(r, "tokenizer.ggml.token_type") == [int(p.type) for p in proto.pieces]
-    assert (field(r, "tokenizer.ggml.bos_token_id"), field(r, "tokenizer.ggml.eos_token_id"),
-            field(r, "tokenizer.ggml.unknown_token_id")) == (sp.bos_id(), sp.eos_id(), sp.unk_id())
+    assert (
+        field(r, "tokenizer.ggml.bos_token_id"),
+        field(r, "tokenizer.ggml.eos_token_id"),
+        field(r, "tokenizer.ggml.unknown_token_id"),
+    ) == (sp.bos_id(), sp.eos_id(), sp.unk_id())
     assert field(r, "tokenizer.ggml.add_space_prefix") == proto.normalizer_spec.add_dummy_prefix
     assert field(r, "tokenizer.ggml.remove_extra_whitespaces") == proto.normalizer_spec.remove_extra_whitespaces
     types = {t.name: t.tensor_type for t in r.tensors}
@@ -263,8 +280,14 @@ def test_real_vocab_metadata(tmp_path) -> None:
     r = gguf.GGUFReader(out)
     ref = gguf.GGUFReader(models / "fortunes-1M-f32.gguf")  # llama.cpp's converter
     assert field(r, "llama.context_length") == 256  # params.json's max_seq_len (llama.cpp wrote 4096)
-    for k in ["tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "llama.attention.head_count_kv",
-              "llama.feed_forward_length", "llama.rope.dimension_count", "llama.attention.layer_norm_rms_epsilon"]:
+    for k in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "llama.attention.head_count_kv",
+        "llama.feed_forward_length",
+        "llama.rope.dimension_count",
+        "llama.attention.layer_norm_rms_epsilon",
+    ]:
         assert field(r, k) == field(ref, k), k
     assert np.allclose(field(r, "tokenizer.ggml.scores"), field(ref, "tokenizer.ggml.scores"))
 
@@ -331,7 +354,9 @@ def test_bad_missing_shard(meta2, hf_sharded, tmp_path) -> None:
     assert_fails([meta2, "-o", tmp_path / "o.gguf"], meta2 / "consolidated.01.pth", "missing", folder=tmp_path)
     # ... and a missing last part shows in the shapes against params.json.
     (meta2 / "consolidated.02.pth").unlink()
-    assert_fails([meta2, "-o", tmp_path / "o.gguf"], meta2 / "consolidated.00.pth", "part is missing or extra", folder=tmp_path)
+    assert_fails(
+        [meta2, "-o", tmp_path / "o.gguf"], meta2 / "consolidated.00.pth", "part is missing or extra", folder=tmp_path
+    )
     shard = sorted(hf_sharded.glob("model-*-of-*.safetensors"))[1]
     shard.unlink()
     assert_fails([hf_sharded, "-o", tmp_path / "o.gguf"], shard, "missing shard", folder=tmp_path)
@@ -339,7 +364,9 @@ def test_bad_missing_shard(meta2, hf_sharded, tmp_path) -> None:
 
 def test_bad_extra_shard(meta2, hf_sharded, tmp_path) -> None:
     shutil.copy(meta2 / "consolidated.01.pth", meta2 / "consolidated.02.pth")
-    assert_fails([meta2, "-o", tmp_path / "o.gguf"], meta2 / "consolidated.00.pth", "part is missing or extra", folder=tmp_path)
+    assert_fails(
+        [meta2, "-o", tmp_path / "o.gguf"], meta2 / "consolidated.00.pth", "part is missing or extra", folder=tmp_path
+    )
     shards = sorted(hf_sharded.glob("model-*-of-*.safetensors"))
     extra = hf_sharded / "model-00099-of-00099.safetensors"
     shutil.copy(shards[0], extra)
@@ -363,7 +390,13 @@ def test_bad_architecture(hf_sharded, tmp_path) -> None:
     cfg = json.loads((hf_sharded / "config.json").read_text())
     cfg["architectures"], cfg["model_type"] = ["GPT2LMHeadModel"], "gpt2"
     (hf_sharded / "config.json").write_text(json.dumps(cfg))
-    assert_fails([hf_sharded, "-o", tmp_path / "o.gguf"], hf_sharded / "config.json", "GPT2LMHeadModel", "not LLaMA", folder=tmp_path)
+    assert_fails(
+        [hf_sharded, "-o", tmp_path / "o.gguf"],
+        hf_sharded / "config.json",
+        "GPT2LMHeadModel",
+        "not LLaMA",
+        folder=tmp_path,
+    )
 
 
 def test_bad_unexpected_tensor_name_or_shape(meta1, tmp_path) -> None:
@@ -372,26 +405,44 @@ def test_bad_unexpected_tensor_name_or_shape(meta1, tmp_path) -> None:
     torch.save({**sd, "layers.0.attention.wq.bias": torch.zeros(64)}, p)
     assert_fails([meta1, "-o", tmp_path / "o.gguf"], p, "unexpected tensor layers.0.attention.wq.bias", folder=tmp_path)
     torch.save({**sd, "layers.1.feed_forward.w2.weight": torch.zeros(64, 90)}, p)
-    assert_fails([meta1, "-o", tmp_path / "o.gguf"], p, "layers.1.feed_forward.w2.weight", "[64, 90]", "expected [64, 96]", folder=tmp_path)
+    assert_fails(
+        [meta1, "-o", tmp_path / "o.gguf"],
+        p,
+        "layers.1.feed_forward.w2.weight",
+        "[64, 90]",
+        "expected [64, 96]",
+        folder=tmp_path,
+    )
     sd.pop("layers.1.ffn_norm.weight")
     torch.save(sd, p)
-    assert_fails([meta1, "-o", tmp_path / "o.gguf"], meta1 / "params.json", "blk.1.ffn_norm.weight is missing", folder=tmp_path)
+    assert_fails(
+        [meta1, "-o", tmp_path / "o.gguf"], meta1 / "params.json", "blk.1.ffn_norm.weight is missing", folder=tmp_path
+    )
 
 
 def test_bad_vocab_size(meta1, tmp_path) -> None:
     other = train_tokenizer(tmp_path / "other", vocab_size=300)
     shutil.copy(other, meta1 / "tokenizer.model")
-    assert_fails([meta1, "-o", tmp_path / "o.gguf"], meta1 / "tokenizer.model", "300 pieces", "320 rows", folder=tmp_path)
+    assert_fails(
+        [meta1, "-o", tmp_path / "o.gguf"], meta1 / "tokenizer.model", "300 pieces", "320 rows", folder=tmp_path
+    )
 
 
 def test_bad_llama2c_file(tmp_path) -> None:
     models = need_data("stories260K.bin", "tok512-other.model")
     bad = tmp_path / "cut.bin"
     bad.write_bytes((models / "stories260K.bin").read_bytes()[:-100])
-    assert_fails([bad, "--vocab", models / "tok512-other.model", "-o", tmp_path / "o.gguf"], bad, "truncated", folder=tmp_path)
+    assert_fails(
+        [bad, "--vocab", models / "tok512-other.model", "-o", tmp_path / "o.gguf"], bad, "truncated", folder=tmp_path
+    )
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\xff" * 64)
-    assert_fails([junk, "--vocab", models / "tok512-other.model", "-o", tmp_path / "o.gguf"], junk, "not a llama2.c checkpoint", folder=tmp_path)
+    assert_fails(
+        [junk, "--vocab", models / "tok512-other.model", "-o", tmp_path / "o.gguf"],
+        junk,
+        "not a llama2.c checkpoint",
+        folder=tmp_path,
+    )
 
 
 def test_bad_output_exists_or_is_an_input(meta1, tmp_path) -> None:
@@ -410,7 +461,9 @@ def test_bad_output_exists_or_is_an_input(meta1, tmp_path) -> None:
 
 
 def test_bad_source_paths(tmp_path) -> None:
-    assert_fails([tmp_path / "nowhere", "-o", tmp_path / "o.gguf"], tmp_path / "nowhere", "no such file", folder=tmp_path)
+    assert_fails(
+        [tmp_path / "nowhere", "-o", tmp_path / "o.gguf"], tmp_path / "nowhere", "no such file", folder=tmp_path
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_fails([empty, "-o", tmp_path / "o.gguf"], empty, "no checkpoint found", folder=tmp_path)
@@ -429,6 +482,7 @@ def test_failure_while_writing_leaves_no_temp_file(meta1, tmp_path, monkeypatch)
         assert writer.temp_path(out).exists()  # the partial file is being written
         if len(seen) == 5:
             raise exc
+
     monkeypatch.setattr(writer, "drop_mapped_pages", boom)
     for exc in (OSError(28, "No space left on device"), KeyboardInterrupt()):
         seen.clear()
@@ -439,8 +493,14 @@ def test_failure_while_writing_leaves_no_temp_file(meta1, tmp_path, monkeypatch)
 
 # -- torch stays out of the import path; missing torch says what to install -------------
 def run_python(code: str, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def test_torch_not_imported_by_library_or_cli() -> None:
@@ -471,19 +531,27 @@ BLOCK_TORCH = textwrap.dedent("""
 
 def test_convert_without_torch_says_what_to_install(tmp_path) -> None:
     models = need_data("fortunes-1M/consolidated.00.pth")
-    r = run_python(BLOCK_TORCH + textwrap.dedent("""
+    r = run_python(
+        BLOCK_TORCH
+        + textwrap.dedent("""
         sys.argv = ['llama-rs', 'convert', sys.argv[1], '-o', sys.argv[2]]
         from llama_rs_cli.app import main
         main()
-    """), models / "fortunes-1M", tmp_path / "o.gguf")
+    """),
+        models / "fortunes-1M",
+        tmp_path / "o.gguf",
+    )
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert r.stderr.strip() == "error: llama-rs convert needs torch, not installed: pip install 'llama-rs[convert]'"
     assert list(tmp_path.iterdir()) == []
     # Models still load and run without torch.
-    r = run_python(BLOCK_TORCH + textwrap.dedent("""
+    r = run_python(
+        BLOCK_TORCH
+        + textwrap.dedent("""
         import llama_rs
         print(llama_rs.Model.demo().complete('Never', max_tokens=3, temp=0).tokens)
-    """))
+    """)
+    )
     assert r.returncode == 0 and r.stdout.strip() == "3", r.stderr
 
 
@@ -516,10 +584,17 @@ MEASURE = """
 
 
 HF_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight", "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
 
@@ -538,12 +613,22 @@ def write_hf_safetensors(folder: Path, s: Shape, w: dict[str, np.ndarray], token
         else:
             sd[HF_NAMES[name]] = torch.from_numpy(a)
     save_file(sd, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": s.dim,
-        "intermediate_size": s.ffn, "num_hidden_layers": s.n_layer, "num_attention_heads": s.n_head,
-        "num_key_value_heads": s.n_head_kv, "vocab_size": s.vocab, "rms_norm_eps": s.eps,
-        "max_position_embeddings": 128,
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": s.dim,
+                "intermediate_size": s.ffn,
+                "num_hidden_layers": s.n_layer,
+                "num_attention_heads": s.n_head,
+                "num_key_value_heads": s.n_head_kv,
+                "vocab_size": s.vocab,
+                "rms_norm_eps": s.eps,
+                "max_position_embeddings": 128,
+            }
+        )
+    )
     shutil.copy(tokenizer, folder / "tokenizer.model")
     return folder
 
@@ -564,11 +649,17 @@ def test_peak_memory_stays_near_the_largest_tensor(tokenizer, tmp_path) -> None:
     s = Shape(dim=256, n_layer=1, n_head=4, n_head_kv=4, ffn=65536, vocab=320)
     g = torch.Generator().manual_seed(0)
     w = {}
-    for name, shape in [("token_embd.weight", (320, 256)), ("output.weight", (320, 256)),
-                        ("blk.0.attn_q.weight", (256, 256)), ("blk.0.attn_k.weight", (256, 256)),
-                        ("blk.0.attn_v.weight", (256, 256)), ("blk.0.attn_output.weight", (256, 256)),
-                        ("blk.0.ffn_gate.weight", (65536, 256)), ("blk.0.ffn_up.weight", (65536, 256)),
-                        ("blk.0.ffn_down.weight", (256, 65536))]:
+    for name, shape in [
+        ("token_embd.weight", (320, 256)),
+        ("output.weight", (320, 256)),
+        ("blk.0.attn_q.weight", (256, 256)),
+        ("blk.0.attn_k.weight", (256, 256)),
+        ("blk.0.attn_v.weight", (256, 256)),
+        ("blk.0.attn_output.weight", (256, 256)),
+        ("blk.0.ffn_gate.weight", (65536, 256)),
+        ("blk.0.ffn_up.weight", (65536, 256)),
+        ("blk.0.ffn_down.weight", (256, 65536)),
+    ]:
         w[name] = torch.randn(shape, generator=g).numpy()
     for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
         w[name] = np.ones(256, np.float32)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +44,10 @@ print(repr(m.complete("Q:", max_tokens=50, seed=99).text))
 
 
 def test_same_text_across_processes_and_thread_counts(demo) -> None:
-    outs = {subprocess.run([sys.executable, "-c", SCRIPT, str(n)], capture_output=True, text=True, check=True).stdout for n in (1, 2, 3)}
+    outs = {
+        subprocess.run([sys.executable, "-c", SCRIPT, str(n)], capture_output=True, text=True, check=True).stdout
+        for n in (1, 2, 3)
+    }
     assert len(outs) == 1
     assert outs.pop().strip() == repr(demo.complete("Q:", max_tokens=50, seed=99).text)
 
@@ -98,11 +99,18 @@ def test_prompt_longer_than_context(demo) -> None:
         small.complete("one two three four five six seven eight nine ten")
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
-    ({"temp": -0.5}, "temp"), ({"max_tokens": -1}, "max_tokens"), ({"repeat_lastn": -2}, "repeat_lastn"),
-    ({"stop": [""]}, "stop"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"temp": -0.5}, "temp"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"repeat_lastn": -2}, "repeat_lastn"),
+        ({"stop": [""]}, "stop"),
+    ],
+)
 def test_invalid_sampling_parameters(demo, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         demo.complete(PROMPT, **kwargs)

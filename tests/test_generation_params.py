@@ -37,7 +37,7 @@ def top_n(lp: np.ndarray, n: int) -> list[int]:
 
 def reference_greedy(model, prompt_ids, n, repeat_penalty=1.3, repeat_lastn=64, presence=0.0, frequency=0.0, bias=None):
     """The greedy chain by the documented formula: logit_bias, repeat penalty over the last
-    `repeat_lastn` context tokens, then `l[j] -= c[j] * frequency + (c[j] > 0) * presence`
+    `repeat_lastn` context tokens, then `lg[j] -= c[j] * frequency + (c[j] > 0) * presence`
     with c the counts of generated tokens; argmax (lowest id on ties). In float32 like the
     engine."""
     f32 = np.float32
@@ -45,16 +45,16 @@ def reference_greedy(model, prompt_ids, n, repeat_penalty=1.3, repeat_lastn=64, 
     logits = model.eval(prompt_ids)
     history, generated = list(prompt_ids), []
     for _ in range(n):
-        l = logits.astype(f32).copy()
+        lg = logits.astype(f32).copy()
         for t, b in (bias or {}).items():
-            l[t] += f32(b)
+            lg[t] += f32(b)
         if repeat_penalty != 1.0 and repeat_lastn > 0:
             for t in set(history[-repeat_lastn:]):
-                l[t] = l[t] / f32(repeat_penalty) if l[t] > 0 else l[t] * f32(repeat_penalty)
+                lg[t] = lg[t] / f32(repeat_penalty) if lg[t] > 0 else lg[t] * f32(repeat_penalty)
         if presence or frequency:
             ids, counts = np.unique(np.array(generated, dtype=np.int64), return_counts=True)
-            l[ids] -= counts.astype(f32) * f32(frequency) + f32(presence)
-        tok = int(np.argmax(l))
+            lg[ids] -= counts.astype(f32) * f32(frequency) + f32(presence)
+        tok = int(np.argmax(lg))
         if tok == model.eos_token:
             break
         generated.append(tok)
@@ -168,18 +168,27 @@ def test_token_bytes(demo) -> None:
 # -- penalties and bias, against the numpy reference -------------------------------------
 
 
-@pytest.mark.parametrize("kw", [
-    dict(frequency_penalty=2.0),
-    dict(presence_penalty=2.0),
-    dict(presence_penalty=0.7, frequency_penalty=0.4),
-    dict(presence_penalty=-1.0, frequency_penalty=0.5, repeat_penalty=1.0),
-    dict(frequency_penalty=1.5, repeat_penalty=1.0),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(frequency_penalty=2.0),
+        dict(presence_penalty=2.0),
+        dict(presence_penalty=0.7, frequency_penalty=0.4),
+        dict(presence_penalty=-1.0, frequency_penalty=0.5, repeat_penalty=1.0),
+        dict(frequency_penalty=1.5, repeat_penalty=1.0),
+    ],
+)
 def test_presence_and_frequency_follow_the_formula(demo, kw) -> None:
     prompt = demo.tokenize("Q: Why")  # greedy text that repeats itself, so penalties matter
     got = generated_ids(demo, prompt, 60, **kw)
-    ref = reference_greedy(demo, prompt, 60, presence=kw.get("presence_penalty", 0.0),
-                           frequency=kw.get("frequency_penalty", 0.0), repeat_penalty=kw.get("repeat_penalty", 1.3))
+    ref = reference_greedy(
+        demo,
+        prompt,
+        60,
+        presence=kw.get("presence_penalty", 0.0),
+        frequency=kw.get("frequency_penalty", 0.0),
+        repeat_penalty=kw.get("repeat_penalty", 1.3),
+    )
     assert got == ref
     plain = generated_ids(demo, prompt, 60, repeat_penalty=kw.get("repeat_penalty", 1.3))
     assert got != plain  # the penalty did something
@@ -217,18 +226,45 @@ def test_logit_bias(demo) -> None:
 # -- validation --------------------------------------------------------------------------
 
 BAD = [
-    ("seed", 2**64), ("seed", -(2**63) - 1), ("seed", 10**30), ("seed", 1.5),
-    ("temp", math.inf), ("temp", math.nan), ("temp", -0.5), ("temp", 10**400),
-    ("top_p", 5), ("top_p", 0.0), ("top_p", math.nan),
-    ("top_k", -1), ("top_k", 2**31), ("repeat_lastn", -2), ("repeat_lastn", 10**50),
-    ("max_tokens", 2**70), ("max_tokens", -1), ("max_tokens", 5.0),
-    ("repeat_penalty", 0.0), ("repeat_penalty", math.inf),
-    ("presence_penalty", 2.5), ("presence_penalty", math.nan), ("frequency_penalty", -3),
-    ("logprobs", 21), ("logprobs", -1), ("logprobs", 2**64),
-    ("logit_bias", {1024: 1.0}), ("logit_bias", {-1: 1.0}), ("logit_bias", {3: 1e9}),
-    ("logit_bias", {3: math.nan}), ("logit_bias", {2**80: 1.0}), ("logit_bias", [1, 2]),
-    ("logit_bias", {"x": 1.0}), ("logit_bias", {"1024": 1.0}), ("logit_bias", {3: "1"}),
-    ("stop", [""]), ("stop", ["x"] * 17), ("stop", ["y" * 257]), ("stop", 5),
+    ("seed", 2**64),
+    ("seed", -(2**63) - 1),
+    ("seed", 10**30),
+    ("seed", 1.5),
+    ("temp", math.inf),
+    ("temp", math.nan),
+    ("temp", -0.5),
+    ("temp", 10**400),
+    ("top_p", 5),
+    ("top_p", 0.0),
+    ("top_p", math.nan),
+    ("top_k", -1),
+    ("top_k", 2**31),
+    ("repeat_lastn", -2),
+    ("repeat_lastn", 10**50),
+    ("max_tokens", 2**70),
+    ("max_tokens", -1),
+    ("max_tokens", 5.0),
+    ("repeat_penalty", 0.0),
+    ("repeat_penalty", math.inf),
+    ("presence_penalty", 2.5),
+    ("presence_penalty", math.nan),
+    ("frequency_penalty", -3),
+    ("logprobs", 21),
+    ("logprobs", -1),
+    ("logprobs", 2**64),
+    ("logit_bias", {1024: 1.0}),
+    ("logit_bias", {-1: 1.0}),
+    ("logit_bias", {3: 1e9}),
+    ("logit_bias", {3: math.nan}),
+    ("logit_bias", {2**80: 1.0}),
+    ("logit_bias", [1, 2]),
+    ("logit_bias", {"x": 1.0}),
+    ("logit_bias", {"1024": 1.0}),
+    ("logit_bias", {3: "1"}),
+    ("stop", [""]),
+    ("stop", ["x"] * 17),
+    ("stop", ["y" * 257]),
+    ("stop", 5),
 ]
 
 
@@ -293,14 +329,25 @@ def test_generation_config_is_the_single_source_of_defaults() -> None:
     for method in (llama_rs.Model.generate, llama_rs.Model.complete):
         params = inspect.signature(method).parameters
         assert {n: params[n].default for n in names} == dataclasses.asdict(cfg)
-    assert (cfg.max_tokens, cfg.top_k, cfg.top_p, cfg.temp, cfg.repeat_penalty, cfg.repeat_lastn) == (128, 40, 0.9, 0.8, 1.3, 64)
+    assert (cfg.max_tokens, cfg.top_k, cfg.top_p, cfg.temp, cfg.repeat_penalty, cfg.repeat_lastn) == (
+        128,
+        40,
+        0.9,
+        0.8,
+        1.3,
+        64,
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.temp = 1.0  # type: ignore[misc]
     # Every field has a docstring (a string right after it in the class body).
     tree = ast.parse(inspect.getsource(GenerationConfig))
     body = tree.body[0].body
     documented = {
-        a.target.id for a, b in zip(body, body[1:])
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)
+        a.target.id
+        for a, b in zip(body, body[1:])
+        if isinstance(a, ast.AnnAssign)
+        and isinstance(b, ast.Expr)
+        and isinstance(b.value, ast.Constant)
+        and isinstance(b.value.value, str)
     }
     assert documented == set(names)

@@ -88,12 +88,22 @@ def test_every_value_type_round_trips(tmp_path: Path) -> None:
     """Our writer's file reads back identically in gguf.GGUFReader, for every value type."""
     meta = [
         ("general.architecture", 8, "llama"),
-        ("t.u8", 0, 255), ("t.i8", 1, -128), ("t.u16", 2, 65535), ("t.i16", 3, -32768),
-        ("t.u32", 4, 4294967295), ("t.i32", 5, -2147483648), ("t.f32", 6, 0.5),
-        ("t.bool", 7, True), ("t.str", 8, "héllo ▁ 世界"), ("t.u64", 10, 2**64 - 1),
-        ("t.i64", 11, -(2**63)), ("t.f64", 12, 1e-300),
-        ("t.arr_i32", 9, (5, [1, -2, 3])), ("t.arr_str", 9, (8, ["a", "", "ü"])),
-        ("t.arr_empty", 9, (6, [])), ("t.arr_f32", 9, (6, [0.25, -1.5])),
+        ("t.u8", 0, 255),
+        ("t.i8", 1, -128),
+        ("t.u16", 2, 65535),
+        ("t.i16", 3, -32768),
+        ("t.u32", 4, 4294967295),
+        ("t.i32", 5, -2147483648),
+        ("t.f32", 6, 0.5),
+        ("t.bool", 7, True),
+        ("t.str", 8, "héllo ▁ 世界"),
+        ("t.u64", 10, 2**64 - 1),
+        ("t.i64", 11, -(2**63)),
+        ("t.f64", 12, 1e-300),
+        ("t.arr_i32", 9, (5, [1, -2, 3])),
+        ("t.arr_str", 9, (8, ["a", "", "ü"])),
+        ("t.arr_empty", 9, (6, [])),
+        ("t.arr_f32", 9, (6, [0.25, -1.5])),
     ]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 64)).astype(np.float32)
@@ -134,6 +144,7 @@ def test_real_models_read_like_gguf() -> None:
 
 # -- bad input ------------------------------------------------------------------------------
 
+
 def small_model(tmp_path: Path) -> Path:
     s = Shape(dim=32, n_layer=1, n_head=2, n_head_kv=1, ffn=32, vocab=40)
     path = tmp_path / "small.gguf"
@@ -146,14 +157,17 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda p: p / "missing.gguf", "cannot open"),
-    (lambda p: p, "is a directory"),
-    (lambda p: write(p / "empty.gguf", b""), "empty"),
-    (lambda p: write(p / "bad.gguf", b"GGML" + b"\0" * 100), "not a GGUF file"),
-    (lambda p: write(p / "v1.gguf", b"GGUF\x01\0\0\0" + b"\0" * 100), "unsupported GGUF version 1"),
-    (lambda p: write(p / "short.gguf", b"GGUF\x03\0\0\0\0"), "truncated"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda p: p / "missing.gguf", "cannot open"),
+        (lambda p: p, "is a directory"),
+        (lambda p: write(p / "empty.gguf", b""), "empty"),
+        (lambda p: write(p / "bad.gguf", b"GGML" + b"\0" * 100), "not a GGUF file"),
+        (lambda p: write(p / "v1.gguf", b"GGUF\x01\0\0\0" + b"\0" * 100), "unsupported GGUF version 1"),
+        (lambda p: write(p / "short.gguf", b"GGUF\x03\0\0\0\0"), "truncated"),
+    ],
+)
 def test_bad_files_name_the_problem(tmp_path: Path, make, match: str) -> None:
     path = make(tmp_path)
     with pytest.raises(llama_rs.ModelError, match=match) as e:
@@ -184,15 +198,18 @@ def edit_model(tmp_path: Path, name: str, **changes) -> Path:
     return out
 
 
-@pytest.mark.parametrize("changes,match", [
-    ({"meta": {"general.architecture": (8, "gpt2")}}, "architecture \"gpt2\" is not supported"),
-    ({"drop_meta": ["general.architecture"]}, "general.architecture is missing"),
-    ({"drop": ["blk.0.ffn_up.weight"]}, "tensor blk.0.ffn_up.weight is missing"),
-    ({"meta": {"llama.embedding_length": (4, 64)}}, "shape"),
-    ({"meta": {"llama.attention.head_count": (4, 3)}}, "inconsistent hyperparameters"),
-    ({"drop_meta": ["tokenizer.ggml.tokens"]}, "vocab"),
-    ({"meta": {"tokenizer.ggml.tokens": (9, (8, ["a", "b"]))}}, ""),
-])
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"meta": {"general.architecture": (8, "gpt2")}}, 'architecture "gpt2" is not supported'),
+        ({"drop_meta": ["general.architecture"]}, "general.architecture is missing"),
+        ({"drop": ["blk.0.ffn_up.weight"]}, "tensor blk.0.ffn_up.weight is missing"),
+        ({"meta": {"llama.embedding_length": (4, 64)}}, "shape"),
+        ({"meta": {"llama.attention.head_count": (4, 3)}}, "inconsistent hyperparameters"),
+        ({"drop_meta": ["tokenizer.ggml.tokens"]}, "vocab"),
+        ({"meta": {"tokenizer.ggml.tokens": (9, (8, ["a", "b"]))}}, ""),
+    ],
+)
 def test_inconsistent_models_are_refused(tmp_path: Path, changes: dict, match: str) -> None:
     path = edit_model(tmp_path, "edited.gguf", **changes)
     with pytest.raises(llama_rs.ModelError, match=match) as e:
@@ -209,7 +226,7 @@ def test_unknown_tensor_type_is_named(tmp_path: Path) -> None:
     type_field = t.field.parts[-2]
     assert int(type_field[0]) in (0, 2)
     offset = type_field.ctypes.data - r.data.ctypes.data
-    data[offset:offset + 4] = (12).to_bytes(4, "little")
+    data[offset : offset + 4] = (12).to_bytes(4, "little")
     path.write_bytes(bytes(data))
     with pytest.raises(llama_rs.ModelError, match="Q4_K"):
         llama_rs.Model(path)
@@ -260,7 +277,9 @@ def test_truncated_and_corrupted_files_never_crash(tmp_path: Path) -> None:
     script.write_text(CORRUPTION_SCRIPT)
     proc = subprocess.run(
         [sys.executable, str(script), str(path), str(tmp_path / "bad.gguf"), str(header_end), "1234", "1500"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'error'" in proc.stdout and "'loaded'" in proc.stdout

@@ -18,7 +18,9 @@ from conftest import MODELS, need_data
 from reference import Shape, random_weights, synthetic_vocab, write_model
 from test_real_models import greedy_agreement
 
-LEGACY = json.loads((MODELS / "expected.json").read_text()).get("legacy", {}) if (MODELS / "expected.json").exists() else {}
+LEGACY = (
+    json.loads((MODELS / "expected.json").read_text()).get("legacy", {}) if (MODELS / "expected.json").exists() else {}
+)
 
 
 def kv_of(case: dict) -> str:
@@ -49,10 +51,22 @@ SHAPE = Shape(dim=64, n_layer=2, n_head=4, n_head_kv=4, ffn=192, vocab=300, eps=
 N_MULT = 32
 MAGIC = {"ggml": 0x67676D6C, "ggmf": 0x67676D66, "ggjt": 0x67676A74}
 RAW = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
-META = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight", "output.weight": "output.weight"}
-LAYER = {"attn_norm": "attention_norm", "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
-         "attn_output": "attention.wo", "ffn_norm": "ffn_norm", "ffn_gate": "feed_forward.w1",
-         "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3"}
+META = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+LAYER = {
+    "attn_norm": "attention_norm",
+    "attn_q": "attention.wq",
+    "attn_k": "attention.wk",
+    "attn_v": "attention.wv",
+    "attn_output": "attention.wo",
+    "ffn_norm": "ffn_norm",
+    "ffn_gate": "feed_forward.w1",
+    "ffn_down": "feed_forward.w2",
+    "ffn_up": "feed_forward.w3",
+}
 
 
 def meta_name(n: str) -> str:
@@ -70,7 +84,7 @@ def legacy_blocks(q: np.ndarray, wtype: str, fmt: str, version: int) -> bytes:
     size, nsc = {"Q4_0": (18, 1), "Q4_1": (20, 2), "Q8_0": (34, 1)}[wtype]
     b = q.reshape(-1, size)
     scales = b[:, : 2 * nsc].copy().view(np.float16).astype(np.float32)
-    qs = b[:, 2 * nsc:]
+    qs = b[:, 2 * nsc :]
     if wtype != "Q8_0" and not (fmt == "ggjt" and version == 2):
         vals = np.concatenate([qs & 0x0F, qs >> 4], axis=1)  # weights 0..31 in order
         qs = (vals[:, 0::2] | (vals[:, 1::2] << 4)).astype(np.uint8)
@@ -119,8 +133,12 @@ def weights() -> dict[str, np.ndarray]:
 
 
 # q8_0 appeared with ggjt: the older formats never held it.
-COMBINATIONS = [(w, f, v) for w in ["F32", "F16", "Q4_0", "Q4_1", "Q8_0"] for f, v in VARIANTS
-                if not (w == "Q8_0" and f in ("ggml", "ggmf"))]
+COMBINATIONS = [
+    (w, f, v)
+    for w in ["F32", "F16", "Q4_0", "Q4_1", "Q8_0"]
+    for f, v in VARIANTS
+    if not (w == "Q8_0" and f in ("ggml", "ggmf"))
+]
 
 
 @pytest.mark.parametrize("parts", [1, 2])

@@ -14,7 +14,9 @@ import llama_rs
 from conftest import MODELS, need_data
 from llama_rs_cli.app import app
 
-EXPECTED = json.loads((MODELS / "expected.json").read_text())["perplexity"] if (MODELS / "expected.json").exists() else {}
+EXPECTED = (
+    json.loads((MODELS / "expected.json").read_text())["perplexity"] if (MODELS / "expected.json").exists() else {}
+)
 
 
 def within(value: float, case: dict) -> bool:
@@ -54,7 +56,8 @@ def test_our_q4_0_within_one_percent(tmp_path, runs: dict) -> None:
     n = 6
     ours = llama_rs.perplexity(llama_rs.Model(out, n_ctx=256, n_threads=2), text, 256, max_chunks=n)
     theirs = runs.get("fortunes-1M-q4_0") or llama_rs.perplexity(
-        llama_rs.Model(models / case["file"], n_ctx=256, n_threads=2), text, 256)
+        llama_rs.Model(models / case["file"], n_ctx=256, n_threads=2), text, 256
+    )
     assert ours.running == theirs.running[:n]
     assert abs(theirs.value - case["value"]) <= 0.01 * case["value"], theirs.value
 
@@ -68,7 +71,7 @@ def test_equals_python_nll_from_eval_logits() -> None:
     toks = m.tokenize(text)
     nll, count = 0.0, 0
     for c in range(n):
-        chunk = toks[c * ctx:(c + 1) * ctx]
+        chunk = toks[c * ctx : (c + 1) * ctx]
         m.reset()
         logits = m.eval([m.bos_token] + chunk[1:], all_logits=True).astype(np.float64)
         for j in range(ctx // 2, ctx - 1):
@@ -83,7 +86,20 @@ def test_equals_python_nll_from_eval_logits() -> None:
 def test_cli(tmp_path) -> None:
     models = need_data("fortunes-1M-q4_0.gguf", "fortunes-heldout.txt")
     runner = CliRunner()
-    r = runner.invoke(app, ["perplexity", "-m", str(models / "fortunes-1M-q4_0.gguf"), "-f", str(models / "fortunes-heldout.txt"), "-c", "64", "--chunks", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "perplexity",
+            "-m",
+            str(models / "fortunes-1M-q4_0.gguf"),
+            "-f",
+            str(models / "fortunes-heldout.txt"),
+            "-c",
+            "64",
+            "--chunks",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "perplexity" in r.output and "2 chunks of 64 tokens" in r.output
     short = tmp_path / "short.txt"

@@ -69,12 +69,14 @@ def test_random_blocks_decode_like_gguf() -> None:
 
 def test_f16_conversion_equals_numpy() -> None:
     rng = np.random.default_rng(3)
-    x = np.concatenate([
-        rng.standard_normal(4096) * 10.0 ** rng.integers(-9, 6, 4096),
-        [0.0, -0.0, 65504.0, 65520.0, -70000.0, 6e-8, 3e-8, 1e-10, np.inf, -np.inf],
-        # Halfway cases: ties must round to even.
-        np.float32(1.0) + np.float32(2.0 ** -11) * np.arange(8, dtype=np.float32),
-    ]).astype(np.float32)
+    x = np.concatenate(
+        [
+            rng.standard_normal(4096) * 10.0 ** rng.integers(-9, 6, 4096),
+            [0.0, -0.0, 65504.0, 65520.0, -70000.0, 6e-8, 3e-8, 1e-10, np.inf, -np.inf],
+            # Halfway cases: ties must round to even.
+            np.float32(1.0) + np.float32(2.0**-11) * np.arange(8, dtype=np.float32),
+        ]
+    ).astype(np.float32)
     ref = x.astype(np.float16)
     ours = np.frombuffer(_core.quantize("F16", x.tobytes()), dtype="<f2")
     np.testing.assert_array_equal(ours.view(np.uint16), ref.view(np.uint16))

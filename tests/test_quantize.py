@@ -3,7 +3,6 @@ metadata copied, and every bad input a one-line error with nothing left behind."
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess
@@ -104,7 +103,9 @@ def test_requantize_refused_unless_allowed(src, tmp_path) -> None:
     assert r.exit_code == 0, r.output
     got = tensors(tmp_path / "q4.gguf")
     q = got["blk.0.attn_q.weight"][2]
-    deq = gguf.quants.dequantize(np.frombuffer(tensors(q8)["blk.0.attn_q.weight"][2], np.uint8).reshape(SHAPE.dim, -1), QT.Q8_0)
+    deq = gguf.quants.dequantize(
+        np.frombuffer(tensors(q8)["blk.0.attn_q.weight"][2], np.uint8).reshape(SHAPE.dim, -1), QT.Q8_0
+    )
     assert q == gguf.quants.quantize(deq.astype(np.float32), QT.Q4_0).tobytes()
 
 
@@ -160,7 +161,10 @@ def test_write_failure_leaves_nothing(src, tmp_path) -> None:
 
     p = subprocess.run(
         [sys.executable, "-m", "llama_rs_cli.app", "quantize", str(d / "m-f32.gguf"), str(out), "q8_0"],
-        preexec_fn=limit, capture_output=True, text=True, timeout=60,
+        preexec_fn=limit,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert p.returncode == 1, p.stderr
     lines = p.stderr.strip().splitlines()

@@ -35,15 +35,15 @@ def slow_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_server(slow_model: Path):
-    s = Server("-m", str(slow_model), "-w", "2", "-t", "1", "-c", "2048", "--queue", "1", "--api-key", "sekret",
-               key="sekret")
+    s = Server(
+        "-m", str(slow_model), "-w", "2", "-t", "1", "-c", "2048", "--queue", "1", "--api-key", "sekret", key="sekret"
+    )
     yield s
     s.stop()
 
 
-
-
 # -- the seed's API ---------------------------------------------------------------------------
+
 
 def test_seed_completion_schema_and_text(demo_server: Server) -> None:
     body = {"prompt": "Never trust a computer", "tokens": 30, "seed": 4}
@@ -52,16 +52,22 @@ def test_seed_completion_schema_and_text(demo_server: Server) -> None:
     out = r.json()
     assert set(out) == {"Prompt", "Text", "Tokens", "CompleteReason"}
     want = llama_rs.Model.demo(n_ctx=512).complete("Never trust a computer", max_tokens=30, seed=4)
-    assert out == {"Prompt": "Never trust a computer", "Text": want.text, "Tokens": want.tokens,
-                   "CompleteReason": want.finish_reason}
+    assert out == {
+        "Prompt": "Never trust a computer",
+        "Text": want.text,
+        "Tokens": want.tokens,
+        "CompleteReason": want.finish_reason,
+    }
     # No Content-Type (the seed's clients) works too, and stop strings end the text.
-    r = demo_server.post("/api/completion", json.dumps({**body, "stop": [want.text[5:8]]}),
-                         headers={"content-type": ""})
+    r = demo_server.post(
+        "/api/completion", json.dumps({**body, "stop": [want.text[5:8]]}), headers={"content-type": ""}
+    )
     assert r.status_code == 200 and r.json()["CompleteReason"] == "stop"
     assert r.json()["Text"] == want.text[: want.text.index(want.text[5:8])]
 
 
 # -- OpenAI compatibility through the official client -----------------------------------------
+
 
 def test_openai_client_completions(demo_server: Server) -> None:
     client = openai.OpenAI(base_url=demo_server.url + "/v1", api_key="unused")
@@ -72,7 +78,9 @@ def test_openai_client_completions(demo_server: Server) -> None:
     assert r.choices[0].text == want.text
     assert r.usage.prompt_tokens == 3 and r.usage.completion_tokens == want.tokens
     assert r.choices[0].finish_reason == ("length" if want.finish_reason == "length" else "stop")
-    pieces = list(client.completions.create(model="fortunes-1M", prompt="Q:", max_tokens=12, temperature=0, stream=True))
+    pieces = list(
+        client.completions.create(model="fortunes-1M", prompt="Q:", max_tokens=12, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].text for c in pieces) == want.text
     assert pieces[-1].choices[0].finish_reason in ("length", "stop")
 
@@ -84,8 +92,9 @@ def test_openai_client_chat(demo_server: Server) -> None:
     assert r.choices[0].message.role == "assistant"
     text = r.choices[0].message.content
     assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 10
-    stream = client.chat.completions.create(model="fortunes-1M", messages=msgs, max_tokens=20, temperature=0, seed=1,
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="fortunes-1M", messages=msgs, max_tokens=20, temperature=0, seed=1, stream=True
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
@@ -128,25 +137,29 @@ def test_two_workers_serve_two_requests_at_once(slow_server: Server) -> None:
 
 # -- bad input ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path,body,status,needle", [
-    ("/api/completion", b"{not json", 400, "not valid JSON"),
-    ("/api/completion", b"[1, 2]", 400, "JSON object"),
-    ("/api/completion", {"tokens": 5}, 400, "prompt"),
-    ("/api/completion", {"prompt": "x"}, 400, "tokens"),
-    ("/api/completion", {"prompt": 5, "tokens": 5}, 400, "prompt"),
-    ("/api/completion", {"prompt": "x", "tokens": "many"}, 400, "tokens"),
-    ("/api/completion", {"prompt": "x", "tokens": 0}, 400, "tokens"),
-    ("/api/completion", {"prompt": "x", "tokens": 100000}, 400, "beyond the context"),
-    ("/api/completion", {"prompt": "x", "tokens": 5, "top_p": 0}, 400, "top_p"),
-    ("/api/completion", {"prompt": "x", "tokens": 5, "top_p": 1.5}, 400, "top_p"),
-    ("/api/completion", {"prompt": "x", "tokens": 5, "temp": -1}, 400, "temp"),
-    ("/api/completion", {"prompt": "x", "tokens": 5, "top_k": -1}, 400, "top_k"),
-    ("/api/completion", {"prompt": "word " * 700, "tokens": 5}, 400, "longer than the context"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 5, "temperature": -2}, 400, "temperature"),
-    ("/v1/completions", {"prompt": "x", "n": 17}, 400, "n"),
-    ("/v1/chat/completions", {"messages": []}, 400, "messages"),
-    ("/api/completion", {"prompt": "x" * 30000, "tokens": 5}, 413, "larger than the limit"),
-])
+
+@pytest.mark.parametrize(
+    "path,body,status,needle",
+    [
+        ("/api/completion", b"{not json", 400, "not valid JSON"),
+        ("/api/completion", b"[1, 2]", 400, "JSON object"),
+        ("/api/completion", {"tokens": 5}, 400, "prompt"),
+        ("/api/completion", {"prompt": "x"}, 400, "tokens"),
+        ("/api/completion", {"prompt": 5, "tokens": 5}, 400, "prompt"),
+        ("/api/completion", {"prompt": "x", "tokens": "many"}, 400, "tokens"),
+        ("/api/completion", {"prompt": "x", "tokens": 0}, 400, "tokens"),
+        ("/api/completion", {"prompt": "x", "tokens": 100000}, 400, "beyond the context"),
+        ("/api/completion", {"prompt": "x", "tokens": 5, "top_p": 0}, 400, "top_p"),
+        ("/api/completion", {"prompt": "x", "tokens": 5, "top_p": 1.5}, 400, "top_p"),
+        ("/api/completion", {"prompt": "x", "tokens": 5, "temp": -1}, 400, "temp"),
+        ("/api/completion", {"prompt": "x", "tokens": 5, "top_k": -1}, 400, "top_k"),
+        ("/api/completion", {"prompt": "word " * 700, "tokens": 5}, 400, "longer than the context"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 5, "temperature": -2}, 400, "temperature"),
+        ("/v1/completions", {"prompt": "x", "n": 17}, 400, "n"),
+        ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+        ("/api/completion", {"prompt": "x" * 30000, "tokens": 5}, 413, "larger than the limit"),
+    ],
+)
 def test_bad_requests_get_json_errors(demo_server: Server, path: str, body, status: int, needle: str) -> None:
     r = demo_server.post(path, body)
     assert r.status_code == status, r.text
@@ -163,11 +176,15 @@ def test_unknown_route(demo_server: Server) -> None:
 
 # -- faults, with a slow model and an API key ------------------------------------------------------
 
+
 def test_api_key(slow_server: Server, demo_server: Server) -> None:
     r = httpx.post(slow_server.url + "/api/completion", json={"prompt": "t5", "tokens": 2})
     assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
-    r = httpx.post(slow_server.url + "/api/completion", json={"prompt": "t5", "tokens": 2},
-                   headers={"Authorization": "Bearer wrong"})
+    r = httpx.post(
+        slow_server.url + "/api/completion",
+        json={"prompt": "t5", "tokens": 2},
+        headers={"Authorization": "Bearer wrong"},
+    )
     assert r.status_code == 401
     assert slow_server.post("/api/completion", {"prompt": "t5", "tokens": 2}).status_code == 200
     assert httpx.get(slow_server.url + "/health").status_code == 200  # health stays open
@@ -179,12 +196,14 @@ def test_queue_full_is_503_and_disconnect_frees_the_worker(slow_server: Server) 
     streams = []
     for _ in range(2):
         c = httpx.Client(timeout=60, headers=slow_server.headers)
-        cm = c.stream("POST", slow_server.url + "/v1/completions",
-                      json={"prompt": "t5", "max_tokens": 2000, "stream": True, "repeat_penalty": 1.0,
-                            "temperature": 0})
+        cm = c.stream(
+            "POST",
+            slow_server.url + "/v1/completions",
+            json={"prompt": "t5", "max_tokens": 2000, "stream": True, "repeat_penalty": 1.0, "temperature": 0},
+        )
         r = cm.__enter__()
         lines = r.iter_lines()
-        assert next(l for l in lines if l.startswith("data:"))
+        assert next(line for line in lines if line.startswith("data:"))
         streams.append((c, cm, lines))  # keep the iterator: dropping it closes the stream
     assert busy_workers(slow_server) == 2
     waiting = threading.Thread(target=lambda: slow_server.post("/api/completion", {"prompt": "t5", "tokens": 3}))
@@ -221,8 +240,12 @@ def test_killed_worker_is_replaced(slow_server: Server) -> None:
     assert out["victim"].status_code == 502
     assert "worker" in out["victim"].json()["error"]["message"]
     assert out["other"].status_code == 200 and out["other"].json()["Tokens"] > 0
-    wait_until(lambda: slow_server.health()["workers"][busy["index"]]["restarts"] == 1
-               and slow_server.health()["workers"][busy["index"]]["alive"])
+    wait_until(
+        lambda: (
+            slow_server.health()["workers"][busy["index"]]["restarts"] == 1
+            and slow_server.health()["workers"][busy["index"]]["alive"]
+        )
+    )
     new_pid = slow_server.health()["workers"][busy["index"]]["pid"]
     assert new_pid != busy["pid"]
     for _ in range(3):  # every worker serves again
@@ -250,7 +273,11 @@ def test_shutdown_leaves_no_workers(sig: int) -> None:
 
 
 def test_serve_usage_errors() -> None:
-    r = subprocess.run([sys.executable, "-m", "llama_rs_cli.app", "serve", "-l", "nohost:port"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "serve", "-l", "nohost:port"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "HOST:PORT" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", "/no/model.gguf"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", "/no/model.gguf"], capture_output=True, text=True
+    )
     assert r.returncode == 1 and "no such model file" in r.stderr

@@ -35,24 +35,34 @@ def demo() -> llama_rs.Model:
 
 
 def test_max_completion_tokens(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
-                                       max_completion_tokens=7, temperature=0)
+    r = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=7, temperature=0
+    )
     assert r.usage.completion_tokens <= 7
-    r2 = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
-                                        max_completion_tokens=7, max_tokens=100, temperature=0)
+    r2 = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=7, max_tokens=100, temperature=0
+    )
     assert r2.usage.completion_tokens <= 7 and r2.choices[0].message.content == r.choices[0].message.content
 
 
 def test_content_parts_are_text(client: openai.OpenAI) -> None:
-    plain = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi there"}],
-                                           max_tokens=10, temperature=0)
+    plain = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi there"}], max_tokens=10, temperature=0
+    )
     parts = client.chat.completions.create(
-        model="m", max_tokens=10, temperature=0,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}])
+        model="m",
+        max_tokens=10,
+        temperature=0,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}],
+    )
     assert parts.choices[0].message.content == plain.choices[0].message.content
     with pytest.raises(openai.BadRequestError, match="image_url.*not supported"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])
+        client.chat.completions.create(
+            model="m",
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+            ],
+        )
 
 
 def test_prompt_list_and_n_with_derived_seeds(client: openai.OpenAI, demo: llama_rs.Model) -> None:
@@ -71,20 +81,32 @@ def test_prompt_list_and_n_with_derived_seeds(client: openai.OpenAI, demo: llama
 
 
 def test_n_streams_every_choice(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=3,
-                                                 max_tokens=6, seed=1, stream=True))
-    text = {i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
-            for i in range(3)}
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=3, max_tokens=6,
-                                       seed=1)
+    chunks = list(
+        client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], n=3, max_tokens=6, seed=1, stream=True
+        )
+    )
+    text = {
+        i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in range(3)
+    }
+    r = client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], n=3, max_tokens=6, seed=1
+    )
     assert text == {c.index: c.message.content for c in r.choices}
     finished = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
     assert sorted(finished) == [0, 1, 2]
 
 
 def test_chat_logprobs_are_the_models(client: openai.OpenAI, demo: llama_rs.Model, server: Server) -> None:
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
-                                       temperature=0, logprobs=True, top_logprobs=3)
+    r = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     # The same generation through the library, token by token.
@@ -94,7 +116,7 @@ def test_chat_logprobs_are_the_models(client: openai.OpenAI, demo: llama_rs.Mode
     want = gen.take_logprobs()
     assert r.choices[0].message.content == text
     assert [t.logprob for t in content] == pytest.approx([lp for _, lp, _ in want], abs=1e-6)
-    for got, (id, lp, top) in zip(content, want):
+    for got, (id, _, top) in zip(content, want):
         assert got.bytes == list(demo.token_bytes(id))
         assert [t.logprob for t in got.top_logprobs] == pytest.approx([x for _, x in top], abs=1e-6)
         assert [t.bytes for t in got.top_logprobs] == [list(demo.token_bytes(i)) for i, _ in top]
@@ -129,7 +151,11 @@ def test_completion_logprobs_and_echo(client: openai.OpenAI, demo: llama_rs.Mode
 
 def test_stop_penalties_and_bias(client: openai.OpenAI, demo: llama_rs.Model) -> None:
     kw = dict(max_tokens=30, temperature=0.9, seed=3)
-    for extra in [dict(presence_penalty=1.5), dict(frequency_penalty=-1.0), dict(presence_penalty=0.5, frequency_penalty=1.2)]:
+    for extra in [
+        dict(presence_penalty=1.5),
+        dict(frequency_penalty=-1.0),
+        dict(presence_penalty=0.5, frequency_penalty=1.2),
+    ]:
         r = client.completions.create(model="m", prompt="Q:", **kw, **extra)
         want = demo.complete("Q:", max_tokens=30, temp=0.9, seed=3, **SEED_DEFAULTS, **extra)
         assert r.choices[0].text == want.text, extra
@@ -143,31 +169,40 @@ def test_stop_penalties_and_bias(client: openai.OpenAI, demo: llama_rs.Model) ->
 
 
 def test_stream_include_usage(client: openai.OpenAI) -> None:
-    chunks = list(client.completions.create(model="m", prompt="Q:", max_tokens=5, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="m", prompt="Q:", max_tokens=5, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
     assert all(c.usage is None for c in chunks[:-1])
     plain = list(client.completions.create(model="m", prompt="Q:", max_tokens=5, stream=True))
     assert all(c.usage is None for c in plain)
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools: not supported"),
-    ({"tool_choice": "required"}, "tool_choice: not supported"),
-    ({"response_format": {"type": "json_object"}}, "response_format: not supported"),
-    ({"modalities": ["audio"]}, "modalities: not supported"),
-    ({"stream": "yes"}, "stream"),
-    ({"temperature": "0.5"}, "temperature"),
-    ({"frobnicate": 1}, "frobnicate"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
-    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}, "role: 'tool' messages are not supported"),
-    ({"n": 17}, "n"),
-    ({"presence_penalty": 3}, "presence_penalty"),
-    ({"logit_bias": {"abc": 1}}, "logit_bias"),
-    ({"logit_bias": {"999999": 1}}, "logit_bias"),
-    ({"seed": 2**64}, "seed"),
-    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools: not supported"),
+        ({"tool_choice": "required"}, "tool_choice: not supported"),
+        ({"response_format": {"type": "json_object"}}, "response_format: not supported"),
+        ({"modalities": ["audio"]}, "modalities: not supported"),
+        ({"stream": "yes"}, "stream"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "role"),
+        (
+            {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]},
+            "role: 'tool' messages are not supported",
+        ),
+        ({"n": 17}, "n"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"999999": 1}}, "logit_bias"),
+        ({"seed": 2**64}, "seed"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ],
+)
 def test_unsupported_or_bad_chat_fields_are_400(server: Server, extra: dict, needle: str) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, **extra}
     r = server.post("/v1/chat/completions", body)
@@ -175,16 +210,19 @@ def test_unsupported_or_bad_chat_fields_are_400(server: Server, extra: dict, nee
     assert needle in r.json()["error"]["message"], r.json()
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ({"suffix": "end"}, "suffix: not supported"),
-    ({"best_of": 3}, "best_of: not supported"),
-    ({"prompt": []}, "prompt"),
-    ({"prompt": [[]]}, "prompt"),
-    ({"prompt": [5, 10**6]}, "outside the vocab"),
-    ({"prompt": ["a"] * 9, "n": 2}, "more than 16 choices"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"logprobs": 21}, "logprobs"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ({"suffix": "end"}, "suffix: not supported"),
+        ({"best_of": 3}, "best_of: not supported"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": [5, 10**6]}, "outside the vocab"),
+        ({"prompt": ["a"] * 9, "n": 2}, "more than 16 choices"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"logprobs": 21}, "logprobs"),
+    ],
+)
 def test_bad_completion_fields_are_400(server: Server, extra: dict, needle: str) -> None:
     r = server.post("/v1/completions", {"prompt": "Q:", "max_tokens": 3, **extra})
     assert r.status_code == 400, r.text
@@ -193,20 +231,33 @@ def test_bad_completion_fields_are_400(server: Server, extra: dict, needle: str)
 
 def test_bearer_is_case_insensitive(server: Server) -> None:
     for scheme in ("bearer", "BEARER", "Bearer"):
-        r = httpx.post(server.url + "/api/completion", json={"prompt": "Q:", "tokens": 2},
-                       headers={"Authorization": f"{scheme} sekret"})
+        r = httpx.post(
+            server.url + "/api/completion",
+            json={"prompt": "Q:", "tokens": 2},
+            headers={"Authorization": f"{scheme} sekret"},
+        )
         assert r.status_code == 200, scheme
-    r = httpx.post(server.url + "/api/completion", json={"prompt": "Q:", "tokens": 2},
-                   headers={"Authorization": "Basic sekret"})
+    r = httpx.post(
+        server.url + "/api/completion", json={"prompt": "Q:", "tokens": 2}, headers={"Authorization": "Basic sekret"}
+    )
     assert r.status_code == 401
 
 
 def test_demo_chat_answers_simple_messages(client: openai.OpenAI) -> None:
     """A model without a chat template gets a transcript it continues (not [INST] markers a
     base model ends at once)."""
-    messages = ["Hello!", "Tell me a fortune.", "What is the meaning of life?", "Any advice for today?",
-                "Say something funny.", "Who are you?", "What should I eat?", "Tell me about computers.",
-                "Is it going to rain?", "Good night."]
+    messages = [
+        "Hello!",
+        "Tell me a fortune.",
+        "What is the meaning of life?",
+        "Any advice for today?",
+        "Say something funny.",
+        "Who are you?",
+        "What should I eat?",
+        "Tell me about computers.",
+        "Is it going to rain?",
+        "Good night.",
+    ]
     for i, m in enumerate(messages):
         r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": m}], max_tokens=40, seed=i)
         assert r.choices[0].message.content.strip(), m

@@ -15,8 +15,18 @@ from .perplexity import Perplexity, perplexity
 from .quantize import QuantizeSummary, quantize_file
 
 __all__ = [
-    "Model", "Completion", "Generation", "ModelError", "ParamError", "Tokenizer",
-    "GenerationConfig", "check_generation",
-    "file_info", "perplexity", "Perplexity", "quantize_file", "QuantizeSummary",
+    "Model",
+    "Completion",
+    "Generation",
+    "ModelError",
+    "ParamError",
+    "Tokenizer",
+    "GenerationConfig",
+    "check_generation",
+    "file_info",
+    "perplexity",
+    "Perplexity",
+    "quantize_file",
+    "QuantizeSummary",
 ]
 __version__ = "0.1.0"

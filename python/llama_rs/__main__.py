@@ -9,7 +9,9 @@ from . import Model, ModelError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llama_rs", description="Generate text with a GGUF LLaMA model (default: the demo model).")
+    p = argparse.ArgumentParser(
+        prog="python -m llama_rs", description="Generate text with a GGUF LLaMA model (default: the demo model)."
+    )
     p.add_argument("prompt", nargs="?", default="Never trust a computer", help="text to continue")
     p.add_argument("-m", "--model", help="a .gguf file (default: the fortunes-1M demo model in the wheel)")
     p.add_argument("-n", "--max-tokens", type=int, default=128)

@@ -82,7 +82,9 @@ class Model:
         self._engine = _core.Engine(Path(path), n_ctx, threads, seed, kv_type)
 
     @classmethod
-    def demo(cls, n_ctx: int = 256, n_threads: int | None = None, seed: int = -1, kv_type: Literal["f16", "f32"] = "f16") -> "Model":
+    def demo(
+        cls, n_ctx: int = 256, n_threads: int | None = None, seed: int = -1, kv_type: Literal["f16", "f32"] = "f16"
+    ) -> "Model":
         """The demo model shipped inside the wheel: fortunes-1M, a 1M-parameter LLaMA trained
         on Debian's fortune cookies."""
         path = resources.files("llama_rs") / "data" / DEMO_MODEL
@@ -184,8 +186,20 @@ class Model:
 
     # -- generation ----------------------------------------------------------------------
     def _start(
-        self, prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
-        presence_penalty, frequency_penalty, logit_bias, logprobs,
+        self,
+        prompt,
+        max_tokens,
+        top_k,
+        top_p,
+        temp,
+        repeat_penalty,
+        repeat_lastn,
+        seed,
+        stop,
+        presence_penalty,
+        frequency_penalty,
+        logit_bias,
+        logprobs,
     ) -> "Generation":
         # Values go to Rust unconverted: it checks them all (ParamError), even ones that
         # int()/float() would refuse or overflow on.
@@ -200,9 +214,19 @@ class Model:
             prompt = [int(t) for t in prompt]
         t0 = time.perf_counter()
         core = self._engine.start(
-            prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-            logit_bias=logit_bias, logprobs=logprobs,
+            prompt,
+            max_tokens,
+            top_k,
+            top_p,
+            temp,
+            repeat_penalty,
+            repeat_lastn,
+            seed,
+            stop,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias,
+            logprobs=logprobs,
         )
         return Generation(core, time.perf_counter() - t0)
 
@@ -243,8 +267,19 @@ class Model:
             ValueError: the prompt does not fit the context.
         """
         return self._start(
-            prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
-            presence_penalty, frequency_penalty, logit_bias, logprobs,
+            prompt,
+            max_tokens,
+            top_k,
+            top_p,
+            temp,
+            repeat_penalty,
+            repeat_lastn,
+            seed,
+            stop,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+            logprobs,
         )
 
     def complete(
@@ -267,12 +302,26 @@ class Model:
         (when `logprobs` is set) the tokens' log-probabilities. Ctrl+C interrupts it between
         tokens (KeyboardInterrupt)."""
         gen = self._start(
-            prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
-            presence_penalty, frequency_penalty, logit_bias, logprobs,
+            prompt,
+            max_tokens,
+            top_k,
+            top_p,
+            temp,
+            repeat_penalty,
+            repeat_lastn,
+            seed,
+            stop,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+            logprobs,
         )
         text = "".join(gen)
         return Completion(
-            text=text, tokens=gen.tokens, prompt_tokens=gen.prompt_tokens, finish_reason=gen.finish_reason,
+            text=text,
+            tokens=gen.tokens,
+            prompt_tokens=gen.prompt_tokens,
+            finish_reason=gen.finish_reason,
             logprobs=gen.take_logprobs() if logprobs is not None else None,
         )
 

@@ -49,10 +49,12 @@ def perplexity(
     if max_chunks is not None:
         n = min(n, max_chunks)
     if n < 1:
-        raise ValueError(f"the text is {len(tokens)} tokens, fewer than one chunk of {ctx}; use a longer text or a smaller ctx")
+        raise ValueError(
+            f"the text is {len(tokens)} tokens, fewer than one chunk of {ctx}; use a longer text or a smaller ctx"
+        )
     nll, scored, running = 0.0, 0, []
     for i in range(n):
-        s, c = model._engine.perplexity_chunk(tokens[i * ctx:(i + 1) * ctx])
+        s, c = model._engine.perplexity_chunk(tokens[i * ctx : (i + 1) * ctx])
         nll += s
         scored += c
         running.append(math.exp(nll / scored))

@@ -30,7 +30,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     set_debug(debug)
@@ -40,9 +42,13 @@ def _root(
 from . import bench, convert, info, perplexity, quantize, run, serve  # noqa: E402
 
 app.command("run", help="Chat with a model at an interactive prompt, or generate once with -p.")(run.run)
-app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(serve.serve)
+app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(
+    serve.serve
+)
 app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(convert.convert)
-app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32), streaming one tensor at a time.")(quantize.quantize)
+app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32), streaming one tensor at a time.")(
+    quantize.quantize
+)
 app.command("info", help="Show a model file's format, hyperparameters and tensors (GGUF or legacy).")(info.info)
 app.command("perplexity", help="Measure perplexity on a text file with llama.cpp's method.")(perplexity.perplexity)
 app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(bench.bench)
@@ -91,8 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if is_debug():
             raise
-        typer.echo(f"error: internal error: {type(e).__name__}: {describe(e)} (run with --debug for the traceback)",
-                   err=True)
+        typer.echo(
+            f"error: internal error: {type(e).__name__}: {describe(e)} (run with --debug for the traceback)", err=True
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

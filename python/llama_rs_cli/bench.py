@@ -20,7 +20,7 @@ def parse_threads(spec: str) -> list[int]:
     try:
         out = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{spec!r} is not a comma-separated list of numbers", param_hint="'-t'")
+        raise typer.BadParameter(f"{spec!r} is not a comma-separated list of numbers", param_hint="'-t'") from None
     if not out or any(t < 1 for t in out):
         raise typer.BadParameter("thread counts must be >= 1", param_hint="'-t'")
     return out
@@ -42,7 +42,9 @@ def run_once(m: llama_rs.Model, prompt: list[int], n_gen: int) -> tuple[float, f
 
 def bench(
     ctx: typer.Context,
-    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the demo model.", show_default=False),
+    model: Optional[Path] = typer.Option(
+        None, "-m", "--model", help="GGUF model file. Default: the demo model.", show_default=False
+    ),
     n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=0, help="Prompt tokens, evaluated as one batch (pp)."),
     n_gen: int = typer.Option(128, "-n", "--n-gen", min=0, help="Tokens generated one at a time (tg)."),
     threads: str = typer.Option("1,2", "-t", "--threads", help="Comma-separated thread counts, one row each."),
@@ -57,7 +59,11 @@ def bench(
     with errors_as_messages():
         n_ctx = n_prompt + n_gen + 1
         for t in counts:
-            m = llama_rs.Model.demo(n_ctx=n_ctx, n_threads=t) if model is None else llama_rs.Model(model, n_ctx=n_ctx, n_threads=t)
+            m = (
+                llama_rs.Model.demo(n_ctx=n_ctx, n_threads=t)
+                if model is None
+                else llama_rs.Model(model, n_ctx=n_ctx, n_threads=t)
+            )
             if not rows and given(ctx, "n_prompt", "n_gen"):  # once, not per thread count
                 warn_if_beyond_training(m, n_ctx)
             rng = np.random.default_rng(0)
@@ -70,8 +76,14 @@ def bench(
                     pp.append(n_prompt / t_pp)
                 if n_gen:
                     tg.append(n_gen / t_tg)
-            row = {"model": str(m.path.name), "type": m._engine.file_type, "threads": t, "n_prompt": n_prompt,
-                   "n_gen": n_gen, "repetitions": reps}
+            row = {
+                "model": str(m.path.name),
+                "type": m._engine.file_type,
+                "threads": t,
+                "n_prompt": n_prompt,
+                "n_gen": n_gen,
+                "repetitions": reps,
+            }
             for name, vals in (("pp", pp), ("tg", tg)):
                 if vals:
                     row[f"{name}_tokens_per_second"] = round(statistics.mean(vals), 2)
@@ -82,7 +94,9 @@ def bench(
                     typer.echo(f"{'model':<28} {'type':<6} {'threads':>7} {'test':>8} {'tokens/s':>18}")
                 for name, n in (("pp", n_prompt), ("tg", n_gen)):
                     if f"{name}_tokens_per_second" in row:
-                        typer.echo(f"{row['model'][:28]:<28} {row['type']:<6} {t:>7} {name + str(n):>8} "
-                                   f"{row[name + '_tokens_per_second']:>10.2f} ± {row[name + '_stdev']:<6.2f}")
+                        typer.echo(
+                            f"{row['model'][:28]:<28} {row['type']:<6} {t:>7} {name + str(n):>8} "
+                            f"{row[name + '_tokens_per_second']:>10.2f} ± {row[name + '_stdev']:<6.2f}"
+                        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

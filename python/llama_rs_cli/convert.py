@@ -25,19 +25,33 @@ _SEED_FTYPE = {0: "f32", 1: "f16"}
 
 def convert(
     src: Path = typer.Argument(
-        ..., metavar="SRC", help="Checkpoint: a Meta folder (params.json, consolidated.NN.pth), a Hugging Face folder "
-        "(config.json, *.safetensors or pytorch_model*.bin) or a llama2.c .bin file.", show_default=False,
-    ),
-    ftype: Optional[int] = typer.Argument(
-        None, metavar="[FTYPE]", help="The seed's form `convert models/7B/ 1`: 1 = f16, 0 = f32.", show_default=False,
-    ),
-    output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="GGUF file to write (default: SRC/ggml-model-OUTTYPE.gguf, or NAME-OUTTYPE.gguf beside a file).",
+        ...,
+        metavar="SRC",
+        help="Checkpoint: a Meta folder (params.json, consolidated.NN.pth), a Hugging Face folder "
+        "(config.json, *.safetensors or pytorch_model*.bin) or a llama2.c .bin file.",
         show_default=False,
     ),
-    outtype: Optional[OutType] = typer.Option(None, "--outtype", help="Matrix type: f16 (default) or f32; norms stay f32.", show_default=False),
+    ftype: Optional[int] = typer.Argument(
+        None,
+        metavar="[FTYPE]",
+        help="The seed's form `convert models/7B/ 1`: 1 = f16, 0 = f32.",
+        show_default=False,
+    ),
+    output: Optional[Path] = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="GGUF file to write (default: SRC/ggml-model-OUTTYPE.gguf, or NAME-OUTTYPE.gguf beside a file).",
+        show_default=False,
+    ),
+    outtype: Optional[OutType] = typer.Option(
+        None, "--outtype", help="Matrix type: f16 (default) or f32; norms stay f32.", show_default=False
+    ),
     vocab: Optional[Path] = typer.Option(
-        None, "--vocab", "--tokenizer", help="SentencePiece tokenizer.model (default: beside the checkpoint; required for llama2.c).",
+        None,
+        "--vocab",
+        "--tokenizer",
+        help="SentencePiece tokenizer.model (default: beside the checkpoint; required for llama2.c).",
         show_default=False,
     ),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite OUTPUT if it exists."),
@@ -48,7 +62,9 @@ def convert(
         if ftype not in _SEED_FTYPE:
             raise typer.BadParameter(f"must be 0 (f32) or 1 (f16), not {ftype}", param_hint="FTYPE")
         if chosen is not None and chosen != _SEED_FTYPE[ftype]:
-            raise typer.BadParameter(f"{ftype} ({_SEED_FTYPE[ftype]}) contradicts --outtype {chosen}", param_hint="FTYPE")
+            raise typer.BadParameter(
+                f"{ftype} ({_SEED_FTYPE[ftype]}) contradicts --outtype {chosen}", param_hint="FTYPE"
+            )
         chosen = _SEED_FTYPE[ftype]
     chosen = chosen or "f16"
 

@@ -22,7 +22,9 @@ def _jsonable(v):
 
 
 def info(
-    file: Path = typer.Argument(..., help="A model file: GGUF, or legacy ggml/ggmf/ggjt (parts found beside it).", show_default=False),
+    file: Path = typer.Argument(
+        ..., help="A model file: GGUF, or legacy ggml/ggmf/ggjt (parts found beside it).", show_default=False
+    ),
     tensors: bool = typer.Option(False, "--tensors", "-t", help="List every tensor: name, type, shape, offset."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts) instead of text."),
 ) -> None:
@@ -55,7 +57,10 @@ def info(
         typer.echo(json.dumps(out, indent=1))
         return
     version = "unversioned" if d["format"] == "ggml" else f"v{d['version']}"
-    typer.echo(f"{file}: {d['format']} {version}, {d['size']:,} bytes" + (f" in {len(d['paths'])} parts" if len(d["paths"]) > 1 else ""))
+    typer.echo(
+        f"{file}: {d['format']} {version}, {d['size']:,} bytes"
+        + (f" in {len(d['paths'])} parts" if len(d["paths"]) > 1 else "")
+    )
     for k, v in d["hparams"].items():
         typer.echo(f"  {k:34} {v:g}" if isinstance(v, float) else f"  {k:34} {v}")
     typer.echo(f"  {'vocab size':34} {d['n_vocab']}")

@@ -21,9 +21,19 @@ def perplexity(
     model: Path = typer.Option(..., "--model", "-m", help="The model file (GGUF or legacy).", show_default=False),
     file: Path = typer.Option(..., "--file", "-f", help="The text file to measure on (UTF-8).", show_default=False),
     # min=8: llama_rs.perplexity's smallest chunk, checked here so that it is a usage error.
-    ctx: int = typer.Option(256, "--ctx-size", "-c", min=8, help="Tokens per chunk (llama.cpp's -c); the second half of each chunk is scored."),
-    chunks: Optional[int] = typer.Option(None, "--chunks", min=1, help="Score at most this many chunks. (default: all)", show_default=False),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Worker threads. (default: the CPUs available)", show_default=False),
+    ctx: int = typer.Option(
+        256,
+        "--ctx-size",
+        "-c",
+        min=8,
+        help="Tokens per chunk (llama.cpp's -c); the second half of each chunk is scored.",
+    ),
+    chunks: Optional[int] = typer.Option(
+        None, "--chunks", min=1, help="Score at most this many chunks. (default: all)", show_default=False
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", "-t", min=1, help="Worker threads. (default: the CPUs available)", show_default=False
+    ),
     kv_type: KvType = typer.Option(KvType.f16, "--kv-type", help="KV cache type: f16 (as llama.cpp) or f32."),
 ) -> None:
     """Perplexity of a model on a text, with llama.cpp's method (numbers compare with llama-perplexity's)."""
@@ -42,7 +52,13 @@ def perplexity(
         if interactive_output():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            ) as bar:
                 task = bar.add_task("perplexity", total=None)
 
                 def progress(done: int, total: int, ppl: float) -> None:
@@ -51,4 +67,6 @@ def perplexity(
                 r = llama_rs.perplexity(m, text, ctx, max_chunks=chunks, progress=progress)
         else:
             r = llama_rs.perplexity(m, text, ctx, max_chunks=chunks)
-    typer.echo(f"{model}: perplexity {r.value:.4f} over {r.chunks} chunks of {r.ctx} tokens ({r.scored} tokens scored of {r.tokens})")
+    typer.echo(
+        f"{model}: perplexity {r.value:.4f} over {r.chunks} chunks of {r.ctx} tokens ({r.scored} tokens scored of {r.tokens})"
+    )

@@ -13,9 +13,18 @@ from typing import Optional
 import typer
 
 import llama_rs
+from llama_rs.generation import DEFAULTS
 
-from .common import (check_generation_options, errors_as_messages, fail, given, missing_model_hint, one_line,
-                     physical_cores, warn_if_beyond_training)
+from .common import (
+    check_generation_options,
+    errors_as_messages,
+    fail,
+    given,
+    missing_model_hint,
+    one_line,
+    physical_cores,
+    warn_if_beyond_training,
+)
 
 HELP = """\
 Type a prompt; an empty line sends it (the prompt can span several lines).
@@ -31,19 +40,23 @@ Ctrl+C while text is being generated stops it and returns to the prompt."""
 class Params:
     """The interactive prompt's parameters; the engine owns their ranges (check_generation)."""
 
-    tokens: int = 128
-    temp: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
-    repeat_penalty: float = 1.3
-    repeat_lastn: int = 64
-    seed: int = -1
+    tokens: int = DEFAULTS.max_tokens
+    temp: float = DEFAULTS.temp
+    top_k: int = DEFAULTS.top_k
+    top_p: float = DEFAULTS.top_p
+    repeat_penalty: float = DEFAULTS.repeat_penalty
+    repeat_lastn: int = DEFAULTS.repeat_lastn
+    seed: int = -1  # DEFAULTS.seed (None): the model's seed, which -s sets; -1 is random
 
     def kwargs(self) -> dict:
         """The engine's generation arguments (`Model.generate`, `llama_rs.check_generation`)."""
         return dict(
-            max_tokens=self.tokens, temp=self.temp, top_k=self.top_k, top_p=self.top_p,
-            repeat_penalty=self.repeat_penalty, repeat_lastn=self.repeat_lastn,
+            max_tokens=self.tokens,
+            temp=self.temp,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repeat_penalty=self.repeat_penalty,
+            repeat_lastn=self.repeat_lastn,
             seed=None if self.seed < 0 else self.seed,
         )
 
@@ -80,15 +93,22 @@ class Params:
 # The engine's parameter names (ParamError.param) as the prompt's keys and as run's options.
 ENGINE_TO_KEY = {"max_tokens": "tokens"}
 OPTIONS = {
-    "max_tokens": "'-n' / '--tokens'", "temp": "'--temp'", "top_k": "'--top-k'", "top_p": "'--top-p'",
-    "repeat_penalty": "'--repeat-penalty'", "repeat_lastn": "'--repeat-last-n'", "seed": "'-s' / '--seed'",
+    "max_tokens": "'-n' / '--tokens'",
+    "temp": "'--temp'",
+    "top_k": "'--top-k'",
+    "top_p": "'--top-p'",
+    "repeat_penalty": "'--repeat-penalty'",
+    "repeat_lastn": "'--repeat-last-n'",
+    "seed": "'-s' / '--seed'",
 }
 
 
 def is_param_line(line: str) -> bool:
     parts = line.split()
-    return bool(parts) and all("=" in p and not p.startswith("=") and " " not in p for p in parts) and all(
-        p.split("=", 1)[0].replace("_", "").isalnum() for p in parts
+    return (
+        bool(parts)
+        and all("=" in p and not p.startswith("=") and " " not in p for p in parts)
+        and all(p.split("=", 1)[0].replace("_", "").isalnum() for p in parts)
     )
 
 
@@ -197,22 +217,49 @@ def interactive(model: llama_rs.Model, params: Params) -> None:
 
 def run(
     ctx: typer.Context,
-    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the small demo model shipped with llama-rs.", show_default=False),
-    prompt: Optional[str] = typer.Option(None, "-p", "--prompt", help="Generate once for this prompt, print, and exit (no interactive prompt)."),
-    ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size in tokens (prompt + generated text)."),
+    model: Optional[Path] = typer.Option(
+        None,
+        "-m",
+        "--model",
+        help="GGUF model file. Default: the small demo model shipped with llama-rs.",
+        show_default=False,
+    ),
+    prompt: Optional[str] = typer.Option(
+        None, "-p", "--prompt", help="Generate once for this prompt, print, and exit (no interactive prompt)."
+    ),
+    ctx_size: int = typer.Option(
+        512, "-c", "--ctx-size", min=1, help="Context size in tokens (prompt + generated text)."
+    ),
     seed: int = typer.Option(-1, "-s", "--seed", help="Sampling seed; -1 picks a random one each time."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Threads. Default: the number of physical cores.", show_default=False),
-    tokens: int = typer.Option(128, "-n", "--tokens", help="Maximum tokens to generate per prompt."),
-    top_k: int = typer.Option(40, "--top-k", help="Sample from the k most likely tokens (0 = all)."),
-    top_p: float = typer.Option(0.9, "--top-p", help="Sample from the smallest set of tokens whose probability reaches p, in (0, 1]."),
-    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = always the most likely token (greedy)."),
-    repeat_penalty: float = typer.Option(1.3, "--repeat-penalty", help="Penalty for repeating recent tokens (1 = none)."),
-    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="How many recent tokens the repeat penalty looks at."),
-    as_json: bool = typer.Option(False, "--json", help="One-shot mode: print {prompt, text, tokens, finish_reason, timings} as JSON."),
+    threads: Optional[int] = typer.Option(
+        None, "-t", "--threads", min=1, help="Threads. Default: the number of physical cores.", show_default=False
+    ),
+    tokens: int = typer.Option(DEFAULTS.max_tokens, "-n", "--tokens", help="Maximum tokens to generate per prompt."),
+    top_k: int = typer.Option(DEFAULTS.top_k, "--top-k", help="Sample from the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(
+        DEFAULTS.top_p, "--top-p", help="Sample from the smallest set of tokens whose probability reaches p, in (0, 1]."
+    ),
+    temp: float = typer.Option(DEFAULTS.temp, "--temp", help="Temperature; 0 = always the most likely token (greedy)."),
+    repeat_penalty: float = typer.Option(
+        DEFAULTS.repeat_penalty, "--repeat-penalty", help="Penalty for repeating recent tokens (1 = none)."
+    ),
+    repeat_last_n: int = typer.Option(
+        DEFAULTS.repeat_lastn, "--repeat-last-n", help="How many recent tokens the repeat penalty looks at."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One-shot mode: print {prompt, text, tokens, finish_reason, timings} as JSON."
+    ),
 ) -> None:
     """Chat with a model at an interactive prompt, or generate once with -p (or stdin)."""
-    params = Params(tokens=tokens, temp=temp, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty,
-                    repeat_lastn=repeat_last_n, seed=seed)
+    params = Params(
+        tokens=tokens,
+        temp=temp,
+        top_k=top_k,
+        top_p=top_p,
+        repeat_penalty=repeat_penalty,
+        repeat_lastn=repeat_last_n,
+        seed=seed,
+    )
     # Before reading stdin or loading the model: a bad value is a usage error (exit 2).
     check_generation_options(params.kwargs(), OPTIONS)
     if prompt is None and not sys.stdin.isatty():
@@ -254,22 +301,31 @@ def one_shot(m: llama_rs.Model, prompt: str, params: Params, as_json: bool, load
     except KeyboardInterrupt:
         if not as_json:
             print()
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if as_json:
-        print(json.dumps({
-            "prompt": prompt,
-            "text": "".join(parts),
-            "tokens": gen.tokens,
-            "finish_reason": gen.finish_reason,
-            "timings": {
-                "load_seconds": round(load_s, 4),
-                "prompt_tokens": gen.prompt_tokens,
-                "prompt_seconds": round(gen.prompt_seconds, 4),
-                "generated_seconds": round(gen.gen_seconds, 4),
-                "prompt_tokens_per_second": round(gen.prompt_tokens / gen.prompt_seconds, 2) if gen.prompt_seconds else None,
-                "generated_tokens_per_second": round(gen.tokens / gen.gen_seconds, 2) if gen.gen_seconds else None,
-            },
-        }, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "prompt": prompt,
+                    "text": "".join(parts),
+                    "tokens": gen.tokens,
+                    "finish_reason": gen.finish_reason,
+                    "timings": {
+                        "load_seconds": round(load_s, 4),
+                        "prompt_tokens": gen.prompt_tokens,
+                        "prompt_seconds": round(gen.prompt_seconds, 4),
+                        "generated_seconds": round(gen.gen_seconds, 4),
+                        "prompt_tokens_per_second": round(gen.prompt_tokens / gen.prompt_seconds, 2)
+                        if gen.prompt_seconds
+                        else None,
+                        "generated_tokens_per_second": round(gen.tokens / gen.gen_seconds, 2)
+                        if gen.gen_seconds
+                        else None,
+                    },
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
         print()
         if sys.stderr.isatty():

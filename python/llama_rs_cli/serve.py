@@ -7,8 +7,15 @@ from typing import Optional
 
 import typer
 
-from .common import (CliError, errors_as_messages, fail, given, missing_model_hint, physical_cores,
-                     warn_if_beyond_training)
+from .common import (
+    CliError,
+    errors_as_messages,
+    fail,
+    given,
+    missing_model_hint,
+    physical_cores,
+    warn_if_beyond_training,
+)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -22,17 +29,47 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def serve(
     ctx: typer.Context,
-    model: Optional[Path] = typer.Option(None, "-m", "--model", help="GGUF model file. Default: the demo model shipped with llama-rs.", show_default=False),
-    workers: int = typer.Option(1, "-w", "--workers", min=1, max=64, help="Worker processes; each answers one request at a time."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Threads per worker. Default: physical cores / workers.", show_default=False),
+    model: Optional[Path] = typer.Option(
+        None,
+        "-m",
+        "--model",
+        help="GGUF model file. Default: the demo model shipped with llama-rs.",
+        show_default=False,
+    ),
+    workers: int = typer.Option(
+        1, "-w", "--workers", min=1, max=64, help="Worker processes; each answers one request at a time."
+    ),
+    threads: Optional[int] = typer.Option(
+        None,
+        "-t",
+        "--threads",
+        min=1,
+        help="Threads per worker. Default: physical cores / workers.",
+        show_default=False,
+    ),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size of each worker, in tokens."),
     listen: str = typer.Option("127.0.0.1:4000", "-l", "--listen", help="Address to listen on, HOST:PORT."),
     queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a free worker; beyond this: 503."),
     max_body: int = typer.Option(1 << 20, "--max-body", min=1, help="Largest request body in bytes; beyond this: 413."),
-    timeout: float = typer.Option(600.0, "--timeout", min=0.1, help="Seconds a request may hold a worker; then it gets a 504 and the worker is reclaimed."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMA_RS_API_KEY", help="Require 'Authorization: Bearer KEY' on API routes (also $LLAMA_RS_API_KEY).", show_default=False),
-    grace: float = typer.Option(10.0, "--grace", min=0.0, help="Seconds in-flight requests get to finish on Ctrl+C / SIGTERM."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No access log (one line per request on stderr); warnings and errors still show."),
+    timeout: float = typer.Option(
+        600.0,
+        "--timeout",
+        min=0.1,
+        help="Seconds a request may hold a worker; then it gets a 504 and the worker is reclaimed.",
+    ),
+    api_key: Optional[str] = typer.Option(
+        None,
+        "--api-key",
+        envvar="LLAMA_RS_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on API routes (also $LLAMA_RS_API_KEY).",
+        show_default=False,
+    ),
+    grace: float = typer.Option(
+        10.0, "--grace", min=0.0, help="Seconds in-flight requests get to finish on Ctrl+C / SIGTERM."
+    ),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="No access log (one line per request on stderr); warnings and errors still show."
+    ),
 ) -> None:
     """Serve the model over HTTP: the seed's POST /api/completion, OpenAI-compatible
     /v1/completions and /v1/chat/completions, /health, a web page at / and the API docs at /docs."""
@@ -46,7 +83,9 @@ def serve(
         from llama_rs.server.front import ServerConfig, create_app
 
         # Load once here so a bad file is one clear error before any worker starts.
-        probe = llama_rs.Model.demo(n_ctx=8, n_threads=1) if model is None else llama_rs.Model(model, n_ctx=8, n_threads=1)
+        probe = (
+            llama_rs.Model.demo(n_ctx=8, n_threads=1) if model is None else llama_rs.Model(model, n_ctx=8, n_threads=1)
+        )
         meta = probe.metadata
         name = str(meta.get("general.name") or probe.path.stem)
         template = meta.get("tokenizer.chat_template")
@@ -55,15 +94,34 @@ def serve(
         n_vocab = probe.n_vocab
         del probe
         per_worker = threads or max(1, physical_cores() // workers)
-        cfg = ServerConfig(model=model, model_name=name, n_vocab=n_vocab, workers=workers, threads=per_worker,
-                           n_ctx=ctx_size, queue_limit=queue, max_body=max_body, api_key=api_key,
-                           chat_template=template if isinstance(template, str) else None, timeout=timeout)
+        cfg = ServerConfig(
+            model=model,
+            model_name=name,
+            n_vocab=n_vocab,
+            workers=workers,
+            threads=per_worker,
+            n_ctx=ctx_size,
+            queue_limit=queue,
+            max_body=max_body,
+            api_key=api_key,
+            chat_template=template if isinstance(template, str) else None,
+            timeout=timeout,
+        )
         setup_logging(quiet)
         port_free(host, port)
-        typer.echo(f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), context {ctx_size}, "
-                   f"http://{host}:{port}/", err=True)
-        uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=grace)
+        typer.echo(
+            f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), context {ctx_size}, "
+            f"http://{host}:{port}/",
+            err=True,
+        )
+        uvicorn.run(
+            create_app(cfg),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=grace,
+        )
 
 
 def setup_logging(quiet: bool) -> None:

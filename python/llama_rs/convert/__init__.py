@@ -42,9 +42,7 @@ def require_dependencies() -> None:
         except ImportError:
             missing.append(dist)
     if missing:
-        raise MissingDependency(
-            f"llama-rs convert needs {', '.join(missing)}, not installed: {INSTALL_HINT}"
-        )
+        raise MissingDependency(f"llama-rs convert needs {', '.join(missing)}, not installed: {INSTALL_HINT}")
 
 
 def detect(src: Path) -> str:
@@ -62,7 +60,11 @@ def detect(src: Path) -> str:
             f"{src}: no checkpoint found (expected params.json + consolidated.NN.pth, or config.json + "
             f"*.safetensors / pytorch_model*.bin)"
         )
-    if src.name.startswith("consolidated.") or src.name.endswith(".safetensors") or src.name.startswith("pytorch_model"):
+    if (
+        src.name.startswith("consolidated.")
+        or src.name.endswith(".safetensors")
+        or src.name.startswith("pytorch_model")
+    ):
         raise ConvertError(f"{src}: pass the folder that holds it ({src.parent}), not the file")
     with open(src, "rb") as f:
         magic = f.read(4)

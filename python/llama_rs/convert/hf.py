@@ -43,9 +43,7 @@ _SHARD_RE = re.compile(r"^(model|pytorch_model)-(\d+)-of-(\d+)\.(safetensors|bin
 
 def is_hf(src: Path) -> bool:
     return src.is_dir() and (
-        (src / "config.json").exists()
-        or any(src.glob("*.safetensors"))
-        or any(src.glob("pytorch_model*.bin"))
+        (src / "config.json").exists() or any(src.glob("*.safetensors")) or any(src.glob("pytorch_model*.bin"))
     )
 
 
@@ -107,7 +105,9 @@ def weight_files(src: Path) -> tuple[list[Path], Optional[dict[str, str]], Path]
             for f in files:
                 m = _SHARD_RE.match(f)
                 if m and int(m.group(3)) != len(files):
-                    raise ConvertError(f"{src / f}: shard of {int(m.group(3))} but {index.name} lists {len(files)} files")
+                    raise ConvertError(
+                        f"{src / f}: shard of {int(m.group(3))} but {index.name} lists {len(files)} files"
+                    )
             return [src / f for f in files], wm, index
         if mine:
             raise ConvertError(f"{index}: missing (needed for the shards {mine[0].name} ...)")
@@ -126,7 +126,9 @@ class _Safetensors:
             self.names = list(self.f.keys())
             self.shapes = {n: tuple(self.f.get_slice(n).get_shape()) for n in self.names}
         except Exception as e:
-            raise ConvertError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise ConvertError(
+                f"{path}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
 
     def get(self, name: str) -> np.ndarray:
         from ._torch import to_numpy
@@ -166,13 +168,17 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
 
     dim, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
     n_head_kv = cfg.get("num_key_value_heads") or n_head
-    head_dim = cfg.get("head_dim") or (dim // n_head if isinstance(dim, int) and isinstance(n_head, int) and n_head else 0)
+    head_dim = cfg.get("head_dim") or (
+        dim // n_head if isinstance(dim, int) and isinstance(n_head, int) and n_head else 0
+    )
     if isinstance(dim, int) and isinstance(n_head, int) and n_head and head_dim * n_head != dim:
         raise ConvertError(f"{cfg_path}: head_dim {head_dim} * {n_head} heads != hidden_size {dim} (not supported)")
     rope = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
     if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
-        raise ConvertError(f"{cfg_path}: rope scaling {scaling.get('rope_type') or scaling.get('type')!r} is not supported")
+        raise ConvertError(
+            f"{cfg_path}: rope scaling {scaling.get('rope_type') or scaling.get('type')!r} is not supported"
+        )
     theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ConvertError(f"{cfg_path}: attention or MLP biases are not supported")
@@ -217,14 +223,18 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     if cfg.get("vocab_size") != next((t.shape[0] for t in tensors if t.name == "token_embd.weight"), None):
         emb = next((t for t in tensors if t.name == "token_embd.weight"), None)
         if emb is not None:
-            raise ConvertError(f"{cfg_path}: vocab_size {cfg.get('vocab_size')} but the embedding in {emb.source} has {emb.shape[0]} rows")
+            raise ConvertError(
+                f"{cfg_path}: vocab_size {cfg.get('vocab_size')} but the embedding in {emb.source} has {emb.shape[0]} rows"
+            )
     # Write shard by shard (so one shard's mapping is live at a time), in LLaMA order within.
     rank = {n: i for i, n in enumerate(canonical_order([t.name for t in tensors]))}
     shard = {f: i for i, f in enumerate(files)}
     tensors.sort(key=lambda t: (shard[t.source], rank[t.name]))
     for t in tensors:
         if t.name == "blk.0.attn_q.weight" and len(t.shape) == 2 and t.shape[0] % (2 * n_head):
-            raise ConvertError(f"{t.source}: tensor {t.name} has shape {list(t.shape)}, not divisible into {n_head} heads")
+            raise ConvertError(
+                f"{t.source}: tensor {t.name} has shape {list(t.shape)}, not divisible into {n_head} heads"
+            )
 
     def close() -> None:
         for r in readers.values():
@@ -234,7 +244,9 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     return Plan(h, vocab, tensors, list(files) + [listing, cfg_path, vocab.path], cfg_path, close)
 
 
-def _loader(readers: dict, f: Path, name: str, heads: Optional[int], remaining: dict[Path, int]) -> Callable[[], np.ndarray]:
+def _loader(
+    readers: dict, f: Path, name: str, heads: Optional[int], remaining: dict[Path, int]
+) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         r = readers[f]
         a = r.get(name)

@@ -31,19 +31,28 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     if len(head) < 4:
         raise ConvertError(f"{src}: too short to be a llama2.c checkpoint ({size} bytes)")
     if struct.unpack("<I", head[:4])[0] == MAGIC_V1:
-        raise ConvertError(f"{src}: llama2.c export version >= 1 is not supported (export with --version 0, the legacy format)")
+        raise ConvertError(
+            f"{src}: llama2.c export version >= 1 is not supported (export with --version 0, the legacy format)"
+        )
     if len(head) < HEADER.size:
         raise ConvertError(f"{src}: too short to be a llama2.c checkpoint ({size} bytes)")
     dim, hidden, n_layer, n_head, n_kv, vocab_size, seq_len = HEADER.unpack(head)
     shared = vocab_size > 0
     n_vocab = abs(vocab_size)
-    if min(dim, hidden, n_layer, n_head, n_kv, n_vocab, seq_len) < 1 or dim % n_head or n_head % n_kv or (dim // n_head) % 2:
+    if (
+        min(dim, hidden, n_layer, n_head, n_kv, n_vocab, seq_len) < 1
+        or dim % n_head
+        or n_head % n_kv
+        or (dim // n_head) % 2
+    ):
         raise ConvertError(
             f"{src}: not a llama2.c checkpoint (header dim={dim} hidden_dim={hidden} n_layers={n_layer} "
             f"n_heads={n_head} n_kv_heads={n_kv} vocab_size={vocab_size} seq_len={seq_len})"
         )
     if vocab_path is None:
-        raise ConvertError(f"{src}: a llama2.c checkpoint carries no SentencePiece vocab: pass its tokenizer.model with --vocab")
+        raise ConvertError(
+            f"{src}: a llama2.c checkpoint carries no SentencePiece vocab: pass its tokenizer.model with --vocab"
+        )
     head_dim = dim // n_head
     kv = head_dim * n_kv
 
@@ -80,8 +89,15 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
             f"({'shared' if shared else 'separate'} classifier) has {offset} bytes: truncated or not llama2.c"
         )
     h = Hparams(
-        name=src.stem, context_length=seq_len, dim=dim, n_layer=n_layer, n_head=n_head, n_head_kv=n_kv,
-        ffn=hidden, eps=1e-5, rope_base=10000.0,
+        name=src.stem,
+        context_length=seq_len,
+        dim=dim,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_head_kv=n_kv,
+        ffn=hidden,
+        eps=1e-5,
+        rope_base=10000.0,
     )
     vocab = load_vocab(vocab_path)
     by_name = {t.name: t for t in tensors}

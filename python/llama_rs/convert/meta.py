@@ -66,7 +66,9 @@ def find_parts(src: Path) -> list[Path]:
         raise ConvertError(f"{src}: no consolidated.00.pth (Meta layout)")
     for i in range(max(found) + 1):
         if i not in found:
-            raise ConvertError(f"{src / f'consolidated.{i:02d}.pth'}: missing (parts found: {', '.join(sorted(p.name for p in found.values()))})")
+            raise ConvertError(
+                f"{src / f'consolidated.{i:02d}.pth'}: missing (parts found: {', '.join(sorted(p.name for p in found.values()))})"
+            )
     return [found[i] for i in range(len(found))]
 
 
@@ -140,7 +142,9 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     emb = by_name.get("token_embd.weight")
     gate = by_name.get("blk.0.ffn_gate.weight")
     if emb is None or gate is None:
-        raise ConvertError(f"{parts[0]}: not a LLaMA checkpoint (no {'tok_embeddings' if emb is None else 'layers.0.feed_forward.w1'})")
+        raise ConvertError(
+            f"{parts[0]}: not a LLaMA checkpoint (no {'tok_embeddings' if emb is None else 'layers.0.feed_forward.w1'})"
+        )
     if emb.shape[-1] != params["dim"]:
         raise ConvertError(
             f"{parts[0]}: {len(parts)} part(s) give tok_embeddings.weight {emb.shape[-1]} columns but "

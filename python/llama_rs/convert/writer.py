@@ -85,9 +85,15 @@ def expected_shapes(h: Hparams, n_vocab: int, with_output: bool) -> dict[str, tu
     kv = h.head_dim * h.n_head_kv
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, h.dim)}
     per_layer = {
-        "attn_norm": (h.dim,), "attn_q": (h.dim, h.dim), "attn_k": (kv, h.dim), "attn_v": (kv, h.dim),
-        "attn_output": (h.dim, h.dim), "ffn_norm": (h.dim,), "ffn_gate": (h.ffn, h.dim),
-        "ffn_up": (h.ffn, h.dim), "ffn_down": (h.dim, h.ffn),
+        "attn_norm": (h.dim,),
+        "attn_q": (h.dim, h.dim),
+        "attn_k": (kv, h.dim),
+        "attn_v": (kv, h.dim),
+        "attn_output": (h.dim, h.dim),
+        "ffn_norm": (h.dim,),
+        "ffn_gate": (h.ffn, h.dim),
+        "ffn_up": (h.ffn, h.dim),
+        "ffn_down": (h.dim, h.ffn),
     }
     for i in range(h.n_layer):
         for k in LAYER_TENSORS:
@@ -142,7 +148,9 @@ def check_plan(p: Plan) -> None:
         if name not in want:
             raise ConvertError(f"{t.source}: unexpected tensor {t.src_name} (shape {list(t.shape)})")
         if tuple(t.shape) != want[name]:
-            raise ConvertError(f"{t.source}: tensor {t.src_name} has shape {list(t.shape)}, expected {list(want[name])}")
+            raise ConvertError(
+                f"{t.source}: tensor {t.src_name} has shape {list(t.shape)}, expected {list(want[name])}"
+            )
     for name in want:
         if name not in have:
             raise ConvertError(f"{p.described_by}: tensor {name} is missing")
@@ -199,7 +207,9 @@ def temp_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.{os.getpid()}.partial")
 
 
-def write_gguf(p: Plan, out: Path, outtype: str, progress: Optional[Progress] = None, source_format: str = "") -> Summary:
+def write_gguf(
+    p: Plan, out: Path, outtype: str, progress: Optional[Progress] = None, source_format: str = ""
+) -> Summary:
     """Write `p` to `out` via a temporary file in the same folder, renamed at the end; the
     temporary file is removed on any failure (including Ctrl+C)."""
     import gguf
@@ -276,7 +286,9 @@ def write_gguf(p: Plan, out: Path, outtype: str, progress: Optional[Progress] = 
             f"{v.path}: normalizer {v.normalizer!r} is not applied by llama_rs (only 'identity', as LLaMA's "
             f"tokenizer): text needing normalization may tokenize differently from sentencepiece"
         )
-    return Summary(out, len(p.tensors), params, out.stat().st_size, outtype, time.monotonic() - t0, source_format, warnings)
+    return Summary(
+        out, len(p.tensors), params, out.stat().st_size, outtype, time.monotonic() - t0, source_format, warnings
+    )
 
 
 def _one_line(e: BaseException) -> str:
@@ -331,4 +343,3 @@ def _libc():
         except (OSError, AttributeError):
             _LIBC.append(None)
     return _LIBC[0]
-

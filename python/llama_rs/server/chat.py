@@ -40,7 +40,8 @@ def render_chat(messages: list[dict], template: Optional[str]) -> ChatPrompt:
     env.globals["raise_exception"] = raise_exception
     try:
         # The engine adds BOS itself; special tokens in the text are plain text for now.
-        return ChatPrompt(env.from_string(template).render(messages=messages, add_generation_prompt=True,
-                                                           bos_token="", eos_token=""))
+        return ChatPrompt(
+            env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
+        )
     except Exception as e:  # a broken template in a file should not take the endpoint down
         raise ValueError(f"the model's chat template failed: {e}") from None

@@ -15,8 +15,12 @@ REF = "#/components/schemas/{model}"
 
 def json_body(model: type[BaseModel]) -> dict:
     """`openapi_extra` for a route that parses its body itself (see front.parse_body)."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}},
+        }
+    }
 
 
 def install(app: FastAPI, request_models: list[type[BaseModel]]) -> None:
@@ -42,9 +46,14 @@ def install(app: FastAPI, request_models: list[type[BaseModel]]) -> None:
         if swagger_ui_path is None:
             from fastapi.responses import HTMLResponse
 
-            return HTMLResponse("<p>Interactive docs need <code>pip install swagger-ui-bundle-v2</code>; "
-                                "the API description is at <a href='/openapi.json'>/openapi.json</a>.</p>")
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="llama-rs API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+            return HTMLResponse(
+                "<p>Interactive docs need <code>pip install swagger-ui-bundle-v2</code>; "
+                "the API description is at <a href='/openapi.json'>/openapi.json</a>.</p>"
+            )
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="llama-rs API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )

@@ -1,5 +1,7 @@
 """The web page served at `/`: one self-contained file (no external assets, works offline)
-that streams from /v1/completions."""
+that streams from /v1/completions. `render` fills in the model and the library's defaults."""
+
+import html
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -27,11 +29,11 @@ PAGE = """<!doctype html>
 <div class="sub">model <b>{{MODEL}}</b>, context {{N_CTX}} tokens</div>
 <textarea id="prompt" placeholder="Type a prompt...">Never trust a computer</textarea>
 <div class="row">
-  <label>max tokens <input id="max_tokens" type="number" value="128" min="1"></label>
-  <label>temperature <input id="temperature" type="number" value="0.8" step="0.1" min="0"></label>
-  <label>top k <input id="top_k" type="number" value="40" min="0"></label>
-  <label>top p <input id="top_p" type="number" value="0.9" step="0.05" min="0.01" max="1"></label>
-  <label>repeat penalty <input id="repeat_penalty" type="number" value="1.3" step="0.05" min="0.01"></label>
+  <label>max tokens <input id="max_tokens" type="number" value="{{MAX_TOKENS}}" min="1"></label>
+  <label>temperature <input id="temperature" type="number" value="{{TEMPERATURE}}" step="0.1" min="0"></label>
+  <label>top k <input id="top_k" type="number" value="{{TOP_K}}" min="0"></label>
+  <label>top p <input id="top_p" type="number" value="{{TOP_P}}" step="0.05" min="0.01" max="1"></label>
+  <label>repeat penalty <input id="repeat_penalty" type="number" value="{{REPEAT_PENALTY}}" step="0.05" min="0.01"></label>
   <label>seed <input id="seed" type="number" value="-1"></label>
   <label>API key <input id="api_key" type="password" placeholder="if required"></label>
   <button id="generate">Generate</button>
@@ -114,3 +116,21 @@ $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctr
 </body>
 </html>
 """
+
+
+def render(model_name: str, n_ctx: int) -> str:
+    from llama_rs.generation import DEFAULTS
+
+    values = {
+        "MODEL": model_name,
+        "N_CTX": n_ctx,
+        "MAX_TOKENS": DEFAULTS.max_tokens,
+        "TEMPERATURE": DEFAULTS.temp,
+        "TOP_K": DEFAULTS.top_k,
+        "TOP_P": DEFAULTS.top_p,
+        "REPEAT_PENALTY": DEFAULTS.repeat_penalty,
+    }
+    page = PAGE
+    for k, v in values.items():
+        page = page.replace("{{" + k + "}}", html.escape(str(v)))
+    return page

@@ -93,7 +93,8 @@ class Lease:
         try:
             if self._writer is None:
                 self._reader, self._writer = await asyncio.open_unix_connection(
-                    str(self.worker.socket), limit=protocol.MAX_LINE)
+                    str(self.worker.socket), limit=protocol.MAX_LINE
+                )
             self._writer.write(protocol.encode(msg))
             await self._writer.drain()
             while True:
@@ -153,8 +154,19 @@ class Pool:
 
     # -- lifecycle --------------------------------------------------------------------------
     def _spawn(self, w: Worker) -> None:
-        cmd = [sys.executable, "-m", "llama_rs.server.worker", "--socket", str(w.socket),
-               "-c", str(self.cfg.n_ctx), "-t", str(self.cfg.threads), "--parent-pid", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_rs.server.worker",
+            "--socket",
+            str(w.socket),
+            "-c",
+            str(self.cfg.n_ctx),
+            "-t",
+            str(self.cfg.threads),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if self.cfg.model is not None:
             cmd += ["-m", str(self.cfg.model)]
         w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
@@ -162,6 +174,7 @@ class Pool:
 
     async def _ping(self, w: Worker, timeout: float) -> bool:
         """True when the worker answers a ping on a fresh connection within `timeout`."""
+
         async def once() -> bool:
             reader, writer = await asyncio.open_unix_connection(str(w.socket))
             try:
@@ -205,14 +218,20 @@ class Pool:
             now = time.monotonic()
             for w in self.workers:
                 if w.state == "busy" and w.lease is not None and now > w.lease.deadline and not w.lease.expired:
-                    log.warning("worker %d: request ran past the deadline of %g s; reclaiming it", w.index,
-                                self.cfg.timeout)
+                    log.warning(
+                        "worker %d: request ran past the deadline of %g s; reclaiming it", w.index, self.cfg.timeout
+                    )
                     lease = w.lease
                     lease.expire()
                     await lease.close()  # whether or not its holder is still there to do it
                 if w.state in ("idle", "busy") and not w.alive:
-                    log.error("worker %d (pid %d) died (%s)%s", w.index, w.proc.pid, exit_text(w.proc.returncode),
-                              "" if w.state == "idle" else " while serving a request")
+                    log.error(
+                        "worker %d (pid %d) died (%s)%s",
+                        w.index,
+                        w.proc.pid,
+                        exit_text(w.proc.returncode),
+                        "" if w.state == "idle" else " while serving a request",
+                    )
                     if w.state == "idle":
                         self._restart_later(w)
             await asyncio.sleep(0.1)
@@ -247,8 +266,11 @@ class Pool:
             self._make_free(w)
         else:
             if w.alive:
-                log.warning("worker %d did not stop its cancelled request within %g s; restarting it", w.index,
-                            self.cfg.drain_timeout)
+                log.warning(
+                    "worker %d did not stop its cancelled request within %g s; restarting it",
+                    w.index,
+                    self.cfg.drain_timeout,
+                )
             self._restart_later(w)
 
     def _make_free(self, w: Worker) -> None:
@@ -310,18 +332,30 @@ class Pool:
         now = time.monotonic()
 
         def stuck(w: Worker) -> bool:
-            return ((w.state == "busy" and w.lease is not None and now > w.lease.deadline)
-                    or (w.state == "draining" and now - w.since > self.cfg.drain_timeout / 5))
+            return (w.state == "busy" and w.lease is not None and now > w.lease.deadline) or (
+                w.state == "draining" and now - w.since > self.cfg.drain_timeout / 5
+            )
 
         workers = [
-            {"index": w.index, "pid": w.proc.pid if w.proc else None, "alive": w.alive, "state": w.state,
-             "busy": w.state == "busy", "seconds_in_state": round(now - w.since, 3), "stuck": stuck(w),
-             "restarts": w.restarts}
+            {
+                "index": w.index,
+                "pid": w.proc.pid if w.proc else None,
+                "alive": w.alive,
+                "state": w.state,
+                "busy": w.state == "busy",
+                "seconds_in_state": round(now - w.since, 3),
+                "stuck": stuck(w),
+                "restarts": w.restarts,
+            }
             for w in self.workers
         ]
         serving = sum(w["alive"] and w["state"] in ("idle", "busy") and not w["stuck"] for w in workers)
-        return {"status": "ok" if serving == len(workers) else ("degraded" if serving else "unavailable"),
-                "workers": workers, "queue": self.waiting, "queue_limit": self.cfg.queue_limit}
+        return {
+            "status": "ok" if serving == len(workers) else ("degraded" if serving else "unavailable"),
+            "workers": workers,
+            "queue": self.waiting,
+            "queue_limit": self.cfg.queue_limit,
+        }
 
 
 def exit_text(code: Optional[int]) -> str:
@@ -341,7 +375,7 @@ def clean_stale_socket_dirs() -> None:
     root = Path(tempfile.gettempdir())
     for d in root.glob(f"{SOCKET_DIR_PREFIX}*-*"):
         try:
-            pid = int(d.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0])
+            pid = int(d.name[len(SOCKET_DIR_PREFIX) :].split("-", 1)[0])
             if d.stat().st_uid != os.getuid() or pid_running(pid):
                 continue
         except (ValueError, OSError):

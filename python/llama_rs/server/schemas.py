@@ -48,8 +48,10 @@ def reject_unsupported(data: Any, rules: dict[str, tuple]) -> None:
 
 # -- the seed's API (llama-go) -----------------------------------------------------------------
 
+
 class SeedCompletionRequest(Strict):
     """llama-go's request. Unknown fields are ignored, as its Go server did."""
+
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
     prompt: str
     tokens: int = Field(description="Tokens to generate at most.")
@@ -71,12 +73,14 @@ class SeedCompletionResponse(BaseModel):
 
 # -- OpenAI ------------------------------------------------------------------------------------
 
+
 class StreamOptions(Strict):
     include_usage: bool = False
 
 
 class OpenAIRequest(Strict):
     """Fields shared by /v1/completions and /v1/chat/completions."""
+
     model: Optional[str] = Field(None, description="Accepted for compatibility: the server has one model.")
     max_tokens: Optional[int] = None
     temperature: float = D.temp
@@ -86,7 +90,9 @@ class OpenAIRequest(Strict):
     repeat_last_n: int = Field(D.repeat_lastn, description="llama.cpp extension.")
     presence_penalty: float = D.presence_penalty
     frequency_penalty: float = D.frequency_penalty
-    logit_bias: Optional[dict[str, float]] = Field(None, description="Token id (as a string) -> bias added to its logit.")
+    logit_bias: Optional[dict[str, float]] = Field(
+        None, description="Token id (as a string) -> bias added to its logit."
+    )
     seed: Optional[int] = Field(None, description="Choice i of a request uses seed + i.")
     stop: Optional[Union[str, list[str]]] = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
@@ -103,19 +109,25 @@ class OpenAIRequest(Strict):
 
 class CompletionRequest(OpenAIRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]] = Field(
-        description="Text, texts, token ids, or lists of token ids (one choice set per prompt).")
+        description="Text, texts, token ids, or lists of token ids (one choice set per prompt)."
+    )
     echo: bool = Field(False, description="Put the prompt before the completion (with its log-probabilities).")
-    logprobs: Optional[int] = Field(None, description="Log-probabilities of the chosen tokens and this many alternatives.")
+    logprobs: Optional[int] = Field(
+        None, description="Log-probabilities of the chosen tokens and this many alternatives."
+    )
     suffix: Optional[str] = None
     best_of: Optional[int] = None
 
     @model_validator(mode="before")
     @classmethod
     def _unsupported(cls, data: Any) -> Any:
-        reject_unsupported(data, {
-            "suffix": ((None, ""), "not supported (no fill-in-the-middle)"),
-            "best_of": ((None, 1), "not supported (use n)"),
-        })
+        reject_unsupported(
+            data,
+            {
+                "suffix": ((None, ""), "not supported (no fill-in-the-middle)"),
+                "best_of": ((None, 1), "not supported (use n)"),
+            },
+        )
         return data
 
 
@@ -135,8 +147,13 @@ class ChatMessage(Strict):
         if isinstance(data, dict):
             if data.get("role") in ("tool", "function"):
                 raise Unsupported("role", f"{data['role']!r} messages are not supported (no tool calling)")
-            reject_unsupported(data, {"tool_calls": ((None, []), "not supported (no tool calling)"),
-                                      "function_call": ((None,), "not supported (no tool calling)")})
+            reject_unsupported(
+                data,
+                {
+                    "tool_calls": ((None, []), "not supported (no tool calling)"),
+                    "function_call": ((None,), "not supported (no tool calling)"),
+                },
+            )
             content = data.get("content")
             if isinstance(content, list):
                 for part in content:
@@ -162,19 +179,25 @@ class ChatRequest(OpenAIRequest):
     @classmethod
     def _unsupported(cls, data: Any) -> Any:
         no_tools = "not supported (no tool calling)"
-        reject_unsupported(data, {
-            "tools": ((None, []), no_tools),
-            "tool_choice": ((None, "none"), no_tools),
-            "functions": ((None, []), no_tools),
-            "function_call": ((None, "none"), no_tools),
-            "response_format": ((None, {"type": "text"}), "not supported (no structured output yet); only {\"type\": \"text\"}"),
-            "audio": ((None,), "not supported (text only)"),
-            "modalities": ((None, ["text"]), "not supported (text only)"),
-            "prediction": ((None,), "not supported"),
-            "web_search_options": ((None,), "not supported"),
-            "reasoning_effort": ((None,), "not supported"),
-            "verbosity": ((None,), "not supported"),
-        })
+        reject_unsupported(
+            data,
+            {
+                "tools": ((None, []), no_tools),
+                "tool_choice": ((None, "none"), no_tools),
+                "functions": ((None, []), no_tools),
+                "function_call": ((None, "none"), no_tools),
+                "response_format": (
+                    (None, {"type": "text"}),
+                    'not supported (no structured output yet); only {"type": "text"}',
+                ),
+                "audio": ((None,), "not supported (text only)"),
+                "modalities": ((None, ["text"]), "not supported (text only)"),
+                "prediction": ((None,), "not supported"),
+                "web_search_options": ((None,), "not supported"),
+                "reasoning_effort": ((None,), "not supported"),
+                "verbosity": ((None,), "not supported"),
+            },
+        )
         return data
 
 

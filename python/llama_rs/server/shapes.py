@@ -11,6 +11,7 @@ OPENAI_FINISH = {"length": "length", "context": "length", "eos": "stop", "stop":
 @dataclass
 class Choice:
     """One generation as the worker streamed it (see protocol.py for the messages)."""
+
     index: int
     prompt_index: int = 0
     echo: str = ""
@@ -52,11 +53,18 @@ def token_text(t: dict) -> str:
 
 def chat_logprobs(tokens: list[dict]) -> Optional[dict]:
     def top(t: dict) -> list[dict]:
-        return [{"token": bytes(b).decode("utf-8", errors="replace"), "logprob": lp, "bytes": b}
-                for _, b, lp in t["top"] or []]
+        return [
+            {"token": bytes(b).decode("utf-8", errors="replace"), "logprob": lp, "bytes": b}
+            for _, b, lp in t["top"] or []
+        ]
 
-    return {"content": [{"token": token_text(t), "logprob": t["logprob"], "bytes": t["bytes"], "top_logprobs": top(t)}
-                        for t in tokens], "refusal": None}
+    return {
+        "content": [
+            {"token": token_text(t), "logprob": t["logprob"], "bytes": t["bytes"], "top_logprobs": top(t)}
+            for t in tokens
+        ],
+        "refusal": None,
+    }
 
 
 def completion_logprobs(tokens: list[dict], offset: int) -> dict:
@@ -66,8 +74,9 @@ def completion_logprobs(tokens: list[dict], offset: int) -> dict:
         text = token_text(t)
         out["tokens"].append(text)
         out["token_logprobs"].append(t["logprob"])
-        out["top_logprobs"].append(None if t["top"] is None else
-                                   {bytes(b).decode("utf-8", errors="replace"): lp for _, b, lp in t["top"]})
+        out["top_logprobs"].append(
+            None if t["top"] is None else {bytes(b).decode("utf-8", errors="replace"): lp for _, b, lp in t["top"]}
+        )
         out["text_offset"].append(offset)
         offset += len(text)
     return out

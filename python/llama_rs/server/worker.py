@@ -103,8 +103,12 @@ class Lease:
     # -- generation ------------------------------------------------------------------------
     def token(self, id: int, logprob: Optional[float], top: Optional[list]) -> dict[str, Any]:
         b = self.model.token_bytes
-        return {"id": id, "bytes": list(b(id)), "logprob": logprob,
-                "top": None if top is None else [[t, list(b(t)), lp] for t, lp in top]}
+        return {
+            "id": id,
+            "bytes": list(b(id)),
+            "logprob": logprob,
+            "top": None if top is None else [[t, list(b(t)), lp] for t, lp in top],
+        }
 
     def echo(self, prompt, top_n: Optional[int]) -> None:
         ids = self.model.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
@@ -140,15 +144,22 @@ class Lease:
         rest = tokens()  # tokens that added no text (the last one held back, say)
         if rest:
             self.send({"text": "", "logprobs": rest})
-        self.send({
-            "done": True, "tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens,
-            "finish_reason": gen.finish_reason, "started": started, "ended": time.time(),
-            "prompt_seconds": gen.prompt_seconds, "gen_seconds": gen.gen_seconds, "pid": os.getpid(),
-        })
+        self.send(
+            {
+                "done": True,
+                "tokens": gen.tokens,
+                "prompt_tokens": gen.prompt_tokens,
+                "finish_reason": gen.finish_reason,
+                "started": started,
+                "ended": time.time(),
+                "prompt_seconds": gen.prompt_seconds,
+                "gen_seconds": gen.gen_seconds,
+                "pid": os.getpid(),
+            }
+        )
 
 
-def serve(socket_path: Path, model_path: Optional[Path], n_ctx: int, n_threads: int,
-          parent_pid: Optional[int]) -> None:
+def serve(socket_path: Path, model_path: Optional[Path], n_ctx: int, n_threads: int, parent_pid: Optional[int]) -> None:
     if parent_pid:
         die_with_parent(parent_pid)
     if model_path is None:
@@ -167,8 +178,9 @@ def serve(socket_path: Path, model_path: Optional[Path], n_ctx: int, n_threads: 
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m llama_rs.server.worker",
-                                 description="One serving worker (started by `llama-rs serve`).")
+    ap = argparse.ArgumentParser(
+        prog="python -m llama_rs.server.worker", description="One serving worker (started by `llama-rs serve`)."
+    )
     ap.add_argument("--socket", type=Path, required=True)
     ap.add_argument("-m", "--model", type=Path)
     ap.add_argument("-c", "--ctx-size", type=int, default=512)
