@@ -5,6 +5,7 @@
 //!   so component `i` of eight consecutive positions is one vector load;
 //! - values, per layer: one row of `kv_dim` per position, so a probability times a value row is
 //!   a run of vector loads.
+//!
 //! `cap` is `n_ctx` rounded up to 8: a tile of 8 positions never reads past the buffer. Lanes
 //! past the current length hold stale or zero values; they are computed and dropped.
 //!
@@ -18,7 +19,7 @@
 //! Query heads that share a KV head (grouped-query attention) are computed together, so each
 //! key and value vector loaded serves all of them.
 
-use crate::model::Config;
+use crate::config::Config;
 use crate::ops::softmax;
 use crate::quant::simd::f16_to_f32_portable;
 use crate::quant::{f16_bits_to_f32, f32_to_f16_bits};

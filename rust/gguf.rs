@@ -6,6 +6,7 @@
 //! before it is trusted, so a truncated or hostile file is an error, never a panic or a huge
 //! allocation.
 
+use crate::bytes::Reader;
 use crate::error::{format_err, Error, Result};
 use crate::quant::GgmlType;
 use memmap2::Mmap;
@@ -204,94 +205,65 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| Error::Io(format!("{shown}: cannot map: {e}")))
 }
 
-/// A bounds-checked little-endian cursor over the header bytes.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    path: &'a Path,
+/// A string: u64 length, then that many bytes (checked against the rest of the file).
+fn read_string(r: &mut Reader, what: &str) -> Result<String> {
+    let len = r.u64(what)?;
+    if len > r.remaining() as u64 {
+        return r.err(&format!("{what}: string length {len} runs past the end of the file"));
+    }
+    // Lossy: a vocab piece that is not valid UTF-8 should not make the whole file unreadable.
+    Ok(String::from_utf8_lossy(r.take(len, what)?).into_owned())
 }
 
-impl<'a> Cursor<'a> {
-    fn remaining(&self) -> u64 {
-        (self.buf.len() - self.pos) as u64
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T> {
-        format_err(format!("{}: {} (at byte {})", self.path.display(), what, self.pos))
-    }
-
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
-        if n > self.remaining() {
-            return self.err(&format!("file is truncated while reading {what}"));
-        }
-        let s = &self.buf[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().unwrap())
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.u64(what)?;
-        if len > self.remaining() {
-            return self.err(&format!("{what}: string length {len} runs past the end of the file"));
-        }
-        let bytes = self.take(len, what)?;
-        // Lossy: a vocab piece that is not valid UTF-8 should not make the whole file unreadable.
-        Ok(String::from_utf8_lossy(bytes).into_owned())
-    }
-
-    fn value(&mut self, ty: ValueType, what: &str, depth: usize) -> Result<Value> {
-        Ok(match ty {
-            ValueType::U8 => Value::U8(self.array::<1>(what)?[0]),
-            ValueType::I8 => Value::I8(self.array::<1>(what)?[0] as i8),
-            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array(what)?)),
-            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array(what)?)),
-            ValueType::U32 => Value::U32(self.u32(what)?),
-            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array(what)?)),
-            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array(what)?)),
-            ValueType::Bool => {
-                let b = self.array::<1>(what)?[0];
-                if b > 1 {
-                    return self.err(&format!("{what}: bool value {b} is neither 0 nor 1"));
-                }
-                Value::Bool(b == 1)
+fn read_value(r: &mut Reader, ty: ValueType, what: &str, depth: usize) -> Result<Value> {
+    Ok(match ty {
+        ValueType::U8 => Value::U8(r.u8(what)?),
+        ValueType::I8 => Value::I8(r.u8(what)? as i8),
+        ValueType::U16 => Value::U16(u16::from_le_bytes(r.array(what)?)),
+        ValueType::I16 => Value::I16(i16::from_le_bytes(r.array(what)?)),
+        ValueType::U32 => Value::U32(r.u32(what)?),
+        ValueType::I32 => Value::I32(r.i32(what)?),
+        ValueType::F32 => Value::F32(r.f32(what)?),
+        ValueType::Bool => {
+            let b = r.u8(what)?;
+            if b > 1 {
+                return r.err(&format!("{what}: bool value {b} is neither 0 nor 1"));
             }
-            ValueType::String => Value::String(self.string(what)?),
-            ValueType::U64 => Value::U64(self.u64(what)?),
-            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(what)?)),
-            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(what)?)),
-            ValueType::Array => {
-                if depth > 2 {
-                    return self.err(&format!("{what}: arrays nested too deeply"));
-                }
-                let raw = self.u32(what)?;
-                let Some(elem) = ValueType::from_id(raw) else {
-                    return self.err(&format!("{what}: unknown array element type {raw}"));
-                };
-                let n = self.u64(what)?;
-                // Never allocate for more elements than the rest of the file could hold.
-                if n.checked_mul(elem.min_size()).map_or(true, |b| b > self.remaining()) {
-                    return self.err(&format!("{what}: array of {n} elements runs past the end of the file"));
-                }
-                let mut items = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    items.push(self.value(elem, what, depth + 1)?);
-                }
-                Value::Array(elem, items)
+            Value::Bool(b == 1)
+        }
+        ValueType::String => Value::String(read_string(r, what)?),
+        ValueType::U64 => Value::U64(r.u64(what)?),
+        ValueType::I64 => Value::I64(i64::from_le_bytes(r.array(what)?)),
+        ValueType::F64 => Value::F64(f64::from_le_bytes(r.array(what)?)),
+        ValueType::Array => {
+            if depth > 2 {
+                return r.err(&format!("{what}: arrays nested too deeply"));
             }
-        })
-    }
+            let raw = r.u32(what)?;
+            let Some(elem) = ValueType::from_id(raw) else {
+                return r.err(&format!("{what}: unknown array element type {raw}"));
+            };
+            let n = r.u64(what)?;
+            // Never allocate for more elements than the rest of the file could hold.
+            if n.checked_mul(elem.min_size()).is_none_or(|b| b > r.remaining() as u64) {
+                return r.err(&format!("{what}: array of {n} elements runs past the end of the file"));
+            }
+            let mut items = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                items.push(read_value(r, elem, what, depth + 1)?);
+            }
+            Value::Array(elem, items)
+        }
+    })
+}
+
+/// A tensor info as stored: name, dims, type, offset in the data section (not yet checked
+/// against the file).
+struct RawTensor {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    offset: u64,
 }
 
 impl GgufFile {
@@ -302,49 +274,9 @@ impl GgufFile {
     }
 
     fn parse(path: &Path, mmap: Arc<Mmap>) -> Result<GgufFile> {
-        let buf: &[u8] = &mmap;
-        let mut c = Cursor { buf, pos: 0, path };
-        let magic = c.u32("the magic number")?;
-        if magic != GGUF_MAGIC {
-            let shown: String = buf.iter().take(4).map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
-            return format_err(format!(
-                "{}: not a GGUF file (magic {:?}, expected \"GGUF\")",
-                path.display(),
-                shown
-            ));
-        }
-        let version = c.u32("the version")?;
-        if version != 2 && version != 3 {
-            return format_err(format!(
-                "{}: unsupported GGUF version {version} (supported: 2 and 3)",
-                path.display()
-            ));
-        }
-        let n_tensors = c.u64("the tensor count")?;
-        let n_kv = c.u64("the metadata count")?;
-        // Each key/value takes at least 12 bytes and each tensor info at least 24.
-        if n_kv.checked_mul(12).map_or(true, |b| b > c.remaining()) {
-            return c.err(&format!("metadata count {n_kv} is larger than the file can hold"));
-        }
-        if n_tensors.checked_mul(24).map_or(true, |b| b > c.remaining()) {
-            return c.err(&format!("tensor count {n_tensors} is larger than the file can hold"));
-        }
-
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::new();
-        for i in 0..n_kv {
-            let key = c.string(&format!("metadata key {i}"))?;
-            let raw = c.u32(&format!("the type of metadata {key:?}"))?;
-            let Some(ty) = ValueType::from_id(raw) else {
-                return c.err(&format!("metadata {key:?} has unknown value type {raw}"));
-            };
-            let value = c.value(ty, &format!("metadata {key:?}"), 0)?;
-            if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return c.err(&format!("metadata key {key:?} appears twice"));
-            }
-            metadata.push((key, value));
-        }
-
+        let mut r = Reader::new(&mmap, path);
+        let (version, n_tensors, n_kv) = read_header(&mut r)?;
+        let (metadata, meta_index) = read_metadata(&mut r, n_kv)?;
         let alignment = match meta_index.get("general.alignment").map(|&i| &metadata[i].1) {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_i64() {
@@ -352,74 +284,17 @@ impl GgufFile {
                 _ => return format_err(format!("{}: general.alignment {v:?} is not a power of two", path.display())),
             },
         };
-
-        let mut raw_tensors = Vec::with_capacity(n_tensors as usize);
-        for i in 0..n_tensors {
-            let name = c.string(&format!("the name of tensor {i}"))?;
-            let n_dims = c.u32(&format!("the dimension count of tensor {name:?}"))? as usize;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return c.err(&format!("tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"));
-            }
-            let mut dims = Vec::with_capacity(n_dims);
-            for _ in 0..n_dims {
-                dims.push(c.u64(&format!("the shape of tensor {name:?}"))?);
-            }
-            let raw_ty = c.u32(&format!("the type of tensor {name:?}"))?;
-            let Some(ty) = GgmlType::from_id(raw_ty) else {
-                return c.err(&format!(
-                    "tensor {name:?} has type {} which llama-rs does not support (supported: F32, F16, Q4_0, Q4_1, Q8_0)",
-                    ggml_type_name(raw_ty)
-                ));
-            };
-            let offset = c.u64(&format!("the offset of tensor {name:?}"))?;
-            raw_tensors.push((name, dims, ty, offset));
-        }
-        let data_offset = align_up(c.pos as u64, alignment);
-        let file_len = buf.len() as u64;
-
-        let mut tensors = Vec::with_capacity(raw_tensors.len());
+        let raw = (0..n_tensors).map(|i| read_tensor_info(&mut r, i)).collect::<Result<Vec<_>>>()?;
+        let data_offset = align_up(r.pos() as u64, alignment);
+        let mut tensors = Vec::with_capacity(raw.len());
         let mut index = HashMap::new();
-        for (name, dims, ty, offset) in raw_tensors {
-            let shown = path.display();
-            let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            let Some(n_elements) = n_elements.filter(|_| dims.iter().all(|&d| d > 0)) else {
-                return format_err(format!("{shown}: tensor {name:?} has an invalid shape {dims:?}"));
-            };
-            if dims[0] % ty.block_size() as u64 != 0 {
-                return format_err(format!(
-                    "{shown}: tensor {name:?} of type {} has rows of {} elements, not a multiple of the block size {}",
-                    ty.name(),
-                    dims[0],
-                    ty.block_size()
-                ));
+        for t in raw {
+            let t = place_tensor(path, t, data_offset, alignment, mmap.len() as u64)?;
+            if index.insert(t.name.clone(), tensors.len()).is_some() {
+                return format_err(format!("{}: tensor {:?} appears twice", path.display(), t.name));
             }
-            let n_bytes = (n_elements / ty.block_size() as u64).checked_mul(ty.type_size() as u64);
-            let start = data_offset.checked_add(offset);
-            let end = match (start, n_bytes) {
-                (Some(s), Some(n)) => s.checked_add(n),
-                _ => None,
-            };
-            match (start, end) {
-                (Some(s), Some(e)) if e <= file_len => {
-                    if offset % alignment != 0 {
-                        return format_err(format!(
-                            "{shown}: tensor {name:?} starts at offset {offset}, not a multiple of the alignment {alignment}"
-                        ));
-                    }
-                    if index.insert(name.clone(), tensors.len()).is_some() {
-                        return format_err(format!("{shown}: tensor {name:?} appears twice"));
-                    }
-                    tensors.push(TensorInfo { name, dims, ty, offset, range: s as usize..e as usize });
-                }
-                _ => {
-                    return format_err(format!(
-                        "{shown}: data of tensor {name:?} ({} bytes at offset {offset}) runs past the end of the file ({file_len} bytes): the file is truncated or corrupt",
-                        n_bytes.map_or("too many".to_string(), |n| n.to_string())
-                    ))
-                }
-            }
+            tensors.push(t);
         }
-
         Ok(GgufFile {
             path: path.to_path_buf(),
             version,
@@ -448,6 +323,102 @@ impl GgufFile {
     /// The shared map, so weights can borrow it for as long as the model lives.
     pub fn mmap(&self) -> Arc<Mmap> {
         self.mmap.clone()
+    }
+}
+
+/// Magic, version, tensor count, metadata count (both counts checked against the file size).
+fn read_header(r: &mut Reader) -> Result<(u32, u64, u64)> {
+    let magic = r.u32("the magic number")?;
+    if magic != GGUF_MAGIC {
+        let shown: String = magic.to_le_bytes().iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
+        return r.err_file(&format!("not a GGUF file (magic {shown:?}, expected \"GGUF\")"));
+    }
+    let version = r.u32("the version")?;
+    if version != 2 && version != 3 {
+        return r.err_file(&format!("unsupported GGUF version {version} (supported: 2 and 3)"));
+    }
+    let n_tensors = r.u64("the tensor count")?;
+    let n_kv = r.u64("the metadata count")?;
+    // Each key/value takes at least 12 bytes and each tensor info at least 24.
+    if n_kv.checked_mul(12).is_none_or(|b| b > r.remaining() as u64) {
+        return r.err(&format!("metadata count {n_kv} is larger than the file can hold"));
+    }
+    if n_tensors.checked_mul(24).is_none_or(|b| b > r.remaining() as u64) {
+        return r.err(&format!("tensor count {n_tensors} is larger than the file can hold"));
+    }
+    Ok((version, n_tensors, n_kv))
+}
+
+type Metadata = (Vec<(String, Value)>, HashMap<String, usize>);
+
+fn read_metadata(r: &mut Reader, n_kv: u64) -> Result<Metadata> {
+    let mut metadata = Vec::with_capacity(n_kv as usize);
+    let mut index = HashMap::new();
+    for i in 0..n_kv {
+        let key = read_string(r, &format!("metadata key {i}"))?;
+        let raw = r.u32(&format!("the type of metadata {key:?}"))?;
+        let Some(ty) = ValueType::from_id(raw) else {
+            return r.err(&format!("metadata {key:?} has unknown value type {raw}"));
+        };
+        let value = read_value(r, ty, &format!("metadata {key:?}"), 0)?;
+        if index.insert(key.clone(), metadata.len()).is_some() {
+            return r.err(&format!("metadata key {key:?} appears twice"));
+        }
+        metadata.push((key, value));
+    }
+    Ok((metadata, index))
+}
+
+fn read_tensor_info(r: &mut Reader, i: u64) -> Result<RawTensor> {
+    let name = read_string(r, &format!("the name of tensor {i}"))?;
+    let n_dims = r.u32(&format!("the dimension count of tensor {name:?}"))? as usize;
+    if n_dims == 0 || n_dims > MAX_DIMS {
+        return r.err(&format!("tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"));
+    }
+    let dims = (0..n_dims).map(|_| r.u64(&format!("the shape of tensor {name:?}"))).collect::<Result<Vec<_>>>()?;
+    let raw_ty = r.u32(&format!("the type of tensor {name:?}"))?;
+    let Some(ty) = GgmlType::from_id(raw_ty) else {
+        return r.err(&format!(
+            "tensor {name:?} has type {} which llama-rs does not support (supported: F32, F16, Q4_0, Q4_1, Q8_0)",
+            ggml_type_name(raw_ty)
+        ));
+    };
+    let offset = r.u64(&format!("the offset of tensor {name:?}"))?;
+    Ok(RawTensor { name, dims, ty, offset })
+}
+
+/// Check a tensor's shape, block fit, alignment and data range against the file.
+fn place_tensor(path: &Path, t: RawTensor, data_offset: u64, alignment: u64, file_len: u64) -> Result<TensorInfo> {
+    let shown = path.display();
+    let RawTensor { name, dims, ty, offset } = t;
+    let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+    let Some(n_elements) = n_elements.filter(|_| dims.iter().all(|&d| d > 0)) else {
+        return format_err(format!("{shown}: tensor {name:?} has an invalid shape {dims:?}"));
+    };
+    if !dims[0].is_multiple_of(ty.block_size() as u64) {
+        return format_err(format!(
+            "{shown}: tensor {name:?} of type {} has rows of {} elements, not a multiple of the block size {}",
+            ty.name(),
+            dims[0],
+            ty.block_size()
+        ));
+    }
+    let n_bytes = (n_elements / ty.block_size() as u64).checked_mul(ty.type_size() as u64);
+    let start = data_offset.checked_add(offset);
+    let end = start.zip(n_bytes).and_then(|(s, n)| s.checked_add(n));
+    match (start, end) {
+        (Some(s), Some(e)) if e <= file_len => {
+            if !offset.is_multiple_of(alignment) {
+                return format_err(format!(
+                    "{shown}: tensor {name:?} starts at offset {offset}, not a multiple of the alignment {alignment}"
+                ));
+            }
+            Ok(TensorInfo { name, dims, ty, offset, range: s as usize..e as usize })
+        }
+        _ => format_err(format!(
+            "{shown}: data of tensor {name:?} ({} bytes at offset {offset}) runs past the end of the file ({file_len} bytes): the file is truncated or corrupt",
+            n_bytes.map_or("too many".to_string(), |n| n.to_string())
+        )),
     }
 }
 
@@ -482,7 +453,7 @@ pub struct TensorSpec {
 impl TensorSpec {
     pub fn n_bytes(&self) -> Option<u64> {
         let n: u64 = self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d))?;
-        if self.dims.is_empty() || self.dims[0] % self.ty.block_size() as u64 != 0 {
+        if self.dims.is_empty() || !self.dims[0].is_multiple_of(self.ty.block_size() as u64) {
             return None;
         }
         (n / self.ty.block_size() as u64).checked_mul(self.ty.type_size() as u64)

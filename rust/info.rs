@@ -1,10 +1,10 @@
 //! What `llama-rs info` shows about a model file of any supported format, without loading
 //! the weights: format and version, hyperparameters, vocab size, tensors.
 
-use crate::model::read_head;
 use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::legacy::{is_legacy_magic, LegacyFile};
+use crate::load::{legacy_metadata, read_head};
 use std::path::{Path, PathBuf};
 
 pub struct TensorRow {
@@ -49,7 +49,7 @@ const HPARAMS: [&str; 10] = [
 pub fn file_info(path: &Path) -> Result<FileInfo> {
     if is_legacy_magic(&read_head(path)) {
         let f = LegacyFile::open(path)?;
-        let metadata = f.metadata();
+        let metadata = legacy_metadata(&f);
         let hparams = pick(&metadata, "llama");
         let tensors = f
             .tensors

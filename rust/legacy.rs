@@ -5,19 +5,14 @@
 //! bytes, + f32 score except in `ggml`), then tensors until the end of the file: i32 n_dims,
 //! i32 name length, i32 type, i32 ne[n_dims], the name, (ggjt: padding to 32 bytes), data.
 //!
-//! Blocks: f32 and f16 are used in place. Quantized blocks of ggml/ggmf/ggjt v1 hold their
-//! nibbles in the old order (byte j = weights 2j, 2j+1); they are repacked at load into
-//! today's order, keeping their f32 scales (types `Q4_0F32`, `Q4_1F32`, `Q8_0F32`, with
-//! kernels of their own: see quant/legacy.rs for why not f16). ggjt v2 blocks are already in
-//! today's order (f32 scales) and ggjt v3 blocks are today's blocks: both used in place.
+//! A pure reader, like `gguf.rs`: it describes what the file holds and where (every count,
+//! length and range checked against the file size). Turning that into engine weights, config
+//! and tokenizer (block repacking, joining parts, names) is `load.rs`'s job.
 
+use crate::bytes::Reader;
 use crate::error::{format_err, Error, Result};
-use crate::gguf::{ggml_type_name, map_file, Value};
-use crate::model::{Config, Storage, Weight};
-use crate::quant::GgmlType;
-use crate::tokenizer::Tokenizer;
+use crate::gguf::{ggml_type_name, map_file};
 use memmap2::Mmap;
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -27,8 +22,6 @@ pub const MAGIC_GGML: u32 = 0x6767_6d6c;
 pub const MAGIC_GGMF: u32 = 0x6767_6d66;
 pub const MAGIC_GGJT: u32 = 0x6767_6a74;
 
-/// The RMSNorm epsilon the programs of that time used (it is not stored in the files).
-pub const LEGACY_RMS_EPS: f32 = 1e-6;
 /// Most parts a model was ever split into (65B: 8).
 const MAX_PARTS: usize = 64;
 
@@ -59,18 +52,19 @@ impl Format {
             Format::Ggmf(v) | Format::Ggjt(v) => v,
         }
     }
-    fn has_scores(self) -> bool {
+    /// Vocab entries carry a score (all but unversioned ggml).
+    pub fn has_scores(self) -> bool {
         !matches!(self, Format::Ggml)
     }
     fn aligned(self) -> bool {
         matches!(self, Format::Ggjt(_))
     }
     /// Quantized blocks with the old nibble order (weights 2j, 2j+1 in byte j).
-    fn old_nibbles(self) -> bool {
+    pub fn old_nibbles(self) -> bool {
         matches!(self, Format::Ggml | Format::Ggmf(_) | Format::Ggjt(1))
     }
     /// Quantized blocks with f16 scales (today's blocks).
-    fn f16_scales(self) -> bool {
+    pub fn f16_scales(self) -> bool {
         matches!(self, Format::Ggjt(v) if v >= 3)
     }
 }
@@ -160,39 +154,15 @@ struct Part {
     format: Format,
     hparams: Hparams,
     vocab: Vec<(Vec<u8>, f32)>,
-    tensors: Vec<(String, u32, Vec<u64>, Range<usize>)>,
+    tensors: Vec<PartTensor>,
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    path: &'a Path,
-}
-
-impl<'a> Cursor<'a> {
-    fn err<T>(&self, what: &str) -> Result<T> {
-        format_err(format!("{}: {} (at byte {})", self.path.display(), what, self.pos))
-    }
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        if n > self.remaining() {
-            return self.err(&format!("file is truncated while reading {what}"));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
-    }
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
-    }
-    fn i32(&mut self, what: &str) -> Result<i32> {
-        Ok(i32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
-    }
-    fn f32(&mut self, what: &str) -> Result<f32> {
-        Ok(f32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
-    }
+/// A tensor as one part holds it: its shape in this part and its absolute byte range.
+struct PartTensor {
+    name: String,
+    raw_type: u32,
+    ne: Vec<u64>,
+    range: Range<usize>,
 }
 
 /// Bytes per block and elements per block of a stored type in a given format.
@@ -209,36 +179,50 @@ fn block_layout(format: Format, raw_type: u32) -> Option<(usize, usize)> {
 }
 
 fn parse_part(path: &Path, buf: &[u8]) -> Result<Part> {
-    let shown = path.display();
-    let mut c = Cursor { buf, pos: 0, path };
-    let magic = c.u32("the magic number")?;
-    let format = match magic {
-        MAGIC_GGML => Format::Ggml,
+    let mut r = Reader::new(buf, path);
+    let format = read_format(&mut r)?;
+    let hparams = read_hparams(&mut r)?;
+    let vocab = read_vocab(&mut r, format, hparams.n_vocab)?;
+    let mut tensors = Vec::new();
+    while r.remaining() > 0 {
+        tensors.push(read_tensor(&mut r, format, tensors.len())?);
+    }
+    Ok(Part { format, hparams, vocab, tensors })
+}
+
+/// Magic and (except for unversioned ggml) version.
+fn read_format(r: &mut Reader) -> Result<Format> {
+    let magic = r.u32("the magic number")?;
+    match magic {
+        MAGIC_GGML => Ok(Format::Ggml),
         MAGIC_GGMF | MAGIC_GGJT => {
-            let v = c.u32("the version")?;
+            let v = r.u32("the version")?;
             let ok = if magic == MAGIC_GGMF { v == 1 } else { (1..=3).contains(&v) };
             let f = if magic == MAGIC_GGMF { Format::Ggmf(v) } else { Format::Ggjt(v) };
             if !ok {
-                return format_err(format!(
-                    "{shown}: unsupported legacy file version: {} v{v} (llama-rs reads ggml, ggmf v1 and ggjt v1 to v3)",
+                return r.err_file(&format!(
+                    "unsupported legacy file version: {} v{v} (llama-rs reads ggml, ggmf v1 and ggjt v1 to v3)",
                     f.name()
                 ));
             }
-            f
+            Ok(f)
         }
-        _ => return format_err(format!("{shown}: not a ggml, ggmf or ggjt model file (magic {magic:#010x})")),
-    };
+        _ => r.err_file(&format!("not a ggml, ggmf or ggjt model file (magic {magic:#010x})")),
+    }
+}
+
+fn read_hparams(r: &mut Reader) -> Result<Hparams> {
     let mut h = [0i32; 7];
     let names = ["n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype"];
     for (v, n) in h.iter_mut().zip(names) {
-        *v = c.i32(&format!("the header ({n})"))?;
+        *v = r.i32(&format!("the header ({n})"))?;
     }
     for (i, n) in names.iter().enumerate().take(6) {
         if h[i] <= 0 || h[i] > (1 << 24) {
-            return format_err(format!("{shown}: header value {n} = {} is not a sensible positive count", h[i]));
+            return r.err_file(&format!("header value {n} = {} is not a sensible positive count", h[i]));
         }
     }
-    let hparams = Hparams {
+    Ok(Hparams {
         n_vocab: h[0] as usize,
         n_embd: h[1] as usize,
         n_mult: h[2] as usize,
@@ -246,67 +230,72 @@ fn parse_part(path: &Path, buf: &[u8]) -> Result<Part> {
         n_layer: h[4] as usize,
         n_rot: h[5] as usize,
         ftype: h[6],
-    };
+    })
+}
+
+/// `n_vocab` entries of i32 length + bytes (+ f32 score when the format has scores).
+fn read_vocab(r: &mut Reader, format: Format, n_vocab: usize) -> Result<Vec<(Vec<u8>, f32)>> {
     let entry = if format.has_scores() { 8 } else { 4 };
-    if hparams.n_vocab.saturating_mul(entry) > c.remaining() {
-        return c.err(&format!("vocab of {} entries is larger than the file can hold", hparams.n_vocab));
+    if n_vocab.saturating_mul(entry) > r.remaining() {
+        return r.err(&format!("vocab of {n_vocab} entries is larger than the file can hold"));
     }
-    let mut vocab = Vec::with_capacity(hparams.n_vocab);
-    for i in 0..hparams.n_vocab {
-        let len = c.i32(&format!("the length of vocab entry {i}"))?;
-        if len < 0 || len as usize > c.remaining() {
-            return c.err(&format!("vocab entry {i} has an impossible length {len}"));
+    let mut vocab = Vec::with_capacity(n_vocab);
+    for i in 0..n_vocab {
+        let len = r.i32(&format!("the length of vocab entry {i}"))?;
+        if len < 0 || len as usize > r.remaining() {
+            return r.err(&format!("vocab entry {i} has an impossible length {len}"));
         }
-        let text = c.take(len as usize, &format!("vocab entry {i}"))?.to_vec();
-        let score = if format.has_scores() { c.f32(&format!("the score of vocab entry {i}"))? } else { 0.0 };
+        let text = r.take(len as u64, &format!("vocab entry {i}"))?.to_vec();
+        let score = if format.has_scores() { r.f32(&format!("the score of vocab entry {i}"))? } else { 0.0 };
         vocab.push((text, score));
     }
-    let mut tensors = Vec::new();
-    while c.remaining() > 0 {
-        let n_dims = c.i32("a tensor header")?;
-        let name_len = c.i32("a tensor header")?;
-        let raw_type = c.i32("a tensor header")?;
-        if !(1..=4).contains(&n_dims) {
-            return c.err(&format!("tensor {} has {n_dims} dimensions (1 to 4 allowed)", tensors.len()));
-        }
-        if name_len <= 0 || name_len > 4096 {
-            return c.err(&format!("tensor {} has an impossible name length {name_len}", tensors.len()));
-        }
-        let mut ne = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            let d = c.i32("a tensor shape")?;
-            if d <= 0 {
-                return c.err(&format!("tensor {} has a dimension of {d}", tensors.len()));
-            }
-            ne.push(d as u64);
-        }
-        let name = String::from_utf8_lossy(c.take(name_len as usize, "a tensor name")?).into_owned();
-        let Some((bb, bs)) = block_layout(format, raw_type as u32) else {
-            return c.err(&format!(
-                "tensor {name:?} has type {} which llama-rs does not read (legacy files: F32, F16, Q4_0, Q4_1, Q8_0)",
-                raw_type_name(raw_type as u32)
-            ));
-        };
-        if format.aligned() {
-            let pad = (32 - c.pos % 32) % 32;
-            c.take(pad, &format!("the padding before tensor {name:?}"))?;
-        }
-        if ne[0] % bs as u64 != 0 {
-            return c.err(&format!("tensor {name:?} has rows of {} elements, not a multiple of the block size {bs}", ne[0]));
-        }
-        let n: u64 = ne.iter().product(); // each dim < 2^31, at most 4 dims: fits with checks below
-        let n_bytes = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).and_then(|n| (n / bs as u64).checked_mul(bb as u64));
-        let Some(n_bytes) = n_bytes.filter(|&b| b <= c.remaining() as u64) else {
-            return c.err(&format!(
-                "data of tensor {name:?} ({n} elements of {}) runs past the end of the file: the file is truncated or corrupt",
-                raw_type_name(raw_type as u32)
-            ));
-        };
-        let start = c.pos;
-        c.take(n_bytes as usize, "tensor data")?;
-        tensors.push((name, raw_type as u32, ne, start..c.pos));
+    Ok(vocab)
+}
+
+/// One tensor header and the range of its data (the `i`-th tensor of the part).
+fn read_tensor(r: &mut Reader, format: Format, i: usize) -> Result<PartTensor> {
+    let n_dims = r.i32("a tensor header")?;
+    let name_len = r.i32("a tensor header")?;
+    let raw_type = r.i32("a tensor header")? as u32;
+    if !(1..=4).contains(&n_dims) {
+        return r.err(&format!("tensor {i} has {n_dims} dimensions (1 to 4 allowed)"));
     }
-    Ok(Part { format, hparams, vocab, tensors })
+    if name_len <= 0 || name_len > 4096 {
+        return r.err(&format!("tensor {i} has an impossible name length {name_len}"));
+    }
+    let mut ne = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        let d = r.i32("a tensor shape")?;
+        if d <= 0 {
+            return r.err(&format!("tensor {i} has a dimension of {d}"));
+        }
+        ne.push(d as u64);
+    }
+    let name = String::from_utf8_lossy(r.take(name_len as u64, "a tensor name")?).into_owned();
+    let Some((bb, bs)) = block_layout(format, raw_type) else {
+        return r.err(&format!(
+            "tensor {name:?} has type {} which llama-rs does not read (legacy files: F32, F16, Q4_0, Q4_1, Q8_0)",
+            raw_type_name(raw_type)
+        ));
+    };
+    if format.aligned() {
+        let pad = (32 - r.pos() % 32) % 32;
+        r.take(pad as u64, &format!("the padding before tensor {name:?}"))?;
+    }
+    if !ne[0].is_multiple_of(bs as u64) {
+        return r.err(&format!("tensor {name:?} has rows of {} elements, not a multiple of the block size {bs}", ne[0]));
+    }
+    let n: u64 = ne.iter().product(); // each dim < 2^31, at most 4 dims: fits with checks below
+    let n_bytes = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).and_then(|n| (n / bs as u64).checked_mul(bb as u64));
+    let Some(n_bytes) = n_bytes.filter(|&b| b <= r.remaining() as u64) else {
+        return r.err(&format!(
+            "data of tensor {name:?} ({n} elements of {}) runs past the end of the file: the file is truncated or corrupt",
+            raw_type_name(raw_type)
+        ));
+    };
+    let start = r.pos();
+    r.take(n_bytes, "tensor data")?;
+    Ok(PartTensor { name, raw_type, ne, range: start..r.pos() })
 }
 
 fn split_of(name: &str, n_dims: usize, n_parts: usize) -> Split {
@@ -334,10 +323,10 @@ impl LegacyFile {
         let map0 = Arc::new(map_file(path)?);
         let first = parse_part(path, &map0)?;
         // How many parts: the embedding's row length in this part against n_embd.
-        let n_parts = match first.tensors.iter().find(|t| t.0 == "tok_embeddings.weight") {
-            Some((_, _, ne, _)) if ne.len() == 2 => {
+        let n_parts = match first.tensors.iter().find(|t| t.name == "tok_embeddings.weight") {
+            Some(PartTensor { ne, .. }) if ne.len() == 2 => {
                 let part_cols = ne[0] as usize;
-                if part_cols == 0 || first.hparams.n_embd % part_cols != 0 || first.hparams.n_embd / part_cols > MAX_PARTS {
+                if part_cols == 0 || !first.hparams.n_embd.is_multiple_of(part_cols) || first.hparams.n_embd / part_cols > MAX_PARTS {
                     return format_err(format!(
                         "{shown}: tok_embeddings.weight has rows of {part_cols}, which does not divide n_embd {}",
                         first.hparams.n_embd
@@ -379,7 +368,7 @@ impl LegacyFile {
                 return format_err(format!("{ps}: vocab differs from the first part {shown}: not parts of the same model"));
             }
             if part.tensors.len() != f.tensors.len()
-                || part.tensors.iter().zip(&f.tensors).any(|(a, b)| a.0 != b.0 || a.1 != b.1 || a.2 != b.2)
+                || part.tensors.iter().zip(&f.tensors).any(|(a, b)| a.name != b.name || a.raw_type != b.raw_type || a.ne != b.ne)
             {
                 return format_err(format!(
                     "{ps}: its tensors (names, types or shapes) differ from those of the first part {shown}"
@@ -392,7 +381,7 @@ impl LegacyFile {
         let first = &parts[0];
         let mut tensors = Vec::with_capacity(first.tensors.len());
         let mut index = HashMap::new();
-        for (i, (name, raw_type, ne, _)) in first.tensors.iter().enumerate() {
+        for (i, PartTensor { name, raw_type, ne, .. }) in first.tensors.iter().enumerate() {
             let split = split_of(name, ne.len(), n_parts);
             let mut full = ne.clone();
             match split {
@@ -400,7 +389,7 @@ impl LegacyFile {
                 Split::Columns => full[0] *= n_parts as u64,
                 Split::Rows => full[1] *= n_parts as u64,
             }
-            let ranges = parts.iter().map(|p| p.tensors[i].3.clone()).collect();
+            let ranges = parts.iter().map(|p| p.tensors[i].range.clone()).collect();
             if index.insert(name.clone(), tensors.len()).is_some() {
                 return format_err(format!("{shown}: tensor {name:?} appears twice"));
             }
@@ -425,188 +414,13 @@ impl LegacyFile {
         self.maps.iter().map(|m| m.len() as u64).sum()
     }
 
-    /// The type the engine computes with for a stored type of this file.
-    fn load_type(&self, raw_type: u32) -> GgmlType {
-        let v3 = self.format.f16_scales();
-        match (raw_type, v3) {
-            (0, _) => GgmlType::F32,
-            (1, _) => GgmlType::F16,
-            (2, true) => GgmlType::Q4_0,
-            (3, true) => GgmlType::Q4_1,
-            (7, true) => GgmlType::Q8_0,
-            (2, false) => GgmlType::Q4_0F32,
-            (3, false) => GgmlType::Q4_1F32,
-            (7, false) => GgmlType::Q8_0F32,
-            _ => unreachable!("checked at parse"),
-        }
+    /// The bytes of a tensor in each part, in part order.
+    pub fn part_bytes(&self, t: &LegacyTensor) -> Vec<&[u8]> {
+        t.ranges.iter().zip(&self.maps).map(|(r, m)| &m[r.clone()]).collect()
     }
 
-    /// A tensor as a weight the engine can use: in place when it can be, else joined from
-    /// its parts and/or with its nibbles repacked into today's order.
-    pub fn weight(&self, t: &LegacyTensor) -> Weight {
-        let ty = self.load_type(t.raw_type);
-        let cols = t.ne[0] as usize;
-        let rows = (t.n_elements() / t.ne[0]) as usize;
-        let repack = ty.is_quantized() && self.format.old_nibbles() && t.raw_type != 7;
-        let data = if t.ranges.len() == 1 && !repack {
-            Storage::Mapped(self.maps[0].clone(), t.ranges[0].clone())
-        } else {
-            let mut bytes = self.join_parts(t, ty);
-            if repack {
-                repack_nibbles(&mut bytes, ty);
-            }
-            Storage::Owned(bytes)
-        };
-        Weight { name: t.name.clone(), ty, rows, cols, data }
-    }
-
-    fn join_parts(&self, t: &LegacyTensor, ty: GgmlType) -> Vec<u8> {
-        let parts: Vec<&[u8]> = t.ranges.iter().zip(&self.maps).map(|(r, m)| &m[r.clone()]).collect();
-        match t.split {
-            Split::Whole => parts[0].to_vec(),
-            Split::Rows => parts.concat(),
-            Split::Columns => {
-                let n = parts.len();
-                let part_row = ty.row_bytes(t.ne[0] as usize / n).unwrap();
-                let rows = (t.n_elements() / t.ne[0]) as usize;
-                let mut out = Vec::with_capacity(part_row * n * rows);
-                for r in 0..rows {
-                    for p in &parts {
-                        out.extend_from_slice(&p[r * part_row..(r + 1) * part_row]);
-                    }
-                }
-                out
-            }
-        }
-    }
-}
-
-/// Old nibble order (byte j = weights 2j low, 2j+1 high) to today's (byte j = weights j, j+16).
-fn repack_nibbles(bytes: &mut [u8], ty: GgmlType) {
-    let head = match ty {
-        GgmlType::Q4_0F32 => 4,
-        GgmlType::Q4_1F32 => 8,
-        _ => return,
-    };
-    bytes.par_chunks_mut(ty.type_size() * 1024).for_each(|chunk| {
-        for b in chunk.chunks_exact_mut(ty.type_size()) {
-            let qs = &mut b[head..head + 16];
-            let mut q = [0u8; 32];
-            for j in 0..16 {
-                q[2 * j] = qs[j] & 0x0f;
-                q[2 * j + 1] = qs[j] >> 4;
-            }
-            for j in 0..16 {
-                qs[j] = q[j] | (q[j + 16] << 4);
-            }
-        }
-    });
-}
-
-/// Tensor names: Meta's (legacy files) for GGUF's (the engine's).
-pub fn meta_name(gguf: &str) -> Option<String> {
-    let simple = [("token_embd.weight", "tok_embeddings.weight"), ("output_norm.weight", "norm.weight"), ("output.weight", "output.weight")];
-    if let Some((_, m)) = simple.iter().find(|(g, _)| *g == gguf) {
-        return Some(m.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let m = match part {
-        "attn_norm.weight" => "attention_norm.weight",
-        "attn_q.weight" => "attention.wq.weight",
-        "attn_k.weight" => "attention.wk.weight",
-        "attn_v.weight" => "attention.wv.weight",
-        "attn_output.weight" => "attention.wo.weight",
-        "ffn_norm.weight" => "ffn_norm.weight",
-        "ffn_gate.weight" => "feed_forward.w1.weight",
-        "ffn_down.weight" => "feed_forward.w2.weight",
-        "ffn_up.weight" => "feed_forward.w3.weight",
-        _ => return None,
-    };
-    Some(format!("layers.{layer}.{m}"))
-}
-
-impl LegacyFile {
-    /// The vocab as a tokenizer: spaces back to `▁`, byte tokens to `<0xXX>`, the empty
-    /// control pieces to `<s>` / `</s>`, the unknown piece (" ⁇ ") to `<unk>`.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        let v = &self.vocab;
-        let n = v.len();
-        // Byte fallback vocab: ids 3..=258 are the bytes 0..=255 in order.
-        let bytes_at_3 = n >= 259 && (0..256).all(|b| v[3 + b].0 == [b as u8]);
-        let mut tokens = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        for (i, (text, _)) in v.iter().enumerate() {
-            let (piece, ty) = if bytes_at_3 && (3..259).contains(&i) {
-                (format!("<0x{:02X}>", i - 3), 6)
-            } else if i == 0 && (text.as_slice() == " \u{2047} ".as_bytes() || text.is_empty()) {
-                ("<unk>".to_string(), 2)
-            } else if text.is_empty() {
-                (match i {
-                    1 => "<s>".to_string(),
-                    2 => "</s>".to_string(),
-                    _ => format!("<ctrl{i}>"),
-                }, 3)
-            } else {
-                (String::from_utf8_lossy(text).replace(' ', "\u{2581}"), 1)
-            };
-            tokens.push(piece);
-            types.push(ty);
-        }
-        // ggml (unversioned) stores no scores: rank order stands in for the BPE merge scores.
-        let scores: Vec<f32> = if self.format.has_scores() {
-            v.iter().map(|e| e.1).collect()
-        } else {
-            (0..n).map(|i| -(i as f32)).collect()
-        };
-        let id = |i: u32| Some(i).filter(|&i| (i as usize) < n);
-        Tokenizer::new(tokens, scores, types, id(1), id(2), id(0), true, false)
-            .map_err(|e| Error::Format(format!("{}: {e}", self.paths[0].display())))
-    }
-
-    pub fn config(&self, n_vocab: usize) -> Result<Config> {
-        let h = &self.hparams;
-        let shown = self.paths[0].display();
-        if h.n_embd % h.n_head != 0 || h.n_layer > 4096 {
-            return format_err(format!("{shown}: inconsistent header: n_embd {} with {} heads", h.n_embd, h.n_head));
-        }
-        let head_dim = h.n_embd / h.n_head;
-        if h.n_rot > head_dim || h.n_rot % 2 != 0 {
-            return format_err(format!("{shown}: n_rot {} does not fit head size {head_dim}", h.n_rot));
-        }
-        Ok(Config {
-            dim: h.n_embd,
-            n_layer: h.n_layer,
-            n_head: h.n_head,
-            n_head_kv: h.n_head,
-            ffn_dim: h.n_ff(),
-            n_vocab,
-            train_ctx: 2048,
-            n_rot: h.n_rot,
-            rms_eps: LEGACY_RMS_EPS,
-            freq_base: 10000.0,
-        })
-    }
-
-    /// GGUF-style metadata describing the file (for `Model.metadata` and `info`).
-    pub fn metadata(&self) -> Vec<(String, Value)> {
-        let h = &self.hparams;
-        let u = |x: usize| Value::U32(x as u32);
-        vec![
-            ("general.architecture".into(), Value::String("llama".into())),
-            ("legacy.format".into(), Value::String(self.format.name().into())),
-            ("legacy.version".into(), Value::U32(self.format.version())),
-            ("legacy.n_parts".into(), u(self.paths.len())),
-            ("legacy.n_mult".into(), u(h.n_mult)),
-            ("legacy.ftype".into(), Value::I32(h.ftype)),
-            ("llama.embedding_length".into(), u(h.n_embd)),
-            ("llama.block_count".into(), u(h.n_layer)),
-            ("llama.feed_forward_length".into(), u(h.n_ff())),
-            ("llama.rope.dimension_count".into(), u(h.n_rot)),
-            ("llama.attention.head_count".into(), u(h.n_head)),
-            ("llama.attention.head_count_kv".into(), u(h.n_head)),
-            ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(LEGACY_RMS_EPS)),
-            ("general.file_type".into(), Value::U32(h.ftype.max(0) as u32)),
-        ]
+    /// The first part's map (for tensors used in place).
+    pub fn map(&self) -> &Arc<Mmap> {
+        &self.maps[0]
     }
 }

@@ -5,10 +5,13 @@
 
 pub mod attention;
 pub mod bandwidth;
+pub mod bytes;
+pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod info;
 pub mod legacy;
+pub mod load;
 pub mod model;
 pub mod ops;
 pub mod perplexity;
@@ -17,6 +20,7 @@ pub mod quant;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;
+pub mod weights;
 
 #[cfg(feature = "extension-module")]
 mod python;

@@ -416,7 +416,7 @@ struct TokenizerFile {
 impl TokenizerFile {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<TokenizerFile> {
-        let tok = run(py, || crate::model::tokenizer_from_gguf(&GgufFile::open(&path)?))?;
+        let tok = run(py, || crate::load::tokenizer_from_gguf(&GgufFile::open(&path)?))?;
         Ok(TokenizerFile { tok })
     }
 

@@ -1,0 +1,92 @@
+//! The one bounds-checked little-endian byte reader under both file readers (`gguf.rs`,
+//! `legacy.rs`). Every read checks the length first; running past the end is an
+//! `Error::Format` naming the file, what was being read and the byte offset, never a panic.
+
+use crate::error::{format_err, Result};
+use std::path::Path;
+
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], path: &'a Path) -> Self {
+        Reader { buf, pos: 0, path }
+    }
+
+    /// Offset of the next byte to read.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// An error at the current offset: "`path`: `what` (at byte N)".
+    pub fn err<T>(&self, what: &str) -> Result<T> {
+        format_err(format!("{}: {} (at byte {})", self.path.display(), what, self.pos))
+    }
+
+    /// An error about the file as a whole: "`path`: `what`".
+    pub fn err_file<T>(&self, what: &str) -> Result<T> {
+        format_err(format!("{}: {}", self.path.display(), what))
+    }
+
+    pub fn path(&self) -> &'a Path {
+        self.path
+    }
+
+    pub fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        if n > self.remaining() as u64 {
+            return self.err(&format!("file is truncated while reading {what}"));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    pub fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        Ok(self.take(N as u64, what)?.try_into().unwrap())
+    }
+
+    pub fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    pub fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    pub fn i32(&mut self, what: &str) -> Result<i32> {
+        Ok(i32::from_le_bytes(self.array(what)?))
+    }
+
+    pub fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    pub fn f32(&mut self, what: &str) -> Result<f32> {
+        Ok(f32::from_le_bytes(self.array(what)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_in_bounds_and_refuses_past_the_end() {
+        let bytes = [1u8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 9];
+        let mut r = Reader::new(&bytes, Path::new("x.bin"));
+        assert_eq!(r.u32("a").unwrap(), 1);
+        assert_eq!(r.i32("b").unwrap(), -1);
+        assert_eq!(r.remaining(), 1);
+        let e = r.u32("c").unwrap_err().to_string();
+        assert!(e.contains("x.bin") && e.contains("truncated while reading c") && e.contains("byte 8"), "{e}");
+        assert!(r.take(u64::MAX, "d").is_err());
+        assert_eq!(r.u8("e").unwrap(), 9);
+    }
+}

@@ -1,0 +1,430 @@
+//! Model files into a [`Model`]: GGUF and legacy (ggml, ggmf, ggjt) files, read by their pure
+//! readers (`gguf.rs`, `legacy.rs`), become a [`Config`] (checked once, by
+//! [`Config::validate`]), a [`Tokenizer`] and the weights under their GGUF names, each shape
+//! checked against the hyperparameters.
+
+use crate::config::Config;
+use crate::error::{format_err, Error, Result};
+use crate::gguf::{GgufFile, Value};
+use crate::legacy::{is_legacy_magic, LegacyFile, LegacyTensor, Split};
+use crate::model::{Layer, Model};
+use crate::quant::GgmlType;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{Storage, Weight};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// The RMSNorm epsilon the programs of the legacy files' time used (the files do not store it).
+pub const LEGACY_RMS_EPS: f32 = 1e-6;
+
+impl Model {
+    /// Load a GGUF file, or a legacy (ggml, ggmf, ggjt) file with its parts.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        if is_legacy_magic(&read_head(path)) {
+            return Self::from_legacy(&LegacyFile::open(path)?);
+        }
+        Self::from_gguf(&GgufFile::open(path)?)
+    }
+
+    pub fn from_gguf(f: &GgufFile) -> Result<Model> {
+        let shown = f.path.display().to_string();
+        match f.get("general.architecture").and_then(|v| v.as_str()) {
+            Some("llama") => {}
+            Some(other) => {
+                return format_err(format!(
+                    "{shown}: architecture {other:?} is not supported (llama-rs runs LLaMA-family models: general.architecture = \"llama\")"
+                ))
+            }
+            None => return format_err(format!("{shown}: general.architecture is missing")),
+        }
+        let tokenizer = tokenizer_from_gguf(f)?;
+        let config = gguf_config(f, tokenizer.n_vocab())?;
+        let map = f.mmap();
+        let get = |name: &str, shape: &[usize]| -> Result<Weight> {
+            let t = f.tensor(name).ok_or_else(|| Error::Format(format!("{shown}: tensor {name} is missing")))?;
+            check_shape(&shown, name, &t.dims, shape)?;
+            let (cols, rows) = (t.dims[0] as usize, (t.n_elements() / t.dims[0]) as usize);
+            let data = Storage::Mapped(map.clone(), t.range.clone());
+            Ok(Weight { name: name.to_string(), ty: t.ty, rows, cols, data })
+        };
+        let file_type = dominant_type(f.tensors.iter().map(|t| (t.ty.name().to_string(), t.dims.len(), t.n_elements())));
+        let has_output = f.tensor("output.weight").is_some();
+        build(f.path.clone(), config, tokenizer, f.metadata.clone(), file_type, has_output, get)
+    }
+
+    pub fn from_legacy(f: &LegacyFile) -> Result<Model> {
+        let shown = f.paths[0].display().to_string();
+        let tokenizer = legacy_tokenizer(f)?;
+        let config = legacy_config(f, tokenizer.n_vocab())?;
+        let get = |name: &str, shape: &[usize]| -> Result<Weight> {
+            let legacy = meta_name(name).unwrap_or_else(|| name.to_string());
+            let t = f.tensor(&legacy).ok_or_else(|| Error::Format(format!("{shown}: tensor {legacy} is missing")))?;
+            check_shape(&shown, &legacy, &t.ne, shape)?;
+            Ok(legacy_weight(f, t))
+        };
+        let file_type = dominant_type(f.tensors.iter().map(|t| (t.type_name(), t.ne.len(), t.n_elements())));
+        let has_output = f.tensor("output.weight").is_some();
+        build(f.paths[0].clone(), config, tokenizer, legacy_metadata(f), file_type, has_output, get)
+    }
+}
+
+/// The first bytes of a file (empty if it cannot be read: the real open reports why).
+pub fn read_head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = vec![0u8; 8];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => {
+            head.truncate(n);
+            head
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Assemble a model from its hyperparameters and a source of weights by GGUF name.
+fn build(
+    path: PathBuf,
+    config: Config,
+    tokenizer: Tokenizer,
+    metadata: Vec<(String, Value)>,
+    file_type: String,
+    has_output: bool,
+    get: impl Fn(&str, &[usize]) -> Result<Weight>,
+) -> Result<Model> {
+    let (dim, ffn_dim, kv_dim) = (config.dim, config.ffn_dim, config.kv_dim());
+    let token_embd = get("token_embd.weight", &[dim, config.n_vocab])?;
+    let mut layers = Vec::with_capacity(config.n_layer);
+    for i in 0..config.n_layer {
+        let p = |s: &str| format!("blk.{i}.{s}.weight");
+        layers.push(Layer {
+            attn_norm: get(&p("attn_norm"), &[dim])?.to_f32(),
+            wq: get(&p("attn_q"), &[dim, dim])?,
+            wk: get(&p("attn_k"), &[dim, kv_dim])?,
+            wv: get(&p("attn_v"), &[dim, kv_dim])?,
+            wo: get(&p("attn_output"), &[dim, dim])?,
+            ffn_norm: get(&p("ffn_norm"), &[dim])?.to_f32(),
+            w_gate: get(&p("ffn_gate"), &[dim, ffn_dim])?,
+            w_up: get(&p("ffn_up"), &[dim, ffn_dim])?,
+            w_down: get(&p("ffn_down"), &[ffn_dim, dim])?,
+        });
+    }
+    let output_norm = get("output_norm.weight", &[dim])?.to_f32();
+    let output = if has_output { Some(get("output.weight", &[dim, config.n_vocab])?) } else { None };
+    Ok(Model { path, config, token_embd, layers, output_norm, output, tokenizer, metadata, file_type })
+}
+
+/// A tensor's stored shape (ggml order) against the one the hyperparameters give. A 1-D norm
+/// may be stored as `[n, 1]` by some writers; trailing 1s do not change the data.
+fn check_shape(file: &str, name: &str, dims: &[u64], shape: &[usize]) -> Result<()> {
+    let mut trimmed: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    while trimmed.len() > shape.len() && trimmed.last() == Some(&1) {
+        trimmed.pop();
+    }
+    if trimmed != shape {
+        return format_err(format!("{file}: tensor {name} has shape {dims:?}, expected {shape:?} from the hyperparameters"));
+    }
+    Ok(())
+}
+
+/// The type holding most elements among the matrices (`(type name, n_dims, n_elements)`
+/// per tensor), for display; on a tie the first in file order. "F32" when there are none.
+fn dominant_type(tensors: impl Iterator<Item = (String, usize, u64)>) -> String {
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for (ty, _, n) in tensors.filter(|t| t.1 >= 2) {
+        match counts.iter_mut().find(|(t, _)| *t == ty) {
+            Some(c) => c.1 += n,
+            None => counts.push((ty, n)),
+        }
+    }
+    let mut best: Option<(String, u64)> = None;
+    for c in counts {
+        if best.as_ref().is_none_or(|b| c.1 > b.1) {
+            best = Some(c);
+        }
+    }
+    best.map_or("F32".to_string(), |b| b.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF metadata
+
+fn meta_usize(f: &GgufFile, key: &str) -> Result<Option<usize>> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if n > 0 && n < (1 << 40) => Ok(Some(n as usize)),
+            _ => format_err(format!("{}: metadata {key} = {v:?} is not a positive integer", f.path.display())),
+        },
+    }
+}
+
+fn require_usize(f: &GgufFile, key: &str) -> Result<usize> {
+    meta_usize(f, key)?.ok_or_else(|| Error::Format(format!("{}: metadata {key} is missing", f.path.display())))
+}
+
+fn meta_f32(f: &GgufFile, key: &str, default: f32) -> Result<f32> {
+    match f.get(key) {
+        None => Ok(default),
+        Some(v) => match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Ok(x as f32),
+            _ => format_err(format!("{}: metadata {key} = {v:?} is not a positive number", f.path.display())),
+        },
+    }
+}
+
+fn gguf_config(f: &GgufFile, n_vocab: usize) -> Result<Config> {
+    let dim = require_usize(f, "llama.embedding_length")?;
+    let n_head = require_usize(f, "llama.attention.head_count")?;
+    let config = Config {
+        dim,
+        n_layer: require_usize(f, "llama.block_count")?,
+        n_head,
+        n_head_kv: meta_usize(f, "llama.attention.head_count_kv")?.unwrap_or(n_head),
+        ffn_dim: require_usize(f, "llama.feed_forward_length")?,
+        n_vocab,
+        train_ctx: meta_usize(f, "llama.context_length")?.unwrap_or(2048),
+        n_rot: meta_usize(f, "llama.rope.dimension_count")?.unwrap_or(dim / n_head),
+        rms_eps: meta_f32(f, "llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+        freq_base: meta_f32(f, "llama.rope.freq_base", 10000.0)?,
+    };
+    config.validate().map_err(|e| Error::Format(format!("{}: {e}", f.path.display())))?;
+    Ok(config)
+}
+
+/// Read the vocab stored in a GGUF (`tokenizer.ggml.*`) into a tokenizer.
+pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
+    let shown = f.path.display();
+    match f.get("tokenizer.ggml.model").and_then(|v| v.as_str()) {
+        Some("llama") | None => {}
+        Some(other) => {
+            return format_err(format!(
+                "{shown}: tokenizer model {other:?} is not supported (only SentencePiece \"llama\")"
+            ))
+        }
+    }
+    let tokens: Vec<String> = match f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+        Some(items) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Format(format!("{shown}: tokenizer.ggml.tokens holds non-strings")))?,
+        None => return format_err(format!("{shown}: the vocab (tokenizer.ggml.tokens) is missing")),
+    };
+    let scores: Vec<f32> = match f.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+        Some(items) => items
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Format(format!("{shown}: tokenizer.ggml.scores holds non-numbers")))?,
+        None => vec![],
+    };
+    let types: Vec<i32> = match f.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
+        Some(items) => items
+            .iter()
+            .map(|v| v.as_i64().map(|x| x as i32))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Format(format!("{shown}: tokenizer.ggml.token_type holds non-integers")))?,
+        None => vec![],
+    };
+    let id = |key: &str| -> Result<Option<u32>> {
+        match f.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 0 && (n as usize) < tokens.len() => Ok(Some(n as u32)),
+                Some(-1) => Ok(None),
+                _ => format_err(format!("{shown}: {key} = {v:?} is not a token id of the vocab")),
+            },
+        }
+    };
+    let bos = id("tokenizer.ggml.bos_token_id")?.or(Some(1).filter(|_| tokens.len() > 1));
+    let eos = id("tokenizer.ggml.eos_token_id")?.or(Some(2).filter(|_| tokens.len() > 2));
+    let unk = id("tokenizer.ggml.unknown_token_id")?.or(Some(0));
+    let flag = |key: &str, default: bool| f.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
+    let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+    let remove_extra_ws = flag("tokenizer.ggml.remove_extra_whitespaces", false);
+    Tokenizer::new(tokens, scores, types, bos, eos, unk, add_space_prefix, remove_extra_ws)
+        .map_err(|e| Error::Format(format!("{shown}: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy files
+
+fn legacy_config(f: &LegacyFile, n_vocab: usize) -> Result<Config> {
+    let h = &f.hparams;
+    let config = Config {
+        dim: h.n_embd,
+        n_layer: h.n_layer,
+        n_head: h.n_head,
+        n_head_kv: h.n_head,
+        ffn_dim: h.n_ff(),
+        n_vocab,
+        train_ctx: 2048,
+        n_rot: h.n_rot,
+        rms_eps: LEGACY_RMS_EPS,
+        freq_base: 10000.0,
+    };
+    config.validate().map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))?;
+    Ok(config)
+}
+
+/// The vocab as a tokenizer: spaces back to `▁`, byte tokens to `<0xXX>`, the empty control
+/// pieces to `<s>` / `</s>`, the unknown piece (" ⁇ ") to `<unk>`.
+fn legacy_tokenizer(f: &LegacyFile) -> Result<Tokenizer> {
+    let v = &f.vocab;
+    let n = v.len();
+    // Byte fallback vocab: ids 3..=258 are the bytes 0..=255 in order.
+    let bytes_at_3 = n >= 259 && (0..256).all(|b| v[3 + b].0 == [b as u8]);
+    let mut tokens = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    for (i, (text, _)) in v.iter().enumerate() {
+        let (piece, ty) = if bytes_at_3 && (3..259).contains(&i) {
+            (format!("<0x{:02X}>", i - 3), 6)
+        } else if i == 0 && (text.as_slice() == " \u{2047} ".as_bytes() || text.is_empty()) {
+            ("<unk>".to_string(), 2)
+        } else if text.is_empty() {
+            let piece = match i {
+                1 => "<s>".to_string(),
+                2 => "</s>".to_string(),
+                _ => format!("<ctrl{i}>"),
+            };
+            (piece, 3)
+        } else {
+            (String::from_utf8_lossy(text).replace(' ', "\u{2581}"), 1)
+        };
+        tokens.push(piece);
+        types.push(ty);
+    }
+    // ggml (unversioned) stores no scores: rank order stands in for the BPE merge scores.
+    let scores: Vec<f32> =
+        if f.format.has_scores() { v.iter().map(|e| e.1).collect() } else { (0..n).map(|i| -(i as f32)).collect() };
+    let id = |i: u32| Some(i).filter(|&i| (i as usize) < n);
+    Tokenizer::new(tokens, scores, types, id(1), id(2), id(0), true, false)
+        .map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))
+}
+
+/// GGUF-style metadata describing a legacy file (for `Model.metadata` and `info`).
+pub fn legacy_metadata(f: &LegacyFile) -> Vec<(String, Value)> {
+    let h = &f.hparams;
+    let u = |x: usize| Value::U32(x as u32);
+    vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("legacy.format".into(), Value::String(f.format.name().into())),
+        ("legacy.version".into(), Value::U32(f.format.version())),
+        ("legacy.n_parts".into(), u(f.paths.len())),
+        ("legacy.n_mult".into(), u(h.n_mult)),
+        ("legacy.ftype".into(), Value::I32(h.ftype)),
+        ("llama.embedding_length".into(), u(h.n_embd)),
+        ("llama.block_count".into(), u(h.n_layer)),
+        ("llama.feed_forward_length".into(), u(h.n_ff())),
+        ("llama.rope.dimension_count".into(), u(h.n_rot)),
+        ("llama.attention.head_count".into(), u(h.n_head)),
+        ("llama.attention.head_count_kv".into(), u(h.n_head)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(LEGACY_RMS_EPS)),
+        ("general.file_type".into(), Value::U32(h.ftype.max(0) as u32)),
+    ]
+}
+
+/// Tensor names: Meta's (legacy files) for GGUF's (the engine's).
+pub fn meta_name(gguf: &str) -> Option<String> {
+    let simple =
+        [("token_embd.weight", "tok_embeddings.weight"), ("output_norm.weight", "norm.weight"), ("output.weight", "output.weight")];
+    if let Some((_, m)) = simple.iter().find(|(g, _)| *g == gguf) {
+        return Some(m.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let m = match part {
+        "attn_norm.weight" => "attention_norm.weight",
+        "attn_q.weight" => "attention.wq.weight",
+        "attn_k.weight" => "attention.wk.weight",
+        "attn_v.weight" => "attention.wv.weight",
+        "attn_output.weight" => "attention.wo.weight",
+        "ffn_norm.weight" => "ffn_norm.weight",
+        "ffn_gate.weight" => "feed_forward.w1.weight",
+        "ffn_down.weight" => "feed_forward.w2.weight",
+        "ffn_up.weight" => "feed_forward.w3.weight",
+        _ => return None,
+    };
+    Some(format!("layers.{layer}.{m}"))
+}
+
+/// The type the engine computes with for a stored legacy type. ggml, ggmf, ggjt v1 and v2
+/// blocks keep their f32 scales (`Q4_0F32`, ...: see quant/legacy.rs for why not f16);
+/// ggjt v3 blocks are today's.
+fn legacy_type(f: &LegacyFile, raw_type: u32) -> GgmlType {
+    match (raw_type, f.format.f16_scales()) {
+        (0, _) => GgmlType::F32,
+        (1, _) => GgmlType::F16,
+        (2, true) => GgmlType::Q4_0,
+        (3, true) => GgmlType::Q4_1,
+        (7, true) => GgmlType::Q8_0,
+        (2, false) => GgmlType::Q4_0F32,
+        (3, false) => GgmlType::Q4_1F32,
+        (7, false) => GgmlType::Q8_0F32,
+        _ => unreachable!("checked at parse"),
+    }
+}
+
+/// A legacy tensor as a weight: in place when it can be, else joined from its parts and/or
+/// with its nibbles repacked into today's order (ggml, ggmf, ggjt v1 q4 blocks).
+fn legacy_weight(f: &LegacyFile, t: &LegacyTensor) -> Weight {
+    let ty = legacy_type(f, t.raw_type);
+    let cols = t.ne[0] as usize;
+    let rows = (t.n_elements() / t.ne[0]) as usize;
+    let repack = ty.is_quantized() && f.format.old_nibbles() && t.raw_type != 7;
+    let data = if t.ranges.len() == 1 && !repack {
+        Storage::Mapped(f.map().clone(), t.ranges[0].clone())
+    } else {
+        let mut bytes = join_parts(f, t, ty);
+        if repack {
+            repack_nibbles(&mut bytes, ty);
+        }
+        Storage::Owned(bytes)
+    };
+    Weight { name: t.name.clone(), ty, rows, cols, data }
+}
+
+/// The whole tensor from its parts: rows split by rows are concatenated, rows split by
+/// columns are interleaved row by row.
+fn join_parts(f: &LegacyFile, t: &LegacyTensor, ty: GgmlType) -> Vec<u8> {
+    let parts = f.part_bytes(t);
+    match t.split {
+        Split::Whole => parts[0].to_vec(),
+        Split::Rows => parts.concat(),
+        Split::Columns => {
+            let n = parts.len();
+            let part_row = ty.row_bytes(t.ne[0] as usize / n).unwrap();
+            let rows = (t.n_elements() / t.ne[0]) as usize;
+            let mut out = Vec::with_capacity(part_row * n * rows);
+            for r in 0..rows {
+                for p in &parts {
+                    out.extend_from_slice(&p[r * part_row..(r + 1) * part_row]);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Old nibble order (byte j = weights 2j low, 2j+1 high) to today's (byte j = weights j, j+16).
+fn repack_nibbles(bytes: &mut [u8], ty: GgmlType) {
+    let head = match ty {
+        GgmlType::Q4_0F32 => 4,
+        GgmlType::Q4_1F32 => 8,
+        _ => return,
+    };
+    bytes.par_chunks_mut(ty.type_size() * 1024).for_each(|chunk| {
+        for b in chunk.chunks_exact_mut(ty.type_size()) {
+            let qs = &mut b[head..head + 16];
+            let mut q = [0u8; 32];
+            for j in 0..16 {
+                q[2 * j] = qs[j] & 0x0f;
+                q[2 * j + 1] = qs[j] >> 4;
+            }
+            for j in 0..16 {
+                qs[j] = q[j] | (q[j + 16] << 4);
+            }
+        }
+    });
+}
