@@ -1,6 +1,8 @@
-//! F16 rows: the f32 <-> f16 conversions (numpy's, bit for bit) and the F16 x f32 dot kernel.
+//! F16: the f32 <-> f16 conversions (numpy's, bit for bit), the f16 scale of today's blocks,
+//! and F16 rows with their F16 x f32 dot kernels.
 
-use super::simd::{self, float_dot, FloatKernel, FLOAT_LANES};
+use super::block::{Family, Pod, Scale};
+use super::simd::{self, FLOAT_LANES};
 use std::simd::prelude::*;
 
 /// f32 to IEEE half bits, rounding to nearest even, exactly as numpy's `astype(np.float16)`:
@@ -63,84 +65,99 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
 }
 
 /// Little-endian f16 at `b[0..2]`, as f32.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn read_f16(b: &[u8]) -> f32 {
     f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))
 }
 
-pub(crate) fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    debug_assert_eq!(dst.len(), src.len() * 2);
-    for (x, out) in src.iter().zip(dst.chunks_exact_mut(2)) {
-        out.copy_from_slice(&f32_to_f16_bits(*x).to_le_bytes());
-    }
-}
+/// An IEEE half, little-endian: the scale of today's blocks, and the element of F16 rows.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct F16(pub [u8; 2]);
+const _: () = assert!(std::mem::size_of::<F16>() == 2);
+// SAFETY: two bytes, alignment 1.
+unsafe impl Pod for F16 {}
 
-pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-    debug_assert_eq!(src.len(), dst.len() * 2);
-    for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
-        *y = read_f16(b);
-    }
-}
-
-/// Reference: `acc[i % 32] += w[i] * x[i]`, then the fixed reduction.
-pub(crate) fn vec_dot_scalar(w: &[u8], x: &[f32]) -> f32 {
-    debug_assert_eq!(w.len(), x.len() * 2);
-    let mut acc = [0f32; FLOAT_LANES];
-    for (i, (wb, &xv)) in w.chunks_exact(2).zip(x).enumerate() {
-        acc[i % FLOAT_LANES] += read_f16(wb) * xv;
-    }
-    simd::reduce32(&acc)
-}
-
-struct Portable;
-impl FloatKernel for Portable {
-    const ELEM_BYTES: usize = 2;
+impl F16 {
     #[inline(always)]
-    unsafe fn load8(b: &[u8]) -> f32x8 {
-        simd::f16_to_f32_portable(simd::gather_f16_bits::<2>(b, 0))
+    pub fn bits(self) -> u16 {
+        u16::from_le_bytes(self.0)
     }
 }
 
-pub(crate) fn vec_dot_portable(w: &[u8], x: &[f32]) -> f32 {
-    // SAFETY: the portable kernel needs no CPU feature.
-    unsafe { float_dot::<Portable>(w, x) }
+#[inline(always)]
+fn bits8(s: [F16; 8]) -> u16x8 {
+    u16x8::from_array(s.map(F16::bits))
 }
 
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-struct Avx2;
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-impl FloatKernel for Avx2 {
-    const ELEM_BYTES: usize = 2;
-    // Inlined into `vec_dot_avx2`, which enables the features (see `simd::x86`).
+impl Scale for F16 {
     #[inline(always)]
-    unsafe fn load8(b: &[u8]) -> f32x8 {
-        use simd::x86::*;
-        let h = _mm_loadu_si128(simd::arr::<16>(b, 0).as_ptr().cast());
-        f32x8::from(_mm256_cvtph_ps(h))
+    fn get(self) -> f32 {
+        f16_bits_to_f32(self.bits())
     }
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
-    float_dot::<Avx2>(w, x)
-}
-
-pub(crate) fn vec_dot(w: &[u8], x: &[f32]) -> f32 {
+    #[inline(always)]
+    fn store(v: f32) -> F16 {
+        F16(f32_to_f16_bits(v).to_le_bytes())
+    }
+    #[inline(always)]
+    fn lanes_portable(s: [F16; 8]) -> f32x8 {
+        simd::f16_to_f32_portable(bits8(s))
+    }
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { vec_dot_avx2(w, x) };
+    #[inline(always)]
+    unsafe fn lanes_avx2(s: [F16; 8]) -> f32x8 {
+        simd::x86::f16x8_to_f32(bits8(s))
     }
-    vec_dot_portable(w, x)
+}
+
+/// F16 rows against f32 activations: `acc[i % 32] += w[i] * x[i]`, then the fixed reduction.
+impl Family for F16 {
+    const QK: usize = 1;
+    type Act = f32;
+    type Aux = ();
+
+    #[inline(always)]
+    fn quantize(x: &[f32], out: &mut F16) {
+        *out = F16::store(x[0]);
+    }
+    #[inline(always)]
+    fn dequantize(&self, y: &mut [f32]) {
+        y[0] = self.get();
+    }
+    fn dot_scalar(w: &[F16], x: &[f32]) -> f32 {
+        let mut acc = [0f32; FLOAT_LANES];
+        for (i, (wv, &xv)) in w.iter().zip(x).enumerate() {
+            acc[i % FLOAT_LANES] += wv.get() * xv;
+        }
+        simd::reduce32(&acc)
+    }
+    #[inline(always)]
+    fn chunk_portable(acc: &mut [f32x8; 4], w: &[F16], x: &[f32]) {
+        let (w, x): (&[F16; FLOAT_LANES], &[f32; FLOAT_LANES]) = (w.try_into().unwrap(), x.try_into().unwrap());
+        for k in 0..4 {
+            let wv = F16::lanes_portable(std::array::from_fn(|i| w[8 * k + i]));
+            acc[k] += wv * f32x8::from_slice(&x[8 * k..8 * k + 8]);
+        }
+    }
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn chunk_avx2(acc: &mut [f32x8; 4], w: &[F16], x: &[f32]) {
+        use simd::x86::*;
+        let (w, x): (&[F16; FLOAT_LANES], &[f32; FLOAT_LANES]) = (w.try_into().unwrap(), x.try_into().unwrap());
+        for k in 0..4 {
+            let h = _mm_loadu_si128(w[8 * k..].as_ptr().cast());
+            acc[k] += f32x8::from(_mm256_cvtph_ps(h)) * f32x8::from_slice(&x[8 * k..8 * k + 8]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::tests_util::Rng;
+    use crate::quant::tests_util::{byte_shims, Rng};
+
+    byte_shims!(F16, [f32], crate::quant::tests_util::f32s);
 
     const P2_M10: f32 = 1.0 / 1024.0;
     const P2_M14: f32 = 1.0 / 16384.0;

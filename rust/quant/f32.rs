@@ -1,68 +1,75 @@
-//! F32 rows: little-endian f32 bytes, and the F32 x f32 dot kernel.
+//! F32: a little-endian f32, as the element of F32 rows (against f32 activations) and as the
+//! scale of the pre-GGUF blocks (`f32_scale.rs`).
 
-use super::simd::{self, float_dot, FloatKernel, FLOAT_LANES};
+use super::block::{Family, Pod, Scale};
+use super::fp16::{f16_bits_to_f32, f32_to_f16_bits};
+use super::simd::{self, FLOAT_LANES};
 use std::simd::prelude::*;
 
-pub(crate) fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    debug_assert_eq!(dst.len(), src.len() * 4);
-    for (x, out) in src.iter().zip(dst.chunks_exact_mut(4)) {
-        out.copy_from_slice(&x.to_le_bytes());
-    }
-}
+/// A little-endian f32 at any alignment.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct F32(pub [u8; 4]);
+const _: () = assert!(std::mem::size_of::<F32>() == 4);
+// SAFETY: four bytes, alignment 1.
+unsafe impl Pod for F32 {}
 
-pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-    debug_assert_eq!(src.len(), dst.len() * 4);
-    for (b, y) in src.chunks_exact(4).zip(dst.iter_mut()) {
-        *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
-}
-
-/// Reference: `acc[i % 32] += w[i] * x[i]`, then the fixed reduction.
-pub(crate) fn vec_dot_scalar(w: &[u8], x: &[f32]) -> f32 {
-    debug_assert_eq!(w.len(), x.len() * 4);
-    let mut acc = [0f32; FLOAT_LANES];
-    for (i, (wb, &xv)) in w.chunks_exact(4).zip(x).enumerate() {
-        acc[i % FLOAT_LANES] += f32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]) * xv;
-    }
-    simd::reduce32(&acc)
-}
-
-/// Plain std::simd: the same code serves both builds, only the target features differ.
-struct Kernel;
-impl FloatKernel for Kernel {
-    const ELEM_BYTES: usize = 4;
+impl Scale for F32 {
     #[inline(always)]
-    unsafe fn load8(b: &[u8]) -> f32x8 {
-        simd::load_f32x8_le(simd::arr::<32>(b, 0))
+    fn get(self) -> f32 {
+        f32::from_le_bytes(self.0)
+    }
+    /// The scale rounded to f16 as today's quantizers store it, kept in f32: quantizing into
+    /// f32-scale blocks (which nothing writes to a file) gives today's block, widened.
+    #[inline(always)]
+    fn store(v: f32) -> F32 {
+        F32(f16_bits_to_f32(f32_to_f16_bits(v)).to_le_bytes())
+    }
+    #[inline(always)]
+    fn lanes_portable(s: [F32; 8]) -> f32x8 {
+        f32x8::from_array(s.map(F32::get))
     }
 }
 
-pub(crate) fn vec_dot_portable(w: &[u8], x: &[f32]) -> f32 {
-    // SAFETY: the kernel needs no CPU feature.
-    unsafe { float_dot::<Kernel>(w, x) }
-}
+/// F32 rows against f32 activations: `acc[i % 32] += w[i] * x[i]`, then the fixed reduction.
+/// Plain std::simd: the same code serves every instruction set.
+impl Family for F32 {
+    const QK: usize = 1;
+    type Act = f32;
+    type Aux = ();
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
-    float_dot::<Kernel>(w, x)
-}
-
-pub(crate) fn vec_dot(w: &[u8], x: &[f32]) -> f32 {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { vec_dot_avx2(w, x) };
+    #[inline(always)]
+    fn quantize(x: &[f32], out: &mut F32) {
+        *out = F32(x[0].to_le_bytes());
     }
-    vec_dot_portable(w, x)
+    #[inline(always)]
+    fn dequantize(&self, y: &mut [f32]) {
+        y[0] = self.get();
+    }
+    fn dot_scalar(w: &[F32], x: &[f32]) -> f32 {
+        let mut acc = [0f32; FLOAT_LANES];
+        for (i, (wv, &xv)) in w.iter().zip(x).enumerate() {
+            acc[i % FLOAT_LANES] += wv.get() * xv;
+        }
+        simd::reduce32(&acc)
+    }
+    #[inline(always)]
+    fn chunk_portable(acc: &mut [f32x8; 4], w: &[F32], x: &[f32]) {
+        let (w, x): (&[F32; FLOAT_LANES], &[f32; FLOAT_LANES]) = (w.try_into().unwrap(), x.try_into().unwrap());
+        for k in 0..4 {
+            // SAFETY: 8 F32 are 32 bytes.
+            let b: &[u8; 32] = unsafe { &*w[8 * k..].as_ptr().cast::<[u8; 32]>() };
+            acc[k] += simd::load_f32x8_le(b) * f32x8::from_slice(&x[8 * k..8 * k + 8]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::tests_util::Rng;
+    use crate::quant::tests_util::{byte_shims, Rng};
+
+    byte_shims!(F32, [f32], crate::quant::tests_util::f32s);
 
     #[test]
     fn row_round_trip_is_exact() {

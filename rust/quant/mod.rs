@@ -1,108 +1,152 @@
-//! Block types (F32, F16, Q4_0, Q4_1, Q8_0): quantize, dequantize and dot kernels.
+//! Block types (F32, F16, Q4_0, Q4_1, Q8_0, and the pre-GGUF f32-scale blocks): quantize,
+//! dequantize and dot kernels.
 //!
-//! One file per block family; this file holds the type enum and the dispatch.
+//! One file per block family: a `#[repr(C)]` block struct viewed over the mapped bytes and its
+//! [`Family`] impl (quantize, dequantize, the scalar reference and the SIMD kernels).
+//! `block.rs` holds the traits, `dispatch.rs` the one run-time choice of instruction set,
+//! `simd.rs` the shared vector helpers and accumulation orders. This file lists the families
+//! (`families!`, one line each) and turns a [`GgmlType`] and bytes into calls on them.
+//!
 //! Numerics follow the `gguf` Python package byte for byte (see each format's file), and the
 //! dot kernels follow llama.cpp: quantized weights are multiplied with activations quantized to
 //! q8_0, block by block, in exact integer arithmetic; float weights with f32 activations.
 //! `simd.rs` fixes the float accumulation order, so the SIMD kernels equal the scalar
 //! references (`vec_dot_scalar`) bit for bit on every CPU.
 
+pub mod block;
+pub mod dispatch;
+pub mod f32_scale;
 // Named `fp16` / `fp32`: a module called `f32` would shadow the primitive type.
 #[path = "f16.rs"]
-mod fp16;
+pub mod fp16;
 #[path = "f32.rs"]
-mod fp32;
-mod legacy;
-mod q4_0;
-mod q4_1;
-mod q8_0;
+pub mod fp32;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q8_0;
 pub(crate) mod simd;
 
 #[cfg(test)]
 mod tests_util;
 
+pub use block::{view, view_mut, Activation, Family, Pod, Scale};
 pub use fp16::{f16_bits_to_f32, f32_to_f16_bits};
 
-/// A tensor element type, with ggml's numbering.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
-    /// Only ever built in memory by the legacy loader; they have no GGUF id.
-    Q4_0F32,
-    Q4_1F32,
-    Q8_0F32,
+use std::any::Any;
+use std::sync::Arc;
+
+/// Something to do with the family of a [`GgmlType`] ([`GgmlType::visit`] calls it with the
+/// family's block type).
+pub trait Visit {
+    type Out;
+    fn visit<B: Family>(self) -> Self::Out;
 }
 
-impl GgmlType {
-    /// All supported types, in id order.
-    pub const ALL: [GgmlType; 5] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-    ];
+/// The one list of block families: `Variant = ggml id, name, stored in GGUF => block type`.
+macro_rules! families {
+    ($($(#[$doc:meta])* $v:ident = $id:literal, $name:literal, $gguf:literal => $t:ty;)*) => {
+        /// A tensor element type, with ggml's numbering.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum GgmlType {
+            $($(#[$doc])* $v,)*
+        }
 
-    /// The type with this ggml id (F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8), if supported.
+        impl GgmlType {
+            const LISTED: &[GgmlType] = &[$(GgmlType::$v),*];
+
+            pub fn id(self) -> u32 {
+                match self {
+                    $(GgmlType::$v => $id,)*
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(GgmlType::$v => $name,)*
+                }
+            }
+
+            /// Whether this type can be stored in a GGUF file.
+            pub const fn is_gguf(self) -> bool {
+                match self {
+                    $(GgmlType::$v => $gguf,)*
+                }
+            }
+
+            /// Elements per block.
+            pub fn block_size(self) -> usize {
+                match self {
+                    $(GgmlType::$v => <$t as Family>::QK,)*
+                }
+            }
+
+            /// Bytes per block.
+            pub fn type_size(self) -> usize {
+                match self {
+                    $(GgmlType::$v => std::mem::size_of::<$t>(),)*
+                }
+            }
+
+            pub fn is_quantized(self) -> bool {
+                match self {
+                    $(GgmlType::$v => <<$t as Family>::Act as Activation>::QUANTIZED,)*
+                }
+            }
+
+            /// Runs `v` with this type's block type.
+            #[inline(always)]
+            pub fn visit<V: Visit>(self, v: V) -> V::Out {
+                match self {
+                    $(GgmlType::$v => v.visit::<$t>(),)*
+                }
+            }
+        }
+    };
+}
+
+families! {
+    F32 = 0, "F32", true => fp32::F32;
+    F16 = 1, "F16", true => fp16::F16;
+    Q4_0 = 2, "Q4_0", true => q4_0::BlockQ4_0;
+    Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
+    Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
+    /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
+    /// Only ever built in memory by the legacy loader; their ids are no file's.
+    Q4_0F32 = 1002, "Q4_0 (f32 scales)", false => f32_scale::BlockQ4_0F32;
+    Q4_1F32 = 1003, "Q4_1 (f32 scales)", false => f32_scale::BlockQ4_1F32;
+    Q8_0F32 = 1008, "Q8_0 (f32 scales)", false => f32_scale::BlockQ8_0F32;
+}
+
+const N_GGUF: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < GgmlType::LISTED.len() {
+        if GgmlType::LISTED[i].is_gguf() {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+impl GgmlType {
+    /// All types a GGUF file can hold, in id order.
+    pub const ALL: [GgmlType; N_GGUF] = {
+        let mut all = [GgmlType::LISTED[0]; N_GGUF];
+        let (mut i, mut n) = (0, 0);
+        while i < GgmlType::LISTED.len() {
+            if GgmlType::LISTED[i].is_gguf() {
+                all[n] = GgmlType::LISTED[i];
+                n += 1;
+            }
+            i += 1;
+        }
+        all
+    };
+
+    /// The type with this ggml id (F32=0, F16=1, Q4_0=2, Q4_1=3, Q8_0=8), if GGUF stores it.
     pub fn from_id(id: u32) -> Option<GgmlType> {
         Self::ALL.into_iter().find(|t| t.id() == id)
-    }
-
-    pub fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q8_0 => 8,
-            // Not GGUF types: ids no file uses (`from_id` never returns these).
-            GgmlType::Q4_0F32 => 1002,
-            GgmlType::Q4_1F32 => 1003,
-            GgmlType::Q8_0F32 => 1008,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q4_1 => "Q4_1",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4_0F32 => "Q4_0 (f32 scales)",
-            GgmlType::Q4_1F32 => "Q4_1 (f32 scales)",
-            GgmlType::Q8_0F32 => "Q8_0 (f32 scales)",
-        }
-    }
-
-    /// Elements per block.
-    pub fn block_size(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 => 1,
-            GgmlType::Q4_0 => q4_0::QK,
-            GgmlType::Q4_1 => q4_1::QK,
-            GgmlType::Q8_0 => q8_0::QK,
-            GgmlType::Q4_0F32 | GgmlType::Q4_1F32 | GgmlType::Q8_0F32 => legacy::QK,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn type_size(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 => 2,
-            GgmlType::Q4_0 => q4_0::BLOCK_BYTES,
-            GgmlType::Q4_1 => q4_1::BLOCK_BYTES,
-            GgmlType::Q8_0 => q8_0::BLOCK_BYTES,
-            GgmlType::Q4_0F32 => legacy::Q4_0_BYTES,
-            GgmlType::Q4_1F32 => legacy::Q4_1_BYTES,
-            GgmlType::Q8_0F32 => legacy::Q8_0_BYTES,
-        }
     }
 
     /// Bytes of a row of `n` elements; `None` if `n` is not a whole number of blocks or the
@@ -114,10 +158,6 @@ impl GgmlType {
         (n / self.block_size()).checked_mul(self.type_size())
     }
 
-    pub fn is_quantized(self) -> bool {
-        !matches!(self, GgmlType::F32 | GgmlType::F16)
-    }
-
     /// Today's type with the same block layout (the type itself for GGUF types).
     pub fn with_f16_scales(self) -> GgmlType {
         match self {
@@ -126,11 +166,6 @@ impl GgmlType {
             GgmlType::Q8_0F32 => GgmlType::Q8_0,
             t => t,
         }
-    }
-
-    /// Whether this type can be stored in a GGUF file.
-    pub fn is_gguf(self) -> bool {
-        Self::ALL.contains(&self)
     }
 }
 
@@ -142,43 +177,28 @@ impl std::fmt::Display for GgmlType {
 
 /// Quantize a row: `src.len()` a multiple of the block size, `dst.len() == row_bytes(src.len())`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
-    debug_assert_eq!(
-        ty.row_bytes(src.len()),
-        Some(dst.len()),
-        "quantize_row {ty}"
-    );
-    match ty {
-        GgmlType::F32 => fp32::quantize_row(src, dst),
-        GgmlType::F16 => fp16::quantize_row(src, dst),
-        GgmlType::Q4_0 => q4_0::quantize_row(src, dst),
-        GgmlType::Q4_1 => q4_1::quantize_row(src, dst),
-        GgmlType::Q8_0 => q8_0::quantize_row(src, dst),
-        GgmlType::Q4_0F32 | GgmlType::Q4_1F32 | GgmlType::Q8_0F32 => {
-            let today = ty.with_f16_scales();
-            let mut tmp = vec![0u8; today.row_bytes(src.len()).unwrap()];
-            quantize_row(today, src, &mut tmp);
-            legacy::widen(today, &tmp, dst);
+    debug_assert_eq!(ty.row_bytes(src.len()), Some(dst.len()), "quantize_row {ty}");
+    struct Q<'a>(&'a [f32], &'a mut [u8]);
+    impl Visit for Q<'_> {
+        type Out = ();
+        fn visit<B: Family>(self) {
+            dispatch::quantize::<B>(self.0, view_mut(self.1))
         }
     }
+    ty.visit(Q(src, dst))
 }
 
 /// Dequantize a row: `src.len() == row_bytes(dst.len())`. `src` may be unaligned.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-    debug_assert_eq!(
-        ty.row_bytes(dst.len()),
-        Some(src.len()),
-        "dequantize_row {ty}"
-    );
-    match ty {
-        GgmlType::F32 => fp32::dequantize_row(src, dst),
-        GgmlType::F16 => fp16::dequantize_row(src, dst),
-        GgmlType::Q4_0 => q4_0::dequantize_row(src, dst),
-        GgmlType::Q4_1 => q4_1::dequantize_row(src, dst),
-        GgmlType::Q8_0 => q8_0::dequantize_row(src, dst),
-        GgmlType::Q4_0F32 => legacy::dequantize_q4_0(src, dst),
-        GgmlType::Q4_1F32 => legacy::dequantize_q4_1(src, dst),
-        GgmlType::Q8_0F32 => legacy::dequantize_q8_0(src, dst),
+    debug_assert_eq!(ty.row_bytes(dst.len()), Some(src.len()), "dequantize_row {ty}");
+    struct D<'a>(&'a [u8], &'a mut [f32]);
+    impl Visit for D<'_> {
+        type Out = ();
+        fn visit<B: Family>(self) {
+            dispatch::dequantize::<B>(view(self.0), self.1)
+        }
     }
+    ty.visit(D(src, dst))
 }
 
 /// Activations prepared once per input row for a given weight type: f32 for F32/F16 weights,
@@ -192,13 +212,14 @@ pub enum PreparedRow {
 /// Prepare `x` for dot products with rows of `weight_type`. For quantized weights `x.len()`
 /// must be a multiple of 32.
 pub fn prepare_activation(weight_type: GgmlType, x: &[f32]) -> PreparedRow {
-    if weight_type.is_quantized() {
-        let mut q = vec![0u8; x.len() / q8_0::QK * q8_0::BLOCK_BYTES];
-        quantize_row(GgmlType::Q8_0, x, &mut q);
-        PreparedRow::Q8_0(q)
-    } else {
-        PreparedRow::F32(x.to_vec())
+    struct P<'a>(&'a [f32]);
+    impl Visit for P<'_> {
+        type Out = PreparedRow;
+        fn visit<B: Family>(self) -> PreparedRow {
+            B::Act::prepare(self.0)
+        }
     }
+    weight_type.visit(P(x))
 }
 
 #[cold]
@@ -225,12 +246,21 @@ impl PreparedRow {
     pub fn len(&self) -> usize {
         match self {
             PreparedRow::F32(v) => v.len(),
-            PreparedRow::Q8_0(q) => q.len() / q8_0::BLOCK_BYTES * q8_0::QK,
+            PreparedRow::Q8_0(q) => q.len() / std::mem::size_of::<q8_0::BlockQ8_0>() * q8_0::QK,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The activation units of `x` for family `B`, or the mismatch panic.
+#[inline(always)]
+fn act<B: Family>(weight_type: GgmlType, x: &PreparedRow) -> &[B::Act] {
+    match B::Act::view(x) {
+        Some(a) => a,
+        None => mismatch(weight_type),
     }
 }
 
@@ -240,92 +270,104 @@ impl PreparedRow {
 #[inline]
 pub fn vec_dot(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f32 {
     check_lengths(weight_type, w_row.len(), x.len());
-    match (weight_type, x) {
-        (GgmlType::F32, PreparedRow::F32(x)) => fp32::vec_dot(w_row, x),
-        (GgmlType::F16, PreparedRow::F32(x)) => fp16::vec_dot(w_row, x),
-        (GgmlType::Q4_0, PreparedRow::Q8_0(y)) => q4_0::vec_dot(w_row, y),
-        (GgmlType::Q4_1, PreparedRow::Q8_0(y)) => q4_1::vec_dot(w_row, y),
-        (GgmlType::Q8_0, PreparedRow::Q8_0(y)) => q8_0::vec_dot(w_row, y),
-        (GgmlType::Q4_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_0(w_row, y),
-        (GgmlType::Q4_1F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_1(w_row, y),
-        (GgmlType::Q8_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q8_0(w_row, y),
-        _ => mismatch(weight_type),
+    struct V<'a>(GgmlType, &'a [u8], &'a PreparedRow);
+    impl Visit for V<'_> {
+        type Out = f32;
+        #[inline(always)]
+        fn visit<B: Family>(self) -> f32 {
+            dispatch::dot::<B>(view(self.1), act::<B>(self.0, self.2))
+        }
     }
+    weight_type.visit(V(weight_type, w_row, x))
 }
 
 /// The plain scalar reference for [`vec_dot`] (same accumulation order, no SIMD).
 pub fn vec_dot_scalar(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f32 {
     check_lengths(weight_type, w_row.len(), x.len());
-    match (weight_type, x) {
-        (GgmlType::F32, PreparedRow::F32(x)) => fp32::vec_dot_scalar(w_row, x),
-        (GgmlType::F16, PreparedRow::F32(x)) => fp16::vec_dot_scalar(w_row, x),
-        (GgmlType::Q4_0, PreparedRow::Q8_0(y)) => q4_0::vec_dot_scalar(w_row, y),
-        (GgmlType::Q4_1, PreparedRow::Q8_0(y)) => q4_1::vec_dot_scalar(w_row, y),
-        (GgmlType::Q8_0, PreparedRow::Q8_0(y)) => q8_0::vec_dot_scalar(w_row, y),
-        (GgmlType::Q4_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_0(w_row, y),
-        (GgmlType::Q4_1F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q4_1(w_row, y),
-        (GgmlType::Q8_0F32, PreparedRow::Q8_0(y)) => legacy::vec_dot_q8_0(w_row, y),
-        _ => mismatch(weight_type),
+    struct V<'a>(GgmlType, &'a [u8], &'a PreparedRow);
+    impl Visit for V<'_> {
+        type Out = f32;
+        fn visit<B: Family>(self) -> f32 {
+            B::dot_scalar(view(self.1), act::<B>(self.0, self.2))
+        }
     }
+    weight_type.visit(V(weight_type, w_row, x))
 }
 
 /// Activation rows per [`vec_dot_rows`] call in prompts (then 4, then 1 for the rest).
 pub const XN: usize = 8;
 
 /// Side data of one prepared activation row for a weight type's multi-row kernel
-/// ([`vec_dot_rows`]), computed once per matmul.
-#[derive(Clone, Debug, Default)]
-pub enum RowAux {
-    /// No multi-row kernel for the weight type (or f32 activations).
-    #[default]
-    None,
-    /// For Q4_0 weights: scales, `8 * sum(q)` per block, quants rearranged (`q4_0::x4_aux`).
-    Q4_0 { d: Vec<f32>, s8: Vec<i32>, yt: Vec<u8> },
-    /// For Q8_0 weights: scales and quants widened to i16 (`q8_0::rows_aux`).
-    Q8_0 { d: Vec<f32>, y16: Vec<i16> },
+/// ([`vec_dot_rows`]), computed once per matmul: the family's `Family::Aux`, or nothing.
+#[derive(Clone, Default)]
+pub struct RowAux(Option<Arc<dyn Any + Send + Sync>>);
+
+impl std::fmt::Debug for RowAux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "RowAux(..)" } else { "RowAux(None)" })
+    }
 }
 
 impl RowAux {
     pub fn new(weight_type: GgmlType, x: &PreparedRow) -> RowAux {
-        match (weight_type, x) {
-            (GgmlType::Q4_0, PreparedRow::Q8_0(y)) => {
-                let (d, s8, yt) = q4_0::x4_aux(y);
-                RowAux::Q4_0 { d, s8, yt }
+        struct N<'a>(&'a PreparedRow);
+        impl Visit for N<'_> {
+            type Out = RowAux;
+            fn visit<B: Family>(self) -> RowAux {
+                match B::Act::view(self.0) {
+                    Some(a) if B::MULTI_ROW => RowAux(B::row_aux(a).map(|v| Arc::new(v) as Arc<dyn Any + Send + Sync>)),
+                    _ => RowAux(None),
+                }
             }
-            (GgmlType::Q8_0, PreparedRow::Q8_0(y)) => {
-                let (d, y16) = q8_0::rows_aux(y);
-                RowAux::Q8_0 { d, y16 }
-            }
-            _ => RowAux::None,
         }
+        weight_type.visit(N(x))
+    }
+
+    /// The side data for family `B`, if that is what this holds.
+    fn get<B: Family>(&self) -> Option<&B::Aux> {
+        self.0.as_ref()?.downcast_ref::<B::Aux>()
     }
 
     /// Whether this is the side data `RowAux::new(weight_type, x)` would make (same kind,
-    /// whole groups of 8 blocks for `x`'s length).
+    /// whole groups of 8 blocks for `x`'s length); always true for types without a
+    /// multi-row kernel, which ignore it.
     pub fn fits(&self, weight_type: GgmlType, x: &PreparedRow) -> bool {
-        let groups = match x {
-            PreparedRow::Q8_0(y) => (y.len() / q8_0::BLOCK_BYTES).div_ceil(8),
-            PreparedRow::F32(_) => return !has_multi_row_kernel(weight_type),
-        };
-        match (weight_type, self) {
-            (GgmlType::Q4_0, RowAux::Q4_0 { d, s8, yt }) => d.len() == groups * 8 && s8.len() == groups * 8 && yt.len() == groups * 256,
-            (GgmlType::Q8_0, RowAux::Q8_0 { d, y16 }) => d.len() == groups * 8 && y16.len() == groups * 8 * q8_0::QK,
-            (t, _) => !has_multi_row_kernel(t),
+        struct F<'a>(&'a RowAux, &'a PreparedRow);
+        impl Visit for F<'_> {
+            type Out = bool;
+            fn visit<B: Family>(self) -> bool {
+                if !B::MULTI_ROW {
+                    return true;
+                }
+                match (self.0.get::<B>(), B::Act::view(self.1)) {
+                    (Some(aux), Some(a)) => B::aux_fits(aux, a),
+                    _ => false,
+                }
+            }
         }
+        weight_type.visit(F(self, x))
     }
 }
 
 /// Whether [`vec_dot_rows`] has a multi-row kernel for this weight type (else it runs
 /// [`vec_dot`] per pair, and [`RowAux`] is not worth computing).
 pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
-    matches!(weight_type, GgmlType::Q4_0 | GgmlType::Q8_0)
+    struct M;
+    impl Visit for M {
+        type Out = bool;
+        fn visit<B: Family>(self) -> bool {
+            B::MULTI_ROW
+        }
+    }
+    weight_type.visit(M)
 }
 
 /// `out.len()` consecutive weight rows (`w_rows`) against `N` prepared activation rows:
 /// `out[r][t] = vec_dot(row r, xs[t])` bit for bit, faster where a multi-row kernel exists
-/// (Q4_0, Q8_0: each weight block is unpacked once for all `N`, and the activations come
-/// rearranged in `aux`). `aux[t]` is `RowAux::new(weight_type, xs[t])`; rows whose side data
-/// does not fit (or types without such a kernel) take [`vec_dot`], with the same bits.
+/// (Q4_0, Q8_0 and their f32-scale twins: each weight block is unpacked once for all `N`, and
+/// the activations come rearranged in `aux`). `aux[t]` is `RowAux::new(weight_type, xs[t])`;
+/// rows whose side data does not fit (or types without such a kernel) take [`vec_dot`], with
+/// the same bits.
 pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&PreparedRow; N], aux: [&RowAux; N], out: &mut [[f32; N]]) {
     if out.is_empty() {
         return;
@@ -335,36 +377,28 @@ pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&
     for x in xs {
         check_lengths(weight_type, row_bytes, x.len());
     }
-    let ys: [Option<&[u8]>; N] = xs.map(|x| match x {
-        PreparedRow::Q8_0(y) => Some(&y[..]),
-        PreparedRow::F32(_) => None,
-    });
-    if ys.iter().all(Option::is_some) && aux.iter().zip(xs).all(|(a, x)| a.fits(weight_type, x)) {
-        let ys = ys.map(Option::unwrap);
-        match weight_type {
-            GgmlType::Q4_0 => {
-                let part = |k: usize| match aux[k] {
-                    RowAux::Q4_0 { d, s8, yt } => (&d[..], &s8[..], &yt[..]),
-                    _ => unreachable!("checked by fits"),
-                };
-                let (d, s8, yt) = (std::array::from_fn(|k| part(k).0), std::array::from_fn(|k| part(k).1), std::array::from_fn(|k| part(k).2));
-                return q4_0::vec_dot_rows_xn(w_rows, row_bytes, ys, d, s8, yt, out);
-            }
-            GgmlType::Q8_0 => {
-                let part = |k: usize| match aux[k] {
-                    RowAux::Q8_0 { d, y16 } => (&d[..], &y16[..]),
-                    _ => unreachable!("checked by fits"),
-                };
-                let (d, y16) = (std::array::from_fn(|k| part(k).0), std::array::from_fn(|k| part(k).1));
-                return q8_0::vec_dot_rows_xn(w_rows, row_bytes, ys, d, y16, out);
-            }
-            _ => {}
+    struct R<'a, 'o, const N: usize>(GgmlType, &'a [u8], [&'a PreparedRow; N], [&'a RowAux; N], &'o mut [[f32; N]]);
+    impl<const N: usize> Visit for R<'_, '_, N> {
+        type Out = ();
+        #[inline(always)]
+        fn visit<B: Family>(self) {
+            let R(ty, w_rows, xs, aux, out) = self;
+            let w = view::<B>(w_rows);
+            let ys = xs.map(|x| act::<B>(ty, x));
+            let aux: Option<[&B::Aux; N]> = if B::MULTI_ROW {
+                let got = aux.map(|a| a.get::<B>());
+                if got.iter().zip(ys).all(|(a, y)| a.is_some_and(|a| B::aux_fits(a, y))) {
+                    Some(got.map(Option::unwrap))
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            dispatch::dot_rows::<B, N>(w, w.len() / out.len(), ys, aux, out)
         }
     }
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w_rows[r * row_bytes..(r + 1) * row_bytes];
-        *o = xs.map(|x| vec_dot(weight_type, row, x));
-    }
+    weight_type.visit(R(weight_type, w_rows, xs, aux, out))
 }
 
 /// [`vec_dot_rows`] for one weight row.

@@ -1,164 +1,175 @@
 //! Q4_0: 32 weights per 18-byte block: f16 scale `d`, then 16 bytes of nibbles; byte `j`
 //! holds weight `j` (low nibble) and weight `j + 16` (high nibble). Value = `(q - 8) * d`.
 
-use super::fp16::{f32_to_f16_bits, read_f16};
-use super::simd::{self, block_dot, BlockKernel, BLOCK_LANES, Q8_BYTES};
+use super::block::{i8_bytes, zeroed, Family, Pod, Scale};
+use super::fp16::F16;
+use super::q8_0::BlockQ8_0;
+use super::simd::{self, BLOCK_LANES};
 use std::simd::prelude::*;
 
 pub(crate) const QK: usize = 32;
-pub(crate) const BLOCK_BYTES: usize = 18;
 
-/// gguf's `Q4_0.quantize_blocks`, step by step in f32.
-fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
-    // numpy `abs(x).argmax()`: first index of the largest magnitude; the first NaN if any.
-    let imax = match simd::block_abs_max(x) {
-        Some(amax) => x.iter().position(|v| v.abs() == amax).unwrap(),
-        None => x.iter().position(|v| v.is_nan()).unwrap(),
-    };
-    let d = x[imax] / -8.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    // trunc(x*id + 8.5), numpy's uint8 cast, clip to 15 (finite input gives 0..=16 here).
-    let q = |k: usize| {
-        let v = f32x8::from_slice(&x[8 * k..]) * f32x8::splat(id) + f32x8::splat(8.5);
-        simd::np_trunc_u8_x8(v).simd_min(u8x8::splat(15))
-    };
-    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
-    // Weights j and j + 16 share byte j.
-    for k in 0..2 {
-        let packed = q(k) | (q(k + 2) << 4);
-        out[2 + 8 * k..2 + 8 * k + 8].copy_from_slice(packed.as_array());
-    }
+/// `S` is the scale type: [`F16`] today, `F32` in pre-GGUF files (`f32_scale.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ4_0<S = F16> {
+    pub d: S,
+    pub qs: [u8; QK / 2],
 }
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+// SAFETY: byte arrays and a Pod scale (alignment 1), no padding.
+unsafe impl<S: Scale> Pod for BlockQ4_0<S> {}
 
-pub(crate) fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    let (blocks, rest) = src.as_chunks::<QK>();
-    debug_assert!(rest.is_empty() && dst.len() == blocks.len() * BLOCK_BYTES);
-    for (x, out) in blocks.iter().zip(dst.as_chunks_mut::<BLOCK_BYTES>().0) {
-        quantize_block(x, out);
-    }
-}
-
-pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-    let (blocks, rest) = src.as_chunks::<BLOCK_BYTES>();
-    debug_assert!(rest.is_empty() && dst.len() == blocks.len() * QK);
-    for (b, y) in blocks.iter().zip(dst.as_chunks_mut::<QK>().0) {
-        let d = read_f16(b);
-        for j in 0..QK / 2 {
-            y[j] = d * ((b[2 + j] & 0x0f) as i32 - 8) as f32;
-            y[j + QK / 2] = d * ((b[2 + j] >> 4) as i32 - 8) as f32;
-        }
-    }
-}
-
-/// Reference: exact integer sum per block, `acc[b % 8] += (d_w * d_x) * isum`, fixed reduction.
-pub(crate) fn vec_dot_scalar(w: &[u8], y: &[u8]) -> f32 {
-    debug_assert_eq!(w.len() / BLOCK_BYTES * Q8_BYTES, y.len());
-    let mut acc = [0f32; BLOCK_LANES];
-    for (b, (wb, yb)) in w
-        .chunks_exact(BLOCK_BYTES)
-        .zip(y.chunks_exact(Q8_BYTES))
-        .enumerate()
-    {
-        let mut isum = 0i32;
-        for j in 0..QK / 2 {
-            let lo = (wb[2 + j] & 0x0f) as i32 - 8;
-            let hi = (wb[2 + j] >> 4) as i32 - 8;
-            isum += lo * yb[2 + j] as i8 as i32 + hi * yb[2 + QK / 2 + j] as i8 as i32;
-        }
-        acc[b % BLOCK_LANES] += (read_f16(wb) * read_f16(yb)) * isum as f32;
-    }
-    simd::reduce8(acc)
-}
-
-/// The float half of a group, shared by both builds so their order cannot drift apart.
+/// The float half of a group, shared by every level so their order cannot drift apart.
 #[inline(always)]
 fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
     (dw * dx) * isum.cast::<f32>()
 }
 
-struct Portable;
-impl BlockKernel for Portable {
-    const BLOCK_BYTES: usize = BLOCK_BYTES;
+impl<S: Scale> Family for BlockQ4_0<S> {
+    const QK: usize = QK;
+    type Act = BlockQ8_0;
+    type Aux = Q4Aux;
+
+    /// gguf's `Q4_0.quantize_blocks`, step by step in f32.
     #[inline(always)]
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8 {
+    fn quantize(x: &[f32], out: &mut Self) {
+        let x: &[f32; QK] = x.try_into().unwrap();
+        // numpy `abs(x).argmax()`: first index of the largest magnitude; the first NaN if any.
+        let imax = match simd::block_abs_max(x) {
+            Some(amax) => x.iter().position(|v| v.abs() == amax).unwrap(),
+            None => x.iter().position(|v| v.is_nan()).unwrap(),
+        };
+        let d = x[imax] / -8.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        // trunc(x*id + 8.5), numpy's uint8 cast, clip to 15 (finite input gives 0..=16 here).
+        let q = |k: usize| {
+            let v = f32x8::from_slice(&x[8 * k..]) * f32x8::splat(id) + f32x8::splat(8.5);
+            simd::np_trunc_u8_x8(v).simd_min(u8x8::splat(15))
+        };
+        out.d = S::store(d);
+        // Weights j and j + 16 share byte j.
+        for k in 0..2 {
+            let packed = q(k) | (q(k + 2) << 4);
+            out.qs[8 * k..8 * k + 8].copy_from_slice(packed.as_array());
+        }
+    }
+
+    fn dequantize(&self, y: &mut [f32]) {
+        let d = self.d.get();
+        for j in 0..QK / 2 {
+            y[j] = d * ((self.qs[j] & 0x0f) as i32 - 8) as f32;
+            y[j + QK / 2] = d * ((self.qs[j] >> 4) as i32 - 8) as f32;
+        }
+    }
+
+    /// Exact integer sum per block, `acc[b % 8] += (d_w * d_x) * isum`, fixed reduction.
+    fn dot_scalar(w: &[Self], y: &[BlockQ8_0]) -> f32 {
+        let mut acc = [0f32; BLOCK_LANES];
+        for (b, (wb, yb)) in w.iter().zip(y).enumerate() {
+            let mut isum = 0i32;
+            for j in 0..QK / 2 {
+                let lo = (wb.qs[j] & 0x0f) as i32 - 8;
+                let hi = (wb.qs[j] >> 4) as i32 - 8;
+                isum += lo * yb.qs[j] as i32 + hi * yb.qs[QK / 2 + j] as i32;
+            }
+            acc[b % BLOCK_LANES] += (wb.d.get() * yb.d.get()) * isum as f32;
+        }
+        simd::reduce8(acc)
+    }
+
+    #[inline(always)]
+    fn chunk_portable(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
         // Fixed-size views: one length check here, none per block.
-        let w: &[u8; BLOCK_LANES * BLOCK_BYTES] = w.try_into().unwrap();
-        let y: &[u8; BLOCK_LANES * Q8_BYTES] = y.try_into().unwrap();
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let isum = i32x8::from_array(std::array::from_fn(|b| {
-            let qs = u8x16::from_array(*simd::arr::<16>(w, b * BLOCK_BYTES + 2));
-            let y0 = u8x16::from_array(*simd::arr::<16>(y, b * Q8_BYTES + 2)).cast::<i8>();
-            let y1 = u8x16::from_array(*simd::arr::<16>(y, b * Q8_BYTES + 18)).cast::<i8>();
+            let qs = u8x16::from_array(w[b].qs);
+            let y0 = i8x16::from_slice(&y[b].qs[..16]);
+            let y1 = i8x16::from_slice(&y[b].qs[16..]);
             let lo = (qs & u8x16::splat(0x0f)).cast::<i16>() - i16x16::splat(8);
             let hi = (qs >> 4).cast::<i16>() - i16x16::splat(8);
             // |products| <= 8 * 128, so the i16 sums of two cannot overflow.
-            (lo * y0.cast::<i16>() + hi * y1.cast::<i16>())
-                .cast::<i32>()
-                .reduce_sum()
+            (lo * y0.cast::<i16>() + hi * y1.cast::<i16>()).cast::<i32>().reduce_sum()
         }));
-        let dw = simd::f16_to_f32_portable(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
-        let dx = simd::f16_to_f32_portable(simd::gather_f16_bits::<Q8_BYTES>(y, 0));
-        combine(dw, dx, isum)
+        let dw = S::lanes_portable(std::array::from_fn(|b| w[b].d));
+        let dx = F16::lanes_portable(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, dx, isum);
     }
-}
 
-pub(crate) fn vec_dot_portable(w: &[u8], y: &[u8]) -> f32 {
-    // SAFETY: the portable kernel needs no CPU feature.
-    unsafe { block_dot::<Portable>(w, y) }
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-struct Avx2;
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-impl BlockKernel for Avx2 {
-    const BLOCK_BYTES: usize = BLOCK_BYTES;
-    // Inlined into `vec_dot_avx2`, which enables the features (see `simd::x86`).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8 {
-        // Fixed-size views: one length check here, none per block.
-        let w: &[u8; BLOCK_LANES * BLOCK_BYTES] = w.try_into().unwrap();
-        let y: &[u8; BLOCK_LANES * Q8_BYTES] = y.try_into().unwrap();
+    unsafe fn chunk_avx2(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
         use simd::x86::*;
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let m4 = _mm_set1_epi8(0x0f);
         let eight = _mm256_set1_epi8(8);
         let ones = _mm256_set1_epi16(1);
         let mut v = [_mm256_setzero_si256(); BLOCK_LANES];
         for (b, vb) in v.iter_mut().enumerate() {
-            let qs = load16(simd::arr::<16>(w, b * BLOCK_BYTES + 2));
+            let qs = load16(&w[b].qs);
             let lo = _mm_and_si128(qs, m4);
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
             let nib = _mm256_set_m128i(hi, lo); // weights 0..32 in order, values 0..=15
-            let yv = load32(simd::arr::<32>(y, b * Q8_BYTES + 2));
+            let yv = load32(i8_bytes(&y[b].qs));
             // sum (q - 8) * y = sum q * y - sum 8 * y. maddubs takes the nibbles as the
             // unsigned operand, so no sign trick is needed and y = -128 is still exact;
             // each i16 pair sum is at most 2 * 15 * 128, no saturation.
-            let p = _mm256_sub_epi16(
-                _mm256_maddubs_epi16(nib, yv),
-                _mm256_maddubs_epi16(eight, yv),
-            );
+            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(nib, yv), _mm256_maddubs_epi16(eight, yv));
             *vb = _mm256_madd_epi16(p, ones);
         }
         let isum = hsum8_epi32(v);
-        let dw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
-        let dx = f16x8_to_f32(simd::gather_f16_bits::<Q8_BYTES>(y, 0));
-        combine(dw, dx, isum)
+        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
+        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, dx, isum);
     }
-}
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_avx2(w: &[u8], y: &[u8]) -> f32 {
-    block_dot::<Avx2>(w, y)
-}
+    const MULTI_ROW: bool = true;
 
-pub(crate) fn vec_dot(w: &[u8], y: &[u8]) -> f32 {
+    fn row_aux(y: &[BlockQ8_0]) -> Option<Q4Aux> {
+        Some(x4_aux(y))
+    }
+
+    fn aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
+        let groups = y.len().div_ceil(BLOCK_LANES);
+        aux.d.len() == groups * BLOCK_LANES && aux.s8.len() == groups * BLOCK_LANES && aux.yt.len() == groups * YT_GROUP
+    }
+
+    /// One weight row against `N` activation rows.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { vec_dot_avx2(w, y) };
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        let nb = w.len();
+        let groups = nb.div_ceil(BLOCK_LANES);
+        for a in aux {
+            assert!(
+                a.d.len() == groups * BLOCK_LANES && a.s8.len() == groups * BLOCK_LANES && a.yt.len() == groups * YT_GROUP,
+                "vec_dot_xn lengths"
+            );
+        }
+        let mut acc = [f32x8::splat(0.0); N];
+        let full = nb / BLOCK_LANES;
+        for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
+            simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<Self>());
+            group_xn_avx2(wg.try_into().unwrap(), group_parts(aux, g), &mut acc);
+        }
+        let rem = nb % BLOCK_LANES;
+        if rem != 0 {
+            // Zero padding as in the row driver: padded lanes add (0 * 0) * 0 = +0.0.
+            let mut wp = [zeroed::<Self>(); BLOCK_LANES];
+            wp[..rem].copy_from_slice(&w[full * BLOCK_LANES..]);
+            group_xn_avx2(&wp, group_parts(aux, full), &mut acc);
+        }
+        acc.map(|a| {
+            let a = a.to_array();
+            let mut lanes = [0f32; BLOCK_LANES];
+            for (l, &b) in LANE_BLOCK.iter().enumerate() {
+                lanes[b] = a[l];
+            }
+            simd::reduce8(lanes)
+        })
     }
-    vec_dot_portable(w, y)
 }
 
 /// Lane `l` of the multi-row kernels' vectors holds block `LANE_BLOCK[l]` of a group of 8
@@ -172,32 +183,72 @@ const LANE_BLOCK: [usize; BLOCK_LANES] = [0, 2, 4, 6, 1, 3, 5, 7];
 /// `LANE_BLOCK[l]` (the weights' nibbles land in that layout after a cheap transpose).
 const YT_GROUP: usize = BLOCK_LANES * 32;
 
+/// Side data of one q8_0 activation row for the multi-row kernel, per group of 8 blocks (the
+/// last one padded with zero blocks), lanes in `LANE_BLOCK` order: the scales as f32,
+/// `8 * sum(q)` of each block, and the quants rearranged (`YT_GROUP` bytes per group).
+pub struct Q4Aux {
+    d: Vec<f32>,
+    s8: Vec<i32>,
+    yt: Vec<u8>,
+}
+
+pub(crate) fn x4_aux(y: &[BlockQ8_0]) -> Q4Aux {
+    let nb = y.len();
+    let groups = nb.div_ceil(BLOCK_LANES);
+    let mut d = vec![0f32; groups * BLOCK_LANES];
+    let mut s8 = vec![0i32; groups * BLOCK_LANES];
+    let mut yt = vec![0u8; groups * YT_GROUP];
+    for g in 0..groups {
+        for (l, &lb) in LANE_BLOCK.iter().enumerate() {
+            let b = g * BLOCK_LANES + lb;
+            if b >= nb {
+                continue;
+            }
+            let yb = &y[b];
+            d[g * BLOCK_LANES + l] = yb.d.get();
+            s8[g * BLOCK_LANES + l] = 8 * yb.qs.iter().map(|&q| q as i32).sum::<i32>();
+            let qs = i8_bytes(&yb.qs);
+            for v in 0..8 {
+                let (k, h) = (v / 2, v % 2);
+                let src = 16 * h + 4 * k;
+                yt[g * YT_GROUP + 32 * v + 4 * l..][..4].copy_from_slice(&qs[src..src + 4]);
+            }
+        }
+    }
+    Q4Aux { d, s8, yt }
+}
+
+/// Group `g`'s slices of each activation row's side data: (quants, scales, 8 * sums).
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn group_parts<const N: usize>(aux: [&Q4Aux; N], g: usize) -> ([&[u8; YT_GROUP]; N], [&[f32; BLOCK_LANES]; N], [&[i32; BLOCK_LANES]; N]) {
+    (
+        std::array::from_fn(|t| simd::arr::<YT_GROUP>(&aux[t].yt, g * YT_GROUP)),
+        std::array::from_fn(|t| aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+        std::array::from_fn(|t| aux[t].s8[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+    )
+}
+
 /// One group of 8 blocks of a weight row against the same group of `N` activation rows.
 /// The weight nibbles are unpacked and transposed once (lane = block, 4 weights per lane per
 /// vector) to meet the activations, rearranged the same way once per matmul (`x4_aux`). Per
 /// activation row, the integer sum of each block is `sum(nib * y) - 8 * sum(y)`: the
 /// single-row kernel's integer, by exact integer arithmetic (each i16 lane sums 16 products
 /// of at most 15 * 128, so no i16 overflows). The float steps are the single-row kernel's
-/// (`combine`, with the same scales), so each lane accumulates the bits it would in [`vec_dot`].
+/// (`combine`, with the same scales), so each lane accumulates the bits it would there.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn group_xn_avx2<const N: usize>(
-    w: &[u8; BLOCK_LANES * BLOCK_BYTES],
-    yt: [&[u8; YT_GROUP]; N],
-    dx: [&[f32; BLOCK_LANES]; N],
-    s8: [&[i32; BLOCK_LANES]; N],
+#[allow(clippy::type_complexity)]
+unsafe fn group_xn_avx2<S: Scale, const N: usize>(
+    w: &[BlockQ4_0<S>; BLOCK_LANES],
+    (yt, dx, s8): ([&[u8; YT_GROUP]; N], [&[f32; BLOCK_LANES]; N], [&[i32; BLOCK_LANES]; N]),
     acc: &mut [f32x8; N],
 ) {
     use simd::x86::*;
     let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     // r[i] = [quants of block 2i | quants of block 2i + 1].
-    let r: [__m256i; 4] = std::array::from_fn(|i| {
-        _mm256_set_m128i(
-            load16(simd::arr::<16>(w, (2 * i + 1) * BLOCK_BYTES + 2)),
-            load16(simd::arr::<16>(w, 2 * i * BLOCK_BYTES + 2)),
-        )
-    });
+    let r: [__m256i; 4] = std::array::from_fn(|i| _mm256_set_m128i(load16(&w[2 * i + 1].qs), load16(&w[2 * i].qs)));
     // 4x4 dword transpose within each half: t[k] lane l = dword k of block LANE_BLOCK[l].
     let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
     let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
@@ -209,10 +260,7 @@ unsafe fn group_xn_avx2<const N: usize>(
         _mm256_unpacklo_epi64(a1, a3),
         _mm256_unpackhi_epi64(a1, a3),
     ];
-    let dw = f16x8_to_f32(u16x8::from_array(std::array::from_fn(|l| {
-        let p = LANE_BLOCK[l] * BLOCK_BYTES;
-        u16::from_le_bytes([w[p], w[p + 1]])
-    })));
+    let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
     // Nibble vector v by v, each meeting every activation row while it is in a register:
     // nib(2k) = weights 4k..4k+4 (low nibbles), nib(2k + 1) = weights 16 + 4k.. (high).
     let mut s16 = [_mm256_setzero_si256(); N];
@@ -229,139 +277,16 @@ unsafe fn group_xn_avx2<const N: usize>(
     }
 }
 
-/// Side data of one q8_0 activation row for [`vec_dot_rows_xn`], per group of 8 blocks (the last
-/// one padded with zero blocks), lanes in `LANE_BLOCK` order: the scales as f32, `8 * sum(q)`
-/// of each block, and the quants rearranged (`YT_GROUP` bytes per group).
-pub(crate) fn x4_aux(y: &[u8]) -> (Vec<f32>, Vec<i32>, Vec<u8>) {
-    let nb = y.len() / Q8_BYTES;
-    let groups = nb.div_ceil(BLOCK_LANES);
-    let mut d = vec![0f32; groups * BLOCK_LANES];
-    let mut s8 = vec![0i32; groups * BLOCK_LANES];
-    let mut yt = vec![0u8; groups * YT_GROUP];
-    for g in 0..groups {
-        for (l, &lb) in LANE_BLOCK.iter().enumerate() {
-            let b = g * BLOCK_LANES + lb;
-            if b >= nb {
-                continue;
-            }
-            let yb = &y[b * Q8_BYTES..(b + 1) * Q8_BYTES];
-            d[g * BLOCK_LANES + l] = read_f16(yb);
-            s8[g * BLOCK_LANES + l] = 8 * yb[2..].iter().map(|&q| q as i8 as i32).sum::<i32>();
-            for v in 0..8 {
-                let (k, h) = (v / 2, v % 2);
-                let src = 2 + 16 * h + 4 * k;
-                yt[g * YT_GROUP + 32 * v + 4 * l..][..4].copy_from_slice(&yb[src..src + 4]);
-            }
-        }
-    }
-    (d, s8, yt)
-}
-
-/// Group `g`'s slices of each activation row's side data.
-#[inline(always)]
-#[allow(clippy::type_complexity)]
-fn group_parts<'a, const N: usize>(
-    yt: [&'a [u8]; N],
-    d: [&'a [f32]; N],
-    s8: [&'a [i32]; N],
-    g: usize,
-) -> ([&'a [u8; YT_GROUP]; N], [&'a [f32; BLOCK_LANES]; N], [&'a [i32; BLOCK_LANES]; N]) {
-    (
-        std::array::from_fn(|t| simd::arr::<YT_GROUP>(yt[t], g * YT_GROUP)),
-        std::array::from_fn(|t| d[t][g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
-        std::array::from_fn(|t| s8[t][g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
-    )
-}
-
-/// One weight row against `N` activation rows (the body of [`rows_xn_avx2`]).
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn row_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
-    const WG: usize = BLOCK_LANES * BLOCK_BYTES;
-    let nb = w.len() / BLOCK_BYTES;
-    let groups = nb.div_ceil(BLOCK_LANES);
-    for t in 0..N {
-        assert!(
-            d[t].len() == groups * BLOCK_LANES && s8[t].len() == groups * BLOCK_LANES && yt[t].len() == groups * YT_GROUP,
-            "vec_dot_xn lengths"
-        );
-    }
-    let mut acc = [f32x8::splat(0.0); N];
-    let full = nb / BLOCK_LANES;
-    for g in 0..full {
-        simd::prefetch_ahead(w.as_ptr().wrapping_add(g * WG), WG);
-        let (yg, dg, sg) = group_parts(yt, d, s8, g);
-        group_xn_avx2(simd::arr::<WG>(w, g * WG), yg, dg, sg, &mut acc);
-    }
-    let rem = nb % BLOCK_LANES;
-    if rem != 0 {
-        // Zero padding as in `block_dot`: padded lanes add (0 * 0) * 0 = +0.0.
-        let mut wp = [0u8; WG];
-        wp[..rem * BLOCK_BYTES].copy_from_slice(&w[full * WG..][..rem * BLOCK_BYTES]);
-        let (yg, dg, sg) = group_parts(yt, d, s8, full);
-        group_xn_avx2(&wp, yg, dg, sg, &mut acc);
-    }
-    acc.map(|a| {
-        let a = a.to_array();
-        let mut lanes = [0f32; BLOCK_LANES];
-        for (l, &b) in LANE_BLOCK.iter().enumerate() {
-            lanes[b] = a[l];
-        }
-        simd::reduce8(lanes)
-    })
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `d`, `s8` and `yt` come from [`x4_aux`] of the
-/// activation rows.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_xn_avx2<const N: usize>(w: &[u8], row_bytes: usize, d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N], out: &mut [[f32; N]]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = row_xn_avx2(&w[r * row_bytes..(r + 1) * row_bytes], d, s8, yt);
-    }
-}
-
-/// `out.len()` consecutive weight rows of `row_bytes` (in `w`) against `N` activation rows
-/// `ys` (8 or 4 for prompts, 1 for generation): `out[r][t]` is bit-identical to
-/// `vec_dot(row r, ys[t])` (and so to [`vec_dot_scalar`]). `d`, `s8` and `yt` come from
-/// [`x4_aux`] of `ys`. Each weight group is unpacked once for all `N` rows.
-pub(crate) fn vec_dot_rows_xn<const N: usize>(
-    w: &[u8],
-    row_bytes: usize,
-    ys: [&[u8]; N],
-    d: [&[f32]; N],
-    s8: [&[i32]; N],
-    yt: [&[u8]; N],
-    out: &mut [[f32; N]],
-) {
-    assert_eq!(w.len(), out.len() * row_bytes, "vec_dot_rows_xn weight rows");
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { rows_xn_avx2(w, row_bytes, d, s8, yt, out) };
-    }
-    let _ = (d, s8, yt);
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * row_bytes..(r + 1) * row_bytes];
-        *o = ys.map(|y| vec_dot_portable(row, y));
-    }
-}
-
-/// One weight row against `N` activation rows: [`vec_dot_rows_xn`] for a single row.
-#[cfg(test)]
-pub(crate) fn vec_dot_xn<const N: usize>(w: &[u8], ys: [&[u8]; N], d: [&[f32]; N], s8: [&[i32]; N], yt: [&[u8]; N]) -> [f32; N] {
-    let mut out = [[0f32; N]];
-    vec_dot_rows_xn(w, w.len(), ys, d, s8, yt, &mut out);
-    out[0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::tests_util::{
-        check_block_dot_paths, fnv1a, known_input, UnsafeDot, GGUF_Q4_0,
-    };
+    use crate::quant::fp16::read_f16;
+    use crate::quant::fp32::F32;
+    use crate::quant::tests_util::{byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_0};
+    use crate::quant::{vec_dot_rows, GgmlType, PreparedRow, RowAux};
+
+    byte_shims!(BlockQ4_0, [u8], crate::quant::tests_util::q8s);
+    const Q8_BYTES: usize = 34;
 
     fn quantize(x: &[f32]) -> Vec<u8> {
         let mut out = vec![0u8; x.len() / QK * BLOCK_BYTES];
@@ -487,15 +412,8 @@ mod tests {
 
     #[test]
     fn dot_paths_agree_exactly() {
-        check_block_dot_paths(
-            BLOCK_BYTES,
-            quantize_row,
-            dequantize_row,
-            vec_dot_scalar,
-            vec_dot_portable,
-            vec_dot,
-            AVX2,
-        );
+        check_block_dot_paths::<BlockQ4_0>(|b, rng| b.d = finite_half(rng));
+        check_block_dot_paths::<crate::quant::f32_scale::BlockQ4_0F32>(|b, rng| b.d = F32(finite_half(rng).get().to_le_bytes()));
     }
 
     /// Several weight rows against 8, 4 and 1 activation rows at once equal the single-row
@@ -524,46 +442,35 @@ mod tests {
                     .map(|t| {
                         let xf: Vec<f32> = (0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect();
                         let mut y = vec![0u8; nb * Q8_BYTES];
-                        crate::quant::q8_0::quantize_row(&xf, &mut y);
+                        crate::quant::quantize_row(GgmlType::Q8_0, &xf, &mut y);
                         if round == 3 && nb > 0 {
                             y[2] = 0x80; // a -128 activation
                         }
                         y
                     })
                     .collect();
-                let aux: Vec<(Vec<f32>, Vec<i32>, Vec<u8>)> = ys.iter().map(|y| x4_aux(y)).collect();
+                let ps: Vec<PreparedRow> = ys.iter().map(|y| PreparedRow::Q8_0(y.clone())).collect();
+                let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(GgmlType::Q4_0, p)).collect();
+                assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(GgmlType::Q4_0, p)));
                 let want: Vec<[f32; 8]> = (0..rows)
                     .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
                     .collect();
-                fn check<const N: usize>(w: &[u8], row_bytes: usize, ys: &[Vec<u8>], aux: &[(Vec<f32>, Vec<i32>, Vec<u8>)], t0: usize, want: &[[f32; 8]]) {
+                fn check<const N: usize>(w: &[u8], ps: &[PreparedRow], aux: &[RowAux], t0: usize, want: &[[f32; 8]]) {
                     crate::quant::tests_util::check_multi_row::<N>(want, t0, |out| {
-                        vec_dot_rows_xn::<N>(
-                            w,
-                            row_bytes,
-                            std::array::from_fn(|k| &ys[t0 + k][..]),
-                            std::array::from_fn(|k| &aux[t0 + k].0[..]),
-                            std::array::from_fn(|k| &aux[t0 + k].1[..]),
-                            std::array::from_fn(|k| &aux[t0 + k].2[..]),
-                            out,
-                        )
+                        vec_dot_rows::<N>(GgmlType::Q4_0, w, std::array::from_fn(|k| &ps[t0 + k]), std::array::from_fn(|k| &aux[t0 + k]), out)
                     });
                 }
-                check::<8>(&w, row_bytes, &ys, &aux, 0, &want);
-                check::<4>(&w, row_bytes, &ys, &aux, 4, &want);
-                check::<1>(&w, row_bytes, &ys, &aux, 6, &want);
+                check::<8>(&w, &ps, &aux, 0, &want);
+                check::<4>(&w, &ps, &aux, 4, &want);
+                check::<1>(&w, &ps, &aux, 6, &want);
                 for (r, wr) in want.iter().enumerate() {
                     for t in 0..8 {
                         assert_eq!(vec_dot(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t]).to_bits(), wr[t].to_bits());
                     }
                 }
-                let one = vec_dot_xn(&w[..row_bytes], [&ys[5][..]], [&aux[5].0[..]], [&aux[5].1[..]], [&aux[5].2[..]]);
+                let one = crate::quant::vec_dot_xn(GgmlType::Q4_0, &w[..row_bytes], [&ps[5]], [&aux[5]]);
                 assert_eq!(one[0].to_bits(), want.first().map_or(0.0f32, |w| w[5]).to_bits());
             }
         }
     }
-
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    const AVX2: Option<UnsafeDot> = Some(vec_dot_avx2);
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    const AVX2: Option<UnsafeDot> = None;
 }

@@ -1,190 +1,157 @@
 //! Q4_1: 32 weights per 20-byte block: f16 scale `d`, f16 minimum `m`, then 16 bytes of
 //! nibbles laid out as in Q4_0. Value = `q * d + m`.
 
-use super::fp16::{f32_to_f16_bits, read_f16};
-use super::simd::{self, block_dot, BlockKernel, BLOCK_LANES, Q8_BYTES};
+use super::block::{i8_bytes, Family, Pod, Scale};
+use super::fp16::F16;
+use super::q8_0::BlockQ8_0;
+use super::simd::{self, BLOCK_LANES};
 use std::simd::prelude::*;
 
 pub(crate) const QK: usize = 32;
-pub(crate) const BLOCK_BYTES: usize = 20;
 
-/// gguf's `Q4_1.quantize_blocks`, step by step in f32.
-fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
-    // Block min and max; NaN propagates as in numpy (we keep the first NaN). Between equal
-    // values the first one wins, which only decides the sign of a zero: numpy's SIMD
-    // reduction picks one by position in a machine-dependent way; ggml's C reference keeps
-    // the first, as we do.
-    let (min, max) = match simd::block_min_max(x) {
-        Some((min, max)) => {
-            let first_zero = || *x.iter().find(|v| **v == 0.0).unwrap();
-            (
-                if min == 0.0 { first_zero() } else { min },
-                if max == 0.0 { first_zero() } else { max },
-            )
-        }
-        None => {
-            let nan = *x.iter().find(|v| v.is_nan()).unwrap();
-            (nan, nan)
-        }
-    };
-    let d = (max - min) / 15.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    // trunc((x - min)*id + 0.5), numpy's uint8 cast, clip to 15.
-    let q = |k: usize| {
-        let v = (f32x8::from_slice(&x[8 * k..]) - f32x8::splat(min)) * f32x8::splat(id)
-            + f32x8::splat(0.5);
-        simd::np_trunc_u8_x8(v).simd_min(u8x8::splat(15))
-    };
-    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
-    out[2..4].copy_from_slice(&f32_to_f16_bits(min).to_le_bytes());
-    for k in 0..2 {
-        let packed = q(k) | (q(k + 2) << 4);
-        out[4 + 8 * k..4 + 8 * k + 8].copy_from_slice(packed.as_array());
-    }
+/// `S` is the scale type: [`F16`] today, `F32` in pre-GGUF files (`f32_scale.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ4_1<S = F16> {
+    pub d: S,
+    pub m: S,
+    pub qs: [u8; QK / 2],
 }
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+// SAFETY: byte arrays and Pod scales (alignment 1), no padding.
+unsafe impl<S: Scale> Pod for BlockQ4_1<S> {}
 
-pub(crate) fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    let (blocks, rest) = src.as_chunks::<QK>();
-    debug_assert!(rest.is_empty() && dst.len() == blocks.len() * BLOCK_BYTES);
-    for (x, out) in blocks.iter().zip(dst.as_chunks_mut::<BLOCK_BYTES>().0) {
-        quantize_block(x, out);
-    }
-}
-
-pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-    let (blocks, rest) = src.as_chunks::<BLOCK_BYTES>();
-    debug_assert!(rest.is_empty() && dst.len() == blocks.len() * QK);
-    for (b, y) in blocks.iter().zip(dst.as_chunks_mut::<QK>().0) {
-        let d = read_f16(&b[0..2]);
-        let m = read_f16(&b[2..4]);
-        for j in 0..QK / 2 {
-            y[j] = d * (b[4 + j] & 0x0f) as f32 + m;
-            y[j + QK / 2] = d * (b[4 + j] >> 4) as f32 + m;
-        }
-    }
-}
-
-/// Reference: per block the exact sums `isum = sum q_w * q_x` and `ysum = sum q_x`, then
-/// `acc[b % 8] += (d_w * d_x) * isum + m_w * (d_x * ysum)`, fixed reduction. The second term
-/// is llama.cpp's `m * s` of block_q8_1, with `s` computed here from the q8_0 block.
-pub(crate) fn vec_dot_scalar(w: &[u8], y: &[u8]) -> f32 {
-    debug_assert_eq!(w.len() / BLOCK_BYTES * Q8_BYTES, y.len());
-    let mut acc = [0f32; BLOCK_LANES];
-    for (b, (wb, yb)) in w
-        .chunks_exact(BLOCK_BYTES)
-        .zip(y.chunks_exact(Q8_BYTES))
-        .enumerate()
-    {
-        let (mut isum, mut ysum) = (0i32, 0i32);
-        for j in 0..QK / 2 {
-            let (y0, y1) = (yb[2 + j] as i8 as i32, yb[2 + QK / 2 + j] as i8 as i32);
-            isum += (wb[4 + j] & 0x0f) as i32 * y0 + (wb[4 + j] >> 4) as i32 * y1;
-            ysum += y0 + y1;
-        }
-        let (dw, mw, dx) = (read_f16(&wb[0..2]), read_f16(&wb[2..4]), read_f16(yb));
-        acc[b % BLOCK_LANES] += (dw * dx) * isum as f32 + mw * (dx * ysum as f32);
-    }
-    simd::reduce8(acc)
-}
-
-/// The float half of a group, shared by both builds.
+/// The float half of a group, shared by every level.
 #[inline(always)]
 fn combine(dw: f32x8, mw: f32x8, dx: f32x8, isum: i32x8, ysum: i32x8) -> f32x8 {
     (dw * dx) * isum.cast::<f32>() + mw * (dx * ysum.cast::<f32>())
 }
 
-struct Portable;
-impl BlockKernel for Portable {
-    const BLOCK_BYTES: usize = BLOCK_BYTES;
+impl<S: Scale> Family for BlockQ4_1<S> {
+    const QK: usize = QK;
+    type Act = BlockQ8_0;
+    type Aux = ();
+
+    /// gguf's `Q4_1.quantize_blocks`, step by step in f32.
     #[inline(always)]
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8 {
+    fn quantize(x: &[f32], out: &mut Self) {
+        let x: &[f32; QK] = x.try_into().unwrap();
+        // Block min and max; NaN propagates as in numpy (we keep the first NaN). Between equal
+        // values the first one wins, which only decides the sign of a zero: numpy's SIMD
+        // reduction picks one by position in a machine-dependent way; ggml's C reference keeps
+        // the first, as we do.
+        let (min, max) = match simd::block_min_max(x) {
+            Some((min, max)) => {
+                let first_zero = || *x.iter().find(|v| **v == 0.0).unwrap();
+                (if min == 0.0 { first_zero() } else { min }, if max == 0.0 { first_zero() } else { max })
+            }
+            None => {
+                let nan = *x.iter().find(|v| v.is_nan()).unwrap();
+                (nan, nan)
+            }
+        };
+        let d = (max - min) / 15.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        // trunc((x - min)*id + 0.5), numpy's uint8 cast, clip to 15.
+        let q = |k: usize| {
+            let v = (f32x8::from_slice(&x[8 * k..]) - f32x8::splat(min)) * f32x8::splat(id) + f32x8::splat(0.5);
+            simd::np_trunc_u8_x8(v).simd_min(u8x8::splat(15))
+        };
+        out.d = S::store(d);
+        out.m = S::store(min);
+        for k in 0..2 {
+            let packed = q(k) | (q(k + 2) << 4);
+            out.qs[8 * k..8 * k + 8].copy_from_slice(packed.as_array());
+        }
+    }
+
+    fn dequantize(&self, y: &mut [f32]) {
+        let (d, m) = (self.d.get(), self.m.get());
+        for j in 0..QK / 2 {
+            y[j] = d * (self.qs[j] & 0x0f) as f32 + m;
+            y[j + QK / 2] = d * (self.qs[j] >> 4) as f32 + m;
+        }
+    }
+
+    /// Per block the exact sums `isum = sum q_w * q_x` and `ysum = sum q_x`, then
+    /// `acc[b % 8] += (d_w * d_x) * isum + m_w * (d_x * ysum)`, fixed reduction. The second
+    /// term is llama.cpp's `m * s` of block_q8_1, with `s` computed here from the q8_0 block.
+    fn dot_scalar(w: &[Self], y: &[BlockQ8_0]) -> f32 {
+        let mut acc = [0f32; BLOCK_LANES];
+        for (b, (wb, yb)) in w.iter().zip(y).enumerate() {
+            let (mut isum, mut ysum) = (0i32, 0i32);
+            for j in 0..QK / 2 {
+                let (y0, y1) = (yb.qs[j] as i32, yb.qs[QK / 2 + j] as i32);
+                isum += (wb.qs[j] & 0x0f) as i32 * y0 + (wb.qs[j] >> 4) as i32 * y1;
+                ysum += y0 + y1;
+            }
+            let (dw, mw, dx) = (wb.d.get(), wb.m.get(), yb.d.get());
+            acc[b % BLOCK_LANES] += (dw * dx) * isum as f32 + mw * (dx * ysum as f32);
+        }
+        simd::reduce8(acc)
+    }
+
+    #[inline(always)]
+    fn chunk_portable(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
         // Fixed-size views: one length check here, none per block.
-        let w: &[u8; BLOCK_LANES * BLOCK_BYTES] = w.try_into().unwrap();
-        let y: &[u8; BLOCK_LANES * Q8_BYTES] = y.try_into().unwrap();
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let mut isum = [0i32; BLOCK_LANES];
         let mut ysum = [0i32; BLOCK_LANES];
         for b in 0..BLOCK_LANES {
-            let qs = u8x16::from_array(*simd::arr::<16>(w, b * BLOCK_BYTES + 4));
-            let y0 = u8x16::from_array(*simd::arr::<16>(y, b * Q8_BYTES + 2)).cast::<i8>();
-            let y1 = u8x16::from_array(*simd::arr::<16>(y, b * Q8_BYTES + 18)).cast::<i8>();
-            let (y0, y1) = (y0.cast::<i16>(), y1.cast::<i16>());
+            let qs = u8x16::from_array(w[b].qs);
+            let y0 = i8x16::from_slice(&y[b].qs[..16]).cast::<i16>();
+            let y1 = i8x16::from_slice(&y[b].qs[16..]).cast::<i16>();
             let lo = (qs & u8x16::splat(0x0f)).cast::<i16>();
             let hi = (qs >> 4).cast::<i16>();
             // |products| <= 15 * 128, so the i16 sums of two cannot overflow.
             isum[b] = (lo * y0 + hi * y1).cast::<i32>().reduce_sum();
             ysum[b] = (y0 + y1).cast::<i32>().reduce_sum();
         }
-        let dw = simd::f16_to_f32_portable(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
-        let mw = simd::f16_to_f32_portable(simd::gather_f16_bits::<BLOCK_BYTES>(w, 2));
-        let dx = simd::f16_to_f32_portable(simd::gather_f16_bits::<Q8_BYTES>(y, 0));
-        combine(dw, mw, dx, i32x8::from_array(isum), i32x8::from_array(ysum))
+        let dw = S::lanes_portable(std::array::from_fn(|b| w[b].d));
+        let mw = S::lanes_portable(std::array::from_fn(|b| w[b].m));
+        let dx = F16::lanes_portable(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, mw, dx, i32x8::from_array(isum), i32x8::from_array(ysum));
     }
-}
 
-pub(crate) fn vec_dot_portable(w: &[u8], y: &[u8]) -> f32 {
-    // SAFETY: the portable kernel needs no CPU feature.
-    unsafe { block_dot::<Portable>(w, y) }
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-struct Avx2;
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-impl BlockKernel for Avx2 {
-    const BLOCK_BYTES: usize = BLOCK_BYTES;
-    // Inlined into `vec_dot_avx2`, which enables the features (see `simd::x86`).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8 {
-        // Fixed-size views: one length check here, none per block.
-        let w: &[u8; BLOCK_LANES * BLOCK_BYTES] = w.try_into().unwrap();
-        let y: &[u8; BLOCK_LANES * Q8_BYTES] = y.try_into().unwrap();
+    unsafe fn chunk_avx2(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
         use simd::x86::*;
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let m4 = _mm_set1_epi8(0x0f);
         let one8 = _mm256_set1_epi8(1);
         let ones = _mm256_set1_epi16(1);
         let mut vq = [_mm256_setzero_si256(); BLOCK_LANES];
         let mut vy = [_mm256_setzero_si256(); BLOCK_LANES];
         for b in 0..BLOCK_LANES {
-            let qs = load16(simd::arr::<16>(w, b * BLOCK_BYTES + 4));
+            let qs = load16(&w[b].qs);
             let lo = _mm_and_si128(qs, m4);
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m4);
             let nib = _mm256_set_m128i(hi, lo);
-            let yv = load32(simd::arr::<32>(y, b * Q8_BYTES + 2));
+            let yv = load32(i8_bytes(&y[b].qs));
             // Nibbles are the unsigned operand: exact for every y, no saturation.
             vq[b] = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, yv), ones);
             vy[b] = _mm256_madd_epi16(_mm256_maddubs_epi16(one8, yv), ones);
         }
         let isum = hsum8_epi32(vq);
         let ysum = hsum8_epi32(vy);
-        let dw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
-        let mw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 2));
-        let dx = f16x8_to_f32(simd::gather_f16_bits::<Q8_BYTES>(y, 0));
-        combine(dw, mw, dx, isum, ysum)
+        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
+        let mw = S::lanes_avx2(std::array::from_fn(|b| w[b].m));
+        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, mw, dx, isum, ysum);
     }
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_avx2(w: &[u8], y: &[u8]) -> f32 {
-    block_dot::<Avx2>(w, y)
-}
-
-pub(crate) fn vec_dot(w: &[u8], y: &[u8]) -> f32 {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { vec_dot_avx2(w, y) };
-    }
-    vec_dot_portable(w, y)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::tests_util::{
-        check_block_dot_paths, fnv1a, known_input, UnsafeDot, GGUF_Q4_1,
-    };
+    use crate::quant::fp16::read_f16;
+    use crate::quant::tests_util::{byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_1};
+    use crate::quant::{f32_to_f16_bits, fp32::F32};
+
+    byte_shims!(BlockQ4_1, [u8], crate::quant::tests_util::q8s);
 
     fn quantize(x: &[f32]) -> Vec<u8> {
         let mut out = vec![0u8; x.len() / QK * BLOCK_BYTES];
@@ -295,19 +262,8 @@ mod tests {
 
     #[test]
     fn dot_paths_agree_exactly() {
-        check_block_dot_paths(
-            BLOCK_BYTES,
-            quantize_row,
-            dequantize_row,
-            vec_dot_scalar,
-            vec_dot_portable,
-            vec_dot,
-            AVX2,
-        );
+        check_block_dot_paths::<BlockQ4_1>(|b, rng| (b.d, b.m) = (finite_half(rng), finite_half(rng)));
+        let wide = |h: F16| F32(h.get().to_le_bytes());
+        check_block_dot_paths::<crate::quant::f32_scale::BlockQ4_1F32>(|b, rng| (b.d, b.m) = (wide(finite_half(rng)), wide(finite_half(rng))));
     }
-
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    const AVX2: Option<UnsafeDot> = Some(vec_dot_avx2);
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    const AVX2: Option<UnsafeDot> = None;
 }

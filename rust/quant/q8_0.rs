@@ -1,195 +1,210 @@
 //! Q8_0: 32 values per 34-byte block: f16 scale `d`, then 32 signed bytes. Value = `q * d`.
-//! Also the format activations are prepared in for every quantized weight type.
+//! Also the type activations are prepared as for every quantized weight type.
 
-use super::fp16::{f32_to_f16_bits, read_f16};
-use super::simd::{self, block_dot, BlockKernel, BLOCK_LANES, Q8_BYTES};
+use super::block::{i8_bytes, view, view_mut, zeroed, Activation, Family, Pod, Scale};
+use super::fp16::F16;
+use super::simd::{self, BLOCK_LANES};
+use super::PreparedRow;
 use std::simd::prelude::*;
 
 pub(crate) const QK: usize = 32;
-pub(crate) const BLOCK_BYTES: usize = Q8_BYTES;
 
-/// gguf's `Q8_0.quantize_blocks`, step by step in f32.
-#[inline(always)]
-fn quantize_block(x: &[f32; QK], out: &mut [u8; BLOCK_BYTES]) {
-    // numpy `abs(x).max()`: NaN propagates (we keep the first one).
-    let amax = simd::block_abs_max(x)
-        .unwrap_or_else(|| x.iter().map(|v| v.abs()).find(|a| a.is_nan()).unwrap());
-    let d = amax / 127.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    out[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
-    for k in 0..4 {
-        let v = f32x8::from_slice(&x[8 * k..]) * f32x8::splat(id);
-        // `astype(np.int8)` keeps the same low byte as the uint8 cast.
-        let q = simd::np_trunc_u8_x8(simd::np_roundf_x8(v));
-        out[2 + 8 * k..2 + 8 * k + 8].copy_from_slice(q.as_array());
+/// `S` is the scale type: [`F16`] today, `F32` in pre-GGUF files (`f32_scale.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockQ8_0<S = F16> {
+    pub d: S,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+// SAFETY: byte arrays and a Pod scale (alignment 1), no padding.
+unsafe impl<S: Scale> Pod for BlockQ8_0<S> {}
+
+/// The activation blocks of quantized matmul (llama.cpp's choice): block `b` of the row is
+/// added into lane `b % 8` of one f32x8, then `simd::reduce8`.
+impl Activation for BlockQ8_0 {
+    const QK: usize = QK;
+    const QUANTIZED: bool = true;
+    const CHUNK: usize = BLOCK_LANES;
+    const ZERO: BlockQ8_0 = BlockQ8_0 { d: F16([0; 2]), qs: [0; QK] };
+    type Acc = f32x8;
+    #[inline(always)]
+    fn acc_zero() -> f32x8 {
+        f32x8::splat(0.0)
     }
-}
-
-#[inline(always)]
-fn quantize_row_impl(src: &[f32], dst: &mut [u8]) {
-    let (blocks, rest) = src.as_chunks::<QK>();
-    debug_assert!(rest.is_empty() && dst.len() == blocks.len() * BLOCK_BYTES);
-    for (x, out) in blocks.iter().zip(dst.as_chunks_mut::<BLOCK_BYTES>().0) {
-        quantize_block(x, out);
+    #[inline(always)]
+    fn finish(acc: f32x8) -> f32 {
+        simd::reduce8(acc.to_array())
     }
-}
-
-pub(crate) fn quantize_row_portable(src: &[f32], dst: &mut [u8]) {
-    quantize_row_impl(src, dst)
-}
-
-/// The same code built for AVX2 (this prepares every activation row, so it is on the hot
-/// path); lane-wise IEEE operations, so the bytes are the same as the portable build's.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn quantize_row_avx2(src: &[f32], dst: &mut [u8]) {
-    quantize_row_impl(src, dst)
-}
-
-pub(crate) fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { quantize_row_avx2(src, dst) };
+    fn prepare(x: &[f32]) -> PreparedRow {
+        let mut q = vec![0u8; x.len() / QK * std::mem::size_of::<BlockQ8_0>()];
+        super::dispatch::quantize::<BlockQ8_0>(x, view_mut(&mut q));
+        PreparedRow::Q8_0(q)
     }
-    quantize_row_portable(src, dst)
-}
-
-pub(crate) fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-    let (blocks, rest) = src.as_chunks::<BLOCK_BYTES>();
-    debug_assert!(rest.is_empty() && dst.len() == blocks.len() * QK);
-    for (b, y) in blocks.iter().zip(dst.as_chunks_mut::<QK>().0) {
-        let d = read_f16(b);
-        for (o, &q) in y.iter_mut().zip(&b[2..]) {
-            *o = q as i8 as f32 * d;
+    #[inline(always)]
+    fn view(p: &PreparedRow) -> Option<&[BlockQ8_0]> {
+        match p {
+            PreparedRow::Q8_0(q) => Some(view(q)),
+            _ => None,
         }
     }
 }
 
-/// Reference: exact integer sum per block, `acc[b % 8] += (d_w * d_x) * isum`, fixed reduction.
-pub(crate) fn vec_dot_scalar(w: &[u8], y: &[u8]) -> f32 {
-    debug_assert_eq!(w.len(), y.len());
-    let mut acc = [0f32; BLOCK_LANES];
-    for (b, (wb, yb)) in w
-        .chunks_exact(BLOCK_BYTES)
-        .zip(y.chunks_exact(Q8_BYTES))
-        .enumerate()
-    {
-        let mut isum = 0i32;
-        for j in 2..BLOCK_BYTES {
-            isum += wb[j] as i8 as i32 * yb[j] as i8 as i32;
-        }
-        acc[b % BLOCK_LANES] += (read_f16(wb) * read_f16(yb)) * isum as f32;
-    }
-    simd::reduce8(acc)
-}
-
+/// The float half of a group, shared by every level so their order cannot drift apart.
 #[inline(always)]
 fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
     (dw * dx) * isum.cast::<f32>()
 }
 
-struct Portable;
-impl BlockKernel for Portable {
-    const BLOCK_BYTES: usize = BLOCK_BYTES;
+impl<S: Scale> Family for BlockQ8_0<S> {
+    const QK: usize = QK;
+    type Act = BlockQ8_0;
+    type Aux = Q8Aux;
+
+    /// gguf's `Q8_0.quantize_blocks`, step by step in f32.
     #[inline(always)]
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8 {
+    fn quantize(x: &[f32], out: &mut Self) {
+        let x: &[f32; QK] = x.try_into().unwrap();
+        // numpy `abs(x).max()`: NaN propagates (we keep the first one).
+        let amax = simd::block_abs_max(x).unwrap_or_else(|| x.iter().map(|v| v.abs()).find(|a| a.is_nan()).unwrap());
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        out.d = S::store(d);
+        for k in 0..4 {
+            let v = f32x8::from_slice(&x[8 * k..]) * f32x8::splat(id);
+            // `astype(np.int8)` keeps the same low byte as the uint8 cast.
+            let q = simd::np_trunc_u8_x8(simd::np_roundf_x8(v)).cast::<i8>();
+            out.qs[8 * k..8 * k + 8].copy_from_slice(q.as_array());
+        }
+    }
+
+    fn dequantize(&self, y: &mut [f32]) {
+        let d = self.d.get();
+        for (o, &q) in y.iter_mut().zip(&self.qs) {
+            *o = q as f32 * d;
+        }
+    }
+
+    /// Exact integer sum per block, `acc[b % 8] += (d_w * d_x) * isum`, fixed reduction.
+    fn dot_scalar(w: &[Self], y: &[BlockQ8_0]) -> f32 {
+        let mut acc = [0f32; BLOCK_LANES];
+        for (b, (wb, yb)) in w.iter().zip(y).enumerate() {
+            let mut isum = 0i32;
+            for j in 0..QK {
+                isum += wb.qs[j] as i32 * yb.qs[j] as i32;
+            }
+            acc[b % BLOCK_LANES] += (wb.d.get() * yb.d.get()) * isum as f32;
+        }
+        simd::reduce8(acc)
+    }
+
+    #[inline(always)]
+    fn chunk_portable(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
         // Fixed-size views: one length check here, none per block.
-        let w: &[u8; BLOCK_LANES * BLOCK_BYTES] = w.try_into().unwrap();
-        let y: &[u8; BLOCK_LANES * Q8_BYTES] = y.try_into().unwrap();
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let isum = i32x8::from_array(std::array::from_fn(|b| {
-            let wv = u8x32::from_array(*simd::arr::<32>(w, b * BLOCK_BYTES + 2));
-            let yv = u8x32::from_array(*simd::arr::<32>(y, b * Q8_BYTES + 2));
             // i16 products (|.| <= 128 * 128) summed in i32.
-            let p = wv.cast::<i8>().cast::<i16>() * yv.cast::<i8>().cast::<i16>();
+            let p = i8x32::from_array(w[b].qs).cast::<i16>() * i8x32::from_array(y[b].qs).cast::<i16>();
             p.cast::<i32>().reduce_sum()
         }));
-        let dw = simd::f16_to_f32_portable(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
-        let dx = simd::f16_to_f32_portable(simd::gather_f16_bits::<Q8_BYTES>(y, 0));
-        combine(dw, dx, isum)
+        let dw = S::lanes_portable(std::array::from_fn(|b| w[b].d));
+        let dx = F16::lanes_portable(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, dx, isum);
     }
-}
 
-pub(crate) fn vec_dot_portable(w: &[u8], y: &[u8]) -> f32 {
-    // SAFETY: the portable kernel needs no CPU feature.
-    unsafe { block_dot::<Portable>(w, y) }
-}
-
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-struct Avx2;
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-impl BlockKernel for Avx2 {
-    const BLOCK_BYTES: usize = BLOCK_BYTES;
-    // Inlined into `vec_dot_avx2`, which enables the features (see `simd::x86`).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8 {
-        // Fixed-size views: one length check here, none per block.
-        let w: &[u8; BLOCK_LANES * BLOCK_BYTES] = w.try_into().unwrap();
-        let y: &[u8; BLOCK_LANES * Q8_BYTES] = y.try_into().unwrap();
+    unsafe fn chunk_avx2(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
         use simd::x86::*;
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let mut v = [_mm256_setzero_si256(); BLOCK_LANES];
         for (b, vb) in v.iter_mut().enumerate() {
             // Sign-extend to i16 and use madd: exact for every byte pair, -128 * -128
             // included (llama.cpp's abs/sign + maddubs trick is not, for -128).
-            let w0 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(w, b * BLOCK_BYTES + 2)));
-            let w1 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(w, b * BLOCK_BYTES + 18)));
-            let y0 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(y, b * Q8_BYTES + 2)));
-            let y1 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(y, b * Q8_BYTES + 18)));
+            let (wq, yq) = (i8_bytes(&w[b].qs), i8_bytes(&y[b].qs));
+            let w0 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(wq, 0)));
+            let w1 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(wq, 16)));
+            let y0 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(yq, 0)));
+            let y1 = _mm256_cvtepi8_epi16(load16(simd::arr::<16>(yq, 16)));
             *vb = _mm256_add_epi32(_mm256_madd_epi16(w0, y0), _mm256_madd_epi16(w1, y1));
         }
         let isum = hsum8_epi32(v);
-        let dw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
-        let dx = f16x8_to_f32(simd::gather_f16_bits::<Q8_BYTES>(y, 0));
-        combine(dw, dx, isum)
+        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
+        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, dx, isum);
     }
-}
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn vec_dot_avx2(w: &[u8], y: &[u8]) -> f32 {
-    block_dot::<Avx2>(w, y)
-}
+    const MULTI_ROW: bool = true;
 
-pub(crate) fn vec_dot(w: &[u8], y: &[u8]) -> f32 {
+    fn row_aux(y: &[BlockQ8_0]) -> Option<Q8Aux> {
+        Some(rows_aux(y))
+    }
+
+    fn aux_fits(aux: &Q8Aux, y: &[BlockQ8_0]) -> bool {
+        let groups = y.len().div_ceil(BLOCK_LANES);
+        aux.d.len() == groups * BLOCK_LANES && aux.y16.len() == groups * BLOCK_LANES * QK
+    }
+
+    /// One weight row against `N` activation rows.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { vec_dot_avx2(w, y) };
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q8Aux; N]) -> [f32; N] {
+        const YG: usize = BLOCK_LANES * QK;
+        let nb = w.len();
+        let groups = nb.div_ceil(BLOCK_LANES);
+        for a in aux {
+            assert!(a.d.len() == groups * BLOCK_LANES && a.y16.len() == groups * YG, "q8_0 rows_aux lengths");
+        }
+        let mut acc = [f32x8::splat(0.0); N];
+        let full = nb / BLOCK_LANES;
+        for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
+            simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<Self>());
+            let (yg, dg) = group_parts(aux, g);
+            group_xn_avx2(wg.try_into().unwrap(), yg, dg, &mut acc);
+        }
+        if !nb.is_multiple_of(BLOCK_LANES) {
+            // Zero padding as in the row driver: padded lanes add (0 * 0) * 0 = +0.0.
+            let mut wp = [zeroed::<Self>(); BLOCK_LANES];
+            wp[..nb - full * BLOCK_LANES].copy_from_slice(&w[full * BLOCK_LANES..]);
+            let (yg, dg) = group_parts(aux, full);
+            group_xn_avx2(&wp, yg, dg, &mut acc);
+        }
+        acc.map(|a| simd::reduce8(a.to_array()))
     }
-    vec_dot_portable(w, y)
 }
 
-/// Side data of one q8_0 activation row for [`vec_dot_rows_xn`], per group of 8 blocks (the
+/// Side data of one q8_0 activation row for the multi-row kernel, per group of 8 blocks (the
 /// last one padded with zero blocks): the scales as f32 and the quants widened to i16, so the
-/// multi-row kernel multiplies them straight from memory.
-pub(crate) fn rows_aux(y: &[u8]) -> (Vec<f32>, Vec<i16>) {
-    let nb = y.len() / Q8_BYTES;
-    let padded = nb.div_ceil(BLOCK_LANES) * BLOCK_LANES;
+/// kernel multiplies them straight from memory.
+pub struct Q8Aux {
+    d: Vec<f32>,
+    y16: Vec<i16>,
+}
+
+pub(crate) fn rows_aux(y: &[BlockQ8_0]) -> Q8Aux {
+    let padded = y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES;
     let mut d = vec![0f32; padded];
     let mut y16 = vec![0i16; padded * QK];
-    for (b, yb) in y.chunks_exact(Q8_BYTES).enumerate() {
-        d[b] = read_f16(yb);
-        for (o, &q) in y16[b * QK..(b + 1) * QK].iter_mut().zip(&yb[2..]) {
-            *o = q as i8 as i16;
+    for (b, yb) in y.iter().enumerate() {
+        d[b] = yb.d.get();
+        for (o, &q) in y16[b * QK..(b + 1) * QK].iter_mut().zip(&yb.qs) {
+            *o = q as i16;
         }
     }
-    (d, y16)
+    Q8Aux { d, y16 }
 }
 
 /// One group of 8 weight blocks against the same group of `N` activation rows. Each weight
 /// block is widened to i16 once for all rows; per row, the integer sum of each block is the
 /// single-row kernel's (exact i16 x i16 -> i32 madd), reduced to one lane per block by the
 /// same `hadd` tree as `hsum8_epi32`, and the float steps are the single-row kernel's
-/// (`combine`), so each lane accumulates the bits it would in [`vec_dot`].
+/// (`combine`), so each lane accumulates the bits it would in the single-row kernel.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn group_xn_avx2<const N: usize>(
-    w: &[u8; BLOCK_LANES * BLOCK_BYTES],
+unsafe fn group_xn_avx2<S: Scale, const N: usize>(
+    w: &[BlockQ8_0<S>; BLOCK_LANES],
     y16: [&[i16; BLOCK_LANES * QK]; N],
     dx: [&[f32; BLOCK_LANES]; N],
     acc: &mut [f32x8; N],
@@ -203,7 +218,7 @@ unsafe fn group_xn_avx2<const N: usize>(
     for i in 0..4 {
         let wv: [__m256i; 4] = std::array::from_fn(|k| {
             let b = 2 * i + k / 2;
-            _mm256_cvtepi8_epi16(load16(simd::arr::<16>(w, b * BLOCK_BYTES + 2 + 16 * (k % 2))))
+            _mm256_cvtepi8_epi16(load16(simd::arr::<16>(i8_bytes(&w[b].qs), 16 * (k % 2))))
         });
         for n in 0..N {
             let a = block_i32(wv[0], wv[1], &y16[n][2 * i * QK..][..QK]);
@@ -211,7 +226,7 @@ unsafe fn group_xn_avx2<const N: usize>(
             h[n][i].write(_mm256_hadd_epi32(a, b));
         }
     }
-    let dw = f16x8_to_f32(simd::gather_f16_bits::<BLOCK_BYTES>(w, 0));
+    let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
     for n in 0..N {
         // SAFETY: all four were written in the loop above.
         let [h0, h1, h2, h3] = h[n].map(|v| v.assume_init());
@@ -239,76 +254,24 @@ unsafe fn block_i32(w0: simd::x86::__m256i, w1: simd::x86::__m256i, y: &[i16]) -
 /// Group `g`'s slices of each activation row's side data.
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn group_parts<'a, const N: usize>(y16: [&'a [i16]; N], d: [&'a [f32]; N], g: usize) -> ([&'a [i16; BLOCK_LANES * QK]; N], [&'a [f32; BLOCK_LANES]; N]) {
+fn group_parts<const N: usize>(aux: [&Q8Aux; N], g: usize) -> ([&[i16; BLOCK_LANES * QK]; N], [&[f32; BLOCK_LANES]; N]) {
     const YG: usize = BLOCK_LANES * QK;
     (
-        std::array::from_fn(|t| y16[t][g * YG..][..YG].try_into().unwrap()),
-        std::array::from_fn(|t| d[t][g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+        std::array::from_fn(|t| aux[t].y16[g * YG..][..YG].try_into().unwrap()),
+        std::array::from_fn(|t| aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
     )
-}
-
-/// One weight row against `N` activation rows (the body of [`rows_xn_avx2`]).
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn row_xn_avx2<const N: usize>(w: &[u8], d: [&[f32]; N], y16: [&[i16]; N]) -> [f32; N] {
-    const WG: usize = BLOCK_LANES * BLOCK_BYTES;
-    const YG: usize = BLOCK_LANES * QK;
-    let nb = w.len() / BLOCK_BYTES;
-    let groups = nb.div_ceil(BLOCK_LANES);
-    for t in 0..N {
-        assert!(d[t].len() == groups * BLOCK_LANES && y16[t].len() == groups * YG, "q8_0 rows_aux lengths");
-    }
-    let mut acc = [f32x8::splat(0.0); N];
-    let full = nb / BLOCK_LANES;
-    for g in 0..full {
-        simd::prefetch_ahead(w.as_ptr().wrapping_add(g * WG), WG);
-        let (yg, dg) = group_parts(y16, d, g);
-        group_xn_avx2(simd::arr::<WG>(w, g * WG), yg, dg, &mut acc);
-    }
-    if nb % BLOCK_LANES != 0 {
-        // Zero padding as in `block_dot`: padded lanes add (0 * 0) * 0 = +0.0.
-        let mut wp = [0u8; WG];
-        wp[..w.len() - full * WG].copy_from_slice(&w[full * WG..]);
-        let (yg, dg) = group_parts(y16, d, full);
-        group_xn_avx2(&wp, yg, dg, &mut acc);
-    }
-    acc.map(|a| simd::reduce8(a.to_array()))
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `d` and `y16` come from [`rows_aux`].
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_xn_avx2<const N: usize>(w: &[u8], row_bytes: usize, d: [&[f32]; N], y16: [&[i16]; N], out: &mut [[f32; N]]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = row_xn_avx2(&w[r * row_bytes..(r + 1) * row_bytes], d, y16);
-    }
-}
-
-/// `out.len()` consecutive weight rows of `row_bytes` (in `w`) against `N` activation rows
-/// `ys`: `out[r][t]` is bit-identical to `vec_dot(row r, ys[t])`. `d` and `y16` come from
-/// [`rows_aux`] of `ys`.
-pub(crate) fn vec_dot_rows_xn<const N: usize>(w: &[u8], row_bytes: usize, ys: [&[u8]; N], d: [&[f32]; N], y16: [&[i16]; N], out: &mut [[f32; N]]) {
-    assert_eq!(w.len(), out.len() * row_bytes, "vec_dot_rows_xn weight rows");
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if simd::has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { rows_xn_avx2(w, row_bytes, d, y16, out) };
-    }
-    let _ = (d, y16);
-    for (r, o) in out.iter_mut().enumerate() {
-        let row = &w[r * row_bytes..(r + 1) * row_bytes];
-        *o = ys.map(|y| vec_dot_portable(row, y));
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::simd::{np_roundf, np_trunc_u8};
-    use crate::quant::tests_util::{
-        check_block_dot_paths, fnv1a, known_input, UnsafeDot, GGUF_Q8_0,
-    };
+    use crate::quant::f32_to_f16_bits;
+    use crate::quant::fp32::F32;
+    use crate::quant::tests_util::{byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q8_0};
+    use crate::quant::{vec_dot_rows, GgmlType, PreparedRow, RowAux};
+
+    byte_shims!(BlockQ8_0, [u8], crate::quant::tests_util::q8s);
 
     fn quantize(x: &[f32]) -> Vec<u8> {
         let mut out = vec![0u8; x.len() / QK * BLOCK_BYTES];
@@ -455,15 +418,8 @@ mod tests {
 
     #[test]
     fn dot_paths_agree_exactly() {
-        check_block_dot_paths(
-            BLOCK_BYTES,
-            quantize_row,
-            dequantize_row,
-            vec_dot_scalar,
-            vec_dot_portable,
-            vec_dot,
-            AVX2,
-        );
+        check_block_dot_paths::<BlockQ8_0>(|b, rng| b.d = finite_half(rng));
+        check_block_dot_paths::<crate::quant::f32_scale::BlockQ8_0F32>(|b, rng| b.d = F32(finite_half(rng).get().to_le_bytes()));
     }
 
     /// Several weight rows against 8, 4 and 1 activation rows at once equal the single-row
@@ -489,31 +445,21 @@ mod tests {
                 } else {
                     (random(&mut rng, rows * row_bytes), (0..8).map(|_| random(&mut rng, row_bytes)).collect())
                 };
-                let aux: Vec<(Vec<f32>, Vec<i16>)> = ys.iter().map(|y| rows_aux(y)).collect();
+                let ps: Vec<PreparedRow> = ys.iter().map(|y| PreparedRow::Q8_0(y.clone())).collect();
+                let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(GgmlType::Q8_0, p)).collect();
+                assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(GgmlType::Q8_0, p)));
                 let want: Vec<[f32; 8]> = (0..rows)
                     .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
                     .collect();
-                fn check<const N: usize>(w: &[u8], row_bytes: usize, ys: &[Vec<u8>], aux: &[(Vec<f32>, Vec<i16>)], t0: usize, want: &[[f32; 8]]) {
+                fn check<const N: usize>(w: &[u8], ps: &[PreparedRow], aux: &[RowAux], t0: usize, want: &[[f32; 8]]) {
                     crate::quant::tests_util::check_multi_row::<N>(want, t0, |out| {
-                        vec_dot_rows_xn::<N>(
-                            w,
-                            row_bytes,
-                            std::array::from_fn(|k| &ys[t0 + k][..]),
-                            std::array::from_fn(|k| &aux[t0 + k].0[..]),
-                            std::array::from_fn(|k| &aux[t0 + k].1[..]),
-                            out,
-                        )
+                        vec_dot_rows::<N>(GgmlType::Q8_0, w, std::array::from_fn(|k| &ps[t0 + k]), std::array::from_fn(|k| &aux[t0 + k]), out)
                     });
                 }
-                check::<8>(&w, row_bytes, &ys, &aux, 0, &want);
-                check::<4>(&w, row_bytes, &ys, &aux, 3, &want);
-                check::<1>(&w, row_bytes, &ys, &aux, 7, &want);
+                check::<8>(&w, &ps, &aux, 0, &want);
+                check::<4>(&w, &ps, &aux, 3, &want);
+                check::<1>(&w, &ps, &aux, 7, &want);
             }
         }
     }
-
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    const AVX2: Option<UnsafeDot> = Some(vec_dot_avx2);
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    const AVX2: Option<UnsafeDot> = None;
 }

@@ -1,5 +1,6 @@
-//! SIMD plumbing shared by the kernels: run-time CPU selection, the fixed accumulation orders,
-//! and the loops that drive a per-chunk kernel over a whole row.
+//! SIMD plumbing shared by the kernels: CPU feature detection, the fixed accumulation orders,
+//! the numpy rounding rules lane-wise, and the AVX2 helpers. (The row loops and the choice of
+//! instruction set are `dispatch.rs`.)
 //!
 //! The accumulation orders are part of the numerics contract, because the scalar references
 //! (`vec_dot_scalar`) follow them step by step and tests assert exact equality:
@@ -78,15 +79,6 @@ pub(crate) fn prefetch_ahead(p: *const u8, bytes: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
-}
-
-/// Little-endian f16 bits read from `b[i * STRIDE + offset ..][..2]` for 8 consecutive blocks.
-#[inline(always)]
-pub(crate) fn gather_f16_bits<const STRIDE: usize>(b: &[u8], offset: usize) -> u16x8 {
-    u16x8::from_array(std::array::from_fn(|i| {
-        let p = i * STRIDE + offset;
-        u16::from_le_bytes([b[p], b[p + 1]])
-    }))
 }
 
 /// f16 bits to f32, lane-wise, in plain std::simd (same values as `f16_bits_to_f32`).
@@ -223,104 +215,11 @@ pub(crate) fn np_roundf_x8(n: f32x8) -> f32x8 {
     b.copysign(n)
 }
 
-/// A kernel over a float row: turns the weight bytes of 8 consecutive elements into f32.
-pub(crate) trait FloatKernel {
-    /// Bytes per weight element (4 for F32, 2 for F16).
-    const ELEM_BYTES: usize;
-    /// `b` holds exactly `8 * ELEM_BYTES` bytes.
-    ///
-    /// # Safety
-    /// The CPU must support the instruction set the implementation was compiled for.
-    unsafe fn load8(b: &[u8]) -> f32x8;
-}
-
-/// Dot product of a float weight row with f32 activations, in the float-row order (see top).
-///
-/// # Safety
-/// `K::load8` must be callable on this CPU.
-#[inline(always)]
-pub(crate) unsafe fn float_dot<K: FloatKernel>(w: &[u8], x: &[f32]) -> f32 {
-    let eb = K::ELEM_BYTES;
-    let chunk_bytes = FLOAT_LANES * eb;
-    debug_assert_eq!(w.len(), x.len() * eb);
-    let mut acc = [f32x8::splat(0.0); FLOAT_LANES / 8];
-
-    #[inline(always)]
-    unsafe fn step<K: FloatKernel>(acc: &mut [f32x8; 4], w: &[u8], x: &[f32; FLOAT_LANES]) {
-        let eb = K::ELEM_BYTES;
-        for k in 0..4 {
-            let wv = K::load8(&w[k * 8 * eb..(k + 1) * 8 * eb]);
-            let xv = f32x8::from_slice(&x[k * 8..k * 8 + 8]);
-            acc[k] += wv * xv;
-        }
-    }
-
-    let (xc, xt) = x.as_chunks::<FLOAT_LANES>();
-    for (wc, xc) in w.chunks_exact(chunk_bytes).zip(xc) {
-        prefetch_ahead(wc.as_ptr(), chunk_bytes);
-        step::<K>(&mut acc, wc, xc);
-    }
-    if !xt.is_empty() {
-        let done = xc.len();
-        let mut wp = [0u8; FLOAT_LANES * 4];
-        let mut xp = [0f32; FLOAT_LANES];
-        wp[..xt.len() * eb].copy_from_slice(&w[done * chunk_bytes..][..xt.len() * eb]);
-        xp[..xt.len()].copy_from_slice(xt);
-        step::<K>(&mut acc, &wp[..chunk_bytes], &xp);
-    }
-    let v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    reduce8(v.to_array())
-}
-
-/// A kernel over a block row against q8_0 activations (34-byte blocks).
-pub(crate) trait BlockKernel {
-    /// Bytes per weight block.
-    const BLOCK_BYTES: usize;
-    /// Lane `b` of the result is the f32 term of block `b` of a group of 8 blocks.
-    /// `w` holds `8 * BLOCK_BYTES` bytes, `y` holds `8 * 34` bytes.
-    ///
-    /// # Safety
-    /// The CPU must support the instruction set the implementation was compiled for.
-    unsafe fn group(w: &[u8], y: &[u8]) -> f32x8;
-}
-
-/// Bytes per q8_0 activation block.
-pub(crate) const Q8_BYTES: usize = 34;
-
-/// Dot product of a block weight row with q8_0 activations, in the block-row order (see top).
-///
-/// # Safety
-/// `K::group` must be callable on this CPU.
-#[inline(always)]
-pub(crate) unsafe fn block_dot<K: BlockKernel>(w: &[u8], y: &[u8]) -> f32 {
-    let wg = BLOCK_LANES * K::BLOCK_BYTES;
-    let yg = BLOCK_LANES * Q8_BYTES;
-    let nb = w.len() / K::BLOCK_BYTES;
-    debug_assert_eq!(w.len() % K::BLOCK_BYTES, 0);
-    debug_assert_eq!(y.len(), nb * Q8_BYTES);
-    let mut acc = f32x8::splat(0.0);
-    let full = nb / BLOCK_LANES;
-    for (wc, yc) in w.chunks_exact(wg).zip(y.chunks_exact(yg)) {
-        prefetch_ahead(wc.as_ptr(), wg);
-        acc += K::group(wc, yc);
-    }
-    let rem = nb % BLOCK_LANES;
-    if rem != 0 {
-        // Zero blocks have zero scales and zero quants: their lanes add +0.0.
-        let mut wp = [0u8; BLOCK_LANES * Q8_BYTES];
-        let mut yp = [0u8; BLOCK_LANES * Q8_BYTES];
-        wp[..rem * K::BLOCK_BYTES].copy_from_slice(&w[full * wg..][..rem * K::BLOCK_BYTES]);
-        yp[..rem * Q8_BYTES].copy_from_slice(&y[full * yg..][..rem * Q8_BYTES]);
-        acc += K::group(&wp[..wg], &yp);
-    }
-    reduce8(acc.to_array())
-}
-
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86 {
     //! AVX2 helpers. They are `#[inline(always)]` without `#[target_feature]` of their own:
     //! they are only ever inlined into `#[target_feature(enable = "avx2,fma,f16c")]` entry
-    //! points (`vec_dot_avx2`), where the intrinsics then inline too. (A `#[target_feature]`
+    //! points (`dispatch::dot_avx2` and the like), where the intrinsics then inline too. (A `#[target_feature]`
     //! helper cannot be `inline(always)`, and LLVM declined to inline the group kernels.)
     use std::simd::prelude::*;
 

@@ -1,7 +1,10 @@
 //! Test helpers: a tiny deterministic PRNG, inputs that numpy can reproduce exactly, and the
 //! known-answer hashes computed with the `gguf` Python package.
 
-use super::q8_0;
+use super::block::{view, view_mut, Family};
+use super::dispatch;
+use super::fp16::F16;
+use super::q8_0::BlockQ8_0;
 
 /// xorshift64* (Vigna). Deterministic, no dependencies.
 pub(crate) struct Rng(u64);
@@ -96,24 +99,77 @@ pub(crate) fn fnv1a(b: &[u8]) -> u64 {
     })
 }
 
-type Dot = fn(&[u8], &[u8]) -> f32;
-pub(crate) type UnsafeDot = unsafe fn(&[u8], &[u8]) -> f32;
+/// f32 activations as they are (for [`byte_shims`]).
+pub(crate) fn f32s(x: &[f32]) -> &[f32] {
+    x
+}
 
-/// Checks, for a block weight type, that every kernel path equals the scalar reference bit for
-/// bit over many sizes (ragged groups of 8 blocks included), on quantized data and on raw
-/// random bytes (every nibble and every int8, -128 too), and at odd byte offsets; and that the
-/// reference is a dot product of the dequantized rows.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn check_block_dot_paths(
-    block_bytes: usize,
-    quantize: fn(&[f32], &mut [u8]),
-    dequantize: fn(&[u8], &mut [f32]),
-    scalar: Dot,
-    portable: Dot,
-    dispatch: Dot,
-    avx2: Option<UnsafeDot>,
-) {
-    let avx2 = avx2.filter(|_| super::simd::has_avx2());
+/// q8_0 activation bytes as blocks (for [`byte_shims`]).
+pub(crate) fn q8s(y: &[u8]) -> &[BlockQ8_0] {
+    view(y)
+}
+
+/// Byte-level row functions of one family for its tests, in the shape the tests were written
+/// against: `quantize_row(src, dst_bytes)`, `dequantize_row`, `vec_dot_scalar`,
+/// `vec_dot_portable`, `vec_dot`, `vec_dot_avx2` (weights as bytes; activations as f32 or
+/// q8_0 bytes), and `BLOCK_BYTES`.
+macro_rules! byte_shims {
+    ($t:ty, $x:ty, $act:path) => {
+        #[allow(dead_code)]
+        const BLOCK_BYTES: usize = std::mem::size_of::<$t>();
+        #[allow(dead_code)]
+        fn quantize_row(src: &[f32], dst: &mut [u8]) {
+            crate::quant::dispatch::quantize::<$t>(src, crate::quant::view_mut(dst))
+        }
+        #[allow(dead_code)]
+        fn quantize_row_portable(src: &[f32], dst: &mut [u8]) {
+            crate::quant::dispatch::quantize_portable::<$t>(src, crate::quant::view_mut(dst))
+        }
+        #[allow(dead_code)]
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        unsafe fn quantize_row_avx2(src: &[f32], dst: &mut [u8]) {
+            crate::quant::dispatch::quantize_avx2::<$t>(src, crate::quant::view_mut(dst))
+        }
+        #[allow(dead_code)]
+        fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+            crate::quant::dispatch::dequantize::<$t>(crate::quant::view(src), dst)
+        }
+        #[allow(dead_code)]
+        fn vec_dot_scalar(w: &[u8], x: &$x) -> f32 {
+            <$t as crate::quant::Family>::dot_scalar(crate::quant::view(w), $act(x))
+        }
+        #[allow(dead_code)]
+        fn vec_dot_portable(w: &[u8], x: &$x) -> f32 {
+            crate::quant::dispatch::dot_portable::<$t>(crate::quant::view(w), $act(x))
+        }
+        #[allow(dead_code)]
+        fn vec_dot(w: &[u8], x: &$x) -> f32 {
+            crate::quant::dispatch::dot::<$t>(crate::quant::view(w), $act(x))
+        }
+        #[allow(dead_code)]
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        unsafe fn vec_dot_avx2(w: &[u8], x: &$x) -> f32 {
+            crate::quant::dispatch::dot_avx2::<$t>(crate::quant::view(w), $act(x))
+        }
+    };
+}
+pub(crate) use byte_shims;
+
+/// A normal f16 of any sign (random f16 bytes could be NaN).
+pub(crate) fn finite_half(rng: &mut Rng) -> F16 {
+    let h = (rng.next_u64() as u16 & 0x83ff) | (((rng.next_u64() % 29) as u16 + 1) << 10);
+    F16(h.to_le_bytes())
+}
+
+/// Checks, for a block family against q8_0 activations, that every kernel level equals the
+/// scalar reference bit for bit over many sizes (ragged groups of 8 blocks included), on
+/// quantized data and on raw random bytes (every nibble and every int8, -128 too; `finite`
+/// gives a random block finite scales), and at odd byte offsets; and that the reference is a
+/// dot product of the dequantized rows.
+pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(&mut B, &mut Rng)) {
+    let bb = std::mem::size_of::<B>();
+    let qb = std::mem::size_of::<BlockQ8_0>();
+    let avx2 = super::simd::has_avx2();
     let mut rng = Rng::new(1234);
     let sizes: Vec<usize> = (0..=40).chain([63, 64, 65, 127, 128, 129, 256]).collect();
     for &nb in &sizes {
@@ -122,74 +178,49 @@ pub(crate) fn check_block_dot_paths(
             let (w, y) = if round % 2 == 0 {
                 let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
                 let xf: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
-                let mut w = vec![0u8; nb * block_bytes];
-                quantize(&wf, &mut w);
-                let mut y = vec![0u8; nb * q8_0::BLOCK_BYTES];
-                q8_0::quantize_row(&xf, &mut y);
+                let mut w = vec![0u8; nb * bb];
+                dispatch::quantize::<B>(&wf, view_mut(&mut w));
+                let mut y = vec![0u8; nb * qb];
+                dispatch::quantize::<BlockQ8_0>(&xf, view_mut(&mut y));
                 (w, y)
             } else {
-                let mut w: Vec<u8> = (0..nb * block_bytes)
-                    .map(|_| rng.next_u64() as u8)
-                    .collect();
-                let mut y: Vec<u8> = (0..nb * q8_0::BLOCK_BYTES)
-                    .map(|_| rng.next_u64() as u8)
-                    .collect();
-                // Finite scales (random f16 bytes could be NaN): normal halves of any sign.
-                let half = |rng: &mut Rng| {
-                    let h = (rng.next_u64() as u16 & 0x83ff)
-                        | (((rng.next_u64() % 29) as u16 + 1) << 10);
-                    h.to_le_bytes()
-                };
-                for b in 0..nb {
-                    let d = half(&mut rng);
-                    w[b * block_bytes..][..2].copy_from_slice(&d);
-                    if block_bytes == 20 {
-                        let m = half(&mut rng);
-                        w[b * block_bytes + 2..][..2].copy_from_slice(&m);
-                    }
-                    let d = half(&mut rng);
-                    y[b * q8_0::BLOCK_BYTES..][..2].copy_from_slice(&d);
+                let mut w: Vec<u8> = (0..nb * bb).map(|_| rng.next_u64() as u8).collect();
+                let mut y: Vec<u8> = (0..nb * qb).map(|_| rng.next_u64() as u8).collect();
+                for (wb, yb) in view_mut::<B>(&mut w).iter_mut().zip(view_mut::<BlockQ8_0>(&mut y)) {
+                    finite(wb, &mut rng);
+                    yb.d = finite_half(&mut rng);
                 }
                 (w, y)
             };
-            let r = scalar(&w, &y);
+            let (wv, yv) = (view::<B>(&w), view::<BlockQ8_0>(&y));
+            let r = B::dot_scalar(wv, yv);
             let ctx = format!("nb={nb} round={round}");
-            assert_eq!(portable(&w, &y).to_bits(), r.to_bits(), "portable {ctx}");
-            assert_eq!(dispatch(&w, &y).to_bits(), r.to_bits(), "dispatch {ctx}");
-            if let Some(f) = avx2 {
-                assert_eq!(unsafe { f(&w, &y) }.to_bits(), r.to_bits(), "avx2 {ctx}");
+            assert_eq!(dispatch::dot_portable(wv, yv).to_bits(), r.to_bits(), "portable {ctx}");
+            assert_eq!(dispatch::dot(wv, yv).to_bits(), r.to_bits(), "dispatch {ctx}");
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            if avx2 {
+                assert_eq!(unsafe { dispatch::dot_avx2(wv, yv) }.to_bits(), r.to_bits(), "avx2 {ctx}");
             }
             // Unaligned copies.
             let mut wb = vec![0u8; w.len() + 3];
             wb[3..].copy_from_slice(&w);
             let mut yb = vec![0u8; y.len() + 1];
             yb[1..].copy_from_slice(&y);
-            assert_eq!(
-                dispatch(&wb[3..], &yb[1..]).to_bits(),
-                r.to_bits(),
-                "unaligned {ctx}"
-            );
+            assert_eq!(dispatch::dot::<B>(view(&wb[3..]), view(&yb[1..])).to_bits(), r.to_bits(), "unaligned {ctx}");
 
             // The reference is the dot product of the dequantized rows (up to f32 rounding).
             if round < 2 && r.is_finite() {
                 let mut wd = vec![0f32; n];
-                dequantize(&w, &mut wd);
+                dispatch::dequantize(wv, &mut wd);
                 let mut yd = vec![0f32; n];
-                q8_0::dequantize_row(&y, &mut yd);
+                dispatch::dequantize(yv, &mut yd);
                 let exact: f64 = wd.iter().zip(&yd).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let mag: f64 = wd
-                    .iter()
-                    .zip(&yd)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
-                assert!(
-                    (r as f64 - exact).abs() <= 1e-5 * mag + 1e-30,
-                    "{ctx}: {r} vs {exact}"
-                );
+                let mag: f64 = wd.iter().zip(&yd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                assert!((r as f64 - exact).abs() <= 1e-5 * mag + 1e-30, "{ctx}: {r} vs {exact}");
             }
         }
     }
-    if avx2.is_none() {
+    if !avx2 {
         eprintln!("note: AVX2 kernels not available here, only the portable path was checked");
     }
 }

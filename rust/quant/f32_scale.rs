@@ -1,0 +1,56 @@
+//! Blocks with f32 scales, as the pre-GGUF files stored them (ggml, ggmf, ggjt v1 and v2),
+//! after their nibbles were put in today's order at load (see `legacy.rs` at the crate root):
+//!
+//! - `Q4_0F32`: 20 bytes, f32 `d`, 16 bytes of nibbles (byte `j` = weights `j`, `j + 16`).
+//! - `Q4_1F32`: 24 bytes, f32 `d`, f32 `m`, 16 bytes of nibbles.
+//! - `Q8_0F32`: 36 bytes, f32 `d`, 32 signed bytes.
+//!
+//! Why not convert them to today's f16-scale blocks: rounding an f32 scale to f16 changes
+//! every weight of the block, so the model would no longer compute with the weights in the
+//! file. They are today's block structs with [`F32`] as the scale type, so they run today's
+//! kernels (every level, the multi-row ones too): the same exact integer sums against q8_0
+//! activations and the same float accumulation order, and a file whose f32 scales happen to be
+//! f16 values gives bit for bit the logits of the same weights in GGUF.
+
+use super::fp32::F32;
+use super::q4_0::BlockQ4_0;
+use super::q4_1::BlockQ4_1;
+use super::q8_0::BlockQ8_0;
+
+pub type BlockQ4_0F32 = BlockQ4_0<F32>;
+pub type BlockQ4_1F32 = BlockQ4_1<F32>;
+pub type BlockQ8_0F32 = BlockQ8_0<F32>;
+const _: () = assert!(std::mem::size_of::<BlockQ4_0F32>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ4_1F32>() == 24);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0F32>() == 36);
+
+#[cfg(test)]
+mod tests {
+    use crate::quant::tests_util::Rng;
+    use crate::quant::{dequantize_row, prepare_activation, quantize_row, vec_dot, GgmlType};
+
+    /// With f16-representable scales the f32-scale kernels give today's results bit for bit.
+    #[test]
+    fn widened_blocks_compute_like_todays() {
+        let mut rng = Rng::new(7);
+        let n = 32 * 21;
+        let x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+        let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.1).collect();
+        for (today, legacy) in [
+            (GgmlType::Q4_0, GgmlType::Q4_0F32),
+            (GgmlType::Q4_1, GgmlType::Q4_1F32),
+            (GgmlType::Q8_0, GgmlType::Q8_0F32),
+        ] {
+            let mut a = vec![0u8; today.row_bytes(n).unwrap()];
+            quantize_row(today, &wf, &mut a);
+            let mut b = vec![0u8; legacy.row_bytes(n).unwrap()];
+            quantize_row(legacy, &wf, &mut b);
+            let p = prepare_activation(legacy, &x);
+            assert_eq!(vec_dot(today, &a, &p).to_bits(), vec_dot(legacy, &b, &p).to_bits(), "{legacy}");
+            let (mut da, mut db) = (vec![0f32; n], vec![0f32; n]);
+            dequantize_row(today, &a, &mut da);
+            dequantize_row(legacy, &b, &mut db);
+            assert_eq!(da, db);
+        }
+    }
+}
