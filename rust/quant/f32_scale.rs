@@ -27,7 +27,7 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_0F32>() == 36);
 #[cfg(test)]
 mod tests {
     use crate::quant::tests_util::Rng;
-    use crate::quant::{dequantize_row, prepare_activation, quantize_row, vec_dot, GgmlType};
+    use crate::quant::{dequantize_row, prepare_activation, quantize_row, vec_dot, vec_dot_rows, vec_dot_scalar, GgmlType, RowAux};
 
     /// With f16-representable scales the f32-scale kernels give today's results bit for bit.
     #[test]
@@ -51,6 +51,36 @@ mod tests {
             dequantize_row(today, &a, &mut da);
             dequantize_row(legacy, &b, &mut db);
             assert_eq!(da, db);
+        }
+    }
+
+    /// The multi-row kernels serve the f32-scale blocks too, with the single-row bits, and
+    /// side data made for today's type fits its f32-scale twin (the activations are the same).
+    #[test]
+    fn multi_row_kernels_serve_f32_scales() {
+        let mut rng = Rng::new(8);
+        let (rows, n) = (5, 32 * 19);
+        for (today, legacy) in [(GgmlType::Q4_0, GgmlType::Q4_0F32), (GgmlType::Q8_0, GgmlType::Q8_0F32), (GgmlType::Q4_1, GgmlType::Q4_1F32)] {
+            let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.1).collect();
+            let mut w = vec![0u8; legacy.row_bytes(rows * n).unwrap()];
+            quantize_row(legacy, &wf, &mut w);
+            // Scales that are no f16 value, as in real pre-GGUF files.
+            for b in w.chunks_exact_mut(legacy.type_size()) {
+                let d = f32::from_le_bytes(b[..4].try_into().unwrap()) * (1.0 + 3.0 * f32::EPSILON);
+                b[..4].copy_from_slice(&d.to_le_bytes());
+            }
+            let ps: Vec<_> = (0..4).map(|_| prepare_activation(legacy, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>())).collect();
+            let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(today, p)).collect();
+            assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(legacy, p)), "{legacy}");
+            let mut out = vec![[0f32; 4]; rows];
+            vec_dot_rows(legacy, &w, std::array::from_fn(|k| &ps[k]), std::array::from_fn(|k| &aux[k]), &mut out);
+            let rb = legacy.row_bytes(n).unwrap();
+            for (r, o) in out.iter().enumerate() {
+                for k in 0..4 {
+                    let want = vec_dot_scalar(legacy, &w[r * rb..(r + 1) * rb], &ps[k]);
+                    assert_eq!(o[k].to_bits(), want.to_bits(), "{legacy} row {r} token {k}");
+                }
+            }
         }
     }
 }

@@ -27,6 +27,8 @@ pub mod q8_0;
 pub(crate) mod simd;
 
 #[cfg(test)]
+mod tests_family;
+#[cfg(test)]
 mod tests_util;
 
 pub use block::{view, view_mut, Activation, Family, Pod, Scale};
