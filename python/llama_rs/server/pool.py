@@ -83,6 +83,8 @@ class Lease:
         self._clean = True  # nothing sent that has not been answered in full
         self._closed = False
         self.expired = False
+        #: Why the worker cannot be trusted any more (it broke the protocol), if it cannot.
+        self.broken: Optional[str] = None
 
     async def request(self, msg: dict) -> AsyncIterator[dict]:
         """Send one request; yield the worker's messages up to and including its `done`
@@ -101,13 +103,23 @@ class Lease:
                 line = await self._reader.readline()
                 if not line:
                     raise WorkerFailed(f"worker {self.worker.index} {self._why()}")
-                reply = protocol.decode(line)
+                try:
+                    reply = protocol.decode(line)
+                except ValueError as e:
+                    self.broken = f"answered something that is not a message ({e})"
+                    raise WorkerFailed(f"worker {self.worker.index} sent a reply the front cannot read") from None
                 if "done" in reply or "error" in reply:
                     self._clean = True
                     yield reply
                     return
                 yield reply
+        except WorkerFailed:
+            if not self.expired and self.broken is None:
+                self.broken = "hung up in the middle of a reply"
+            raise
         except (OSError, ValueError, asyncio.LimitOverrunError) as e:
+            if not self.expired:
+                self.broken = f"failed the connection ({type(e).__name__})"
             raise WorkerFailed(f"worker {self.worker.index} {self._why()} ({type(e).__name__})") from None
 
     def _why(self) -> str:
@@ -128,7 +140,7 @@ class Lease:
         self._closed = True
         if self._writer is not None:
             self._writer.transport.abort() if not self._clean else self._writer.close()
-        self.pool._return(self.worker, clean=self._clean and not self.expired)
+        self.pool._return(self.worker, clean=self._clean and not self.expired, broken=self.broken)
 
     async def __aenter__(self) -> "Lease":
         return self
@@ -180,16 +192,20 @@ class Pool:
             try:
                 writer.write(protocol.encode({"op": "ping"}))
                 await writer.drain()
-                return bool(protocol.decode(await reader.readline()).get("pong"))
+                reply = protocol.decode(await reader.readline())
+                # Our process, not whatever else may hold the path for a moment (an old worker).
+                return bool(reply.get("pong")) and reply.get("pid") == w.proc.pid
             finally:
                 writer.close()
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and w.alive:
             try:
-                return await asyncio.wait_for(once(), max(0.05, deadline - time.monotonic()))
+                if await asyncio.wait_for(once(), max(0.05, deadline - time.monotonic())):
+                    return True
             except (OSError, ValueError, asyncio.TimeoutError):
-                await asyncio.sleep(0.05)  # not listening yet
+                pass
+            await asyncio.sleep(0.05)  # not listening yet
         return False
 
     async def _wait_ready(self, w: Worker) -> None:
@@ -314,9 +330,12 @@ class Pool:
         w.lease = Lease(self, w, time.monotonic() + self.cfg.timeout)
         return w.lease
 
-    def _return(self, w: Worker, clean: bool) -> None:
+    def _return(self, w: Worker, clean: bool, broken: Optional[str] = None) -> None:
         w.lease = None
         if not w.alive:
+            self._restart_later(w)
+        elif broken:  # answers pings, maybe, but not requests: a new process is the safe bet
+            log.warning("worker %d %s; restarting it", w.index, broken)
             self._restart_later(w)
         elif clean:
             self._make_free(w)
