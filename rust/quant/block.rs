@@ -22,7 +22,11 @@ pub unsafe trait Pod: Copy + Send + Sync + 'static {}
 pub fn view<B: Pod>(b: &[u8]) -> &[B] {
     const { assert!(std::mem::align_of::<B>() == 1 && std::mem::size_of::<B>() > 0) };
     let size = std::mem::size_of::<B>();
-    assert!(b.len().is_multiple_of(size), "{} bytes are not whole blocks of {size}", b.len());
+    assert!(
+        b.len().is_multiple_of(size),
+        "{} bytes are not whole blocks of {size}",
+        b.len()
+    );
     // SAFETY: `B` is Pod with alignment 1 (checked above): any `size` bytes are a valid `B`,
     // at any address; the length is exact.
     unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len() / size) }
@@ -33,7 +37,11 @@ pub fn view<B: Pod>(b: &[u8]) -> &[B] {
 pub fn view_mut<B: Pod>(b: &mut [u8]) -> &mut [B] {
     const { assert!(std::mem::align_of::<B>() == 1 && std::mem::size_of::<B>() > 0) };
     let size = std::mem::size_of::<B>();
-    assert!(b.len().is_multiple_of(size), "{} bytes are not whole blocks of {size}", b.len());
+    assert!(
+        b.len().is_multiple_of(size),
+        "{} bytes are not whole blocks of {size}",
+        b.len()
+    );
     // SAFETY: as in `view`; the borrow is unique.
     unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len() / size) }
 }

@@ -70,7 +70,13 @@ unsafe fn row<B: Family, I: Isa>(w: &[B], x: &[B::Act]) -> f32 {
 /// fastest kernel for this CPU; bit-identical to `B::dot_scalar`.
 #[inline]
 pub fn dot<B: Family>(w: &[B], x: &[B::Act]) -> f32 {
-    assert_eq!(w.len(), x.len(), "dot: {} blocks against {} activation units", w.len(), x.len());
+    assert_eq!(
+        w.len(),
+        x.len(),
+        "dot: {} blocks against {} activation units",
+        w.len(),
+        x.len()
+    );
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if has_avx2() {
         // SAFETY: checked just above.
@@ -108,7 +114,13 @@ fn quantize_loop<B: Family>(src: &[f32], dst: &mut [B]) {
 /// (activation rows are quantized on the hot path); lane-wise IEEE operations, so the bytes
 /// are the portable build's.
 pub fn quantize<B: Family>(src: &[f32], dst: &mut [B]) {
-    assert_eq!(src.len(), dst.len() * B::QK, "quantize: {} values into {} blocks", src.len(), dst.len());
+    assert_eq!(
+        src.len(),
+        dst.len() * B::QK,
+        "quantize: {} values into {} blocks",
+        src.len(),
+        dst.len()
+    );
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if has_avx2() {
         // SAFETY: checked just above.
@@ -134,7 +146,13 @@ pub unsafe fn quantize_avx2<B: Family>(src: &[f32], dst: &mut [B]) {
 
 /// Dequantize blocks into `dst` (`src.len() * QK` values).
 pub fn dequantize<B: Family>(src: &[B], dst: &mut [f32]) {
-    assert_eq!(dst.len(), src.len() * B::QK, "dequantize: {} blocks into {} values", src.len(), dst.len());
+    assert_eq!(
+        dst.len(),
+        src.len() * B::QK,
+        "dequantize: {} blocks into {} values",
+        src.len(),
+        dst.len()
+    );
     for (b, y) in src.iter().zip(dst.chunks_exact_mut(B::QK)) {
         b.dequantize(y);
     }
@@ -144,7 +162,13 @@ pub fn dequantize<B: Family>(src: &[B], dst: &mut [f32]) {
 /// `out[r][t]` has the bits of `dot(row r, xs[t])`. With `aux` (the rows' side data, see
 /// [`Family::row_aux`]) and a multi-row kernel for this CPU, each weight block is unpacked once
 /// for all `N` rows.
-pub fn dot_rows<B: Family, const N: usize>(w: &[B], row_len: usize, xs: [&[B::Act]; N], aux: Option<[&B::Aux; N]>, out: &mut [[f32; N]]) {
+pub fn dot_rows<B: Family, const N: usize>(
+    w: &[B],
+    row_len: usize,
+    xs: [&[B::Act]; N],
+    aux: Option<[&B::Aux; N]>,
+    out: &mut [[f32; N]],
+) {
     assert_eq!(w.len(), out.len() * row_len, "dot_rows: weight rows");
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if let Some(aux) = aux.filter(|_| B::MULTI_ROW && has_avx2()) {
@@ -162,7 +186,12 @@ pub fn dot_rows<B: Family, const N: usize>(w: &[B], row_len: usize, xs: [&[B::Ac
 /// The CPU must support AVX2, FMA and F16C.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2<B: Family, const N: usize>(w: &[B], row_len: usize, aux: [&B::Aux; N], out: &mut [[f32; N]]) {
+unsafe fn rows_avx2<B: Family, const N: usize>(
+    w: &[B],
+    row_len: usize,
+    aux: [&B::Aux; N],
+    out: &mut [[f32; N]],
+) {
     for (r, o) in out.iter_mut().enumerate() {
         *o = B::row_xn_avx2(&w[r * row_len..(r + 1) * row_len], aux);
     }

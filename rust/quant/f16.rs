@@ -134,7 +134,8 @@ impl Family for F16 {
     }
     #[inline(always)]
     fn chunk_portable(acc: &mut [f32x8; 4], w: &[F16], x: &[f32]) {
-        let (w, x): (&[F16; FLOAT_LANES], &[f32; FLOAT_LANES]) = (w.try_into().unwrap(), x.try_into().unwrap());
+        let (w, x): (&[F16; FLOAT_LANES], &[f32; FLOAT_LANES]) =
+            (w.try_into().unwrap(), x.try_into().unwrap());
         for k in 0..4 {
             let wv = F16::lanes_portable(std::array::from_fn(|i| w[8 * k + i]));
             acc[k] += wv * f32x8::from_slice(&x[8 * k..8 * k + 8]);
@@ -144,7 +145,8 @@ impl Family for F16 {
     #[inline(always)]
     unsafe fn chunk_avx2(acc: &mut [f32x8; 4], w: &[F16], x: &[f32]) {
         use simd::x86::*;
-        let (w, x): (&[F16; FLOAT_LANES], &[f32; FLOAT_LANES]) = (w.try_into().unwrap(), x.try_into().unwrap());
+        let (w, x): (&[F16; FLOAT_LANES], &[f32; FLOAT_LANES]) =
+            (w.try_into().unwrap(), x.try_into().unwrap());
         for k in 0..4 {
             let h = _mm_loadu_si128(w[8 * k..].as_ptr().cast());
             acc[k] += f32x8::from(_mm256_cvtph_ps(h)) * f32x8::from_slice(&x[8 * k..8 * k + 8]);

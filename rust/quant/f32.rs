@@ -55,7 +55,8 @@ impl Family for F32 {
     }
     #[inline(always)]
     fn chunk_portable(acc: &mut [f32x8; 4], w: &[F32], x: &[f32]) {
-        let (w, x): (&[F32; FLOAT_LANES], &[f32; FLOAT_LANES]) = (w.try_into().unwrap(), x.try_into().unwrap());
+        let (w, x): (&[F32; FLOAT_LANES], &[f32; FLOAT_LANES]) =
+            (w.try_into().unwrap(), x.try_into().unwrap());
         for k in 0..4 {
             // SAFETY: 8 F32 are 32 bytes.
             let b: &[u8; 32] = unsafe { &*w[8 * k..].as_ptr().cast::<[u8; 32]>() };

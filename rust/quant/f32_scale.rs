@@ -27,7 +27,10 @@ const _: () = assert!(std::mem::size_of::<BlockQ8_0F32>() == 36);
 #[cfg(test)]
 mod tests {
     use crate::quant::tests_util::Rng;
-    use crate::quant::{dequantize_row, prepare_activation, quantize_row, vec_dot, vec_dot_rows, vec_dot_scalar, GgmlType, RowAux};
+    use crate::quant::{
+        dequantize_row, prepare_activation, quantize_row, vec_dot, vec_dot_rows, vec_dot_scalar,
+        GgmlType, RowAux,
+    };
 
     /// With f16-representable scales the f32-scale kernels give today's results bit for bit.
     #[test]
@@ -46,7 +49,11 @@ mod tests {
             let mut b = vec![0u8; legacy.row_bytes(n).unwrap()];
             quantize_row(legacy, &wf, &mut b);
             let p = prepare_activation(legacy, &x);
-            assert_eq!(vec_dot(today, &a, &p).to_bits(), vec_dot(legacy, &b, &p).to_bits(), "{legacy}");
+            assert_eq!(
+                vec_dot(today, &a, &p).to_bits(),
+                vec_dot(legacy, &b, &p).to_bits(),
+                "{legacy}"
+            );
             let (mut da, mut db) = (vec![0f32; n], vec![0f32; n]);
             dequantize_row(today, &a, &mut da);
             dequantize_row(legacy, &b, &mut db);
@@ -60,7 +67,11 @@ mod tests {
     fn multi_row_kernels_serve_f32_scales() {
         let mut rng = Rng::new(8);
         let (rows, n) = (5, 32 * 19);
-        for (today, legacy) in [(GgmlType::Q4_0, GgmlType::Q4_0F32), (GgmlType::Q8_0, GgmlType::Q8_0F32), (GgmlType::Q4_1, GgmlType::Q4_1F32)] {
+        for (today, legacy) in [
+            (GgmlType::Q4_0, GgmlType::Q4_0F32),
+            (GgmlType::Q8_0, GgmlType::Q8_0F32),
+            (GgmlType::Q4_1, GgmlType::Q4_1F32),
+        ] {
             let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.1).collect();
             let mut w = vec![0u8; legacy.row_bytes(rows * n).unwrap()];
             quantize_row(legacy, &wf, &mut w);
@@ -69,11 +80,24 @@ mod tests {
                 let d = f32::from_le_bytes(b[..4].try_into().unwrap()) * (1.0 + 3.0 * f32::EPSILON);
                 b[..4].copy_from_slice(&d.to_le_bytes());
             }
-            let ps: Vec<_> = (0..4).map(|_| prepare_activation(legacy, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>())).collect();
+            let ps: Vec<_> = (0..4)
+                .map(|_| {
+                    prepare_activation(legacy, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>())
+                })
+                .collect();
             let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(today, p)).collect();
-            assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(legacy, p)), "{legacy}");
+            assert!(
+                ps.iter().zip(&aux).all(|(p, a)| a.fits(legacy, p)),
+                "{legacy}"
+            );
             let mut out = vec![[0f32; 4]; rows];
-            vec_dot_rows(legacy, &w, std::array::from_fn(|k| &ps[k]), std::array::from_fn(|k| &aux[k]), &mut out);
+            vec_dot_rows(
+                legacy,
+                &w,
+                std::array::from_fn(|k| &ps[k]),
+                std::array::from_fn(|k| &aux[k]),
+                &mut out,
+            );
             let rb = legacy.row_bytes(n).unwrap();
             for (r, o) in out.iter().enumerate() {
                 for k in 0..4 {

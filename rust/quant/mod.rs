@@ -179,7 +179,11 @@ impl std::fmt::Display for GgmlType {
 
 /// Quantize a row: `src.len()` a multiple of the block size, `dst.len() == row_bytes(src.len())`.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
-    debug_assert_eq!(ty.row_bytes(src.len()), Some(dst.len()), "quantize_row {ty}");
+    debug_assert_eq!(
+        ty.row_bytes(src.len()),
+        Some(dst.len()),
+        "quantize_row {ty}"
+    );
     struct Q<'a>(&'a [f32], &'a mut [u8]);
     impl Visit for Q<'_> {
         type Out = ();
@@ -192,7 +196,11 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 
 /// Dequantize a row: `src.len() == row_bytes(dst.len())`. `src` may be unaligned.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-    debug_assert_eq!(ty.row_bytes(dst.len()), Some(src.len()), "dequantize_row {ty}");
+    debug_assert_eq!(
+        ty.row_bytes(dst.len()),
+        Some(src.len()),
+        "dequantize_row {ty}"
+    );
     struct D<'a>(&'a [u8], &'a mut [f32]);
     impl Visit for D<'_> {
         type Out = ();
@@ -306,7 +314,11 @@ pub struct RowAux(Option<Arc<dyn Any + Send + Sync>>);
 
 impl std::fmt::Debug for RowAux {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "RowAux(..)" } else { "RowAux(None)" })
+        f.write_str(if self.0.is_some() {
+            "RowAux(..)"
+        } else {
+            "RowAux(None)"
+        })
     }
 }
 
@@ -317,7 +329,9 @@ impl RowAux {
             type Out = RowAux;
             fn visit<B: Family>(self) -> RowAux {
                 match B::Act::view(self.0) {
-                    Some(a) if B::MULTI_ROW => RowAux(B::row_aux(a).map(|v| Arc::new(v) as Arc<dyn Any + Send + Sync>)),
+                    Some(a) if B::MULTI_ROW => {
+                        RowAux(B::row_aux(a).map(|v| Arc::new(v) as Arc<dyn Any + Send + Sync>))
+                    }
                     _ => RowAux(None),
                 }
             }
@@ -370,16 +384,32 @@ pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
 /// the activations come rearranged in `aux`). `aux[t]` is `RowAux::new(weight_type, xs[t])`;
 /// rows whose side data does not fit (or types without such a kernel) take [`vec_dot`], with
 /// the same bits.
-pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&PreparedRow; N], aux: [&RowAux; N], out: &mut [[f32; N]]) {
+pub fn vec_dot_rows<const N: usize>(
+    weight_type: GgmlType,
+    w_rows: &[u8],
+    xs: [&PreparedRow; N],
+    aux: [&RowAux; N],
+    out: &mut [[f32; N]],
+) {
     if out.is_empty() {
         return;
     }
     let row_bytes = w_rows.len() / out.len();
-    assert_eq!(w_rows.len(), row_bytes * out.len(), "vec_dot_rows: weight bytes are not whole rows");
+    assert_eq!(
+        w_rows.len(),
+        row_bytes * out.len(),
+        "vec_dot_rows: weight bytes are not whole rows"
+    );
     for x in xs {
         check_lengths(weight_type, row_bytes, x.len());
     }
-    struct R<'a, 'o, const N: usize>(GgmlType, &'a [u8], [&'a PreparedRow; N], [&'a RowAux; N], &'o mut [[f32; N]]);
+    struct R<'a, 'o, const N: usize>(
+        GgmlType,
+        &'a [u8],
+        [&'a PreparedRow; N],
+        [&'a RowAux; N],
+        &'o mut [[f32; N]],
+    );
     impl<const N: usize> Visit for R<'_, '_, N> {
         type Out = ();
         #[inline(always)]
@@ -389,7 +419,11 @@ pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&
             let ys = xs.map(|x| act::<B>(ty, x));
             let aux: Option<[&B::Aux; N]> = if B::MULTI_ROW {
                 let got = aux.map(|a| a.get::<B>());
-                if got.iter().zip(ys).all(|(a, y)| a.is_some_and(|a| B::aux_fits(a, y))) {
+                if got
+                    .iter()
+                    .zip(ys)
+                    .all(|(a, y)| a.is_some_and(|a| B::aux_fits(a, y)))
+                {
                     Some(got.map(Option::unwrap))
                 } else {
                     None
@@ -404,7 +438,12 @@ pub fn vec_dot_rows<const N: usize>(weight_type: GgmlType, w_rows: &[u8], xs: [&
 }
 
 /// [`vec_dot_rows`] for one weight row.
-pub fn vec_dot_xn<const N: usize>(weight_type: GgmlType, w_row: &[u8], xs: [&PreparedRow; N], aux: [&RowAux; N]) -> [f32; N] {
+pub fn vec_dot_xn<const N: usize>(
+    weight_type: GgmlType,
+    w_row: &[u8],
+    xs: [&PreparedRow; N],
+    aux: [&RowAux; N],
+) -> [f32; N] {
     let mut out = [[0f32; N]];
     vec_dot_rows(weight_type, w_row, xs, aux, &mut out);
     out[0]
@@ -512,11 +551,24 @@ mod tests {
                 .map(|_| prepare_activation(t, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>()))
                 .collect();
             let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(t, p)).collect();
-            let got = vec_dot_xn(t, &w, [&ps[0], &ps[1], &ps[2], &ps[3]], [&aux[0], &aux[1], &aux[2], &aux[3]]);
+            let got = vec_dot_xn(
+                t,
+                &w,
+                [&ps[0], &ps[1], &ps[2], &ps[3]],
+                [&aux[0], &aux[1], &aux[2], &aux[3]],
+            );
             for k in 0..4 {
-                assert_eq!(got[k].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");
+                assert_eq!(
+                    got[k].to_bits(),
+                    vec_dot_scalar(t, &w, &ps[k]).to_bits(),
+                    "{t}"
+                );
                 let one = vec_dot_xn(t, &w, [&ps[k]], [&aux[k]]);
-                assert_eq!(one[0].to_bits(), vec_dot_scalar(t, &w, &ps[k]).to_bits(), "{t}");
+                assert_eq!(
+                    one[0].to_bits(),
+                    vec_dot_scalar(t, &w, &ps[k]).to_bits(),
+                    "{t}"
+                );
             }
         }
     }

@@ -90,7 +90,9 @@ impl<S: Scale> Family for BlockQ4_0<S> {
             let lo = (qs & u8x16::splat(0x0f)).cast::<i16>() - i16x16::splat(8);
             let hi = (qs >> 4).cast::<i16>() - i16x16::splat(8);
             // |products| <= 8 * 128, so the i16 sums of two cannot overflow.
-            (lo * y0.cast::<i16>() + hi * y1.cast::<i16>()).cast::<i32>().reduce_sum()
+            (lo * y0.cast::<i16>() + hi * y1.cast::<i16>())
+                .cast::<i32>()
+                .reduce_sum()
         }));
         let dw = S::lanes_portable(std::array::from_fn(|b| w[b].d));
         let dx = F16::lanes_portable(std::array::from_fn(|b| y[b].d));
@@ -116,7 +118,10 @@ impl<S: Scale> Family for BlockQ4_0<S> {
             // sum (q - 8) * y = sum q * y - sum 8 * y. maddubs takes the nibbles as the
             // unsigned operand, so no sign trick is needed and y = -128 is still exact;
             // each i16 pair sum is at most 2 * 15 * 128, no saturation.
-            let p = _mm256_sub_epi16(_mm256_maddubs_epi16(nib, yv), _mm256_maddubs_epi16(eight, yv));
+            let p = _mm256_sub_epi16(
+                _mm256_maddubs_epi16(nib, yv),
+                _mm256_maddubs_epi16(eight, yv),
+            );
             *vb = _mm256_madd_epi16(p, ones);
         }
         let isum = hsum8_epi32(v);
@@ -133,7 +138,9 @@ impl<S: Scale> Family for BlockQ4_0<S> {
 
     fn aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
         let groups = y.len().div_ceil(BLOCK_LANES);
-        aux.d.len() == groups * BLOCK_LANES && aux.s8.len() == groups * BLOCK_LANES && aux.yt.len() == groups * YT_GROUP
+        aux.d.len() == groups * BLOCK_LANES
+            && aux.s8.len() == groups * BLOCK_LANES
+            && aux.yt.len() == groups * YT_GROUP
     }
 
     /// One weight row against `N` activation rows.
@@ -144,14 +151,19 @@ impl<S: Scale> Family for BlockQ4_0<S> {
         let groups = nb.div_ceil(BLOCK_LANES);
         for a in aux {
             assert!(
-                a.d.len() == groups * BLOCK_LANES && a.s8.len() == groups * BLOCK_LANES && a.yt.len() == groups * YT_GROUP,
+                a.d.len() == groups * BLOCK_LANES
+                    && a.s8.len() == groups * BLOCK_LANES
+                    && a.yt.len() == groups * YT_GROUP,
                 "vec_dot_xn lengths"
             );
         }
         let mut acc = [f32x8::splat(0.0); N];
         let full = nb / BLOCK_LANES;
         for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
-            simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<Self>());
+            simd::prefetch_ahead(
+                wg.as_ptr().cast(),
+                BLOCK_LANES * std::mem::size_of::<Self>(),
+            );
             group_xn_avx2(wg.try_into().unwrap(), group_parts(aux, g), &mut acc);
         }
         let rem = nb % BLOCK_LANES;
@@ -221,11 +233,26 @@ pub(crate) fn x4_aux(y: &[BlockQ8_0]) -> Q4Aux {
 /// Group `g`'s slices of each activation row's side data: (quants, scales, 8 * sums).
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn group_parts<const N: usize>(aux: [&Q4Aux; N], g: usize) -> ([&[u8; YT_GROUP]; N], [&[f32; BLOCK_LANES]; N], [&[i32; BLOCK_LANES]; N]) {
+fn group_parts<const N: usize>(
+    aux: [&Q4Aux; N],
+    g: usize,
+) -> (
+    [&[u8; YT_GROUP]; N],
+    [&[f32; BLOCK_LANES]; N],
+    [&[i32; BLOCK_LANES]; N],
+) {
     (
         std::array::from_fn(|t| simd::arr::<YT_GROUP>(&aux[t].yt, g * YT_GROUP)),
-        std::array::from_fn(|t| aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
-        std::array::from_fn(|t| aux[t].s8[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+        std::array::from_fn(|t| {
+            aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES]
+                .try_into()
+                .unwrap()
+        }),
+        std::array::from_fn(|t| {
+            aux[t].s8[g * BLOCK_LANES..][..BLOCK_LANES]
+                .try_into()
+                .unwrap()
+        }),
     )
 }
 
@@ -241,14 +268,19 @@ fn group_parts<const N: usize>(aux: [&Q4Aux; N], g: usize) -> ([&[u8; YT_GROUP];
 #[allow(clippy::type_complexity)]
 unsafe fn group_xn_avx2<S: Scale, const N: usize>(
     w: &[BlockQ4_0<S>; BLOCK_LANES],
-    (yt, dx, s8): ([&[u8; YT_GROUP]; N], [&[f32; BLOCK_LANES]; N], [&[i32; BLOCK_LANES]; N]),
+    (yt, dx, s8): (
+        [&[u8; YT_GROUP]; N],
+        [&[f32; BLOCK_LANES]; N],
+        [&[i32; BLOCK_LANES]; N],
+    ),
     acc: &mut [f32x8; N],
 ) {
     use simd::x86::*;
     let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     // r[i] = [quants of block 2i | quants of block 2i + 1].
-    let r: [__m256i; 4] = std::array::from_fn(|i| _mm256_set_m128i(load16(&w[2 * i + 1].qs), load16(&w[2 * i].qs)));
+    let r: [__m256i; 4] =
+        std::array::from_fn(|i| _mm256_set_m128i(load16(&w[2 * i + 1].qs), load16(&w[2 * i].qs)));
     // 4x4 dword transpose within each half: t[k] lane l = dword k of block LANE_BLOCK[l].
     let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
     let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
@@ -266,9 +298,16 @@ unsafe fn group_xn_avx2<S: Scale, const N: usize>(
     let mut s16 = [_mm256_setzero_si256(); N];
     for v in 0..8 {
         let tk = t[v / 2];
-        let nib = if v % 2 == 0 { _mm256_and_si256(tk, m4) } else { _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4) };
+        let nib = if v % 2 == 0 {
+            _mm256_and_si256(tk, m4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
+        };
         for n in 0..N {
-            s16[n] = _mm256_add_epi16(s16[n], _mm256_maddubs_epi16(nib, load32(simd::arr::<32>(yt[n], 32 * v))));
+            s16[n] = _mm256_add_epi16(
+                s16[n],
+                _mm256_maddubs_epi16(nib, load32(simd::arr::<32>(yt[n], 32 * v))),
+            );
         }
     }
     for n in 0..N {
@@ -282,7 +321,9 @@ mod tests {
     use super::*;
     use crate::quant::fp16::read_f16;
     use crate::quant::fp32::F32;
-    use crate::quant::tests_util::{byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_0};
+    use crate::quant::tests_util::{
+        byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_0,
+    };
     use crate::quant::{vec_dot_rows, GgmlType, PreparedRow, RowAux};
 
     byte_shims!(BlockQ4_0, [u8], crate::quant::tests_util::q8s);
@@ -413,7 +454,9 @@ mod tests {
     #[test]
     fn dot_paths_agree_exactly() {
         check_block_dot_paths::<BlockQ4_0>(|b, rng| b.d = finite_half(rng));
-        check_block_dot_paths::<crate::quant::f32_scale::BlockQ4_0F32>(|b, rng| b.d = F32(finite_half(rng).get().to_le_bytes()));
+        check_block_dot_paths::<crate::quant::f32_scale::BlockQ4_0F32>(|b, rng| {
+            b.d = F32(finite_half(rng).get().to_le_bytes())
+        });
     }
 
     /// Several weight rows against 8, 4 and 1 activation rows at once equal the single-row
@@ -427,12 +470,19 @@ mod tests {
                 let n = nb * QK;
                 let rows = 3;
                 let w: Vec<u8> = if round % 2 == 0 {
-                    quantize(&(0..rows * n).map(|_| rng.normal() * 0.02).collect::<Vec<_>>())
+                    quantize(
+                        &(0..rows * n)
+                            .map(|_| rng.normal() * 0.02)
+                            .collect::<Vec<_>>(),
+                    )
                 } else {
                     // Random nibbles, finite random scales.
-                    let mut w: Vec<u8> = (0..rows * nb * BLOCK_BYTES).map(|_| rng.next_u64() as u8).collect();
+                    let mut w: Vec<u8> = (0..rows * nb * BLOCK_BYTES)
+                        .map(|_| rng.next_u64() as u8)
+                        .collect();
                     for b in 0..rows * nb {
-                        let h = (rng.next_u64() as u16 & 0x83ff) | (((rng.next_u64() % 29) as u16 + 1) << 10);
+                        let h = (rng.next_u64() as u16 & 0x83ff)
+                            | (((rng.next_u64() % 29) as u16 + 1) << 10);
                         w[b * BLOCK_BYTES..][..2].copy_from_slice(&h.to_le_bytes());
                     }
                     w
@@ -440,7 +490,8 @@ mod tests {
                 let row_bytes = nb * BLOCK_BYTES;
                 let ys: Vec<Vec<u8>> = (0..8)
                     .map(|t| {
-                        let xf: Vec<f32> = (0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect();
+                        let xf: Vec<f32> =
+                            (0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect();
                         let mut y = vec![0u8; nb * Q8_BYTES];
                         crate::quant::quantize_row(GgmlType::Q8_0, &xf, &mut y);
                         if round == 3 && nb > 0 {
@@ -449,15 +500,32 @@ mod tests {
                         y
                     })
                     .collect();
-                let ps: Vec<PreparedRow> = ys.iter().map(|y| PreparedRow::Q8_0(y.clone())).collect();
+                let ps: Vec<PreparedRow> =
+                    ys.iter().map(|y| PreparedRow::Q8_0(y.clone())).collect();
                 let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(GgmlType::Q4_0, p)).collect();
                 assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(GgmlType::Q4_0, p)));
                 let want: Vec<[f32; 8]> = (0..rows)
-                    .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
+                    .map(|r| {
+                        std::array::from_fn(|t| {
+                            vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])
+                        })
+                    })
                     .collect();
-                fn check<const N: usize>(w: &[u8], ps: &[PreparedRow], aux: &[RowAux], t0: usize, want: &[[f32; 8]]) {
+                fn check<const N: usize>(
+                    w: &[u8],
+                    ps: &[PreparedRow],
+                    aux: &[RowAux],
+                    t0: usize,
+                    want: &[[f32; 8]],
+                ) {
                     crate::quant::tests_util::check_multi_row::<N>(want, t0, |out| {
-                        vec_dot_rows::<N>(GgmlType::Q4_0, w, std::array::from_fn(|k| &ps[t0 + k]), std::array::from_fn(|k| &aux[t0 + k]), out)
+                        vec_dot_rows::<N>(
+                            GgmlType::Q4_0,
+                            w,
+                            std::array::from_fn(|k| &ps[t0 + k]),
+                            std::array::from_fn(|k| &aux[t0 + k]),
+                            out,
+                        )
                     });
                 }
                 check::<8>(&w, &ps, &aux, 0, &want);
@@ -465,11 +533,18 @@ mod tests {
                 check::<1>(&w, &ps, &aux, 6, &want);
                 for (r, wr) in want.iter().enumerate() {
                     for t in 0..8 {
-                        assert_eq!(vec_dot(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t]).to_bits(), wr[t].to_bits());
+                        assert_eq!(
+                            vec_dot(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t]).to_bits(),
+                            wr[t].to_bits()
+                        );
                     }
                 }
-                let one = crate::quant::vec_dot_xn(GgmlType::Q4_0, &w[..row_bytes], [&ps[5]], [&aux[5]]);
-                assert_eq!(one[0].to_bits(), want.first().map_or(0.0f32, |w| w[5]).to_bits());
+                let one =
+                    crate::quant::vec_dot_xn(GgmlType::Q4_0, &w[..row_bytes], [&ps[5]], [&aux[5]]);
+                assert_eq!(
+                    one[0].to_bits(),
+                    want.first().map_or(0.0f32, |w| w[5]).to_bits()
+                );
             }
         }
     }

@@ -43,7 +43,10 @@ impl<S: Scale> Family for BlockQ4_1<S> {
         let (min, max) = match simd::block_min_max(x) {
             Some((min, max)) => {
                 let first_zero = || *x.iter().find(|v| **v == 0.0).unwrap();
-                (if min == 0.0 { first_zero() } else { min }, if max == 0.0 { first_zero() } else { max })
+                (
+                    if min == 0.0 { first_zero() } else { min },
+                    if max == 0.0 { first_zero() } else { max },
+                )
             }
             None => {
                 let nan = *x.iter().find(|v| v.is_nan()).unwrap();
@@ -54,7 +57,8 @@ impl<S: Scale> Family for BlockQ4_1<S> {
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
         // trunc((x - min)*id + 0.5), numpy's uint8 cast, clip to 15.
         let q = |k: usize| {
-            let v = (f32x8::from_slice(&x[8 * k..]) - f32x8::splat(min)) * f32x8::splat(id) + f32x8::splat(0.5);
+            let v = (f32x8::from_slice(&x[8 * k..]) - f32x8::splat(min)) * f32x8::splat(id)
+                + f32x8::splat(0.5);
             simd::np_trunc_u8_x8(v).simd_min(u8x8::splat(15))
         };
         out.d = S::store(d);
@@ -148,7 +152,9 @@ impl<S: Scale> Family for BlockQ4_1<S> {
 mod tests {
     use super::*;
     use crate::quant::fp16::read_f16;
-    use crate::quant::tests_util::{byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_1};
+    use crate::quant::tests_util::{
+        byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_1,
+    };
     use crate::quant::{f32_to_f16_bits, fp32::F32};
 
     byte_shims!(BlockQ4_1, [u8], crate::quant::tests_util::q8s);
@@ -262,8 +268,12 @@ mod tests {
 
     #[test]
     fn dot_paths_agree_exactly() {
-        check_block_dot_paths::<BlockQ4_1>(|b, rng| (b.d, b.m) = (finite_half(rng), finite_half(rng)));
+        check_block_dot_paths::<BlockQ4_1>(|b, rng| {
+            (b.d, b.m) = (finite_half(rng), finite_half(rng))
+        });
         let wide = |h: F16| F32(h.get().to_le_bytes());
-        check_block_dot_paths::<crate::quant::f32_scale::BlockQ4_1F32>(|b, rng| (b.d, b.m) = (wide(finite_half(rng)), wide(finite_half(rng))));
+        check_block_dot_paths::<crate::quant::f32_scale::BlockQ4_1F32>(|b, rng| {
+            (b.d, b.m) = (wide(finite_half(rng)), wide(finite_half(rng)))
+        });
     }
 }

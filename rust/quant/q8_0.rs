@@ -26,7 +26,10 @@ impl Activation for BlockQ8_0 {
     const QK: usize = QK;
     const QUANTIZED: bool = true;
     const CHUNK: usize = BLOCK_LANES;
-    const ZERO: BlockQ8_0 = BlockQ8_0 { d: F16([0; 2]), qs: [0; QK] };
+    const ZERO: BlockQ8_0 = BlockQ8_0 {
+        d: F16([0; 2]),
+        qs: [0; QK],
+    };
     type Acc = f32x8;
     #[inline(always)]
     fn acc_zero() -> f32x8 {
@@ -66,7 +69,8 @@ impl<S: Scale> Family for BlockQ8_0<S> {
     fn quantize(x: &[f32], out: &mut Self) {
         let x: &[f32; QK] = x.try_into().unwrap();
         // numpy `abs(x).max()`: NaN propagates (we keep the first one).
-        let amax = simd::block_abs_max(x).unwrap_or_else(|| x.iter().map(|v| v.abs()).find(|a| a.is_nan()).unwrap());
+        let amax = simd::block_abs_max(x)
+            .unwrap_or_else(|| x.iter().map(|v| v.abs()).find(|a| a.is_nan()).unwrap());
         let d = amax / 127.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
         out.d = S::store(d);
@@ -105,7 +109,8 @@ impl<S: Scale> Family for BlockQ8_0<S> {
         let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
         let isum = i32x8::from_array(std::array::from_fn(|b| {
             // i16 products (|.| <= 128 * 128) summed in i32.
-            let p = i8x32::from_array(w[b].qs).cast::<i16>() * i8x32::from_array(y[b].qs).cast::<i16>();
+            let p =
+                i8x32::from_array(w[b].qs).cast::<i16>() * i8x32::from_array(y[b].qs).cast::<i16>();
             p.cast::<i32>().reduce_sum()
         }));
         let dw = S::lanes_portable(std::array::from_fn(|b| w[b].d));
@@ -155,12 +160,18 @@ impl<S: Scale> Family for BlockQ8_0<S> {
         let nb = w.len();
         let groups = nb.div_ceil(BLOCK_LANES);
         for a in aux {
-            assert!(a.d.len() == groups * BLOCK_LANES && a.y16.len() == groups * YG, "q8_0 rows_aux lengths");
+            assert!(
+                a.d.len() == groups * BLOCK_LANES && a.y16.len() == groups * YG,
+                "q8_0 rows_aux lengths"
+            );
         }
         let mut acc = [f32x8::splat(0.0); N];
         let full = nb / BLOCK_LANES;
         for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
-            simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<Self>());
+            simd::prefetch_ahead(
+                wg.as_ptr().cast(),
+                BLOCK_LANES * std::mem::size_of::<Self>(),
+            );
             let (yg, dg) = group_parts(aux, g);
             group_xn_avx2(wg.try_into().unwrap(), yg, dg, &mut acc);
         }
@@ -243,7 +254,11 @@ unsafe fn group_xn_avx2<S: Scale, const N: usize>(
 /// times the block's i16 activations.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn block_i32(w0: simd::x86::__m256i, w1: simd::x86::__m256i, y: &[i16]) -> simd::x86::__m256i {
+unsafe fn block_i32(
+    w0: simd::x86::__m256i,
+    w1: simd::x86::__m256i,
+    y: &[i16],
+) -> simd::x86::__m256i {
     use simd::x86::*;
     let y = &y[..QK];
     let y0 = _mm256_loadu_si256(y.as_ptr().cast());
@@ -254,21 +269,30 @@ unsafe fn block_i32(w0: simd::x86::__m256i, w1: simd::x86::__m256i, y: &[i16]) -
 /// Group `g`'s slices of each activation row's side data.
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-fn group_parts<const N: usize>(aux: [&Q8Aux; N], g: usize) -> ([&[i16; BLOCK_LANES * QK]; N], [&[f32; BLOCK_LANES]; N]) {
+fn group_parts<const N: usize>(
+    aux: [&Q8Aux; N],
+    g: usize,
+) -> ([&[i16; BLOCK_LANES * QK]; N], [&[f32; BLOCK_LANES]; N]) {
     const YG: usize = BLOCK_LANES * QK;
     (
         std::array::from_fn(|t| aux[t].y16[g * YG..][..YG].try_into().unwrap()),
-        std::array::from_fn(|t| aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES].try_into().unwrap()),
+        std::array::from_fn(|t| {
+            aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES]
+                .try_into()
+                .unwrap()
+        }),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::simd::{np_roundf, np_trunc_u8};
     use crate::quant::f32_to_f16_bits;
     use crate::quant::fp32::F32;
-    use crate::quant::tests_util::{byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q8_0};
+    use crate::quant::simd::{np_roundf, np_trunc_u8};
+    use crate::quant::tests_util::{
+        byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q8_0,
+    };
     use crate::quant::{vec_dot_rows, GgmlType, PreparedRow, RowAux};
 
     byte_shims!(BlockQ8_0, [u8], crate::quant::tests_util::q8s);
@@ -419,7 +443,9 @@ mod tests {
     #[test]
     fn dot_paths_agree_exactly() {
         check_block_dot_paths::<BlockQ8_0>(|b, rng| b.d = finite_half(rng));
-        check_block_dot_paths::<crate::quant::f32_scale::BlockQ8_0F32>(|b, rng| b.d = F32(finite_half(rng).get().to_le_bytes()));
+        check_block_dot_paths::<crate::quant::f32_scale::BlockQ8_0F32>(|b, rng| {
+            b.d = F32(finite_half(rng).get().to_le_bytes())
+        });
     }
 
     /// Several weight rows against 8, 4 and 1 activation rows at once equal the single-row
@@ -434,26 +460,62 @@ mod tests {
                 let random = |rng: &mut crate::quant::tests_util::Rng, len: usize| -> Vec<u8> {
                     let mut b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                     for blk in b.chunks_exact_mut(BLOCK_BYTES) {
-                        let h = (rng.next_u64() as u16 & 0x83ff) | (((rng.next_u64() % 29) as u16 + 1) << 10);
+                        let h = (rng.next_u64() as u16 & 0x83ff)
+                            | (((rng.next_u64() % 29) as u16 + 1) << 10);
                         blk[..2].copy_from_slice(&h.to_le_bytes());
                     }
                     b
                 };
                 let (w, ys): (Vec<u8>, Vec<Vec<u8>>) = if round == 0 {
-                    let w = quantize(&(0..rows * n).map(|_| rng.normal() * 0.02).collect::<Vec<_>>());
-                    (w, (0..8).map(|t| quantize(&(0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect::<Vec<_>>())).collect())
+                    let w = quantize(
+                        &(0..rows * n)
+                            .map(|_| rng.normal() * 0.02)
+                            .collect::<Vec<_>>(),
+                    );
+                    (
+                        w,
+                        (0..8)
+                            .map(|t| {
+                                quantize(
+                                    &(0..n)
+                                        .map(|_| rng.normal() * (t as f32 + 1.0))
+                                        .collect::<Vec<_>>(),
+                                )
+                            })
+                            .collect(),
+                    )
                 } else {
-                    (random(&mut rng, rows * row_bytes), (0..8).map(|_| random(&mut rng, row_bytes)).collect())
+                    (
+                        random(&mut rng, rows * row_bytes),
+                        (0..8).map(|_| random(&mut rng, row_bytes)).collect(),
+                    )
                 };
-                let ps: Vec<PreparedRow> = ys.iter().map(|y| PreparedRow::Q8_0(y.clone())).collect();
+                let ps: Vec<PreparedRow> =
+                    ys.iter().map(|y| PreparedRow::Q8_0(y.clone())).collect();
                 let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(GgmlType::Q8_0, p)).collect();
                 assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(GgmlType::Q8_0, p)));
                 let want: Vec<[f32; 8]> = (0..rows)
-                    .map(|r| std::array::from_fn(|t| vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])))
+                    .map(|r| {
+                        std::array::from_fn(|t| {
+                            vec_dot_scalar(&w[r * row_bytes..(r + 1) * row_bytes], &ys[t])
+                        })
+                    })
                     .collect();
-                fn check<const N: usize>(w: &[u8], ps: &[PreparedRow], aux: &[RowAux], t0: usize, want: &[[f32; 8]]) {
+                fn check<const N: usize>(
+                    w: &[u8],
+                    ps: &[PreparedRow],
+                    aux: &[RowAux],
+                    t0: usize,
+                    want: &[[f32; 8]],
+                ) {
                     crate::quant::tests_util::check_multi_row::<N>(want, t0, |out| {
-                        vec_dot_rows::<N>(GgmlType::Q8_0, w, std::array::from_fn(|k| &ps[t0 + k]), std::array::from_fn(|k| &aux[t0 + k]), out)
+                        vec_dot_rows::<N>(
+                            GgmlType::Q8_0,
+                            w,
+                            std::array::from_fn(|k| &ps[t0 + k]),
+                            std::array::from_fn(|k| &aux[t0 + k]),
+                            out,
+                        )
                     });
                 }
                 check::<8>(&w, &ps, &aux, 0, &want);

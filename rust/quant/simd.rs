@@ -72,7 +72,9 @@ pub(crate) fn prefetch_ahead(p: *const u8, bytes: usize) {
             // SAFETY: prefetch is SSE (baseline on x86_64) and never faults.
             #[allow(unused_unsafe)]
             unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(PREFETCH_AHEAD + off).cast())
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    p.wrapping_add(PREFETCH_AHEAD + off).cast(),
+                )
             };
             off += 64;
         }

@@ -69,7 +69,12 @@ impl Family for BlockCopy {
 fn a_family_is_one_impl() {
     // Lossless both ways, through the generic row functions.
     let x = known_input(3, 32 * 9);
-    let mut blocks = vec![BlockCopy { v: [F32::default(); 32] }; 9];
+    let mut blocks = vec![
+        BlockCopy {
+            v: [F32::default(); 32]
+        };
+        9
+    ];
     dispatch::quantize(&x, &mut blocks);
     let mut back = vec![0f32; x.len()];
     dispatch::dequantize(&blocks, &mut back);

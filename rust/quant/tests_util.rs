@@ -186,7 +186,10 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
             } else {
                 let mut w: Vec<u8> = (0..nb * bb).map(|_| rng.next_u64() as u8).collect();
                 let mut y: Vec<u8> = (0..nb * qb).map(|_| rng.next_u64() as u8).collect();
-                for (wb, yb) in view_mut::<B>(&mut w).iter_mut().zip(view_mut::<BlockQ8_0>(&mut y)) {
+                for (wb, yb) in view_mut::<B>(&mut w)
+                    .iter_mut()
+                    .zip(view_mut::<BlockQ8_0>(&mut y))
+                {
                     finite(wb, &mut rng);
                     yb.d = finite_half(&mut rng);
                 }
@@ -195,18 +198,34 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
             let (wv, yv) = (view::<B>(&w), view::<BlockQ8_0>(&y));
             let r = B::dot_scalar(wv, yv);
             let ctx = format!("nb={nb} round={round}");
-            assert_eq!(dispatch::dot_portable(wv, yv).to_bits(), r.to_bits(), "portable {ctx}");
-            assert_eq!(dispatch::dot(wv, yv).to_bits(), r.to_bits(), "dispatch {ctx}");
+            assert_eq!(
+                dispatch::dot_portable(wv, yv).to_bits(),
+                r.to_bits(),
+                "portable {ctx}"
+            );
+            assert_eq!(
+                dispatch::dot(wv, yv).to_bits(),
+                r.to_bits(),
+                "dispatch {ctx}"
+            );
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             if avx2 {
-                assert_eq!(unsafe { dispatch::dot_avx2(wv, yv) }.to_bits(), r.to_bits(), "avx2 {ctx}");
+                assert_eq!(
+                    unsafe { dispatch::dot_avx2(wv, yv) }.to_bits(),
+                    r.to_bits(),
+                    "avx2 {ctx}"
+                );
             }
             // Unaligned copies.
             let mut wb = vec![0u8; w.len() + 3];
             wb[3..].copy_from_slice(&w);
             let mut yb = vec![0u8; y.len() + 1];
             yb[1..].copy_from_slice(&y);
-            assert_eq!(dispatch::dot::<B>(view(&wb[3..]), view(&yb[1..])).to_bits(), r.to_bits(), "unaligned {ctx}");
+            assert_eq!(
+                dispatch::dot::<B>(view(&wb[3..]), view(&yb[1..])).to_bits(),
+                r.to_bits(),
+                "unaligned {ctx}"
+            );
 
             // The reference is the dot product of the dequantized rows (up to f32 rounding).
             if round < 2 && r.is_finite() {
@@ -215,8 +234,15 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
                 let mut yd = vec![0f32; n];
                 dispatch::dequantize(yv, &mut yd);
                 let exact: f64 = wd.iter().zip(&yd).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let mag: f64 = wd.iter().zip(&yd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
-                assert!((r as f64 - exact).abs() <= 1e-5 * mag + 1e-30, "{ctx}: {r} vs {exact}");
+                let mag: f64 = wd
+                    .iter()
+                    .zip(&yd)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                assert!(
+                    (r as f64 - exact).abs() <= 1e-5 * mag + 1e-30,
+                    "{ctx}: {r} vs {exact}"
+                );
             }
         }
     }
@@ -275,12 +301,21 @@ pub(crate) const GGUF_F16: [(u64, usize, u64, u64); 9] = [
 
 /// Runs a multi-row kernel over tokens `t0 .. t0 + N` (`run` fills one `[f32; N]` per weight
 /// row) and asserts every result has the bits of `want[row][t0 + k]`.
-pub(crate) fn check_multi_row<const N: usize>(want: &[[f32; 8]], t0: usize, run: impl FnOnce(&mut [[f32; N]])) {
+pub(crate) fn check_multi_row<const N: usize>(
+    want: &[[f32; 8]],
+    t0: usize,
+    run: impl FnOnce(&mut [[f32; N]]),
+) {
     let mut out = vec![[0f32; N]; want.len()];
     run(&mut out);
     for (r, (o, w)) in out.iter().zip(want).enumerate() {
         for k in 0..N {
-            assert_eq!(o[k].to_bits(), w[t0 + k].to_bits(), "N={N} row {r} token {}", t0 + k);
+            assert_eq!(
+                o[k].to_bits(),
+                w[t0 + k].to_bits(),
+                "N={N} row {r} token {}",
+                t0 + k
+            );
         }
     }
 }
