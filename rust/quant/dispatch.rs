@@ -1,9 +1,11 @@
 //! The one choice of instruction set, for every family: the row drivers, generic over a
 //! [`Family`] and an instruction-set level, and the run-time selection between the levels.
 //!
-//! Adding an instruction set: a marker type here with its [`Isa`] impl, one
-//! `#[target_feature]` entry per operation below, one branch in each selector, and a method
-//! on [`Family`] whose default is the portable kernel (families override it with one function).
+//! Adding an instruction set: a marker type here with its `Isa` impl, one
+//! `#[target_feature]` entry per operation below and one branch in each selector (`dot`,
+//! `quantize`, `dot_rows`); a method on [`Family`] (and on `Scale`, for reading 8 scales)
+//! whose default is the portable code, which each family overrides with one function where
+//! the instruction set has something better.
 
 use super::block::{zeroed, Acc, Activation, Family};
 use super::simd::{self, has_avx2};

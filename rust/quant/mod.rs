@@ -438,7 +438,8 @@ pub fn vec_dot_rows<const N: usize>(
 }
 
 /// [`vec_dot_rows`] for one weight row.
-pub fn vec_dot_xn<const N: usize>(
+#[cfg(test)]
+pub(crate) fn vec_dot_xn<const N: usize>(
     weight_type: GgmlType,
     w_row: &[u8],
     xs: [&PreparedRow; N],

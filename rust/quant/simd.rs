@@ -146,14 +146,14 @@ pub(crate) fn block_min_max(x: &[f32; 32]) -> Option<(f32, f32)> {
     Some((min, max))
 }
 
-// numpy float32 semantics the quantizers need, scalar (the readable definition, checked
-// against the lane-wise versions in tests) and 8 lanes at a time (what the quantizers use:
+// numpy float32 semantics the quantizers need, scalar (the readable definition, test-only:
+// checked against the lane-wise versions) and 8 lanes at a time (what the quantizers use:
 // Rust's saturating `f32 as i32` does not vectorize).
 
 /// `np.trunc(t).astype(np.uint8)` as numpy does it on x86: truncate to int32 and keep the
 /// low byte; NaN and values outside the int32 range give 0 (any such finite f32 is a multiple
 /// of 256, so the low byte is 0 whichever integer width numpy goes through).
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub(crate) fn np_trunc_u8(t: f32) -> u8 {
     if t.abs() < 2_147_483_648.0 {
         t as i32 as u8
@@ -164,7 +164,7 @@ pub(crate) fn np_trunc_u8(t: f32) -> u8 {
 
 /// gguf's `np_roundf`: round half away from zero, computed the way it does:
 /// `sign(n) * (floor(|n|) + floor(2 * (|n| - floor(|n|))))`; NaN for NaN and infinities.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 pub(crate) fn np_roundf(n: f32) -> f32 {
     let a = n.abs();
     let floored = a.floor();
@@ -181,7 +181,7 @@ pub(crate) fn np_roundf(n: f32) -> f32 {
     sign * b
 }
 
-/// [`np_trunc_u8`], lane-wise.
+/// `np_trunc_u8`, lane-wise.
 #[inline(always)]
 pub(crate) fn np_trunc_u8_x8(t: f32x8) -> u8x8 {
     let in_range = t.abs().simd_lt(f32x8::splat(2_147_483_648.0));
@@ -207,7 +207,7 @@ fn floor_nonneg_x8(a: f32x8) -> f32x8 {
     small.select(t.cast::<f32>(), a)
 }
 
-/// [`np_roundf`], lane-wise, up to the sign of a zero result (`copysign` instead of
+/// `np_roundf`, lane-wise, up to the sign of a zero result (`copysign` instead of
 /// `sign(n) * b`), which the integer cast that always follows erases.
 #[inline(always)]
 pub(crate) fn np_roundf_x8(n: f32x8) -> f32x8 {
