@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llama_rs.server.chat import render_chat
+import llama_rs
+
+from llama_rs.chat import check_messages, render_chat
 
 MSGS = [
     {"role": "system", "content": "Be brief."},
@@ -12,6 +14,12 @@ MSGS = [
     {"role": "assistant", "content": "Hello."},
     {"role": "user", "content": "Joke?"},
 ]
+
+
+@pytest.fixture(scope="module")
+def demo() -> llama_rs.Model:
+    return llama_rs.Model.demo(n_ctx=256)
+
 
 # A ChatML-style template of the kind GGUF files carry in tokenizer.chat_template.
 CHATML = (
@@ -41,3 +49,26 @@ def test_template_errors_and_sandbox() -> None:
         render_chat(MSGS, "{{ raise_exception('roles must alternate') }}")
     with pytest.raises(ValueError, match="chat template failed"):
         render_chat(MSGS, "{{ ''.__class__.__mro__[1].__subclasses__() }}")  # the sandbox refuses
+
+
+def test_messages_are_checked() -> None:
+    assert check_messages([{"role": "user", "content": None}]) == [{"role": "user", "content": ""}]
+    for bad, needle in [
+        ([], "non-empty"),
+        ("hi", "non-empty"),
+        ([{"role": "robot", "content": "x"}], "role"),
+        ([{"role": "user", "content": 5}], "content must be text"),
+        (["hi"], "dict"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            check_messages(bad)
+
+
+def test_model_chat_is_the_transcript_continued(demo) -> None:
+    msgs = [{"role": "user", "content": "Tell me a fortune."}]
+    r = demo.chat(msgs, max_tokens=30, seed=2)
+    want = demo.complete("User: Tell me a fortune.\nAssistant:", max_tokens=30, seed=2, stop=["\nUser:", "\nSystem:"])
+    assert r == want and r.text.strip()
+    assert "".join(demo.chat_stream(msgs, max_tokens=30, seed=2)) == want.text
+    with pytest.raises(ValueError, match="role"):
+        demo.chat([{"role": "robot", "content": "x"}])

@@ -144,6 +144,31 @@ def test_multiline_prompt(tmp_path: Path) -> None:
     assert p.exitstatus == 0
 
 
+def test_chat_mode_keeps_the_conversation() -> None:
+    demo = llama_rs.Model.demo(n_ctx=512)
+    p = spawn("run", "--chat", "-s", "3", "-n", "20")
+    p.expect_exact(">>> ")
+    history: list[dict] = []
+    for message in ("Hello!", "Tell me a fortune."):
+        history.append({"role": "user", "content": message})
+        want = demo.chat(history, max_tokens=20, seed=3)
+        assert answer(p, message) == want.text
+        history.append({"role": "assistant", "content": want.text})
+        p.expect_exact(">>> ")
+    p.sendline("/reset")
+    p.expect_exact("(and the conversation)")
+    p.expect_exact(">>> ")
+    assert answer(p, "Hello!") == demo.chat([{"role": "user", "content": "Hello!"}], max_tokens=20, seed=3).text
+    p.sendline("/quit")
+    p.expect(pexpect.EOF)
+    # One-shot: -p is one user message.
+    r = cli("run", "--chat", "-p", "Hello!", "-n", "20", "-s", "3")
+    assert (
+        r.returncode == 0
+        and r.stdout == demo.chat([{"role": "user", "content": "Hello!"}], max_tokens=20, seed=3).text + "\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
     """Random weights with EOS's output row zero: its logit is 0, so greedy decoding

@@ -110,8 +110,7 @@ def test_chat_logprobs_are_the_models(client: openai.OpenAI, demo: llama_rs.Mode
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     # The same generation through the library, token by token.
-    prompt = "User: hi\nAssistant:"
-    gen = demo.generate(prompt, max_tokens=6, temp=0, logprobs=3, stop=["\nUser:", "\nSystem:"], **SEED_DEFAULTS)
+    gen = demo.chat_stream([{"role": "user", "content": "hi"}], max_tokens=6, temp=0, logprobs=3, **SEED_DEFAULTS)
     text = "".join(gen)
     want = gen.take_logprobs()
     assert r.choices[0].message.content == text

@@ -8,10 +8,28 @@ from writing the user's next turn too. `messages` are dicts with `role` and `con
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+
+
+def check_messages(messages: Any) -> list[dict]:
+    """`[{"role": ..., "content": text}]` as plain dicts, or a ValueError naming the message."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...}")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLE_NAMES:
+            raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLE_NAMES)}, got {role!r}")
+        if content is not None and not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be text, got {type(content).__name__}")
+        out.append({"role": role, "content": content or ""})
+    return out
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,7 @@ def render_transcript(messages: list[dict]) -> ChatPrompt:
 
 
 def render_chat(messages: list[dict], template: Optional[str]) -> ChatPrompt:
+    """`messages` (checked by `check_messages`) as the prompt for a model with `template`."""
     if not template:
         return render_transcript(messages)
     from jinja2.sandbox import ImmutableSandboxedEnvironment

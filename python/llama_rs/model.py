@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, List, Literal, Mapping, Sequence, Tuple
+from typing import Any, Iterator, List, Literal, Mapping, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
+from .chat import check_messages, render_chat
 from .generation import DEFAULTS
 
 FinishReason = Literal["length", "eos", "stop", "context"]
@@ -323,6 +325,42 @@ class Model:
             prompt_tokens=gen.prompt_tokens,
             finish_reason=gen.finish_reason,
             logprobs=gen.take_logprobs() if logprobs is not None else None,
+        )
+
+    # -- chat -------------------------------------------------------------------------------
+    @cached_property
+    def chat_template(self) -> str | None:
+        """The file's chat template (GGUF `tokenizer.chat_template`), or None: then chat
+        uses a plain `User: ... / Assistant:` transcript, which base models continue."""
+        t = self.metadata.get("tokenizer.chat_template")
+        return t if isinstance(t, str) and t.strip() else None
+
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> "Generation":
+        """The assistant's next turn after `messages` (`[{"role": "system" | "developer" |
+        "user" | "assistant", "content": text}]`), as a `Generation` of text pieces.
+        `params` are `generate`'s (see `GenerationConfig`); the format's own stop strings
+        are added to `stop`. A growing conversation re-evaluates only its new turns.
+
+        Raises:
+            ValueError: malformed messages, or the model's chat template failed.
+            ParamError: a parameter out of its range.
+        """
+        prompt = render_chat(check_messages(messages), self.chat_template)
+        stop = params.pop("stop", DEFAULTS.stop)
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        return self.generate(prompt.text, stop=[*stop, *prompt.stop], **params)
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> Completion:
+        """Like `chat_stream`, but returns the whole reply (as llama-cpp-python's
+        `create_chat_completion` does, without the OpenAI wrapping)."""
+        gen = self.chat_stream(messages, **params)
+        text = "".join(gen)
+        return Completion(
+            text=text,
+            tokens=gen.tokens,
+            prompt_tokens=gen.prompt_tokens,
+            finish_reason=gen.finish_reason,
+            logprobs=gen.take_logprobs() if params.get("logprobs") is not None else None,
         )
 
 

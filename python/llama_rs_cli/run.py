@@ -177,8 +177,10 @@ def read_prompt() -> Optional[str]:
         lines.append(line)
 
 
-def interactive(model: llama_rs.Model, params: Params) -> None:
-    print(dim("Type a prompt and an empty line to send it; /help for commands."))
+def interactive(model: llama_rs.Model, params: Params, chat: bool = False) -> None:
+    what = "a message" if chat else "a prompt"
+    print(dim(f"Type {what} and an empty line to send it; /help for commands."))
+    history: list[dict] = []  # chat mode: the conversation so far
     while True:
         text = read_prompt()
         if text is None or text in ("/quit", "/exit", "/q"):
@@ -190,7 +192,8 @@ def interactive(model: llama_rs.Model, params: Params) -> None:
                 print(params.show())
             elif text == "/reset":
                 model.reset()
-                print("context cleared")
+                history.clear()
+                print("context cleared" + (" (and the conversation)" if chat else ""))
             else:
                 print(f"unknown command {text}; /help lists them")
             continue
@@ -201,16 +204,23 @@ def interactive(model: llama_rs.Model, params: Params) -> None:
                 print(f"error: {e}")
             continue
         try:
-            gen = model.generate(text, **params.kwargs())
+            if chat:
+                gen = model.chat_stream([*history, {"role": "user", "content": text}], **params.kwargs())
+            else:
+                gen = model.generate(text, **params.kwargs())
         except ValueError as e:
             print(f"error: {e}")
             continue
+        reply = []
         try:
             for piece in gen:
+                reply.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         except KeyboardInterrupt:
             sys.stdout.write(dim(" [interrupted]"))
+        if chat:  # what was shown is what the model said, interrupted or not
+            history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply)}]
         print()
         print(dim(stat_line(gen)))
 
@@ -249,6 +259,12 @@ def run(
     as_json: bool = typer.Option(
         False, "--json", help="One-shot mode: print {prompt, text, tokens, finish_reason, timings} as JSON."
     ),
+    chat: bool = typer.Option(
+        False,
+        "--chat",
+        help="Chat: each prompt is a user message, answered in the model's chat format (its GGUF template, "
+        "else a User:/Assistant: transcript), with the conversation kept until /reset.",
+    ),
 ) -> None:
     """Chat with a model at an interactive prompt, or generate once with -p (or stdin)."""
     params = Params(
@@ -283,14 +299,17 @@ def run(
         if given(ctx, "ctx_size"):
             warn_if_beyond_training(m, ctx_size)
         if prompt is not None:
-            one_shot(m, prompt, params, as_json, load_s)
+            one_shot(m, prompt, params, as_json, load_s, chat)
             return
         print(banner(m, load_s, demo=model is None))
-        interactive(m, params)
+        interactive(m, params, chat)
 
 
-def one_shot(m: llama_rs.Model, prompt: str, params: Params, as_json: bool, load_s: float) -> None:
-    gen = m.generate(prompt, **params.kwargs())
+def one_shot(m: llama_rs.Model, prompt: str, params: Params, as_json: bool, load_s: float, chat: bool) -> None:
+    if chat:
+        gen = m.chat_stream([{"role": "user", "content": prompt}], **params.kwargs())
+    else:
+        gen = m.generate(prompt, **params.kwargs())
     parts = []
     try:
         for piece in gen:

@@ -88,7 +88,6 @@ def serve(
         )
         meta = probe.metadata
         name = str(meta.get("general.name") or probe.path.stem)
-        template = meta.get("tokenizer.chat_template")
         if given(ctx, "ctx_size"):
             warn_if_beyond_training(probe, ctx_size)
         n_vocab = probe.n_vocab
@@ -104,7 +103,6 @@ def serve(
             queue_limit=queue,
             max_body=max_body,
             api_key=api_key,
-            chat_template=template if isinstance(template, str) else None,
             timeout=timeout,
         )
         setup_logging(quiet)

@@ -10,7 +10,6 @@ from typing import Optional
 from fastapi import FastAPI, Request
 
 from . import docs, schemas
-from .chat import render_chat
 from .edge import ApiError, checked, completion_prompts, parse_body, responses, stop_list
 from .runner import Job, Runner, seeds
 from .schemas import ChatRequest, CompletionRequest, OpenAIRequest
@@ -48,14 +47,16 @@ def register(app: FastAPI, runner: Runner, auth: list) -> None:
             cfg.n_vocab,
         )
 
-    def jobs_for(prompts: list, params: dict, n: int, echo: bool, names: dict) -> list[Job]:
+    def jobs_for(
+        prompts: list, params: dict, n: int, echo: bool, names: dict, messages: Optional[list] = None
+    ) -> list[Job]:
         if len(prompts) * n > schemas.MAX_CHOICES:
             raise ApiError(
                 400, f"n: {len(prompts)} prompt(s) x n={n} is more than {schemas.MAX_CHOICES} choices", param="n"
             )
         per = seeds(params["seed"], len(prompts) * n)
         return [
-            Job(p, {**params, "seed": per[i * n + j]}, index=i * n + j, prompt_index=i, echo=echo, names=names)
+            Job(p, {**params, "seed": per[i * n + j]}, i * n + j, i, echo=echo, names=names, messages=messages)
             for i, p in enumerate(prompts)
             for j in range(n)
         ]
@@ -172,10 +173,6 @@ def register(app: FastAPI, runner: Runner, auth: list) -> None:
         req = await parse_body(request, ChatRequest)
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
-        try:
-            prompt = render_chat([{"role": m.role, "content": m.text()} for m in req.messages], cfg.chat_template)
-        except ValueError as e:
-            raise ApiError(400, str(e), param="messages") from None
         limit_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         names = {
             "temp": "temperature",
@@ -188,8 +185,8 @@ def register(app: FastAPI, runner: Runner, auth: list) -> None:
             min(schemas.CHAT_DEFAULT_MAX_TOKENS, cfg.n_ctx) if limit is None else limit, limit_name
         )
         params = openai_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None, names)
-        params["stop"] = [*params["stop"], *prompt.stop]
-        jobs = jobs_for([prompt.text], params, req.n, False, names)
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        jobs = jobs_for([None], params, req.n, False, names, messages)
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         if req.stream:

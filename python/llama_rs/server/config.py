@@ -18,6 +18,5 @@ class ServerConfig:
     queue_limit: int = 16
     max_body: int = 1 << 20
     api_key: Optional[str] = None
-    chat_template: Optional[str] = None
     #: Seconds a request may hold a worker (--timeout).
     timeout: float = 600.0

@@ -3,7 +3,14 @@
 One connection is one lease of the worker. The front sends request lines one at a time;
 the worker answers each with zero or more message lines and then exactly one `done` or
 `error` line. Closing the connection cancels whatever the worker is doing (it notices
-before its next token). Messages (worker -> front):
+before its next token). Requests (front -> worker):
+
+    {"op": "ping"}
+    {"op": "generate", "prompt": "text" | [ids], "params": {...}, "echo": false}   Model.generate
+    {"op": "generate", "messages": [{"role": ..., "content": ...}], "params": {...}}  Model.chat_stream
+
+`params` are `Model.generate`'s keyword arguments (logit_bias keys arrive as strings).
+Messages (worker -> front):
 
     {"pong": true, "pid": 123}                                   answer to {"op": "ping"}
     {"echo": "prompt text", "logprobs": [TOKEN, ...]?}          first, when echo was asked

@@ -32,8 +32,12 @@ class Job:
     prompt_index: int = 0
     echo: bool = False
     names: dict = field(default_factory=dict)  # engine parameter -> the request's field name
+    #: A chat: the worker renders these with the model's template (then `prompt` is unused).
+    messages: Optional[list[dict]] = None
 
     def wire(self) -> dict:
+        if self.messages is not None:
+            return {"op": "generate", "messages": self.messages, "params": self.params}
         return {"op": "generate", "prompt": self.prompt, "params": self.params, "echo": self.echo}
 
 

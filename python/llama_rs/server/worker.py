@@ -123,13 +123,21 @@ class Lease:
 
     def generate(self, req: dict[str, Any]) -> None:
         started = time.time()
-        prompt, params = req["prompt"], dict(req.get("params") or {})
+        params = dict(req.get("params") or {})
         if params.get("logit_bias"):  # JSON object keys are strings; the engine wants token ids
             params["logit_bias"] = {int(k): v for k, v in params["logit_bias"].items()}
         top_n = params.get("logprobs")
-        if req.get("echo"):
-            self.echo(prompt, top_n)
-        gen = self.model.generate(prompt, **params)
+        if "messages" in req:  # the library's chat path: the model's template, its stop strings
+            try:
+                gen = self.model.chat_stream(req["messages"], **params)
+            except llama_rs.ParamError:
+                raise
+            except ValueError as e:  # the messages or the template: say which field
+                return self.error(str(e), "invalid_request_error", "messages")
+        else:
+            if req.get("echo"):
+                self.echo(req["prompt"], top_n)
+            gen = self.model.generate(req["prompt"], **params)
 
         def tokens() -> list:
             return [self.token(t, lp, top) for t, lp, top in gen.take_logprobs()] if top_n is not None else []
