@@ -9,7 +9,7 @@ use crate::gguf::{GgufFile, Value};
 use crate::legacy::{is_legacy_magic, LegacyFile, LegacyTensor, Split};
 use crate::model::{Layer, Model};
 use crate::quant::GgmlType;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Kind, TokenType, Tokenizer, Vocab};
 use crate::weights::{Storage, Weight};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -241,10 +241,20 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let eos = id("tokenizer.ggml.eos_token_id")?.or(Some(2).filter(|_| tokens.len() > 2));
     let unk = id("tokenizer.ggml.unknown_token_id")?.or(Some(0));
     let flag = |key: &str, default: bool| f.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
-    let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
-    let remove_extra_ws = flag("tokenizer.ggml.remove_extra_whitespaces", false);
-    Tokenizer::new(tokens, scores, types, bos, eos, unk, add_space_prefix, remove_extra_ws)
-        .map_err(|e| Error::Format(format!("{shown}: {e}")))
+    let vocab = Vocab {
+        kind: Kind::SentencePiece,
+        pieces: tokens,
+        scores,
+        types: Vec::new(),
+        bos,
+        eos,
+        unk,
+        add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+        remove_extra_whitespaces: flag("tokenizer.ggml.remove_extra_whitespaces", false),
+    };
+    // No types stored (or none at all): the tokenizer infers them.
+    let vocab = if types.is_empty() { Ok(vocab) } else { vocab.with_gguf_types(&types) };
+    vocab.and_then(Tokenizer::new).map_err(|e| Error::Format(format!("{shown}: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,18 +289,18 @@ fn legacy_tokenizer(f: &LegacyFile) -> Result<Tokenizer> {
     let mut types = Vec::with_capacity(n);
     for (i, (text, _)) in v.iter().enumerate() {
         let (piece, ty) = if bytes_at_3 && (3..259).contains(&i) {
-            (format!("<0x{:02X}>", i - 3), 6)
+            (format!("<0x{:02X}>", i - 3), TokenType::Byte)
         } else if i == 0 && (text.as_slice() == " \u{2047} ".as_bytes() || text.is_empty()) {
-            ("<unk>".to_string(), 2)
+            ("<unk>".to_string(), TokenType::Unknown)
         } else if text.is_empty() {
             let piece = match i {
                 1 => "<s>".to_string(),
                 2 => "</s>".to_string(),
                 _ => format!("<ctrl{i}>"),
             };
-            (piece, 3)
+            (piece, TokenType::Control)
         } else {
-            (String::from_utf8_lossy(text).replace(' ', "\u{2581}"), 1)
+            (String::from_utf8_lossy(text).replace(' ', "\u{2581}"), TokenType::Normal)
         };
         tokens.push(piece);
         types.push(ty);
@@ -299,7 +309,8 @@ fn legacy_tokenizer(f: &LegacyFile) -> Result<Tokenizer> {
     let scores: Vec<f32> =
         if f.format.has_scores() { v.iter().map(|e| e.1).collect() } else { (0..n).map(|i| -(i as f32)).collect() };
     let id = |i: u32| Some(i).filter(|&i| (i as usize) < n);
-    Tokenizer::new(tokens, scores, types, id(1), id(2), id(0), true, false)
+    let vocab = Vocab { scores, types, bos: id(1), eos: id(2), unk: id(0), ..Vocab::new(tokens) };
+    Tokenizer::new(vocab)
         .map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))
 }
 
