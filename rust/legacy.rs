@@ -315,95 +315,105 @@ fn part_path(path: &Path, k: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// How many parts the model is split into: n_embd over the embedding's row length in the
+/// first part. Refuses a later part opened on its own.
+fn count_parts(path: &Path, first: &Part) -> Result<usize> {
+    let shown = path.display();
+    let n_embd = first.hparams.n_embd;
+    let n_parts = match first.tensors.iter().find(|t| t.name == "tok_embeddings.weight") {
+        Some(PartTensor { ne, .. }) if ne.len() == 2 => {
+            let part_cols = ne[0] as usize;
+            if part_cols == 0 || !n_embd.is_multiple_of(part_cols) || n_embd / part_cols > MAX_PARTS {
+                return format_err(format!(
+                    "{shown}: tok_embeddings.weight has rows of {part_cols}, which does not divide n_embd {n_embd}"
+                ));
+            }
+            n_embd / part_cols
+        }
+        _ => return format_err(format!("{shown}: tensor tok_embeddings.weight is missing or not 2-D")),
+    };
+    if n_parts > 1 {
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            if ext.parse::<usize>().is_ok() {
+                return format_err(format!(
+                    "{shown}: this is a later part of a multi-part model; open its first part (the file without .{ext})"
+                ));
+            }
+        }
+    }
+    Ok(n_parts)
+}
+
+/// Map and parse part `k` (from 0) of `n_parts`, which must match the first part in header,
+/// vocab and tensor names, types and shapes.
+fn open_part(path: &Path, k: usize, n_parts: usize, first: &Part) -> Result<(PathBuf, Arc<Mmap>, Part)> {
+    let shown = path.display();
+    let p = part_path(path, k);
+    if !p.exists() {
+        return Err(Error::Io(format!(
+            "{}: part {} of {n_parts} is missing (the parts of {shown} hold 1/{n_parts} of each tensor)",
+            p.display(),
+            k + 1
+        )));
+    }
+    let m = Arc::new(map_file(&p)?);
+    let part = parse_part(&p, &m)?;
+    let ps = p.display();
+    if part.format != first.format || part.hparams != first.hparams {
+        return format_err(format!("{ps}: header differs from the first part {shown}: not parts of the same model"));
+    }
+    if part.vocab != first.vocab {
+        return format_err(format!("{ps}: vocab differs from the first part {shown}: not parts of the same model"));
+    }
+    if part.tensors.len() != first.tensors.len()
+        || part.tensors.iter().zip(&first.tensors).any(|(a, b)| a.name != b.name || a.raw_type != b.raw_type || a.ne != b.ne)
+    {
+        return format_err(format!("{ps}: its tensors (names, types or shapes) differ from those of the first part {shown}"));
+    }
+    Ok((p, m, part))
+}
+
+/// The tensors of the whole model: shapes of the parts joined, one range per part.
+fn join_tensors(path: &Path, parts: &[Part]) -> Result<(Vec<LegacyTensor>, HashMap<String, usize>)> {
+    let n_parts = parts.len();
+    let mut tensors = Vec::with_capacity(parts[0].tensors.len());
+    let mut index = HashMap::new();
+    for (i, PartTensor { name, raw_type, ne, .. }) in parts[0].tensors.iter().enumerate() {
+        let split = split_of(name, ne.len(), n_parts);
+        let mut full = ne.clone();
+        match split {
+            Split::Whole => {}
+            Split::Columns => full[0] *= n_parts as u64,
+            Split::Rows => full[1] *= n_parts as u64,
+        }
+        let ranges = parts.iter().map(|p| p.tensors[i].range.clone()).collect();
+        if index.insert(name.clone(), tensors.len()).is_some() {
+            return format_err(format!("{}: tensor {name:?} appears twice", path.display()));
+        }
+        tensors.push(LegacyTensor { name: name.clone(), raw_type: *raw_type, ne: full, split, ranges });
+    }
+    Ok((tensors, index))
+}
+
 impl LegacyFile {
     /// Open a legacy model; further parts (`path.1`, `path.2`, ...) are found beside it.
     pub fn open(path: impl AsRef<Path>) -> Result<LegacyFile> {
         let path = path.as_ref();
-        let shown = path.display();
         let map0 = Arc::new(map_file(path)?);
         let first = parse_part(path, &map0)?;
-        // How many parts: the embedding's row length in this part against n_embd.
-        let n_parts = match first.tensors.iter().find(|t| t.name == "tok_embeddings.weight") {
-            Some(PartTensor { ne, .. }) if ne.len() == 2 => {
-                let part_cols = ne[0] as usize;
-                if part_cols == 0 || !first.hparams.n_embd.is_multiple_of(part_cols) || first.hparams.n_embd / part_cols > MAX_PARTS {
-                    return format_err(format!(
-                        "{shown}: tok_embeddings.weight has rows of {part_cols}, which does not divide n_embd {}",
-                        first.hparams.n_embd
-                    ));
-                }
-                first.hparams.n_embd / part_cols
-            }
-            _ => return format_err(format!("{shown}: tensor tok_embeddings.weight is missing or not 2-D")),
-        };
-        if n_parts > 1 {
-            if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-                if ext.parse::<usize>().is_ok() {
-                    return format_err(format!(
-                        "{shown}: this is a later part of a multi-part model; open its first part (the file without .{ext})"
-                    ));
-                }
-            }
-        }
+        let n_parts = count_parts(path, &first)?;
         let mut paths = vec![path.to_path_buf()];
         let mut maps = vec![map0];
         let mut parts = vec![first];
         for k in 1..n_parts {
-            let p = part_path(path, k);
-            if !p.exists() {
-                return Err(Error::Io(format!(
-                    "{}: part {} of {n_parts} is missing (the parts of {shown} hold 1/{n_parts} of each tensor)",
-                    p.display(),
-                    k + 1
-                )));
-            }
-            let m = Arc::new(map_file(&p)?);
-            let part = parse_part(&p, &m)?;
-            let ps = p.display();
-            let f = &parts[0];
-            if part.format != f.format || part.hparams != f.hparams {
-                return format_err(format!("{ps}: header differs from the first part {shown}: not parts of the same model"));
-            }
-            if part.vocab != f.vocab {
-                return format_err(format!("{ps}: vocab differs from the first part {shown}: not parts of the same model"));
-            }
-            if part.tensors.len() != f.tensors.len()
-                || part.tensors.iter().zip(&f.tensors).any(|(a, b)| a.name != b.name || a.raw_type != b.raw_type || a.ne != b.ne)
-            {
-                return format_err(format!(
-                    "{ps}: its tensors (names, types or shapes) differ from those of the first part {shown}"
-                ));
-            }
+            let (p, m, part) = open_part(path, k, n_parts, &parts[0])?;
             paths.push(p);
             maps.push(m);
             parts.push(part);
         }
-        let first = &parts[0];
-        let mut tensors = Vec::with_capacity(first.tensors.len());
-        let mut index = HashMap::new();
-        for (i, PartTensor { name, raw_type, ne, .. }) in first.tensors.iter().enumerate() {
-            let split = split_of(name, ne.len(), n_parts);
-            let mut full = ne.clone();
-            match split {
-                Split::Whole => {}
-                Split::Columns => full[0] *= n_parts as u64,
-                Split::Rows => full[1] *= n_parts as u64,
-            }
-            let ranges = parts.iter().map(|p| p.tensors[i].range.clone()).collect();
-            if index.insert(name.clone(), tensors.len()).is_some() {
-                return format_err(format!("{shown}: tensor {name:?} appears twice"));
-            }
-            tensors.push(LegacyTensor { name: name.clone(), raw_type: *raw_type, ne: full, split, ranges });
-        }
-        Ok(LegacyFile {
-            paths,
-            maps,
-            format: first.format,
-            hparams: first.hparams,
-            vocab: parts.swap_remove(0).vocab,
-            tensors,
-            index,
-        })
+        let (tensors, index) = join_tensors(path, &parts)?;
+        let first = parts.swap_remove(0);
+        Ok(LegacyFile { paths, maps, format: first.format, hparams: first.hparams, vocab: first.vocab, tensors, index })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&LegacyTensor> {

@@ -192,6 +192,19 @@ fn gguf_config(f: &GgufFile, n_vocab: usize) -> Result<Config> {
     Ok(config)
 }
 
+/// A metadata array with every element converted by `conv` (None: the key is absent).
+fn meta_array<T>(f: &GgufFile, key: &str, wrong: &str, conv: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
+    match f.get(key).and_then(|v| v.as_array()) {
+        None => Ok(None),
+        Some(items) => items
+            .iter()
+            .map(conv)
+            .collect::<Option<Vec<T>>>()
+            .map(Some)
+            .ok_or_else(|| Error::Format(format!("{}: {key} holds {wrong}", f.path.display()))),
+    }
+}
+
 /// Read the vocab stored in a GGUF (`tokenizer.ggml.*`) into a tokenizer.
 pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let shown = f.path.display();
@@ -203,30 +216,11 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
             ))
         }
     }
-    let tokens: Vec<String> = match f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
-        Some(items) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<_>>()
-            .ok_or_else(|| Error::Format(format!("{shown}: tokenizer.ggml.tokens holds non-strings")))?,
-        None => return format_err(format!("{shown}: the vocab (tokenizer.ggml.tokens) is missing")),
+    let Some(tokens) = meta_array(f, "tokenizer.ggml.tokens", "non-strings", |v| v.as_str().map(str::to_owned))? else {
+        return format_err(format!("{shown}: the vocab (tokenizer.ggml.tokens) is missing"));
     };
-    let scores: Vec<f32> = match f.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
-        Some(items) => items
-            .iter()
-            .map(|v| v.as_f64().map(|x| x as f32))
-            .collect::<Option<_>>()
-            .ok_or_else(|| Error::Format(format!("{shown}: tokenizer.ggml.scores holds non-numbers")))?,
-        None => vec![],
-    };
-    let types: Vec<i32> = match f.get("tokenizer.ggml.token_type").and_then(|v| v.as_array()) {
-        Some(items) => items
-            .iter()
-            .map(|v| v.as_i64().map(|x| x as i32))
-            .collect::<Option<_>>()
-            .ok_or_else(|| Error::Format(format!("{shown}: tokenizer.ggml.token_type holds non-integers")))?,
-        None => vec![],
-    };
+    let scores = meta_array(f, "tokenizer.ggml.scores", "non-numbers", |v| v.as_f64().map(|x| x as f32))?;
+    let types = meta_array(f, "tokenizer.ggml.token_type", "non-integers", |v| v.as_i64().map(|x| x as i32))?;
     let id = |key: &str| -> Result<Option<u32>> {
         match f.get(key) {
             None => Ok(None),
@@ -244,7 +238,7 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let vocab = Vocab {
         kind: Kind::SentencePiece,
         pieces: tokens,
-        scores,
+        scores: scores.unwrap_or_default(),
         types: Vec::new(),
         bos,
         eos,
@@ -253,7 +247,10 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
         remove_extra_whitespaces: flag("tokenizer.ggml.remove_extra_whitespaces", false),
     };
     // No types stored (or none at all): the tokenizer infers them.
-    let vocab = if types.is_empty() { Ok(vocab) } else { vocab.with_gguf_types(&types) };
+    let vocab = match types {
+        Some(types) if !types.is_empty() => vocab.with_gguf_types(&types),
+        _ => Ok(vocab),
+    };
     vocab.and_then(Tokenizer::new).map_err(|e| Error::Format(format!("{shown}: {e}")))
 }
 
