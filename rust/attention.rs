@@ -69,8 +69,19 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(config: &Config, n_ctx: usize, ty: KvType) -> KvCache {
         let (cap, kv_dim) = (n_ctx.next_multiple_of(8), config.kv_dim());
-        let mk = || (0..config.n_layer).map(|_| Store::new(ty, cap * kv_dim)).collect();
-        KvCache { n_ctx, ty, cap, kv_dim, k: mk(), v: mk() }
+        let mk = || {
+            (0..config.n_layer)
+                .map(|_| Store::new(ty, cap * kv_dim))
+                .collect()
+        };
+        KvCache {
+            n_ctx,
+            ty,
+            cap,
+            kv_dim,
+            k: mk(),
+            v: mk(),
+        }
     }
 
     pub fn bytes_per_value(ty: KvType) -> usize {
@@ -84,7 +95,10 @@ impl KvCache {
     pub fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         let (cap, kv_dim) = (self.cap, self.kv_dim);
         let n = k.len() / kv_dim;
-        assert!(k.len() == n * kv_dim && v.len() == k.len() && pos + n <= self.n_ctx, "KV write shape");
+        assert!(
+            k.len() == n * kv_dim && v.len() == k.len() && pos + n <= self.n_ctx,
+            "KV write shape"
+        );
         self.k[layer].put(elements(k, kv_dim).map(|(t, j, x)| (j * cap + pos + t, x)));
         self.v[layer].put(elements(v, kv_dim).map(|(t, j, x)| ((pos + t) * kv_dim + j, x)));
     }
@@ -92,29 +106,48 @@ impl KvCache {
 
 /// `(row, column, value)` of a row-major matrix with `cols` columns.
 fn elements(x: &[f32], cols: usize) -> impl Iterator<Item = (usize, usize, f32)> + '_ {
-    x.chunks_exact(cols).enumerate().flat_map(|(t, r)| r.iter().enumerate().map(move |(j, &x)| (t, j, x)))
+    x.chunks_exact(cols)
+        .enumerate()
+        .flat_map(|(t, r)| r.iter().enumerate().map(move |(j, &x)| (t, j, x)))
 }
 
 /// Causal attention of `q` (`n` rows of `dim`, positions `n_past ..`, already rotated) over
 /// the cache of `layer`, which must hold positions `0 .. n_past + n`. Parallel over
 /// (position, KV head); each output is computed by one task in a fixed order, so the result
 /// does not depend on the thread count. Runs on the current rayon pool.
-pub fn attention(c: &Config, cache: &KvCache, layer: usize, q: &[f32], n_past: usize, out: &mut [f32]) {
+pub fn attention(
+    c: &Config,
+    cache: &KvCache,
+    layer: usize,
+    q: &[f32],
+    n_past: usize,
+    out: &mut [f32],
+) {
     let (hd, n_kv) = (c.head_dim(), c.n_head_kv);
     let group = c.n_head / n_kv;
     let n = q.len() / c.dim;
-    assert!(q.len() == n * c.dim && out.len() == q.len() && n_past + n <= cache.n_ctx, "attention shape");
-    let geo = Geometry { hd, cap: cache.cap, kv_dim: cache.kv_dim, scale: 1.0 / (hd as f32).sqrt() };
-    out.par_chunks_mut(group * hd).enumerate().for_each(|(i, o)| {
-        let (t, kvh) = (i / n_kv, i % n_kv);
-        let qg = &q[t * c.dim + kvh * group * hd..][..group * hd];
-        let len = n_past + t + 1;
-        match (&cache.k[layer], &cache.v[layer]) {
-            (Store::F32(k), Store::F32(v)) => attend(&geo, k, v, kvh, qg, len, o),
-            (Store::F16(k), Store::F16(v)) => attend(&geo, k, v, kvh, qg, len, o),
-            _ => unreachable!("keys and values share one type"),
-        }
-    });
+    assert!(
+        q.len() == n * c.dim && out.len() == q.len() && n_past + n <= cache.n_ctx,
+        "attention shape"
+    );
+    let geo = Geometry {
+        hd,
+        cap: cache.cap,
+        kv_dim: cache.kv_dim,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    out.par_chunks_mut(group * hd)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (t, kvh) = (i / n_kv, i % n_kv);
+            let qg = &q[t * c.dim + kvh * group * hd..][..group * hd];
+            let len = n_past + t + 1;
+            match (&cache.k[layer], &cache.v[layer]) {
+                (Store::F32(k), Store::F32(v)) => attend(&geo, k, v, kvh, qg, len, o),
+                (Store::F16(k), Store::F16(v)) => attend(&geo, k, v, kvh, qg, len, o),
+                _ => unreachable!("keys and values share one type"),
+            }
+        });
 }
 
 struct Geometry {
@@ -206,12 +239,22 @@ impl Lanes for F16Avx2 {
     unsafe fn round8(x: f32x8) -> f32x8 {
         // F16C rounds to nearest even like `f32_to_f16_bits` (tested); only NaN payloads differ.
         use crate::quant::simd::x86::*;
-        f32x8::from(_mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x.into())))
+        f32x8::from(_mm256_cvtph_ps(
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x.into()),
+        ))
     }
 }
 
 /// [`attend_group`] with the fastest lanes this CPU has.
-fn attend<E: Elem>(g: &Geometry, k: &[E], v: &[E], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
+fn attend<E: Elem>(
+    g: &Geometry,
+    k: &[E],
+    v: &[E],
+    kvh: usize,
+    q: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if crate::quant::simd::has_avx2() {
         // SAFETY: checked just above.
@@ -225,7 +268,15 @@ fn attend<E: Elem>(g: &Geometry, k: &[E], v: &[E], kvh: usize, q: &[f32], len: u
 /// The CPU must support AVX2, FMA and F16C.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2<L: Lanes>(g: &Geometry, k: &[L::E], v: &[L::E], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
+unsafe fn attend_avx2<L: Lanes>(
+    g: &Geometry,
+    k: &[L::E],
+    v: &[L::E],
+    kvh: usize,
+    q: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
     attend_group::<L>(g, k, v, kvh, q, len, out)
 }
 
@@ -243,13 +294,22 @@ fn heads_per_tile(left: usize) -> usize {
 /// The query heads `q` (`group * hd`) of KV head `kvh` at one position, over positions
 /// `0..len`; writes `out` (`group * hd`).
 #[inline(always)]
-unsafe fn attend_group<L: Lanes>(g: &Geometry, k: &[L::E], v: &[L::E], kvh: usize, q: &[f32], len: usize, out: &mut [f32]) {
+unsafe fn attend_group<L: Lanes>(
+    g: &Geometry,
+    k: &[L::E],
+    v: &[L::E],
+    kvh: usize,
+    q: &[f32],
+    len: usize,
+    out: &mut [f32],
+) {
     let hd = g.hd;
     let heads = q.len() / hd;
     let len8 = len.next_multiple_of(8);
     let mut q = q.to_vec();
     if L::F16 {
-        q.iter_mut().for_each(|x| *x = f16_bits_to_f32(f32_to_f16_bits(*x)));
+        q.iter_mut()
+            .for_each(|x| *x = f16_bits_to_f32(f32_to_f16_bits(*x)));
     }
     // This KV head's keys: row i (component i of every position) at i * cap.
     let kt = &k[kvh * hd * g.cap..(kvh + 1) * hd * g.cap];
@@ -257,7 +317,10 @@ unsafe fn attend_group<L: Lanes>(g: &Geometry, k: &[L::E], v: &[L::E], kvh: usiz
     let mut h0 = 0;
     while h0 < heads {
         let hn = heads_per_tile(heads - h0);
-        let (qs, ps) = (&q[h0 * hd..(h0 + hn) * hd], &mut probs[h0 * len8..(h0 + hn) * len8]);
+        let (qs, ps) = (
+            &q[h0 * hd..(h0 + hn) * hd],
+            &mut probs[h0 * len8..(h0 + hn) * len8],
+        );
         match hn {
             8 => scores::<L, 8, 1>(g, kt, qs, len8, ps),
             4 => scores::<L, 4, 2>(g, kt, qs, len8, ps),
@@ -274,14 +337,18 @@ unsafe fn attend_group<L: Lanes>(g: &Geometry, k: &[L::E], v: &[L::E], kvh: usiz
             for c in chunks {
                 *c = L::round8(f32x8::from_array(*c)).to_array();
             }
-            rest.iter_mut().for_each(|x| *x = f16_bits_to_f32(f32_to_f16_bits(*x)));
+            rest.iter_mut()
+                .for_each(|x| *x = f16_bits_to_f32(f32_to_f16_bits(*x)));
         }
     }
     let vh = &v[kvh * hd..];
     let mut h0 = 0;
     while h0 < heads {
         let hn = heads_per_tile(heads - h0);
-        let (ps, os) = (&probs[h0 * len8..(h0 + hn) * len8], &mut out[h0 * hd..(h0 + hn) * hd]);
+        let (ps, os) = (
+            &probs[h0 * len8..(h0 + hn) * len8],
+            &mut out[h0 * hd..(h0 + hn) * hd],
+        );
         match hn {
             8 => values::<L, 8, 1>(g, vh, ps, len, len8, os),
             4 => values::<L, 4, 2>(g, vh, ps, len, len8, os),
@@ -295,7 +362,13 @@ unsafe fn attend_group<L: Lanes>(g: &Geometry, k: &[L::E], v: &[L::E], kvh: usiz
 /// Scores of `H` heads (`q`: `H * hd`) against positions `0..len8` of the transposed keys
 /// `kt`, into `probs` (`H` rows of `len8`). Tiles of `H` heads x `P` vectors of 8 positions.
 #[inline(always)]
-unsafe fn scores<L: Lanes, const H: usize, const P: usize>(g: &Geometry, kt: &[L::E], q: &[f32], len8: usize, probs: &mut [f32]) {
+unsafe fn scores<L: Lanes, const H: usize, const P: usize>(
+    g: &Geometry,
+    kt: &[L::E],
+    q: &[f32],
+    len8: usize,
+    probs: &mut [f32],
+) {
     let mut p0 = 0;
     while p0 + 8 * P <= len8 {
         scores_tile::<L, H, P>(g, kt, q, p0, len8, probs);
@@ -308,7 +381,14 @@ unsafe fn scores<L: Lanes, const H: usize, const P: usize>(g: &Geometry, kt: &[L
 }
 
 #[inline(always)]
-unsafe fn scores_tile<L: Lanes, const H: usize, const P: usize>(g: &Geometry, kt: &[L::E], q: &[f32], p0: usize, len8: usize, probs: &mut [f32]) {
+unsafe fn scores_tile<L: Lanes, const H: usize, const P: usize>(
+    g: &Geometry,
+    kt: &[L::E],
+    q: &[f32],
+    p0: usize,
+    len8: usize,
+    probs: &mut [f32],
+) {
     let hd = g.hd;
     let mut acc = [[f32x8::splat(-0.0); P]; H];
     for i in 0..hd {
@@ -334,7 +414,14 @@ unsafe fn scores_tile<L: Lanes, const H: usize, const P: usize>(g: &Geometry, kt
 /// Tiles of `H` heads x `D` vectors of 8 components; components past the last whole 8 one by
 /// one, in the same order.
 #[inline(always)]
-unsafe fn values<L: Lanes, const H: usize, const D: usize>(g: &Geometry, vh: &[L::E], probs: &[f32], len: usize, len8: usize, out: &mut [f32]) {
+unsafe fn values<L: Lanes, const H: usize, const D: usize>(
+    g: &Geometry,
+    vh: &[L::E],
+    probs: &[f32],
+    len: usize,
+    len8: usize,
+    out: &mut [f32],
+) {
     let (hd, kv_dim) = (g.hd, g.kv_dim);
     let mut d0 = 0;
     while d0 + 8 * D <= hd {
@@ -357,7 +444,15 @@ unsafe fn values<L: Lanes, const H: usize, const D: usize>(g: &Geometry, vh: &[L
 }
 
 #[inline(always)]
-unsafe fn values_tile<L: Lanes, const H: usize, const D: usize>(g: &Geometry, vh: &[L::E], probs: &[f32], len: usize, len8: usize, d0: usize, out: &mut [f32]) {
+unsafe fn values_tile<L: Lanes, const H: usize, const D: usize>(
+    g: &Geometry,
+    vh: &[L::E],
+    probs: &[f32],
+    len: usize,
+    len8: usize,
+    d0: usize,
+    out: &mut [f32],
+) {
     let mut acc = [[f32x8::splat(0.0); D]; H];
     for p in 0..len {
         let row = p * g.kv_dim + d0;
@@ -379,22 +474,48 @@ unsafe fn values_tile<L: Lanes, const H: usize, const D: usize>(g: &Geometry, vh
 /// The definition, one (position, head) at a time on an f32 row-per-position cache: what
 /// [`attention`] must equal bit for bit.
 #[cfg(test)]
-pub(crate) fn reference(c: &Config, k: &[f32], v: &[f32], q: &[f32], n_past: usize, f16: bool, out: &mut [f32]) {
+pub(crate) fn reference(
+    c: &Config,
+    k: &[f32],
+    v: &[f32],
+    q: &[f32],
+    n_past: usize,
+    f16: bool,
+    out: &mut [f32],
+) {
     let (hd, kv_dim) = (c.head_dim(), c.kv_dim());
     let group = c.n_head / c.n_head_kv;
-    let round = |x: f32| if f16 { f16_bits_to_f32(f32_to_f16_bits(x)) } else { x };
+    let round = |x: f32| {
+        if f16 {
+            f16_bits_to_f32(f32_to_f16_bits(x))
+        } else {
+            x
+        }
+    };
     for (i, o) in out.chunks_mut(hd).enumerate() {
         let (t, h) = (i / c.n_head, i % c.n_head);
-        let qh: Vec<f32> = q[t * c.dim + h * hd..][..hd].iter().map(|&x| round(x)).collect();
+        let qh: Vec<f32> = q[t * c.dim + h * hd..][..hd]
+            .iter()
+            .map(|&x| round(x))
+            .collect();
         let kvh = h / group;
         let len = n_past + t + 1;
         let mut s: Vec<f32> = (0..len)
-            .map(|p| qh.iter().zip(&k[p * kv_dim + kvh * hd..][..hd]).map(|(a, b)| a * b).sum::<f32>() * (1.0 / (hd as f32).sqrt()))
+            .map(|p| {
+                qh.iter()
+                    .zip(&k[p * kv_dim + kvh * hd..][..hd])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+                    * (1.0 / (hd as f32).sqrt())
+            })
             .collect();
         softmax(&mut s);
         s.iter_mut().for_each(|x| *x = round(*x));
         for (d, od) in o.iter_mut().enumerate() {
-            *od = s.iter().enumerate().fold(0.0f32, |acc, (p, w)| acc + w * v[p * kv_dim + kvh * hd + d]);
+            *od = s
+                .iter()
+                .enumerate()
+                .fold(0.0f32, |acc, (p, w)| acc + w * v[p * kv_dim + kvh * hd + d]);
         }
     }
 }
@@ -404,11 +525,24 @@ mod tests {
     use super::*;
 
     fn config(dim: usize, n_head: usize, n_head_kv: usize) -> Config {
-        Config { dim, n_layer: 1, n_head, n_head_kv, ffn_dim: 4, n_vocab: 4, train_ctx: 64, n_rot: dim / n_head, rms_eps: 1e-5, freq_base: 1e4 }
+        Config {
+            dim,
+            n_layer: 1,
+            n_head,
+            n_head_kv,
+            ffn_dim: 4,
+            n_vocab: 4,
+            train_ctx: 64,
+            n_rot: dim / n_head,
+            rms_eps: 1e-5,
+            freq_base: 1e4,
+        }
     }
 
     fn lcg(s: &mut u64) -> f32 {
-        *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
     }
 
@@ -417,12 +551,27 @@ mod tests {
     #[test]
     fn equals_reference_bit_for_bit() {
         let mut s = 5u64;
-        let shapes = [(64, 4, 4), (128, 4, 1), (96, 8, 2), (48, 12, 1), (40, 5, 5), (64, 8, 8), (256, 32, 2), (24, 3, 1)];
+        let shapes = [
+            (64, 4, 4),
+            (128, 4, 1),
+            (96, 8, 2),
+            (48, 12, 1),
+            (40, 5, 5),
+            (64, 8, 8),
+            (256, 32, 2),
+            (24, 3, 1),
+        ];
         for (dim, n_head, n_head_kv) in shapes {
             let c = config(dim, n_head, n_head_kv);
             let kv_dim = c.kv_dim();
             for ty in [KvType::F32, KvType::F16] {
-                for (n_ctx, n_past, n) in [(1, 0, 1), (29, 0, 29), (40, 17, 5), (70, 69, 1), (33, 3, 30)] {
+                for (n_ctx, n_past, n) in [
+                    (1, 0, 1),
+                    (29, 0, 29),
+                    (40, 17, 5),
+                    (70, 69, 1),
+                    (33, 3, 30),
+                ] {
                     let mut cache = KvCache::new(&c, n_ctx, ty);
                     let total = n_past + n;
                     let k: Vec<f32> = (0..total * kv_dim).map(|_| lcg(&mut s)).collect();
@@ -431,15 +580,32 @@ mod tests {
                     cache.write(0, 0, &k[..n_past * kv_dim], &v[..n_past * kv_dim]);
                     cache.write(0, n_past, &k[n_past * kv_dim..], &v[n_past * kv_dim..]);
                     let f16 = ty == KvType::F16;
-                    let stored = |x: &[f32]| -> Vec<f32> { x.iter().map(|&a| if f16 { f16_bits_to_f32(f32_to_f16_bits(a)) } else { a }).collect() };
+                    let stored = |x: &[f32]| -> Vec<f32> {
+                        x.iter()
+                            .map(|&a| {
+                                if f16 {
+                                    f16_bits_to_f32(f32_to_f16_bits(a))
+                                } else {
+                                    a
+                                }
+                            })
+                            .collect()
+                    };
                     let mut want = vec![0f32; n * dim];
                     reference(&c, &stored(&k), &stored(&v), &q, n_past, f16, &mut want);
                     for threads in [1, 2] {
-                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
                         let mut got = vec![0f32; n * dim];
                         pool.install(|| attention(&c, &cache, 0, &q, n_past, &mut got));
                         let bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&got), bits(&want), "dim {dim} heads {n_head}/{n_head_kv} {ty:?} n_past {n_past} n {n}");
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "dim {dim} heads {n_head}/{n_head_kv} {ty:?} n_past {n_past} n {n}"
+                        );
                     }
                 }
             }
@@ -459,13 +625,28 @@ mod tests {
             let q: Vec<f32> = (0..c.dim).map(|_| lcg(&mut s)).collect();
             cache.write(0, 0, &k, &v);
             let f16 = ty == KvType::F16;
-            let stored = |x: &[f32]| -> Vec<f32> { x.iter().map(|&a| if f16 { f16_bits_to_f32(f32_to_f16_bits(a)) } else { a }).collect() };
+            let stored = |x: &[f32]| -> Vec<f32> {
+                x.iter()
+                    .map(|&a| {
+                        if f16 {
+                            f16_bits_to_f32(f32_to_f16_bits(a))
+                        } else {
+                            a
+                        }
+                    })
+                    .collect()
+            };
             let mut want = vec![0f32; c.dim];
             // The last position only: n_past = n_ctx - 1.
             let mut k_all = stored(&k);
             k_all.truncate(n_ctx * kv_dim);
             reference(&c, &k_all, &stored(&v), &q, n_ctx - 1, f16, &mut want);
-            let geo = Geometry { hd: c.head_dim(), cap: cache.cap, kv_dim, scale: 1.0 / (c.head_dim() as f32).sqrt() };
+            let geo = Geometry {
+                hd: c.head_dim(),
+                cap: cache.cap,
+                kv_dim,
+                scale: 1.0 / (c.head_dim() as f32).sqrt(),
+            };
             let group = c.n_head / c.n_head_kv;
             let mut got = vec![0f32; c.dim];
             for (kvh, o) in got.chunks_mut(group * c.head_dim()).enumerate() {
@@ -473,13 +654,21 @@ mod tests {
                 // SAFETY: portable lanes need no CPU feature.
                 unsafe {
                     match (&cache.k[0], &cache.v[0]) {
-                        (Store::F32(k), Store::F32(v)) => attend_group::<F32Lanes>(&geo, k, v, kvh, qg, n_ctx, o),
-                        (Store::F16(k), Store::F16(v)) => attend_group::<F16Portable>(&geo, k, v, kvh, qg, n_ctx, o),
+                        (Store::F32(k), Store::F32(v)) => {
+                            attend_group::<F32Lanes>(&geo, k, v, kvh, qg, n_ctx, o)
+                        }
+                        (Store::F16(k), Store::F16(v)) => {
+                            attend_group::<F16Portable>(&geo, k, v, kvh, qg, n_ctx, o)
+                        }
                         _ => unreachable!(),
                     }
                 }
             }
-            assert_eq!(got.iter().map(|a| a.to_bits()).collect::<Vec<_>>(), want.iter().map(|a| a.to_bits()).collect::<Vec<_>>(), "{ty:?}");
+            assert_eq!(
+                got.iter().map(|a| a.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|a| a.to_bits()).collect::<Vec<_>>(),
+                "{ty:?}"
+            );
         }
     }
 
@@ -493,13 +682,17 @@ mod tests {
         }
         let mut bits = 0u32;
         for _ in 0..2_000_000 {
-            let xs: [f32; 8] = std::array::from_fn(|j| f32::from_bits(bits.wrapping_add(j as u32 * 0x1000)));
+            let xs: [f32; 8] =
+                std::array::from_fn(|j| f32::from_bits(bits.wrapping_add(j as u32 * 0x1000)));
             bits = bits.wrapping_add(2147);
             // SAFETY: AVX2 and F16C checked above.
             let hw = unsafe { F16Avx2::round8(f32x8::from_array(xs)) }.to_array();
             for (x, h) in xs.iter().zip(hw) {
                 let sw = f16_bits_to_f32(f32_to_f16_bits(*x));
-                assert!(sw.to_bits() == h.to_bits() || (sw.is_nan() && h.is_nan()), "{x:e}: {sw:e} vs {h:e}");
+                assert!(
+                    sw.to_bits() == h.to_bits() || (sw.is_nan() && h.is_nan()),
+                    "{x:e}: {sw:e} vs {h:e}"
+                );
             }
         }
     }

@@ -27,7 +27,12 @@ impl<'a> Reader<'a> {
 
     /// An error at the current offset: "`path`: `what` (at byte N)".
     pub fn err<T>(&self, what: &str) -> Result<T> {
-        format_err(format!("{}: {} (at byte {})", self.path.display(), what, self.pos))
+        format_err(format!(
+            "{}: {} (at byte {})",
+            self.path.display(),
+            what,
+            self.pos
+        ))
     }
 
     /// An error about the file as a whole: "`path`: `what`".
@@ -85,7 +90,10 @@ mod tests {
         assert_eq!(r.i32("b").unwrap(), -1);
         assert_eq!(r.remaining(), 1);
         let e = r.u32("c").unwrap_err().to_string();
-        assert!(e.contains("x.bin") && e.contains("truncated while reading c") && e.contains("byte 8"), "{e}");
+        assert!(
+            e.contains("x.bin") && e.contains("truncated while reading c") && e.contains("byte 8"),
+            "{e}"
+        );
         assert!(r.take(u64::MAX, "d").is_err());
         assert_eq!(r.u8("e").unwrap(), 9);
     }

@@ -40,7 +40,15 @@ impl Config {
     /// Whether the hyperparameters fit together; the message says which do not (the caller
     /// adds the file's name).
     pub fn validate(&self) -> Result<(), String> {
-        let counts = [self.dim, self.n_layer, self.n_head, self.n_head_kv, self.ffn_dim, self.n_vocab, self.n_rot];
+        let counts = [
+            self.dim,
+            self.n_layer,
+            self.n_head,
+            self.n_head_kv,
+            self.ffn_dim,
+            self.n_vocab,
+            self.n_rot,
+        ];
         if counts.contains(&0)
             || !self.dim.is_multiple_of(self.n_head)
             || !self.n_head.is_multiple_of(self.n_head_kv)
@@ -53,9 +61,16 @@ impl Config {
         }
         let head_dim = self.head_dim();
         if self.n_rot > head_dim || !self.n_rot.is_multiple_of(2) {
-            return Err(format!("rope dimension count {} does not fit head size {head_dim}", self.n_rot));
+            return Err(format!(
+                "rope dimension count {} does not fit head size {head_dim}",
+                self.n_rot
+            ));
         }
-        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.freq_base.is_finite() && self.freq_base > 0.0) {
+        if !(self.rms_eps.is_finite()
+            && self.rms_eps > 0.0
+            && self.freq_base.is_finite()
+            && self.freq_base > 0.0)
+        {
             return Err(format!(
                 "RMSNorm epsilon {} and rope frequency base {} must be positive numbers",
                 self.rms_eps, self.freq_base
@@ -86,12 +101,40 @@ mod tests {
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!((ok.head_dim(), ok.kv_dim()), (8, 32));
         let bad = |c: Config| c.validate().unwrap_err();
-        assert!(bad(Config { n_head: 3, ..ok.clone() }).starts_with("inconsistent hyperparameters"));
-        assert!(bad(Config { n_head_kv: 3, ..ok.clone() }).starts_with("inconsistent hyperparameters"));
-        assert!(bad(Config { n_head_kv: 0, ..ok.clone() }).starts_with("inconsistent hyperparameters"));
-        assert!(bad(Config { n_layer: 5000, ..ok.clone() }).starts_with("inconsistent hyperparameters"));
-        assert!(bad(Config { n_rot: 10, ..ok.clone() }).contains("does not fit head size 8"));
-        assert!(bad(Config { n_rot: 7, ..ok.clone() }).contains("does not fit"));
-        assert!(bad(Config { rms_eps: 0.0, ..ok.clone() }).contains("epsilon"));
+        assert!(bad(Config {
+            n_head: 3,
+            ..ok.clone()
+        })
+        .starts_with("inconsistent hyperparameters"));
+        assert!(bad(Config {
+            n_head_kv: 3,
+            ..ok.clone()
+        })
+        .starts_with("inconsistent hyperparameters"));
+        assert!(bad(Config {
+            n_head_kv: 0,
+            ..ok.clone()
+        })
+        .starts_with("inconsistent hyperparameters"));
+        assert!(bad(Config {
+            n_layer: 5000,
+            ..ok.clone()
+        })
+        .starts_with("inconsistent hyperparameters"));
+        assert!(bad(Config {
+            n_rot: 10,
+            ..ok.clone()
+        })
+        .contains("does not fit head size 8"));
+        assert!(bad(Config {
+            n_rot: 7,
+            ..ok.clone()
+        })
+        .contains("does not fit"));
+        assert!(bad(Config {
+            rms_eps: 0.0,
+            ..ok.clone()
+        })
+        .contains("epsilon"));
     }
 }

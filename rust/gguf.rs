@@ -190,7 +190,9 @@ pub struct GgufFile {
 pub fn map_file(path: &Path) -> Result<Mmap> {
     let shown = path.display();
     if path.is_dir() {
-        return Err(Error::Io(format!("{shown}: is a directory, not a model file")));
+        return Err(Error::Io(format!(
+            "{shown}: is a directory, not a model file"
+        )));
     }
     let file = File::open(path).map_err(|e| Error::Io(format!("{shown}: cannot open: {e}")))?;
     let len = file
@@ -209,7 +211,9 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
 fn read_string(r: &mut Reader, what: &str) -> Result<String> {
     let len = r.u64(what)?;
     if len > r.remaining() as u64 {
-        return r.err(&format!("{what}: string length {len} runs past the end of the file"));
+        return r.err(&format!(
+            "{what}: string length {len} runs past the end of the file"
+        ));
     }
     // Lossy: a vocab piece that is not valid UTF-8 should not make the whole file unreadable.
     Ok(String::from_utf8_lossy(r.take(len, what)?).into_owned())
@@ -245,8 +249,12 @@ fn read_value(r: &mut Reader, ty: ValueType, what: &str, depth: usize) -> Result
             };
             let n = r.u64(what)?;
             // Never allocate for more elements than the rest of the file could hold.
-            if n.checked_mul(elem.min_size()).is_none_or(|b| b > r.remaining() as u64) {
-                return r.err(&format!("{what}: array of {n} elements runs past the end of the file"));
+            if n.checked_mul(elem.min_size())
+                .is_none_or(|b| b > r.remaining() as u64)
+            {
+                return r.err(&format!(
+                    "{what}: array of {n} elements runs past the end of the file"
+                ));
             }
             let mut items = Vec::with_capacity(n as usize);
             for _ in 0..n {
@@ -281,17 +289,28 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_i64() {
                 Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
-                _ => return format_err(format!("{}: general.alignment {v:?} is not a power of two", path.display())),
+                _ => {
+                    return format_err(format!(
+                        "{}: general.alignment {v:?} is not a power of two",
+                        path.display()
+                    ))
+                }
             },
         };
-        let raw = (0..n_tensors).map(|i| read_tensor_info(&mut r, i)).collect::<Result<Vec<_>>>()?;
+        let raw = (0..n_tensors)
+            .map(|i| read_tensor_info(&mut r, i))
+            .collect::<Result<Vec<_>>>()?;
         let data_offset = align_up(r.pos() as u64, alignment);
         let mut tensors = Vec::with_capacity(raw.len());
         let mut index = HashMap::new();
         for t in raw {
             let t = place_tensor(path, t, data_offset, alignment, mmap.len() as u64)?;
             if index.insert(t.name.clone(), tensors.len()).is_some() {
-                return format_err(format!("{}: tensor {:?} appears twice", path.display(), t.name));
+                return format_err(format!(
+                    "{}: tensor {:?} appears twice",
+                    path.display(),
+                    t.name
+                ));
             }
             tensors.push(t);
         }
@@ -330,21 +349,39 @@ impl GgufFile {
 fn read_header(r: &mut Reader) -> Result<(u32, u64, u64)> {
     let magic = r.u32("the magic number")?;
     if magic != GGUF_MAGIC {
-        let shown: String = magic.to_le_bytes().iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
-        return r.err_file(&format!("not a GGUF file (magic {shown:?}, expected \"GGUF\")"));
+        let shown: String = magic
+            .to_le_bytes()
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect();
+        return r.err_file(&format!(
+            "not a GGUF file (magic {shown:?}, expected \"GGUF\")"
+        ));
     }
     let version = r.u32("the version")?;
     if version != 2 && version != 3 {
-        return r.err_file(&format!("unsupported GGUF version {version} (supported: 2 and 3)"));
+        return r.err_file(&format!(
+            "unsupported GGUF version {version} (supported: 2 and 3)"
+        ));
     }
     let n_tensors = r.u64("the tensor count")?;
     let n_kv = r.u64("the metadata count")?;
     // Each key/value takes at least 12 bytes and each tensor info at least 24.
-    if n_kv.checked_mul(12).is_none_or(|b| b > r.remaining() as u64) {
-        return r.err(&format!("metadata count {n_kv} is larger than the file can hold"));
+    if n_kv
+        .checked_mul(12)
+        .is_none_or(|b| b > r.remaining() as u64)
+    {
+        return r.err(&format!(
+            "metadata count {n_kv} is larger than the file can hold"
+        ));
     }
-    if n_tensors.checked_mul(24).is_none_or(|b| b > r.remaining() as u64) {
-        return r.err(&format!("tensor count {n_tensors} is larger than the file can hold"));
+    if n_tensors
+        .checked_mul(24)
+        .is_none_or(|b| b > r.remaining() as u64)
+    {
+        return r.err(&format!(
+            "tensor count {n_tensors} is larger than the file can hold"
+        ));
     }
     Ok((version, n_tensors, n_kv))
 }
@@ -373,9 +410,13 @@ fn read_tensor_info(r: &mut Reader, i: u64) -> Result<RawTensor> {
     let name = read_string(r, &format!("the name of tensor {i}"))?;
     let n_dims = r.u32(&format!("the dimension count of tensor {name:?}"))? as usize;
     if n_dims == 0 || n_dims > MAX_DIMS {
-        return r.err(&format!("tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"));
+        return r.err(&format!(
+            "tensor {name:?} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+        ));
     }
-    let dims = (0..n_dims).map(|_| r.u64(&format!("the shape of tensor {name:?}"))).collect::<Result<Vec<_>>>()?;
+    let dims = (0..n_dims)
+        .map(|_| r.u64(&format!("the shape of tensor {name:?}")))
+        .collect::<Result<Vec<_>>>()?;
     let raw_ty = r.u32(&format!("the type of tensor {name:?}"))?;
     let Some(ty) = GgmlType::from_id(raw_ty) else {
         return r.err(&format!(
@@ -384,16 +425,34 @@ fn read_tensor_info(r: &mut Reader, i: u64) -> Result<RawTensor> {
         ));
     };
     let offset = r.u64(&format!("the offset of tensor {name:?}"))?;
-    Ok(RawTensor { name, dims, ty, offset })
+    Ok(RawTensor {
+        name,
+        dims,
+        ty,
+        offset,
+    })
 }
 
 /// Check a tensor's shape, block fit, alignment and data range against the file.
-fn place_tensor(path: &Path, t: RawTensor, data_offset: u64, alignment: u64, file_len: u64) -> Result<TensorInfo> {
+fn place_tensor(
+    path: &Path,
+    t: RawTensor,
+    data_offset: u64,
+    alignment: u64,
+    file_len: u64,
+) -> Result<TensorInfo> {
     let shown = path.display();
-    let RawTensor { name, dims, ty, offset } = t;
+    let RawTensor {
+        name,
+        dims,
+        ty,
+        offset,
+    } = t;
     let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
     let Some(n_elements) = n_elements.filter(|_| dims.iter().all(|&d| d > 0)) else {
-        return format_err(format!("{shown}: tensor {name:?} has an invalid shape {dims:?}"));
+        return format_err(format!(
+            "{shown}: tensor {name:?} has an invalid shape {dims:?}"
+        ));
     };
     if !dims[0].is_multiple_of(ty.block_size() as u64) {
         return format_err(format!(
@@ -429,9 +488,9 @@ pub fn align_up(x: u64, a: u64) -> u64 {
 /// Names of ggml types we do not run, so the error says what the file holds.
 pub fn ggml_type_name(id: u32) -> String {
     let known = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K",
-        "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
-        "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
     match known.get(id as usize) {
         Some(n) => format!("{n} (id {id})"),
@@ -481,7 +540,9 @@ impl<W: Write> GgufWriter<W> {
                 if a > 0 && (a as u64).is_power_of_two() {
                     Ok(a as u64)
                 } else {
-                    Err(Error::Invalid(format!("general.alignment {a} is not a power of two")))
+                    Err(Error::Invalid(format!(
+                        "general.alignment {a} is not a power of two"
+                    )))
                 }
             })?;
         let mut head = Vec::new();
@@ -498,13 +559,25 @@ impl<W: Write> GgufWriter<W> {
         let mut offset = 0u64;
         for s in &specs {
             let Some(n) = s.n_bytes() else {
-                return Err(Error::Invalid(format!("tensor {:?}: shape {:?} does not fit type {}", s.name, s.dims, s.ty.name())));
+                return Err(Error::Invalid(format!(
+                    "tensor {:?}: shape {:?} does not fit type {}",
+                    s.name,
+                    s.dims,
+                    s.ty.name()
+                )));
             };
             if !s.ty.is_gguf() {
-                return Err(Error::Invalid(format!("tensor {:?}: type {} cannot be stored in GGUF", s.name, s.ty.name())));
+                return Err(Error::Invalid(format!(
+                    "tensor {:?}: type {} cannot be stored in GGUF",
+                    s.name,
+                    s.ty.name()
+                )));
             }
             if s.dims.len() > MAX_DIMS {
-                return Err(Error::Invalid(format!("tensor {:?}: more than {MAX_DIMS} dimensions", s.name)));
+                return Err(Error::Invalid(format!(
+                    "tensor {:?}: more than {MAX_DIMS} dimensions",
+                    s.name
+                )));
             }
             put_string(&mut head, &s.name);
             head.extend_from_slice(&(s.dims.len() as u32).to_le_bytes());
@@ -519,7 +592,14 @@ impl<W: Write> GgufWriter<W> {
         let padded = align_up(head.len() as u64, alignment);
         head.resize(padded as usize, 0);
         out.write_all(&head).map_err(io_err)?;
-        Ok(GgufWriter { out, specs, sizes, next: 0, alignment, written: padded })
+        Ok(GgufWriter {
+            out,
+            specs,
+            sizes,
+            next: 0,
+            alignment,
+            written: padded,
+        })
     }
 
     /// Write the next tensor's bytes (exactly its size), padded to the alignment.
@@ -538,7 +618,9 @@ impl<W: Write> GgufWriter<W> {
         self.out.write_all(bytes).map_err(io_err)?;
         self.written += bytes.len() as u64;
         let pad = align_up(self.written, self.alignment) - self.written;
-        self.out.write_all(&vec![0u8; pad as usize]).map_err(io_err)?;
+        self.out
+            .write_all(&vec![0u8; pad as usize])
+            .map_err(io_err)?;
         self.written += pad;
         self.next += 1;
         Ok(())
@@ -603,17 +685,34 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let meta = vec![
-            ("general.architecture".to_string(), Value::String("llama".into())),
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
             ("a.u8".to_string(), Value::U8(7)),
             ("a.i64".to_string(), Value::I64(-5)),
             ("a.f64".to_string(), Value::F64(0.25)),
-            ("a.arr".to_string(), Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)])),
-            ("a.empty".to_string(), Value::Array(ValueType::String, vec![])),
+            (
+                "a.arr".to_string(),
+                Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(-2)]),
+            ),
+            (
+                "a.empty".to_string(),
+                Value::Array(ValueType::String, vec![]),
+            ),
             ("a.bool".to_string(), Value::Bool(true)),
         ];
         let specs = vec![
-            TensorSpec { name: "x".into(), dims: vec![3, 2], ty: GgmlType::F32 },
-            TensorSpec { name: "y".into(), dims: vec![5], ty: GgmlType::F16 },
+            TensorSpec {
+                name: "x".into(),
+                dims: vec![3, 2],
+                ty: GgmlType::F32,
+            },
+            TensorSpec {
+                name: "y".into(),
+                dims: vec![5],
+                ty: GgmlType::F16,
+            },
         ];
         let mut w = GgufWriter::new(Vec::new(), &meta, specs).unwrap();
         w.write_tensor(&[1u8; 24]).unwrap();
@@ -622,7 +721,11 @@ mod tests {
     }
 
     fn parse_bytes(bytes: Vec<u8>) -> Result<GgufFile> {
-        let dir = std::env::temp_dir().join(format!("llama_rs_gguf_test_{}_{}", std::process::id(), rand_suffix()));
+        let dir = std::env::temp_dir().join(format!(
+            "llama_rs_gguf_test_{}_{}",
+            std::process::id(),
+            rand_suffix()
+        ));
         std::fs::write(&dir, &bytes).unwrap();
         let r = GgufFile::open(&dir);
         std::fs::remove_file(&dir).ok();
@@ -641,7 +744,10 @@ mod tests {
         assert_eq!(f.version, 3);
         assert_eq!(f.get("a.u8"), Some(&Value::U8(7)));
         assert_eq!(f.get("a.i64").unwrap().as_i64(), Some(-5));
-        assert_eq!(f.get("a.empty"), Some(&Value::Array(ValueType::String, vec![])));
+        assert_eq!(
+            f.get("a.empty"),
+            Some(&Value::Array(ValueType::String, vec![]))
+        );
         let x = f.tensor("x").unwrap();
         assert_eq!(x.dims, vec![3, 2]);
         assert_eq!(f.tensor_data(x), &[1u8; 24]);
@@ -653,10 +759,19 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = sample();
         // The padding after the last tensor is not data: cutting it off is harmless.
-        let data_end = parse_bytes(bytes.clone()).unwrap().tensors.iter().map(|t| t.range.end).max().unwrap();
+        let data_end = parse_bytes(bytes.clone())
+            .unwrap()
+            .tensors
+            .iter()
+            .map(|t| t.range.end)
+            .max()
+            .unwrap();
         assert!(data_end < bytes.len());
         for n in 0..data_end {
-            assert!(parse_bytes(bytes[..n].to_vec()).is_err(), "truncated at {n} loaded");
+            assert!(
+                parse_bytes(bytes[..n].to_vec()).is_err(),
+                "truncated at {n} loaded"
+            );
         }
         assert!(parse_bytes(bytes[..data_end].to_vec()).is_ok());
     }
@@ -669,6 +784,10 @@ mod tests {
         assert!(e.to_string().contains("metadata count"), "{e}");
         let mut bytes = sample();
         bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
-        assert!(parse_bytes(bytes).err().unwrap().to_string().contains("unsupported GGUF version 1"));
+        assert!(parse_bytes(bytes)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("unsupported GGUF version 1"));
     }
 }

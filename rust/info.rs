@@ -32,7 +32,6 @@ pub struct FileInfo {
     pub tensors: Vec<TensorRow>,
 }
 
-
 const HPARAMS: [&str; 10] = [
     "context_length",
     "embedding_length",
@@ -74,8 +73,15 @@ pub fn file_info(path: &Path) -> Result<FileInfo> {
         });
     }
     let f = GgufFile::open(path)?;
-    let arch = f.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
-    let n_vocab = f.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len());
+    let arch = f
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama")
+        .to_string();
+    let n_vocab = f
+        .get("tokenizer.ggml.tokens")
+        .and_then(|v| v.as_array())
+        .map_or(0, |a| a.len());
     let tensors = f
         .tensors
         .iter()

@@ -27,7 +27,11 @@ const MAX_PARTS: usize = 64;
 
 /// Whether the first bytes of a file are a legacy magic.
 pub fn is_legacy_magic(head: &[u8]) -> bool {
-    head.len() >= 4 && matches!(u32::from_le_bytes(head[..4].try_into().unwrap()), MAGIC_GGML | MAGIC_GGMF | MAGIC_GGJT)
+    head.len() >= 4
+        && matches!(
+            u32::from_le_bytes(head[..4].try_into().unwrap()),
+            MAGIC_GGML | MAGIC_GGMF | MAGIC_GGJT
+        )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +191,12 @@ fn parse_part(path: &Path, buf: &[u8]) -> Result<Part> {
     while r.remaining() > 0 {
         tensors.push(read_tensor(&mut r, format, tensors.len())?);
     }
-    Ok(Part { format, hparams, vocab, tensors })
+    Ok(Part {
+        format,
+        hparams,
+        vocab,
+        tensors,
+    })
 }
 
 /// Magic and (except for unversioned ggml) version.
@@ -197,8 +206,16 @@ fn read_format(r: &mut Reader) -> Result<Format> {
         MAGIC_GGML => Ok(Format::Ggml),
         MAGIC_GGMF | MAGIC_GGJT => {
             let v = r.u32("the version")?;
-            let ok = if magic == MAGIC_GGMF { v == 1 } else { (1..=3).contains(&v) };
-            let f = if magic == MAGIC_GGMF { Format::Ggmf(v) } else { Format::Ggjt(v) };
+            let ok = if magic == MAGIC_GGMF {
+                v == 1
+            } else {
+                (1..=3).contains(&v)
+            };
+            let f = if magic == MAGIC_GGMF {
+                Format::Ggmf(v)
+            } else {
+                Format::Ggjt(v)
+            };
             if !ok {
                 return r.err_file(&format!(
                     "unsupported legacy file version: {} v{v} (llama-rs reads ggml, ggmf v1 and ggjt v1 to v3)",
@@ -207,19 +224,26 @@ fn read_format(r: &mut Reader) -> Result<Format> {
             }
             Ok(f)
         }
-        _ => r.err_file(&format!("not a ggml, ggmf or ggjt model file (magic {magic:#010x})")),
+        _ => r.err_file(&format!(
+            "not a ggml, ggmf or ggjt model file (magic {magic:#010x})"
+        )),
     }
 }
 
 fn read_hparams(r: &mut Reader) -> Result<Hparams> {
     let mut h = [0i32; 7];
-    let names = ["n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype"];
+    let names = [
+        "n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype",
+    ];
     for (v, n) in h.iter_mut().zip(names) {
         *v = r.i32(&format!("the header ({n})"))?;
     }
     for (i, n) in names.iter().enumerate().take(6) {
         if h[i] <= 0 || h[i] > (1 << 24) {
-            return r.err_file(&format!("header value {n} = {} is not a sensible positive count", h[i]));
+            return r.err_file(&format!(
+                "header value {n} = {} is not a sensible positive count",
+                h[i]
+            ));
         }
     }
     Ok(Hparams {
@@ -237,7 +261,9 @@ fn read_hparams(r: &mut Reader) -> Result<Hparams> {
 fn read_vocab(r: &mut Reader, format: Format, n_vocab: usize) -> Result<Vec<(Vec<u8>, f32)>> {
     let entry = if format.has_scores() { 8 } else { 4 };
     if n_vocab.saturating_mul(entry) > r.remaining() {
-        return r.err(&format!("vocab of {n_vocab} entries is larger than the file can hold"));
+        return r.err(&format!(
+            "vocab of {n_vocab} entries is larger than the file can hold"
+        ));
     }
     let mut vocab = Vec::with_capacity(n_vocab);
     for i in 0..n_vocab {
@@ -246,7 +272,11 @@ fn read_vocab(r: &mut Reader, format: Format, n_vocab: usize) -> Result<Vec<(Vec
             return r.err(&format!("vocab entry {i} has an impossible length {len}"));
         }
         let text = r.take(len as u64, &format!("vocab entry {i}"))?.to_vec();
-        let score = if format.has_scores() { r.f32(&format!("the score of vocab entry {i}"))? } else { 0.0 };
+        let score = if format.has_scores() {
+            r.f32(&format!("the score of vocab entry {i}"))?
+        } else {
+            0.0
+        };
         vocab.push((text, score));
     }
     Ok(vocab)
@@ -258,10 +288,14 @@ fn read_tensor(r: &mut Reader, format: Format, i: usize) -> Result<PartTensor> {
     let name_len = r.i32("a tensor header")?;
     let raw_type = r.i32("a tensor header")? as u32;
     if !(1..=4).contains(&n_dims) {
-        return r.err(&format!("tensor {i} has {n_dims} dimensions (1 to 4 allowed)"));
+        return r.err(&format!(
+            "tensor {i} has {n_dims} dimensions (1 to 4 allowed)"
+        ));
     }
     if name_len <= 0 || name_len > 4096 {
-        return r.err(&format!("tensor {i} has an impossible name length {name_len}"));
+        return r.err(&format!(
+            "tensor {i} has an impossible name length {name_len}"
+        ));
     }
     let mut ne = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -283,10 +317,16 @@ fn read_tensor(r: &mut Reader, format: Format, i: usize) -> Result<PartTensor> {
         r.take(pad as u64, &format!("the padding before tensor {name:?}"))?;
     }
     if !ne[0].is_multiple_of(bs as u64) {
-        return r.err(&format!("tensor {name:?} has rows of {} elements, not a multiple of the block size {bs}", ne[0]));
+        return r.err(&format!(
+            "tensor {name:?} has rows of {} elements, not a multiple of the block size {bs}",
+            ne[0]
+        ));
     }
     let n: u64 = ne.iter().product(); // each dim < 2^31, at most 4 dims: fits with checks below
-    let n_bytes = ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).and_then(|n| (n / bs as u64).checked_mul(bb as u64));
+    let n_bytes = ne
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .and_then(|n| (n / bs as u64).checked_mul(bb as u64));
     let Some(n_bytes) = n_bytes.filter(|&b| b <= r.remaining() as u64) else {
         return r.err(&format!(
             "data of tensor {name:?} ({n} elements of {}) runs past the end of the file: the file is truncated or corrupt",
@@ -295,13 +335,21 @@ fn read_tensor(r: &mut Reader, format: Format, i: usize) -> Result<PartTensor> {
     };
     let start = r.pos();
     r.take(n_bytes, "tensor data")?;
-    Ok(PartTensor { name, raw_type, ne, range: start..r.pos() })
+    Ok(PartTensor {
+        name,
+        raw_type,
+        ne,
+        range: start..r.pos(),
+    })
 }
 
 fn split_of(name: &str, n_dims: usize, n_parts: usize) -> Split {
     if n_dims == 1 || n_parts == 1 {
         Split::Whole
-    } else if name.contains("tok_embeddings") || name.contains(".attention.wo.") || name.contains(".feed_forward.w2.") {
+    } else if name.contains("tok_embeddings")
+        || name.contains(".attention.wo.")
+        || name.contains(".feed_forward.w2.")
+    {
         Split::Columns
     } else {
         Split::Rows
@@ -320,17 +368,26 @@ fn part_path(path: &Path, k: usize) -> PathBuf {
 fn count_parts(path: &Path, first: &Part) -> Result<usize> {
     let shown = path.display();
     let n_embd = first.hparams.n_embd;
-    let n_parts = match first.tensors.iter().find(|t| t.name == "tok_embeddings.weight") {
+    let n_parts = match first
+        .tensors
+        .iter()
+        .find(|t| t.name == "tok_embeddings.weight")
+    {
         Some(PartTensor { ne, .. }) if ne.len() == 2 => {
             let part_cols = ne[0] as usize;
-            if part_cols == 0 || !n_embd.is_multiple_of(part_cols) || n_embd / part_cols > MAX_PARTS {
+            if part_cols == 0 || !n_embd.is_multiple_of(part_cols) || n_embd / part_cols > MAX_PARTS
+            {
                 return format_err(format!(
                     "{shown}: tok_embeddings.weight has rows of {part_cols}, which does not divide n_embd {n_embd}"
                 ));
             }
             n_embd / part_cols
         }
-        _ => return format_err(format!("{shown}: tensor tok_embeddings.weight is missing or not 2-D")),
+        _ => {
+            return format_err(format!(
+                "{shown}: tensor tok_embeddings.weight is missing or not 2-D"
+            ))
+        }
     };
     if n_parts > 1 {
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
@@ -346,7 +403,12 @@ fn count_parts(path: &Path, first: &Part) -> Result<usize> {
 
 /// Map and parse part `k` (from 0) of `n_parts`, which must match the first part in header,
 /// vocab and tensor names, types and shapes.
-fn open_part(path: &Path, k: usize, n_parts: usize, first: &Part) -> Result<(PathBuf, Arc<Mmap>, Part)> {
+fn open_part(
+    path: &Path,
+    k: usize,
+    n_parts: usize,
+    first: &Part,
+) -> Result<(PathBuf, Arc<Mmap>, Part)> {
     let shown = path.display();
     let p = part_path(path, k);
     if !p.exists() {
@@ -360,13 +422,21 @@ fn open_part(path: &Path, k: usize, n_parts: usize, first: &Part) -> Result<(Pat
     let part = parse_part(&p, &m)?;
     let ps = p.display();
     if part.format != first.format || part.hparams != first.hparams {
-        return format_err(format!("{ps}: header differs from the first part {shown}: not parts of the same model"));
+        return format_err(format!(
+            "{ps}: header differs from the first part {shown}: not parts of the same model"
+        ));
     }
     if part.vocab != first.vocab {
-        return format_err(format!("{ps}: vocab differs from the first part {shown}: not parts of the same model"));
+        return format_err(format!(
+            "{ps}: vocab differs from the first part {shown}: not parts of the same model"
+        ));
     }
     if part.tensors.len() != first.tensors.len()
-        || part.tensors.iter().zip(&first.tensors).any(|(a, b)| a.name != b.name || a.raw_type != b.raw_type || a.ne != b.ne)
+        || part
+            .tensors
+            .iter()
+            .zip(&first.tensors)
+            .any(|(a, b)| a.name != b.name || a.raw_type != b.raw_type || a.ne != b.ne)
     {
         return format_err(format!("{ps}: its tensors (names, types or shapes) differ from those of the first part {shown}"));
     }
@@ -374,11 +444,20 @@ fn open_part(path: &Path, k: usize, n_parts: usize, first: &Part) -> Result<(Pat
 }
 
 /// The tensors of the whole model: shapes of the parts joined, one range per part.
-fn join_tensors(path: &Path, parts: &[Part]) -> Result<(Vec<LegacyTensor>, HashMap<String, usize>)> {
+fn join_tensors(
+    path: &Path,
+    parts: &[Part],
+) -> Result<(Vec<LegacyTensor>, HashMap<String, usize>)> {
     let n_parts = parts.len();
     let mut tensors = Vec::with_capacity(parts[0].tensors.len());
     let mut index = HashMap::new();
-    for (i, PartTensor { name, raw_type, ne, .. }) in parts[0].tensors.iter().enumerate() {
+    for (
+        i,
+        PartTensor {
+            name, raw_type, ne, ..
+        },
+    ) in parts[0].tensors.iter().enumerate()
+    {
         let split = split_of(name, ne.len(), n_parts);
         let mut full = ne.clone();
         match split {
@@ -390,7 +469,13 @@ fn join_tensors(path: &Path, parts: &[Part]) -> Result<(Vec<LegacyTensor>, HashM
         if index.insert(name.clone(), tensors.len()).is_some() {
             return format_err(format!("{}: tensor {name:?} appears twice", path.display()));
         }
-        tensors.push(LegacyTensor { name: name.clone(), raw_type: *raw_type, ne: full, split, ranges });
+        tensors.push(LegacyTensor {
+            name: name.clone(),
+            raw_type: *raw_type,
+            ne: full,
+            split,
+            ranges,
+        });
     }
     Ok((tensors, index))
 }
@@ -413,7 +498,15 @@ impl LegacyFile {
         }
         let (tensors, index) = join_tensors(path, &parts)?;
         let first = parts.swap_remove(0);
-        Ok(LegacyFile { paths, maps, format: first.format, hparams: first.hparams, vocab: first.vocab, tensors, index })
+        Ok(LegacyFile {
+            paths,
+            maps,
+            format: first.format,
+            hparams: first.hparams,
+            vocab: first.vocab,
+            tensors,
+            index,
+        })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&LegacyTensor> {
@@ -426,7 +519,11 @@ impl LegacyFile {
 
     /// The bytes of a tensor in each part, in part order.
     pub fn part_bytes(&self, t: &LegacyTensor) -> Vec<&[u8]> {
-        t.ranges.iter().zip(&self.maps).map(|(r, m)| &m[r.clone()]).collect()
+        t.ranges
+            .iter()
+            .zip(&self.maps)
+            .map(|(r, m)| &m[r.clone()])
+            .collect()
     }
 
     /// The first part's map (for tensors used in place).

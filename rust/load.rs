@@ -42,15 +42,35 @@ impl Model {
         let config = gguf_config(f, tokenizer.n_vocab())?;
         let map = f.mmap();
         let get = |name: &str, shape: &[usize]| -> Result<Weight> {
-            let t = f.tensor(name).ok_or_else(|| Error::Format(format!("{shown}: tensor {name} is missing")))?;
+            let t = f
+                .tensor(name)
+                .ok_or_else(|| Error::Format(format!("{shown}: tensor {name} is missing")))?;
             check_shape(&shown, name, &t.dims, shape)?;
             let (cols, rows) = (t.dims[0] as usize, (t.n_elements() / t.dims[0]) as usize);
             let data = Storage::Mapped(map.clone(), t.range.clone());
-            Ok(Weight { name: name.to_string(), ty: t.ty, rows, cols, data })
+            Ok(Weight {
+                name: name.to_string(),
+                ty: t.ty,
+                rows,
+                cols,
+                data,
+            })
         };
-        let file_type = dominant_type(f.tensors.iter().map(|t| (t.ty.name().to_string(), t.dims.len(), t.n_elements())));
+        let file_type = dominant_type(
+            f.tensors
+                .iter()
+                .map(|t| (t.ty.name().to_string(), t.dims.len(), t.n_elements())),
+        );
         let has_output = f.tensor("output.weight").is_some();
-        build(f.path.clone(), config, tokenizer, f.metadata.clone(), file_type, has_output, get)
+        build(
+            f.path.clone(),
+            config,
+            tokenizer,
+            f.metadata.clone(),
+            file_type,
+            has_output,
+            get,
+        )
     }
 
     pub fn from_legacy(f: &LegacyFile) -> Result<Model> {
@@ -59,13 +79,27 @@ impl Model {
         let config = legacy_config(f, tokenizer.n_vocab())?;
         let get = |name: &str, shape: &[usize]| -> Result<Weight> {
             let legacy = meta_name(name).unwrap_or_else(|| name.to_string());
-            let t = f.tensor(&legacy).ok_or_else(|| Error::Format(format!("{shown}: tensor {legacy} is missing")))?;
+            let t = f
+                .tensor(&legacy)
+                .ok_or_else(|| Error::Format(format!("{shown}: tensor {legacy} is missing")))?;
             check_shape(&shown, &legacy, &t.ne, shape)?;
             Ok(legacy_weight(f, t))
         };
-        let file_type = dominant_type(f.tensors.iter().map(|t| (t.type_name(), t.ne.len(), t.n_elements())));
+        let file_type = dominant_type(
+            f.tensors
+                .iter()
+                .map(|t| (t.type_name(), t.ne.len(), t.n_elements())),
+        );
         let has_output = f.tensor("output.weight").is_some();
-        build(f.paths[0].clone(), config, tokenizer, legacy_metadata(f), file_type, has_output, get)
+        build(
+            f.paths[0].clone(),
+            config,
+            tokenizer,
+            legacy_metadata(f),
+            file_type,
+            has_output,
+            get,
+        )
     }
 }
 
@@ -110,8 +144,22 @@ fn build(
         });
     }
     let output_norm = get("output_norm.weight", &[dim])?.to_f32();
-    let output = if has_output { Some(get("output.weight", &[dim, config.n_vocab])?) } else { None };
-    Ok(Model { path, config, token_embd, layers, output_norm, output, tokenizer, metadata, file_type })
+    let output = if has_output {
+        Some(get("output.weight", &[dim, config.n_vocab])?)
+    } else {
+        None
+    };
+    Ok(Model {
+        path,
+        config,
+        token_embd,
+        layers,
+        output_norm,
+        output,
+        tokenizer,
+        metadata,
+        file_type,
+    })
 }
 
 /// A tensor's stored shape (ggml order) against the one the hyperparameters give. A 1-D norm
@@ -122,7 +170,9 @@ fn check_shape(file: &str, name: &str, dims: &[u64], shape: &[usize]) -> Result<
         trimmed.pop();
     }
     if trimmed != shape {
-        return format_err(format!("{file}: tensor {name} has shape {dims:?}, expected {shape:?} from the hyperparameters"));
+        return format_err(format!(
+            "{file}: tensor {name} has shape {dims:?}, expected {shape:?} from the hyperparameters"
+        ));
     }
     Ok(())
 }
@@ -154,13 +204,17 @@ fn meta_usize(f: &GgufFile, key: &str) -> Result<Option<usize>> {
         None => Ok(None),
         Some(v) => match v.as_i64() {
             Some(n) if n > 0 && n < (1 << 40) => Ok(Some(n as usize)),
-            _ => format_err(format!("{}: metadata {key} = {v:?} is not a positive integer", f.path.display())),
+            _ => format_err(format!(
+                "{}: metadata {key} = {v:?} is not a positive integer",
+                f.path.display()
+            )),
         },
     }
 }
 
 fn require_usize(f: &GgufFile, key: &str) -> Result<usize> {
-    meta_usize(f, key)?.ok_or_else(|| Error::Format(format!("{}: metadata {key} is missing", f.path.display())))
+    meta_usize(f, key)?
+        .ok_or_else(|| Error::Format(format!("{}: metadata {key} is missing", f.path.display())))
 }
 
 fn meta_f32(f: &GgufFile, key: &str, default: f32) -> Result<f32> {
@@ -168,7 +222,10 @@ fn meta_f32(f: &GgufFile, key: &str, default: f32) -> Result<f32> {
         None => Ok(default),
         Some(v) => match v.as_f64() {
             Some(x) if x.is_finite() && x > 0.0 => Ok(x as f32),
-            _ => format_err(format!("{}: metadata {key} = {v:?} is not a positive number", f.path.display())),
+            _ => format_err(format!(
+                "{}: metadata {key} = {v:?} is not a positive number",
+                f.path.display()
+            )),
         },
     }
 }
@@ -188,12 +245,19 @@ fn gguf_config(f: &GgufFile, n_vocab: usize) -> Result<Config> {
         rms_eps: meta_f32(f, "llama.attention.layer_norm_rms_epsilon", 1e-5)?,
         freq_base: meta_f32(f, "llama.rope.freq_base", 10000.0)?,
     };
-    config.validate().map_err(|e| Error::Format(format!("{}: {e}", f.path.display())))?;
+    config
+        .validate()
+        .map_err(|e| Error::Format(format!("{}: {e}", f.path.display())))?;
     Ok(config)
 }
 
 /// A metadata array with every element converted by `conv` (None: the key is absent).
-fn meta_array<T>(f: &GgufFile, key: &str, wrong: &str, conv: impl Fn(&Value) -> Option<T>) -> Result<Option<Vec<T>>> {
+fn meta_array<T>(
+    f: &GgufFile,
+    key: &str,
+    wrong: &str,
+    conv: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<Vec<T>>> {
     match f.get(key).and_then(|v| v.as_array()) {
         None => Ok(None),
         Some(items) => items
@@ -216,18 +280,29 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
             ))
         }
     }
-    let Some(tokens) = meta_array(f, "tokenizer.ggml.tokens", "non-strings", |v| v.as_str().map(str::to_owned))? else {
-        return format_err(format!("{shown}: the vocab (tokenizer.ggml.tokens) is missing"));
+    let Some(tokens) = meta_array(f, "tokenizer.ggml.tokens", "non-strings", |v| {
+        v.as_str().map(str::to_owned)
+    })?
+    else {
+        return format_err(format!(
+            "{shown}: the vocab (tokenizer.ggml.tokens) is missing"
+        ));
     };
-    let scores = meta_array(f, "tokenizer.ggml.scores", "non-numbers", |v| v.as_f64().map(|x| x as f32))?;
-    let types = meta_array(f, "tokenizer.ggml.token_type", "non-integers", |v| v.as_i64().map(|x| x as i32))?;
+    let scores = meta_array(f, "tokenizer.ggml.scores", "non-numbers", |v| {
+        v.as_f64().map(|x| x as f32)
+    })?;
+    let types = meta_array(f, "tokenizer.ggml.token_type", "non-integers", |v| {
+        v.as_i64().map(|x| x as i32)
+    })?;
     let id = |key: &str| -> Result<Option<u32>> {
         match f.get(key) {
             None => Ok(None),
             Some(v) => match v.as_i64() {
                 Some(n) if n >= 0 && (n as usize) < tokens.len() => Ok(Some(n as u32)),
                 Some(-1) => Ok(None),
-                _ => format_err(format!("{shown}: {key} = {v:?} is not a token id of the vocab")),
+                _ => format_err(format!(
+                    "{shown}: {key} = {v:?} is not a token id of the vocab"
+                )),
             },
         }
     };
@@ -251,7 +326,9 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
         Some(types) if !types.is_empty() => vocab.with_gguf_types(&types),
         _ => Ok(vocab),
     };
-    vocab.and_then(Tokenizer::new).map_err(|e| Error::Format(format!("{shown}: {e}")))
+    vocab
+        .and_then(Tokenizer::new)
+        .map_err(|e| Error::Format(format!("{shown}: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,7 +348,9 @@ fn legacy_config(f: &LegacyFile, n_vocab: usize) -> Result<Config> {
         rms_eps: LEGACY_RMS_EPS,
         freq_base: 10000.0,
     };
-    config.validate().map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))?;
+    config
+        .validate()
+        .map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))?;
     Ok(config)
 }
 
@@ -297,18 +376,30 @@ fn legacy_tokenizer(f: &LegacyFile) -> Result<Tokenizer> {
             };
             (piece, TokenType::Control)
         } else {
-            (String::from_utf8_lossy(text).replace(' ', "\u{2581}"), TokenType::Normal)
+            (
+                String::from_utf8_lossy(text).replace(' ', "\u{2581}"),
+                TokenType::Normal,
+            )
         };
         tokens.push(piece);
         types.push(ty);
     }
     // ggml (unversioned) stores no scores: rank order stands in for the BPE merge scores.
-    let scores: Vec<f32> =
-        if f.format.has_scores() { v.iter().map(|e| e.1).collect() } else { (0..n).map(|i| -(i as f32)).collect() };
+    let scores: Vec<f32> = if f.format.has_scores() {
+        v.iter().map(|e| e.1).collect()
+    } else {
+        (0..n).map(|i| -(i as f32)).collect()
+    };
     let id = |i: u32| Some(i).filter(|&i| (i as usize) < n);
-    let vocab = Vocab { scores, types, bos: id(1), eos: id(2), unk: id(0), ..Vocab::new(tokens) };
-    Tokenizer::new(vocab)
-        .map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))
+    let vocab = Vocab {
+        scores,
+        types,
+        bos: id(1),
+        eos: id(2),
+        unk: id(0),
+        ..Vocab::new(tokens)
+    };
+    Tokenizer::new(vocab).map_err(|e| Error::Format(format!("{}: {e}", f.paths[0].display())))
 }
 
 /// GGUF-style metadata describing a legacy file (for `Model.metadata` and `info`).
@@ -317,7 +408,10 @@ pub fn legacy_metadata(f: &LegacyFile) -> Vec<(String, Value)> {
     let u = |x: usize| Value::U32(x as u32);
     vec![
         ("general.architecture".into(), Value::String("llama".into())),
-        ("legacy.format".into(), Value::String(f.format.name().into())),
+        (
+            "legacy.format".into(),
+            Value::String(f.format.name().into()),
+        ),
         ("legacy.version".into(), Value::U32(f.format.version())),
         ("legacy.n_parts".into(), u(f.paths.len())),
         ("legacy.n_mult".into(), u(h.n_mult)),
@@ -328,15 +422,24 @@ pub fn legacy_metadata(f: &LegacyFile) -> Vec<(String, Value)> {
         ("llama.rope.dimension_count".into(), u(h.n_rot)),
         ("llama.attention.head_count".into(), u(h.n_head)),
         ("llama.attention.head_count_kv".into(), u(h.n_head)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(LEGACY_RMS_EPS)),
-        ("general.file_type".into(), Value::U32(h.ftype.max(0) as u32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(LEGACY_RMS_EPS),
+        ),
+        (
+            "general.file_type".into(),
+            Value::U32(h.ftype.max(0) as u32),
+        ),
     ]
 }
 
 /// Tensor names: Meta's (legacy files) for GGUF's (the engine's).
 pub fn meta_name(gguf: &str) -> Option<String> {
-    let simple =
-        [("token_embd.weight", "tok_embeddings.weight"), ("output_norm.weight", "norm.weight"), ("output.weight", "output.weight")];
+    let simple = [
+        ("token_embd.weight", "tok_embeddings.weight"),
+        ("output_norm.weight", "norm.weight"),
+        ("output.weight", "output.weight"),
+    ];
     if let Some((_, m)) = simple.iter().find(|(g, _)| *g == gguf) {
         return Some(m.to_string());
     }
@@ -390,7 +493,13 @@ fn legacy_weight(f: &LegacyFile, t: &LegacyTensor) -> Weight {
         }
         Storage::Owned(bytes)
     };
-    Weight { name: t.name.clone(), ty, rows, cols, data }
+    Weight {
+        name: t.name.clone(),
+        ty,
+        rows,
+        cols,
+        data,
+    }
 }
 
 /// The whole tensor from its parts: rows split by rows are concatenated, rows split by
@@ -422,17 +531,19 @@ fn repack_nibbles(bytes: &mut [u8], ty: GgmlType) {
         GgmlType::Q4_1F32 => 8,
         _ => return,
     };
-    bytes.par_chunks_mut(ty.type_size() * 1024).for_each(|chunk| {
-        for b in chunk.chunks_exact_mut(ty.type_size()) {
-            let qs = &mut b[head..head + 16];
-            let mut q = [0u8; 32];
-            for j in 0..16 {
-                q[2 * j] = qs[j] & 0x0f;
-                q[2 * j + 1] = qs[j] >> 4;
+    bytes
+        .par_chunks_mut(ty.type_size() * 1024)
+        .for_each(|chunk| {
+            for b in chunk.chunks_exact_mut(ty.type_size()) {
+                let qs = &mut b[head..head + 16];
+                let mut q = [0u8; 32];
+                for j in 0..16 {
+                    q[2 * j] = qs[j] & 0x0f;
+                    q[2 * j + 1] = qs[j] >> 4;
+                }
+                for j in 0..16 {
+                    qs[j] = q[j] | (q[j + 16] << 4);
+                }
             }
-            for j in 0..16 {
-                qs[j] = q[j] | (q[j + 16] << 4);
-            }
-        }
-    });
+        });
 }

@@ -6,8 +6,8 @@
 //! head_dim`, `ff` the feed-forward width, `n_vocab` the vocab; a weight `[rows, cols]` has one
 //! row per output (ggml order `ne = [cols, rows]`).
 
-pub use crate::attention::{KvCache, KvType};
 use crate::attention::attention;
+pub use crate::attention::{KvCache, KvType};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf::Value;
@@ -60,7 +60,13 @@ impl Model {
     /// Evaluate `ids` at positions `n_past ..`, filling the cache. Returns logits for every
     /// position when `all_logits` ([n, n_vocab]), else for the last one only ([n_vocab]).
     /// Runs on the current rayon pool.
-    pub fn forward(&self, cache: &mut KvCache, ids: &[u32], n_past: usize, all_logits: bool) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        n_past: usize,
+        all_logits: bool,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let n = ids.len();
         if n == 0 {
@@ -73,7 +79,10 @@ impl Model {
             )));
         }
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocab (0..{})", c.n_vocab)));
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocab (0..{})",
+                c.n_vocab
+            )));
         }
         let (dim, hd, kv_dim, ff) = (c.dim, c.head_dim(), c.kv_dim(), c.ffn_dim);
         let mut s = Scratch {
@@ -89,10 +98,13 @@ impl Model {
         };
         // x = token_embd[ids]
         for (t, &id) in ids.iter().enumerate() {
-            self.token_embd.row_f32(id as usize, &mut s.x[t * dim..(t + 1) * dim]);
+            self.token_embd
+                .row_f32(id as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
         // [n][n_rot / 2] (sin, cos) per position, shared by q and k of every head and layer.
-        let rope_tables: Vec<Vec<(f32, f32)>> = (0..n).map(|t| rope_table(c.n_rot, n_past + t, c.freq_base)).collect();
+        let rope_tables: Vec<Vec<(f32, f32)>> = (0..n)
+            .map(|t| rope_table(c.n_rot, n_past + t, c.freq_base))
+            .collect();
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention: h = rmsnorm(x) * attn_norm; q, k, v = projections of h.
             s.h.copy_from_slice(&s.x);

@@ -97,12 +97,18 @@ impl Vocab {
     pub fn with_gguf_types(mut self, raw: &[i32]) -> Result<Vocab> {
         let n = self.pieces.len();
         if raw.len() != n {
-            return Err(Error::Format(format!("the vocab has {n} pieces but {} token types", raw.len())));
+            return Err(Error::Format(format!(
+                "the vocab has {n} pieces but {} token types",
+                raw.len()
+            )));
         }
         self.types = Vec::with_capacity(n);
         for (i, &t) in raw.iter().enumerate() {
             let Some(t) = TokenType::from_gguf(t) else {
-                return Err(Error::Format(format!("token {i} ({:?}) has an unknown token type {t}", self.pieces[i])));
+                return Err(Error::Format(format!(
+                    "token {i} ({:?}) has an unknown token type {t}",
+                    self.pieces[i]
+                )));
             };
             self.types.push(t);
         }
@@ -116,25 +122,44 @@ impl Vocab {
             return Err(Error::Format("the vocab is empty".into()));
         }
         if n > u32::MAX as usize {
-            return Err(Error::Format(format!("the vocab is too large ({n} pieces)")));
+            return Err(Error::Format(format!(
+                "the vocab is too large ({n} pieces)"
+            )));
         }
         if self.scores.is_empty() {
             self.scores = vec![0.0; n];
         } else if self.scores.len() != n {
-            return Err(Error::Format(format!("the vocab has {n} pieces but {} scores", self.scores.len())));
+            return Err(Error::Format(format!(
+                "the vocab has {n} pieces but {} scores",
+                self.scores.len()
+            )));
         }
         for (name, id) in [("bos", self.bos), ("eos", self.eos), ("unknown", self.unk)] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(Error::Format(format!("the {name} token id {id} is out of range (vocab size {n})")));
+                return Err(Error::Format(format!(
+                    "the {name} token id {id} is out of range (vocab size {n})"
+                )));
             }
         }
         if self.types.is_empty() {
-            self.types = self.pieces.iter().enumerate().map(|(i, p)| self.inferred_type(i as u32, p)).collect();
+            self.types = self
+                .pieces
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.inferred_type(i as u32, p))
+                .collect();
         } else if self.types.len() != n {
-            return Err(Error::Format(format!("the vocab has {n} pieces but {} token types", self.types.len())));
+            return Err(Error::Format(format!(
+                "the vocab has {n} pieces but {} token types",
+                self.types.len()
+            )));
         }
         if self.unk.is_none() {
-            self.unk = self.types.iter().position(|&t| t == TokenType::Unknown).map(|i| i as u32);
+            self.unk = self
+                .types
+                .iter()
+                .position(|&t| t == TokenType::Unknown)
+                .map(|i| i as u32);
         }
         Ok(self)
     }
@@ -221,7 +246,12 @@ impl Tokenizer {
                 (Family::SentencePiece(spm), kinds, surfaces)
             }
         };
-        Ok(Tokenizer { vocab, family, decode_kind, surfaces })
+        Ok(Tokenizer {
+            vocab,
+            family,
+            decode_kind,
+            surfaces,
+        })
     }
 
     pub fn kind(&self) -> Kind {
@@ -303,7 +333,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let n = self.n_vocab();
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= n) {
-            return Err(Error::Invalid(format!("token id {bad} is out of range (vocab size {n})")));
+            return Err(Error::Invalid(format!(
+                "token id {bad} is out of range (vocab size {n})"
+            )));
         }
         let mut st = StreamDecoder::new();
         let mut out = String::new();

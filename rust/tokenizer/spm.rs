@@ -58,7 +58,10 @@ pub(super) fn parse_byte_piece(p: &str) -> Option<u8> {
 /// Pieces that BPE may merge into (sentencepiece's `pieces_`); the others (control, unknown,
 /// byte) are only ever produced by lookup of a whole symbol or by byte fallback.
 fn mergeable(t: TokenType) -> bool {
-    matches!(t, TokenType::Normal | TokenType::UserDefined | TokenType::Unused)
+    matches!(
+        t,
+        TokenType::Normal | TokenType::UserDefined | TokenType::Unused
+    )
 }
 
 /// The SentencePiece encoder's tables.
@@ -137,7 +140,11 @@ impl Spm {
         m.mergeable.reserve(n);
         for (i, (p, &t)) in v.pieces.iter().zip(&v.types).enumerate() {
             let id = i as u32;
-            let map = if mergeable(t) { &mut m.mergeable } else { &mut m.reserved };
+            let map = if mergeable(t) {
+                &mut m.mergeable
+            } else {
+                &mut m.reserved
+            };
             map.entry(p.as_str().into()).or_insert(id);
             match t {
                 TokenType::Byte => match parse_byte_piece(p) {
@@ -145,7 +152,9 @@ impl Spm {
                         m.byte_ids[b as usize].get_or_insert(id);
                     }
                     None => {
-                        return Err(Error::Format(format!("token {i} has type byte but its piece {p:?} is not <0xXX>")))
+                        return Err(Error::Format(format!(
+                            "token {i} has type byte but its piece {p:?} is not <0xXX>"
+                        )))
                     }
                 },
                 TokenType::UserDefined if !p.is_empty() => {
@@ -176,8 +185,16 @@ impl Spm {
                 TokenType::Control => (DecodeKind::Control, String::new()),
                 TokenType::Unknown => (DecodeKind::Unknown, UNK_SURFACE.to_string()),
                 // Checked in `new`.
-                TokenType::Byte => (DecodeKind::Byte(parse_byte_piece(p).unwrap()), String::new()),
-                _ => (DecodeKind::Text { leading_space: p.starts_with(SPACE_SYMBOL) }, p.replace(SPACE_SYMBOL, " ")),
+                TokenType::Byte => (
+                    DecodeKind::Byte(parse_byte_piece(p).unwrap()),
+                    String::new(),
+                ),
+                _ => (
+                    DecodeKind::Text {
+                        leading_space: p.starts_with(SPACE_SYMBOL),
+                    },
+                    p.replace(SPACE_SYMBOL, " "),
+                ),
             };
             kinds.push(kind);
             surfaces.push(surface);
@@ -187,7 +204,10 @@ impl Spm {
 
     /// sentencepiece's `PieceToId` without the unk default: control/unknown/byte pieces first.
     pub(super) fn piece_to_id(&self, piece: &str) -> Option<u32> {
-        self.reserved.get(piece).or_else(|| self.mergeable.get(piece)).copied()
+        self.reserved
+            .get(piece)
+            .or_else(|| self.mergeable.get(piece))
+            .copied()
     }
 
     /// sentencepiece's `EncodeAsIds`, appended to `out`.
@@ -228,8 +248,18 @@ impl Spm {
             let (len, freeze) = self.prefix_match(v, &norm[pos..]);
             let idx = syms.len();
             let prev = if idx == 0 { NONE } else { idx - 1 };
-            let next = if pos + len == norm.len() { NONE } else { idx + 1 };
-            syms.push(Symbol { start: pos, len, prev, next, freeze });
+            let next = if pos + len == norm.len() {
+                NONE
+            } else {
+                idx + 1
+            };
+            syms.push(Symbol {
+                start: pos,
+                len,
+                prev,
+                next,
+                freeze,
+            });
             pos += len;
         }
 
@@ -288,7 +318,12 @@ impl Spm {
         let start = syms[l].start;
         let size = syms[l].len + syms[r].len;
         if let Some(&id) = self.mergeable.get(&norm[start..start + size]) {
-            heap.push(Candidate { score: v.scores[id as usize], left: l, right: r, size });
+            heap.push(Candidate {
+                score: v.scores[id as usize],
+                left: l,
+                right: r,
+                size,
+            });
             if self.has_unused && v.types[id as usize] == TokenType::Unused {
                 rev_merge.insert(id, syms[l].len);
             }
@@ -296,7 +331,15 @@ impl Spm {
     }
 
     /// Emit the ids of one final symbol, splitting UNUSED pieces back into their parts.
-    fn resegment(&self, v: &Vocab, norm: &str, start: usize, len: usize, rev_merge: &Map<u32, usize>, out: &mut Vec<u32>) {
+    fn resegment(
+        &self,
+        v: &Vocab,
+        norm: &str,
+        start: usize,
+        len: usize,
+        rev_merge: &Map<u32, usize>,
+        out: &mut Vec<u32>,
+    ) {
         let w = &norm[start..start + len];
         let id = self.piece_to_id(w);
         if let Some(id) = id {
@@ -331,7 +374,11 @@ impl Spm {
 /// escape_whitespaces on, treat_whitespace_as_suffix off).
 fn normalize(v: &Vocab, text: &str) -> String {
     let rew = v.remove_extra_whitespaces;
-    let input = if rew { text.trim_start_matches(' ') } else { text };
+    let input = if rew {
+        text.trim_start_matches(' ')
+    } else {
+        text
+    };
     if input.is_empty() {
         return String::new();
     }

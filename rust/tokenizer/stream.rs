@@ -74,13 +74,23 @@ impl Default for StreamDecoder {
 
 impl StreamDecoder {
     pub fn new() -> Self {
-        StreamDecoder { pending: Vec::new(), is_bos_ws: true, bos_ws_seen: false, any_text: false }
+        StreamDecoder {
+            pending: Vec::new(),
+            is_bos_ws: true,
+            bos_ws_seen: false,
+            any_text: false,
+        }
     }
 
     /// A decoder for text that continues earlier text (generation after a prompt): the first
     /// piece keeps its leading space, as it would in the middle of `decode`.
     pub fn continuing() -> Self {
-        StreamDecoder { pending: Vec::new(), is_bos_ws: false, bos_ws_seen: false, any_text: true }
+        StreamDecoder {
+            pending: Vec::new(),
+            is_bos_ws: false,
+            bos_ws_seen: false,
+            any_text: true,
+        }
     }
 
     /// Text made printable by token `id` (often empty).
@@ -99,7 +109,9 @@ impl StreamDecoder {
 
     /// Like `push`, appending to `out`.
     pub fn push_into(&mut self, tok: &Tokenizer, id: u32, out: &mut String) {
-        let Some(&kind) = tok.decode_kind.get(id as usize) else { return };
+        let Some(&kind) = tok.decode_kind.get(id as usize) else {
+            return;
+        };
         match kind {
             DecodeKind::Byte(b) => {
                 self.pending.push(b);
@@ -112,8 +124,10 @@ impl StreamDecoder {
                 }
                 let surface = tok.surfaces[id as usize].as_str();
                 let (text, seen) = match kind {
-                    DecodeKind::Text { leading_space: true }
-                        if self.is_bos_ws && (tok.add_space_prefix() || tok.remove_extra_whitespaces()) =>
+                    DecodeKind::Text {
+                        leading_space: true,
+                    } if self.is_bos_ws
+                        && (tok.add_space_prefix() || tok.remove_extra_whitespaces()) =>
                     {
                         // `▁` became one ' ' at the start of the surface.
                         (&surface[1..], !tok.remove_extra_whitespaces())
@@ -162,4 +176,3 @@ impl StreamDecoder {
         }
     }
 }
-

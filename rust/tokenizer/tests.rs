@@ -23,11 +23,22 @@ fn build(extra: &[(&str, f32, TokenType)], bytes: bool, rew: bool) -> Tokenizer 
         types.push(t);
     }
     let (bos, eos, unk) = (Some(1), Some(2), Some(0));
-    Tokenizer::new(Vocab { scores, types, bos, eos, unk, remove_extra_whitespaces: rew, ..Vocab::new(tokens) }).unwrap()
+    Tokenizer::new(Vocab {
+        scores,
+        types,
+        bos,
+        eos,
+        unk,
+        remove_extra_whitespaces: rew,
+        ..Vocab::new(tokens)
+    })
+    .unwrap()
 }
 
 fn pieces(t: &Tokenizer, ids: &[u32]) -> Vec<String> {
-    ids.iter().map(|&i| t.piece(i).unwrap().to_string()).collect()
+    ids.iter()
+        .map(|&i| t.piece(i).unwrap().to_string())
+        .collect()
 }
 
 fn basic() -> Tokenizer {
@@ -63,9 +74,20 @@ fn merges_highest_score_first() {
 
 #[test]
 fn ties_go_to_the_leftmost_pair() {
-    let t = build(&[("▁", -1.0, NORMAL), ("a", -1.0, NORMAL), ("aa", -2.0, NORMAL)], true, false);
+    let t = build(
+        &[
+            ("▁", -1.0, NORMAL),
+            ("a", -1.0, NORMAL),
+            ("aa", -2.0, NORMAL),
+        ],
+        true,
+        false,
+    );
     assert_eq!(pieces(&t, &t.encode("aaa", false)), ["▁", "aa", "a"]);
-    assert_eq!(pieces(&t, &t.encode("aaaaa", false)), ["▁", "aa", "aa", "a"]);
+    assert_eq!(
+        pieces(&t, &t.encode("aaaaa", false)),
+        ["▁", "aa", "aa", "a"]
+    );
 }
 
 #[test]
@@ -75,7 +97,10 @@ fn byte_fallback_and_multibyte() {
     // 'ü' (C3 BC) is not a piece.
     assert_eq!(pieces(&t, &t.encode("ü", false)), ["▁", "<0xC3>", "<0xBC>"]);
     // An emoji: four bytes.
-    assert_eq!(pieces(&t, &t.encode("🦙", false)), ["▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]);
+    assert_eq!(
+        pieces(&t, &t.encode("🦙", false)),
+        ["▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]
+    );
     assert_eq!(t.decode(&t.encode("aü🦙é", false)).unwrap(), "aü🦙é");
 }
 
@@ -95,15 +120,34 @@ fn empty_and_spaces() {
     assert_eq!(pieces(&t, &t.encode(" ", false)), ["▁▁"]);
     assert_eq!(pieces(&t, &t.encode("  ", false)), ["▁▁", "▁"]);
     assert_eq!(t.decode(&t.encode("  ", false)).unwrap(), "  ");
-    let r = build(&[("▁", -1.0, NORMAL), ("a", -1.0, NORMAL), ("b", -1.0, NORMAL)], true, true);
+    let r = build(
+        &[
+            ("▁", -1.0, NORMAL),
+            ("a", -1.0, NORMAL),
+            ("b", -1.0, NORMAL),
+        ],
+        true,
+        true,
+    );
     assert_eq!(r.encode("   ", false), Vec::<u32>::new());
     assert_eq!(r.encode("", true), vec![1]);
 }
 
 #[test]
 fn remove_extra_whitespaces() {
-    let r = build(&[("▁", -1.0, NORMAL), ("a", -1.0, NORMAL), ("b", -1.0, NORMAL)], true, true);
-    assert_eq!(pieces(&r, &r.encode("  a    b  ", false)), ["▁", "a", "▁", "b"]);
+    let r = build(
+        &[
+            ("▁", -1.0, NORMAL),
+            ("a", -1.0, NORMAL),
+            ("b", -1.0, NORMAL),
+        ],
+        true,
+        true,
+    );
+    assert_eq!(
+        pieces(&r, &r.encode("  a    b  ", false)),
+        ["▁", "a", "▁", "b"]
+    );
     // Tabs are not spaces for the identity normalizer.
     assert_eq!(pieces(&r, &r.encode("\ta", false)), ["▁", "<0x09>", "a"]);
     // A literal ▁ at the end is stripped like a space.
@@ -158,9 +202,16 @@ fn user_defined_pieces_are_atomic() {
 
 #[test]
 fn types_inferred_when_missing() {
-    let tokens: Vec<String> =
-        ["<unk>", "<s>", "</s>", "<0x41>", "▁", "b"].iter().map(|s| s.to_string()).collect();
-    let t = Tokenizer::new(Vocab { bos: Some(1), eos: Some(2), ..Vocab::new(tokens) }).unwrap();
+    let tokens: Vec<String> = ["<unk>", "<s>", "</s>", "<0x41>", "▁", "b"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let t = Tokenizer::new(Vocab {
+        bos: Some(1),
+        eos: Some(2),
+        ..Vocab::new(tokens)
+    })
+    .unwrap();
     assert_eq!(t.unk(), Some(0));
     assert_eq!(t.token_type(3), Some(TokenType::Byte));
     assert_eq!(t.token_type(1), Some(TokenType::Control));
@@ -172,13 +223,29 @@ fn types_inferred_when_missing() {
 fn constructor_errors() {
     let v = |n: usize| (0..n).map(|i| format!("p{i}")).collect::<Vec<_>>();
     let f = |r: Result<Tokenizer>| matches!(r, Err(Error::Format(_)));
-    let gguf_types = |raw: &[i32]| Vocab::new(v(3)).with_gguf_types(raw).and_then(Tokenizer::new);
+    let gguf_types = |raw: &[i32]| {
+        Vocab::new(v(3))
+            .with_gguf_types(raw)
+            .and_then(Tokenizer::new)
+    };
     assert!(f(Tokenizer::new(Vocab::new(vec![]))));
-    assert!(f(Tokenizer::new(Vocab { scores: vec![0.0; 2], ..Vocab::new(v(3)) })));
+    assert!(f(Tokenizer::new(Vocab {
+        scores: vec![0.0; 2],
+        ..Vocab::new(v(3))
+    })));
     assert!(f(gguf_types(&[1; 4])));
-    assert!(f(Tokenizer::new(Vocab { bos: Some(3), ..Vocab::new(v(3)) })));
-    assert!(f(Tokenizer::new(Vocab { eos: Some(9), ..Vocab::new(v(3)) })));
-    assert!(f(Tokenizer::new(Vocab { unk: Some(3), ..Vocab::new(v(3)) })));
+    assert!(f(Tokenizer::new(Vocab {
+        bos: Some(3),
+        ..Vocab::new(v(3))
+    })));
+    assert!(f(Tokenizer::new(Vocab {
+        eos: Some(9),
+        ..Vocab::new(v(3))
+    })));
+    assert!(f(Tokenizer::new(Vocab {
+        unk: Some(3),
+        ..Vocab::new(v(3))
+    })));
     assert!(f(gguf_types(&[1, 9, 1])));
     assert!(f(gguf_types(&[1, 6, 1])));
     assert!(Tokenizer::new(Vocab::new(v(3))).is_ok());
@@ -218,8 +285,14 @@ fn decode_invalid_utf8_per_byte() {
     assert_eq!(t.decode(&ids).unwrap(), "\u{FFFD}\u{FFFD}\u{FFFD}a");
     // Overlong / surrogate / stray continuation bytes.
     assert_eq!(t.decode(&[by(0xC0), by(0x80)]).unwrap(), "\u{FFFD}\u{FFFD}");
-    assert_eq!(t.decode(&[by(0xED), by(0xA0), by(0x80)]).unwrap(), "\u{FFFD}\u{FFFD}\u{FFFD}");
-    assert_eq!(t.decode(&[by(0xE2), by(0x82), by(0x41)]).unwrap(), "\u{FFFD}\u{FFFD}A");
+    assert_eq!(
+        t.decode(&[by(0xED), by(0xA0), by(0x80)]).unwrap(),
+        "\u{FFFD}\u{FFFD}\u{FFFD}"
+    );
+    assert_eq!(
+        t.decode(&[by(0xE2), by(0x82), by(0x41)]).unwrap(),
+        "\u{FFFD}\u{FFFD}A"
+    );
     assert_eq!(t.decode(&[by(0xE2), by(0x82), by(0xAC)]).unwrap(), "€");
 }
 
@@ -248,7 +321,18 @@ fn stream_decoder_holds_split_characters() {
 
 #[test]
 fn stream_equals_decode_on_random_ids() {
-    for t in [basic(), build(&[("▁", -1.0, NORMAL), ("▁▁", -1.0, NORMAL), ("x", 0.0, NORMAL)], true, true)] {
+    for t in [
+        basic(),
+        build(
+            &[
+                ("▁", -1.0, NORMAL),
+                ("▁▁", -1.0, NORMAL),
+                ("x", 0.0, NORMAL),
+            ],
+            true,
+            true,
+        ),
+    ] {
         let n = t.n_vocab() as u64;
         let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut rnd = || {
@@ -265,7 +349,10 @@ fn stream_equals_decode_on_random_ids() {
                     // Favour the text pieces and a few interesting bytes.
                     match r % 4 {
                         0 => (r / 4 % n) as u32,
-                        1 => 3 + [0xE2u32, 0x82, 0xAC, 0xF0, 0x9F, 0xA6, 0x41, 0xC3][(r / 4 % 8) as usize],
+                        1 => {
+                            3 + [0xE2u32, 0x82, 0xAC, 0xF0, 0x9F, 0xA6, 0x41, 0xC3]
+                                [(r / 4 % 8) as usize]
+                        }
                         _ => (259 + r / 4 % (n - 259)) as u32,
                     }
                 })
