@@ -531,3 +531,97 @@ impl LegacyFile {
         &self.maps[0]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ggjt v3 file: 2-piece vocab, a 4 x 2 f32 embedding and a 4-element norm.
+    fn sample() -> (Vec<u8>, Vec<usize>) {
+        let mut b = Vec::new();
+        let i32s = |b: &mut Vec<u8>, xs: &[i32]| {
+            xs.iter()
+                .for_each(|x| b.extend_from_slice(&x.to_le_bytes()))
+        };
+        b.extend_from_slice(&MAGIC_GGJT.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        i32s(&mut b, &[2, 4, 1, 1, 1, 4, 0]);
+        for piece in [&b"a"[..], b" b"] {
+            i32s(&mut b, &[piece.len() as i32]);
+            b.extend_from_slice(piece);
+            b.extend_from_slice(&(-1.5f32).to_le_bytes());
+        }
+        let mut ends = Vec::new();
+        for (name, ne) in [
+            ("tok_embeddings.weight", &[4, 2][..]),
+            ("norm.weight", &[4][..]),
+        ] {
+            i32s(&mut b, &[ne.len() as i32, name.len() as i32, 0]);
+            i32s(&mut b, ne);
+            b.extend_from_slice(name.as_bytes());
+            b.resize(b.len().next_multiple_of(32), 0);
+            let n: i32 = ne.iter().product();
+            b.extend((0..n * 4).map(|i| i as u8));
+            ends.push(b.len());
+        }
+        (b, ends)
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<LegacyFile> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "llama_rs_legacy_test_{}_{n}.bin",
+            std::process::id()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        let r = LegacyFile::open(&path);
+        std::fs::remove_file(&path).ok();
+        r
+    }
+
+    #[test]
+    fn reads_a_ggjt_file() {
+        let (bytes, _) = sample();
+        let f = open_bytes(&bytes).unwrap();
+        assert_eq!(f.format, Format::Ggjt(3));
+        assert_eq!(f.hparams.n_embd, 4);
+        assert_eq!(f.vocab, vec![(b"a".to_vec(), -1.5), (b" b".to_vec(), -1.5)]);
+        let t = f.tensor("tok_embeddings.weight").unwrap();
+        assert_eq!(
+            (t.ne.clone(), t.split, t.type_name()),
+            (vec![4, 2], Split::Whole, "F32".to_string())
+        );
+        assert_eq!(f.part_bytes(t)[0], &(0..32u8).collect::<Vec<_>>()[..]);
+        assert_eq!(t.ranges[0].start % 32, 0);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_or_a_shorter_file() {
+        let (bytes, ends) = sample();
+        for n in 0..bytes.len() {
+            match open_bytes(&bytes[..n]) {
+                // Tensors run to the end of the file: a cut right after the first one leaves a
+                // file that holds just that tensor.
+                Ok(f) => assert!(
+                    n == ends[0] && f.tensors.len() == 1,
+                    "truncated at {n} loaded"
+                ),
+                Err(e) => assert!(matches!(e, Error::Format(_) | Error::Io(_)), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_counts_do_not_allocate() {
+        let (mut bytes, _) = sample();
+        bytes[8..12].copy_from_slice(&(1i32 << 24).to_le_bytes()); // n_vocab
+        let e = open_bytes(&bytes).err().unwrap().to_string();
+        assert!(e.contains("larger than the file can hold"), "{e}");
+        let (mut bytes, _) = sample();
+        bytes[8 + 28..8 + 32].copy_from_slice(&i32::MAX.to_le_bytes()); // first piece's length
+        let e = open_bytes(&bytes).err().unwrap().to_string();
+        assert!(e.contains("impossible length"), "{e}");
+    }
+}

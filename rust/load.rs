@@ -461,7 +461,7 @@ pub fn meta_name(gguf: &str) -> Option<String> {
 }
 
 /// The type the engine computes with for a stored legacy type. ggml, ggmf, ggjt v1 and v2
-/// blocks keep their f32 scales (`Q4_0F32`, ...: see quant/legacy.rs for why not f16);
+/// blocks keep their f32 scales (`Q4_0F32`, ...: see quant/f32_scale.rs for why not f16);
 /// ggjt v3 blocks are today's.
 fn legacy_type(f: &LegacyFile, raw_type: u32) -> GgmlType {
     match (raw_type, f.format.f16_scales()) {
@@ -546,4 +546,49 @@ fn repack_nibbles(bytes: &mut [u8], ty: GgmlType) {
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dominant_type_counts_matrices_only_and_keeps_file_order_on_ties() {
+        let t = |ty: &str, n_dims, n| (ty.to_string(), n_dims, n);
+        let ts = [
+            t("F32", 1, 1000),
+            t("Q4_0", 2, 64),
+            t("Q8_0", 2, 64),
+            t("Q8_0", 2, 1),
+        ];
+        assert_eq!(dominant_type(ts.clone().into_iter()), "Q8_0");
+        assert_eq!(dominant_type(ts.clone().into_iter().take(3)), "Q4_0");
+        assert_eq!(dominant_type(ts.into_iter().take(1)), "F32");
+    }
+
+    #[test]
+    fn shapes_allow_trailing_ones_only() {
+        assert!(check_shape("f", "t", &[8, 1], &[8]).is_ok());
+        assert!(check_shape("f", "t", &[8, 4], &[8, 4]).is_ok());
+        let e = check_shape("f", "t", &[4, 8], &[8, 4])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f: tensor t has shape [4, 8], expected [8, 4]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn meta_names() {
+        assert_eq!(
+            meta_name("token_embd.weight").as_deref(),
+            Some("tok_embeddings.weight")
+        );
+        assert_eq!(
+            meta_name("blk.7.ffn_up.weight").as_deref(),
+            Some("layers.7.feed_forward.w3.weight")
+        );
+        assert_eq!(meta_name("blk.7.nothing.weight"), None);
+    }
 }
