@@ -540,6 +540,52 @@ mod tests {
         }
     }
 
+    /// Every listed family (the f32-scale ones too) through the byte-level functions: sizes
+    /// from the block struct, and every path of the dispatch with the scalar reference's bits,
+    /// ragged groups included.
+    #[test]
+    fn every_listed_family_dispatches_alike() {
+        let mut rng = Rng::new(21);
+        for &t in GgmlType::LISTED {
+            assert_eq!(t.row_bytes(t.block_size()), Some(t.type_size()), "{t}");
+            assert_eq!(t.is_gguf(), GgmlType::ALL.contains(&t), "{t}");
+            for nb in [0, 1, 7, 8, 9, 23] {
+                let n = nb * 32;
+                let rows = 3;
+                let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.05).collect();
+                let mut w = vec![0u8; t.row_bytes(rows * n).unwrap()];
+                quantize_row(t, &wf, &mut w);
+                let mut back = vec![0f32; rows * n];
+                dequantize_row(t, &w, &mut back);
+                assert!(back.iter().all(|v| v.is_finite()), "{t}");
+                let ps: Vec<PreparedRow> = (0..8)
+                    .map(|_| {
+                        prepare_activation(t, &(0..n).map(|_| rng.normal()).collect::<Vec<_>>())
+                    })
+                    .collect();
+                let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(t, p)).collect();
+                assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(t, p)), "{t}");
+                let rb = t.row_bytes(n).unwrap();
+                let mut out = vec![[0f32; 8]; rows];
+                vec_dot_rows(
+                    t,
+                    &w,
+                    std::array::from_fn(|k| &ps[k]),
+                    std::array::from_fn(|k| &aux[k]),
+                    &mut out,
+                );
+                for (r, o) in out.iter().enumerate() {
+                    let row = &w[r * rb..(r + 1) * rb];
+                    for (k, p) in ps.iter().enumerate() {
+                        let want = vec_dot_scalar(t, row, p);
+                        assert_eq!(vec_dot(t, row, p).to_bits(), want.to_bits(), "{t} nb {nb}");
+                        assert_eq!(o[k].to_bits(), want.to_bits(), "{t} nb {nb} rows");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn multi_row_dispatch_equals_vec_dot() {
         let mut rng = Rng::new(5);
