@@ -104,8 +104,7 @@ pub enum Split {
 #[derive(Clone, Debug)]
 pub struct LegacyTensor {
     pub name: String,
-    /// The type id in the file (0 f32, 1 f16, 2 q4_0, 3 q4_1, 7 q8_0).
-    pub raw_type: u32,
+    pub ty: StoredType,
     /// Shape of the whole tensor (the parts joined), ggml order.
     pub ne: Vec<u64>,
     pub split: Split,
@@ -119,20 +118,65 @@ impl LegacyTensor {
     }
     /// Name of the stored type ("Q4_0", ...).
     pub fn type_name(&self) -> String {
-        raw_type_name(self.raw_type)
+        self.ty.name().to_string()
     }
     pub fn n_bytes(&self) -> usize {
         self.ranges.iter().map(|r| r.len()).sum()
     }
 }
 
+/// The tensor types legacy files hold that llama-rs reads (the file's type id in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl StoredType {
+    pub fn from_id(id: u32) -> Option<StoredType> {
+        Some(match id {
+            0 => StoredType::F32,
+            1 => StoredType::F16,
+            2 => StoredType::Q4_0,
+            3 => StoredType::Q4_1,
+            7 => StoredType::Q8_0,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredType::F32 => "F32",
+            StoredType::F16 => "F16",
+            StoredType::Q4_0 => "Q4_0",
+            StoredType::Q4_1 => "Q4_1",
+            StoredType::Q8_0 => "Q8_0",
+        }
+    }
+
+    /// Bytes per block and elements per block in a file of `format` (f32 scales before
+    /// ggjt v3, f16 from it on).
+    fn block_layout(self, format: Format) -> (usize, usize) {
+        let v3 = format.f16_scales();
+        match self {
+            StoredType::F32 => (4, 1),
+            StoredType::F16 => (2, 1),
+            StoredType::Q4_0 => (if v3 { 18 } else { 20 }, 32),
+            StoredType::Q4_1 => (if v3 { 20 } else { 24 }, 32),
+            StoredType::Q8_0 => (if v3 { 34 } else { 36 }, 32),
+        }
+    }
+}
+
+/// Name of any type id a legacy file may hold (for the error about one we do not read).
 pub fn raw_type_name(id: u32) -> String {
+    if let Some(t) = StoredType::from_id(id) {
+        return t.name().into();
+    }
     match id {
-        0 => "F32".into(),
-        1 => "F16".into(),
-        2 => "Q4_0".into(),
-        3 => "Q4_1".into(),
-        7 => "Q8_0".into(),
         4 => "Q4_2".into(),
         5 => "Q4_3".into(),
         8 => "Q5_0".into(),
@@ -164,22 +208,9 @@ struct Part {
 /// A tensor as one part holds it: its shape in this part and its absolute byte range.
 struct PartTensor {
     name: String,
-    raw_type: u32,
+    ty: StoredType,
     ne: Vec<u64>,
     range: Range<usize>,
-}
-
-/// Bytes per block and elements per block of a stored type in a given format.
-fn block_layout(format: Format, raw_type: u32) -> Option<(usize, usize)> {
-    let v3 = format.f16_scales();
-    Some(match raw_type {
-        0 => (4, 1),
-        1 => (2, 1),
-        2 => (if v3 { 18 } else { 20 }, 32),
-        3 => (if v3 { 20 } else { 24 }, 32),
-        7 => (if v3 { 34 } else { 36 }, 32),
-        _ => return None,
-    })
 }
 
 fn parse_part(path: &Path, buf: &[u8]) -> Result<Part> {
@@ -306,12 +337,13 @@ fn read_tensor(r: &mut Reader, format: Format, i: usize) -> Result<PartTensor> {
         ne.push(d as u64);
     }
     let name = String::from_utf8_lossy(r.take(name_len as u64, "a tensor name")?).into_owned();
-    let Some((bb, bs)) = block_layout(format, raw_type) else {
+    let Some(ty) = StoredType::from_id(raw_type) else {
         return r.err(&format!(
             "tensor {name:?} has type {} which llama-rs does not read (legacy files: F32, F16, Q4_0, Q4_1, Q8_0)",
             raw_type_name(raw_type)
         ));
     };
+    let (bb, bs) = ty.block_layout(format);
     if format.aligned() {
         let pad = (32 - r.pos() % 32) % 32;
         r.take(pad as u64, &format!("the padding before tensor {name:?}"))?;
@@ -330,14 +362,14 @@ fn read_tensor(r: &mut Reader, format: Format, i: usize) -> Result<PartTensor> {
     let Some(n_bytes) = n_bytes.filter(|&b| b <= r.remaining() as u64) else {
         return r.err(&format!(
             "data of tensor {name:?} ({n} elements of {}) runs past the end of the file: the file is truncated or corrupt",
-            raw_type_name(raw_type)
+            ty.name()
         ));
     };
     let start = r.pos();
     r.take(n_bytes, "tensor data")?;
     Ok(PartTensor {
         name,
-        raw_type,
+        ty,
         ne,
         range: start..r.pos(),
     })
@@ -436,7 +468,7 @@ fn open_part(
             .tensors
             .iter()
             .zip(&first.tensors)
-            .any(|(a, b)| a.name != b.name || a.raw_type != b.raw_type || a.ne != b.ne)
+            .any(|(a, b)| a.name != b.name || a.ty != b.ty || a.ne != b.ne)
     {
         return format_err(format!("{ps}: its tensors (names, types or shapes) differ from those of the first part {shown}"));
     }
@@ -451,13 +483,7 @@ fn join_tensors(
     let n_parts = parts.len();
     let mut tensors = Vec::with_capacity(parts[0].tensors.len());
     let mut index = HashMap::new();
-    for (
-        i,
-        PartTensor {
-            name, raw_type, ne, ..
-        },
-    ) in parts[0].tensors.iter().enumerate()
-    {
+    for (i, PartTensor { name, ty, ne, .. }) in parts[0].tensors.iter().enumerate() {
         let split = split_of(name, ne.len(), n_parts);
         let mut full = ne.clone();
         match split {
@@ -471,7 +497,7 @@ fn join_tensors(
         }
         tensors.push(LegacyTensor {
             name: name.clone(),
-            raw_type: *raw_type,
+            ty: *ty,
             ne: full,
             split,
             ranges,

@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::error::{format_err, Error, Result};
 use crate::gguf::{GgufFile, Value};
-use crate::legacy::{is_legacy_magic, LegacyFile, LegacyTensor, Split};
+use crate::legacy::{is_legacy_magic, LegacyFile, LegacyTensor, Split, StoredType};
 use crate::model::{Layer, Model};
 use crate::quant::GgmlType;
 use crate::tokenizer::{Kind, TokenType, Tokenizer, Vocab};
@@ -463,27 +463,26 @@ pub fn meta_name(gguf: &str) -> Option<String> {
 /// The type the engine computes with for a stored legacy type. ggml, ggmf, ggjt v1 and v2
 /// blocks keep their f32 scales (`Q4_0F32`, ...: see quant/f32_scale.rs for why not f16);
 /// ggjt v3 blocks are today's.
-fn legacy_type(f: &LegacyFile, raw_type: u32) -> GgmlType {
-    match (raw_type, f.format.f16_scales()) {
-        (0, _) => GgmlType::F32,
-        (1, _) => GgmlType::F16,
-        (2, true) => GgmlType::Q4_0,
-        (3, true) => GgmlType::Q4_1,
-        (7, true) => GgmlType::Q8_0,
-        (2, false) => GgmlType::Q4_0F32,
-        (3, false) => GgmlType::Q4_1F32,
-        (7, false) => GgmlType::Q8_0F32,
-        _ => unreachable!("checked at parse"),
+fn legacy_type(f: &LegacyFile, ty: StoredType) -> GgmlType {
+    match (ty, f.format.f16_scales()) {
+        (StoredType::F32, _) => GgmlType::F32,
+        (StoredType::F16, _) => GgmlType::F16,
+        (StoredType::Q4_0, true) => GgmlType::Q4_0,
+        (StoredType::Q4_1, true) => GgmlType::Q4_1,
+        (StoredType::Q8_0, true) => GgmlType::Q8_0,
+        (StoredType::Q4_0, false) => GgmlType::Q4_0F32,
+        (StoredType::Q4_1, false) => GgmlType::Q4_1F32,
+        (StoredType::Q8_0, false) => GgmlType::Q8_0F32,
     }
 }
 
 /// A legacy tensor as a weight: in place when it can be, else joined from its parts and/or
 /// with its nibbles repacked into today's order (ggml, ggmf, ggjt v1 q4 blocks).
 fn legacy_weight(f: &LegacyFile, t: &LegacyTensor) -> Weight {
-    let ty = legacy_type(f, t.raw_type);
+    let ty = legacy_type(f, t.ty);
     let cols = t.ne[0] as usize;
     let rows = (t.n_elements() / t.ne[0]) as usize;
-    let repack = ty.is_quantized() && f.format.old_nibbles() && t.raw_type != 7;
+    let repack = ty.is_quantized() && f.format.old_nibbles() && t.ty != StoredType::Q8_0;
     let data = if t.ranges.len() == 1 && !repack {
         Storage::Mapped(f.map().clone(), t.ranges[0].clone())
     } else {
