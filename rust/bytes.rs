@@ -1,9 +1,46 @@
-//! The one bounds-checked little-endian byte reader under both file readers (`gguf.rs`,
-//! `legacy.rs`). Every read checks the length first; running past the end is an
-//! `Error::Format` naming the file, what was being read and the byte offset, never a panic.
+//! Model files as bytes, for both file readers (`gguf.rs`, `legacy.rs`): mapped read-only
+//! ([`map_file`]) and read through the one bounds-checked little-endian [`Reader`]. Every read
+//! checks the length first; running past the end is an `Error::Format` naming the file, what
+//! was being read and the byte offset, never a panic.
 
-use crate::error::{format_err, Result};
+use crate::error::{format_err, Error, Result};
+use memmap2::Mmap;
+use std::fs::File;
 use std::path::Path;
+
+/// Map a file read-only; clear errors for missing files and directories.
+pub fn map_file(path: &Path) -> Result<Mmap> {
+    let shown = path.display();
+    if path.is_dir() {
+        return Err(Error::Io(format!(
+            "{shown}: is a directory, not a model file"
+        )));
+    }
+    let file = File::open(path).map_err(|e| Error::Io(format!("{shown}: cannot open: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::Io(format!("{shown}: cannot stat: {e}")))?
+        .len();
+    if len == 0 {
+        return format_err(format!("{shown}: file is empty"));
+    }
+    // SAFETY: the map is read-only; a file truncated under us by another process would fault,
+    // as with every mmap-based loader (llama.cpp included).
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::Io(format!("{shown}: cannot map: {e}")))
+}
+
+/// The first bytes of a file (empty if it cannot be read: the real open reports why).
+pub fn read_head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = vec![0u8; 8];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => {
+            head.truncate(n);
+            head
+        }
+        Err(_) => Vec::new(),
+    }
+}
 
 pub struct Reader<'a> {
     buf: &'a [u8],

@@ -6,12 +6,11 @@
 //! before it is trusted, so a truncated or hostile file is an error, never a panic or a huge
 //! allocation.
 
-use crate::bytes::Reader;
+use crate::bytes::{map_file, Reader};
 use crate::error::{format_err, Error, Result};
 use crate::quant::GgmlType;
 use memmap2::Mmap;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -184,27 +183,6 @@ pub struct GgufFile {
     index: HashMap<String, usize>,
     meta_index: HashMap<String, usize>,
     mmap: Arc<Mmap>,
-}
-
-/// Map a file read-only; clear errors for missing files and directories.
-pub fn map_file(path: &Path) -> Result<Mmap> {
-    let shown = path.display();
-    if path.is_dir() {
-        return Err(Error::Io(format!(
-            "{shown}: is a directory, not a model file"
-        )));
-    }
-    let file = File::open(path).map_err(|e| Error::Io(format!("{shown}: cannot open: {e}")))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::Io(format!("{shown}: cannot stat: {e}")))?
-        .len();
-    if len == 0 {
-        return format_err(format!("{shown}: file is empty"));
-    }
-    // SAFETY: the map is read-only; a file truncated under us by another process would fault,
-    // as with every mmap-based loader (llama.cpp included).
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::Io(format!("{shown}: cannot map: {e}")))
 }
 
 /// A string: u64 length, then that many bytes (checked against the rest of the file).

@@ -1,10 +1,11 @@
 //! What `llama-rs info` shows about a model file of any supported format, without loading
 //! the weights: format and version, hyperparameters, vocab size, tensors.
 
+use crate::bytes::read_head;
 use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 use crate::legacy::{is_legacy_magic, LegacyFile};
-use crate::load::{legacy_metadata, read_head};
+use crate::load::legacy_metadata;
 use std::path::{Path, PathBuf};
 
 pub struct TensorRow {

@@ -9,9 +9,9 @@
 //! length and range checked against the file size). Turning that into engine weights, config
 //! and tokenizer (block repacking, joining parts, names) is `load.rs`'s job.
 
-use crate::bytes::Reader;
+use crate::bytes::{map_file, Reader};
 use crate::error::{format_err, Error, Result};
-use crate::gguf::{ggml_type_name, map_file};
+use crate::gguf::ggml_type_name;
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::ops::Range;

@@ -3,6 +3,7 @@
 //! [`Config::validate`]), a [`Tokenizer`] and the weights under their GGUF names, each shape
 //! checked against the hyperparameters.
 
+use crate::bytes::read_head;
 use crate::config::Config;
 use crate::error::{format_err, Error, Result};
 use crate::gguf::{GgufFile, Value};
@@ -100,19 +101,6 @@ impl Model {
             has_output,
             get,
         )
-    }
-}
-
-/// The first bytes of a file (empty if it cannot be read: the real open reports why).
-pub fn read_head(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut head = vec![0u8; 8];
-    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
-        Ok(n) => {
-            head.truncate(n);
-            head
-        }
-        Err(_) => Vec::new(),
     }
 }
 
