@@ -57,8 +57,7 @@ pub(crate) fn has_avx2() -> bool {
 
 /// How far ahead of the current read position the row kernels prefetch weights. Generation
 /// streams every weight once from memory, and without the hint the cores left part of their
-/// read bandwidth unused: TinyLlama-shaped Q4_0, tg 9.0 -> 12.3 tok/s on 1 thread and
-/// 16.5 -> 19.6 on 2 (A/B in one process; 1-6 KiB all helped, 2-3 KiB best).
+/// read bandwidth unused (measured in BENCHMARKS.md, issue 7: 2 KiB ahead was best).
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
 
 /// Hint that the cache lines of `[p + PREFETCH_AHEAD, .. + bytes)` will be read soon.
