@@ -13,7 +13,9 @@ use std::time::Instant;
 /// the most this machine can read, not what one access pattern gets.
 pub fn read_bandwidth(bytes: usize, threads: usize, passes: usize) -> Result<f64> {
     if bytes < 1 << 20 || threads == 0 || passes == 0 {
-        return Err(Error::Invalid("read_bandwidth needs at least 1 MiB, 1 thread and 1 pass".into()));
+        return Err(Error::Invalid(
+            "read_bandwidth needs at least 1 MiB, 1 thread and 1 pass".into(),
+        ));
     }
     // Written once, so every page is really there before the clock starts.
     let buf = vec![u64x4::splat(1); bytes / 32];
@@ -47,7 +49,9 @@ fn sum_part(c: &[u64x4], prefetch: bool) -> u64 {
             acc[k] += q[k];
         }
     }
-    rest.iter().fold(acc[0] + acc[1] + acc[2] + acc[3], |a, v| a + v).reduce_sum()
+    rest.iter()
+        .fold(acc[0] + acc[1] + acc[2] + acc[3], |a, v| a + v)
+        .reduce_sum()
 }
 
 #[cfg(test)]

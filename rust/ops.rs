@@ -3,7 +3,9 @@
 //! Matmul is the hot one: parallel over output rows with rayon, each output element reduced
 //! by exactly one thread in a fixed order, so results never depend on the thread count.
 
-use crate::quant::{has_multi_row_kernel, prepare_activation, vec_dot_rows, GgmlType, PreparedRow, RowAux, XN};
+use crate::quant::{
+    has_multi_row_kernel, prepare_activation, vec_dot_rows, GgmlType, PreparedRow, RowAux, XN,
+};
 use rayon::prelude::*;
 
 /// `x / sqrt(mean(x^2) + eps) * weight`, in place.
@@ -85,7 +87,9 @@ impl Prepared {
     /// One prepared row per `cols`-element row of `x`, for weights of type `ty`.
     pub fn new(ty: GgmlType, x: &[f32], cols: usize) -> Prepared {
         let rows: Vec<PreparedRow> = if x.len() > cols {
-            x.par_chunks(cols).map(|r| prepare_activation(ty, r)).collect()
+            x.par_chunks(cols)
+                .map(|r| prepare_activation(ty, r))
+                .collect()
         } else {
             vec![prepare_activation(ty, x)]
         };
@@ -95,12 +99,17 @@ impl Prepared {
         } else {
             vec![RowAux::default(); rows.len()]
         };
-        Prepared { quantized: ty.is_quantized(), rows, aux }
+        Prepared {
+            quantized: ty.is_quantized(),
+            rows,
+            aux,
+        }
     }
 
     /// Whether these rows serve weights of type `ty` with the fast kernels.
     pub fn serves(&self, ty: GgmlType) -> bool {
-        self.quantized == ty.is_quantized() && self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(ty, r))
+        self.quantized == ty.is_quantized()
+            && self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(ty, r))
     }
 }
 
@@ -131,9 +140,15 @@ const CHUNK: usize = 16;
 fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
     let (prepared, aux) = (&p.rows[..], &p.aux[..]);
     let (rows, cols, n) = (w.rows(), w.cols(), prepared.len());
-    assert!(prepared.iter().all(|p| p.len() == cols), "matmul input shape");
+    assert!(
+        prepared.iter().all(|p| p.len() == cols),
+        "matmul input shape"
+    );
     assert_eq!(out.len(), n * rows, "matmul output shape");
-    let row_bytes = w.ty().row_bytes(cols).expect("weight rows are whole blocks");
+    let row_bytes = w
+        .ty()
+        .row_bytes(cols)
+        .expect("weight rows are whole blocks");
     let data = w.bytes();
     let ty = w.ty();
     // Work in output-row chunks so the chunk's weight rows stay in cache while they meet
@@ -150,7 +165,13 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         // of the one-row kernel.
         let mut t = 0;
         while t < n {
-            let step = if n - t >= XN { XN } else if n - t >= 4 { 4 } else { 1 };
+            let step = if n - t >= XN {
+                XN
+            } else if n - t >= 4 {
+                4
+            } else {
+                1
+            };
             match step {
                 XN => tile::<XN>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
                 4 => tile::<4>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
@@ -165,10 +186,26 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
 /// (`n x rows`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn tile<const N: usize>(ty: GgmlType, w_rows: &[u8], n_rows: usize, xs: &[PreparedRow], aux: &[RowAux], t: usize, r0: usize, rows: usize, dst: &Disjoint) {
+fn tile<const N: usize>(
+    ty: GgmlType,
+    w_rows: &[u8],
+    n_rows: usize,
+    xs: &[PreparedRow],
+    aux: &[RowAux],
+    t: usize,
+    r0: usize,
+    rows: usize,
+    dst: &Disjoint,
+) {
     let mut res = [[0f32; N]; CHUNK];
     let res = &mut res[..n_rows];
-    vec_dot_rows(ty, w_rows, std::array::from_fn(|k| &xs[t + k]), std::array::from_fn(|k| &aux[t + k]), res);
+    vec_dot_rows(
+        ty,
+        w_rows,
+        std::array::from_fn(|k| &xs[t + k]),
+        std::array::from_fn(|k| &aux[t + k]),
+        res,
+    );
     for (j, r) in res.iter().enumerate() {
         for (k, &v) in r.iter().enumerate() {
             // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
@@ -218,26 +255,46 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
     #[test]
     fn matmul_same_with_one_and_two_threads() {
         let mut s = 7u64;
-        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ] {
             // 13 tokens: one call of 8, one of 4, one of 1.
             let (rows, cols, n) = (37, 64, 13);
             let vals: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
             let rb = ty.row_bytes(cols).unwrap();
             let mut data = vec![0u8; rb * rows];
             for r in 0..rows {
-                quantize_row(ty, &vals[r * cols..(r + 1) * cols], &mut data[r * rb..(r + 1) * rb]);
+                quantize_row(
+                    ty,
+                    &vals[r * cols..(r + 1) * cols],
+                    &mut data[r * rb..(r + 1) * rb],
+                );
             }
-            let w = Owned { ty, rows, cols, data };
+            let w = Owned {
+                ty,
+                rows,
+                cols,
+                data,
+            };
             let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut s)).collect();
             let run = |threads: usize, n: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 let mut out = vec![0.0; n * rows];
                 pool.install(|| matmul(&w, &x[..n * cols], n, &mut out));
                 out
@@ -265,9 +322,20 @@ mod tests {
                 let vals: Vec<f32> = (0..cols).map(|_| lcg(s)).collect();
                 quantize_row(ty, &vals, &mut data[r * rb..(r + 1) * rb]);
             }
-            Owned { ty, rows, cols, data }
+            Owned {
+                ty,
+                rows,
+                cols,
+                data,
+            }
         };
-        let all = [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+        let all = [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ];
         for m in [n, 1] {
             let x = &x[..m * cols];
             for pt in all {

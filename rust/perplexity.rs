@@ -32,7 +32,10 @@ pub fn chunk_nll(logits: &[f32], n_vocab: usize, tokens: &[u32], first: usize) -
 /// second half. Returns (sum of NLL, number of tokens scored).
 pub fn score_chunk(session: &mut Session, chunk: &[u32]) -> Result<(f64, usize)> {
     if chunk.len() < 4 {
-        return invalid(format!("a perplexity chunk needs at least 4 tokens, got {}", chunk.len()));
+        return invalid(format!(
+            "a perplexity chunk needs at least 4 tokens, got {}",
+            chunk.len()
+        ));
     }
     let Some(bos) = session.model.tokenizer.bos() else {
         return invalid("the model has no BOS token; llama.cpp's perplexity needs one");
@@ -42,7 +45,12 @@ pub fn score_chunk(session: &mut Session, chunk: &[u32]) -> Result<(f64, usize)>
     session.reset();
     let logits = session.eval_all(&ids)?;
     session.reset();
-    Ok(chunk_nll(&logits, session.model.config.n_vocab, chunk, chunk.len() / 2))
+    Ok(chunk_nll(
+        &logits,
+        session.model.config.n_vocab,
+        chunk,
+        chunk.len() / 2,
+    ))
 }
 
 #[cfg(test)]

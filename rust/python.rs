@@ -6,7 +6,9 @@ use crate::gguf::{GgufFile, TensorSpec, Value, ValueType};
 use crate::model::{KvType, Model};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
 use crate::sampling::{Seed, TokenLogprob};
-use crate::session::{check_token_id, check_top_n, parse_seed, Arg, BiasEntries, GenerateArgs, Generation, Session};
+use crate::session::{
+    check_token_id, check_top_n, parse_seed, Arg, BiasEntries, GenerateArgs, Generation, Session,
+};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -24,7 +26,9 @@ fn guard<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
                 .map(String::as_str)
                 .or_else(|| p.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown");
-            Err(Error::Invalid(format!("internal error in llama_rs (please report): {msg}")))
+            Err(Error::Invalid(format!(
+                "internal error in llama_rs (please report): {msg}"
+            )))
         }
     }
 }
@@ -40,7 +44,10 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         },
         Error::Invalid(m) if m.starts_with("internal error") => PyRuntimeError::new_err(m),
         Error::Invalid(m) => PyValueError::new_err(m),
-        Error::Param { name, msg } => match py.import("llama_rs.errors").and_then(|m| m.getattr("ParamError")) {
+        Error::Param { name, msg } => match py
+            .import("llama_rs.errors")
+            .and_then(|m| m.getattr("ParamError"))
+        {
             Ok(ty) => PyErr::from_type(ty.downcast_into().unwrap(), (name, msg)),
             Err(_) => PyValueError::new_err(msg),
         },
@@ -48,18 +55,22 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
 }
 
 fn repr(ob: &Bound<'_, PyAny>) -> String {
-    ob.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unprintable>".into())
+    ob.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<unprintable>".into())
 }
 
 // Arguments that never fail to convert: what does not fit becomes `Arg::Bad(repr)` and the
 // Rust check reports it as a ParamError (no OverflowError/TypeError from PyO3 itself).
 
 fn int_arg(ob: &Bound<'_, PyAny>) -> Arg<i128> {
-    ob.extract::<i128>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)
+    ob.extract::<i128>()
+        .map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)
 }
 
 fn float_arg(ob: &Bound<'_, PyAny>) -> Arg<f64> {
-    ob.extract::<f64>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)
+    ob.extract::<f64>()
+        .map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)
 }
 
 /// Any Python integer (huge ones included).
@@ -85,7 +96,10 @@ struct StopArg(Arg<Vec<String>>);
 
 impl<'py> FromPyObject<'py> for StopArg {
     fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
-        Ok(StopArg(ob.extract::<Vec<String>>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val)))
+        Ok(StopArg(
+            ob.extract::<Vec<String>>()
+                .map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val),
+        ))
     }
 }
 
@@ -93,7 +107,9 @@ impl<'py> FromPyObject<'py> for StopArg {
 /// logit_bias, only have string keys).
 fn bias_key(ob: &Bound<'_, PyAny>) -> Arg<i128> {
     match ob.extract::<String>() {
-        Ok(text) => text.parse::<i128>().map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val),
+        Ok(text) => text
+            .parse::<i128>()
+            .map_or_else(|_| Arg::Bad(repr(ob)), Arg::Val),
         Err(_) => int_arg(ob),
     }
 }
@@ -104,7 +120,11 @@ struct BiasArg(Arg<BiasEntries>);
 impl<'py> FromPyObject<'py> for BiasArg {
     fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
         Ok(BiasArg(match ob.downcast::<PyDict>() {
-            Ok(d) => Arg::Val(d.iter().map(|(k, v)| (bias_key(&k), float_arg(&v))).collect()),
+            Ok(d) => Arg::Val(
+                d.iter()
+                    .map(|(k, v)| (bias_key(&k), float_arg(&v)))
+                    .collect(),
+            ),
             Err(_) => Arg::Bad(repr(ob)),
         }))
     }
@@ -173,16 +193,31 @@ struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    fn new(py: Python<'_>, path: PathBuf, n_ctx: usize, n_threads: usize, seed: IntArg, kv_type: &str) -> PyResult<Engine> {
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        n_ctx: usize,
+        n_threads: usize,
+        seed: IntArg,
+        kv_type: &str,
+    ) -> PyResult<Engine> {
         let seed = parse_seed(&seed.0).map_err(|e| to_py(py, e))?;
         let kv = match kv_type {
             "f16" => KvType::F16,
             "f32" => KvType::F32,
-            other => return Err(PyValueError::new_err(format!("kv_type must be \"f16\" or \"f32\", got {other:?}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "kv_type must be \"f16\" or \"f32\", got {other:?}"
+                )))
+            }
         };
         let model = run(py, || Model::load(&path).map(Arc::new))?;
         let session = run(py, || Session::new(model.clone(), n_ctx, n_threads, kv))?;
-        Ok(Engine { session: Arc::new(Mutex::new(session)), model, seed })
+        Ok(Engine {
+            session: Arc::new(Mutex::new(session)),
+            model,
+            seed,
+        })
     }
 
     #[getter]
@@ -262,7 +297,10 @@ impl Engine {
     fn score(&self, py: Python<'_>, ids: Vec<IntArg>, top_n: IntArg) -> PyResult<Vec<(f64, Top)>> {
         let n_vocab = self.model.config.n_vocab;
         let checked = || -> Result<(Vec<u32>, usize), Error> {
-            let ids = ids.iter().map(|a| check_token_id(&a.0, n_vocab)).collect::<Result<Vec<_>, _>>()?;
+            let ids = ids
+                .iter()
+                .map(|a| check_token_id(&a.0, n_vocab))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok((ids, check_top_n(&top_n.0, n_vocab)?))
         };
         let (ids, top_n) = checked().map_err(|e| to_py(py, e))?;
@@ -272,7 +310,12 @@ impl Engine {
     }
 
     /// Evaluate ids after the cache; returns (logits bytes as f32, rows).
-    fn eval<'py>(&self, py: Python<'py>, ids: Vec<u32>, all_logits: bool) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    fn eval<'py>(
+        &self,
+        py: Python<'py>,
+        ids: Vec<u32>,
+        all_logits: bool,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
         let session = self.session.clone();
         let logits = run(py, move || {
             let mut s = lock(&session);
@@ -294,7 +337,9 @@ impl Engine {
     /// Perplexity of one chunk (llama.cpp's method): (sum of NLL, tokens scored). Empties the cache.
     fn perplexity_chunk(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<(f64, usize)> {
         let session = self.session.clone();
-        run(py, move || crate::perplexity::score_chunk(&mut lock(&session), &ids))
+        run(py, move || {
+            crate::perplexity::score_chunk(&mut lock(&session), &ids)
+        })
     }
 
     fn n_past(&self) -> usize {
@@ -325,10 +370,22 @@ impl Engine {
         logprobs: Option<IntArg>,
     ) -> PyResult<GenerationIter> {
         let args = generate_args(
-            max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, presence_penalty, frequency_penalty, logit_bias,
+            max_tokens,
+            top_k,
+            top_p,
+            temp,
+            repeat_penalty,
+            repeat_lastn,
+            seed,
+            stop,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
             logprobs,
         );
-        let mut params = args.validate(Some(self.model.config.n_vocab)).map_err(|e| to_py(py, e))?;
+        let mut params = args
+            .validate(Some(self.model.config.n_vocab))
+            .map_err(|e| to_py(py, e))?;
         params.seed.get_or_insert(self.seed);
         let session = self.session.clone();
         let model = self.model.clone();
@@ -340,7 +397,10 @@ impl Engine {
             let mut s = lock(&session);
             Generation::start(&mut s, &ids, params)
         })?;
-        Ok(GenerationIter { session: self.session.clone(), generation: Mutex::new(generation) })
+        Ok(GenerationIter {
+            session: self.session.clone(),
+            generation: Mutex::new(generation),
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -388,21 +448,35 @@ impl GenerationIter {
     /// [(id, logprob, [(id, logprob)] top alternatives)] of the tokens generated since the
     /// last call (empty unless started with logprobs).
     fn take_logprobs(&self) -> Vec<(u32, f64, Top)> {
-        let taken = self.generation.lock().unwrap_or_else(|p| p.into_inner()).take_logprobs();
+        let taken = self
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_logprobs();
         taken.into_iter().map(logprob_tuple).collect()
     }
 
     #[getter]
     fn finish_reason(&self) -> Option<&'static str> {
-        self.generation.lock().unwrap_or_else(|p| p.into_inner()).finish.map(|f| f.as_str())
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish
+            .map(|f| f.as_str())
     }
     #[getter]
     fn generated(&self) -> usize {
-        self.generation.lock().unwrap_or_else(|p| p.into_inner()).generated
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generated
     }
     #[getter]
     fn prompt_tokens(&self) -> usize {
-        self.generation.lock().unwrap_or_else(|p| p.into_inner()).prompt_tokens
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prompt_tokens
     }
 }
 
@@ -416,7 +490,9 @@ struct TokenizerFile {
 impl TokenizerFile {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<TokenizerFile> {
-        let tok = run(py, || crate::load::tokenizer_from_gguf(&GgufFile::open(&path)?))?;
+        let tok = run(py, || {
+            crate::load::tokenizer_from_gguf(&GgufFile::open(&path)?)
+        })?;
         Ok(TokenizerFile { tok })
     }
 
@@ -485,7 +561,14 @@ fn typed_metadata<'py>(py: Python<'py>, meta: &[(String, Value)]) -> PyResult<Bo
     let d = PyDict::new(py);
     for (k, v) in meta {
         let typed = match v {
-            Value::Array(elem, _) => PyTuple::new(py, [(*elem as u32).into_pyobject(py)?.into_any(), value_to_py(py, v)?])?.into_any(),
+            Value::Array(elem, _) => PyTuple::new(
+                py,
+                [
+                    (*elem as u32).into_pyobject(py)?.into_any(),
+                    value_to_py(py, v)?,
+                ],
+            )?
+            .into_any(),
             _ => value_to_py(py, v)?,
         };
         d.set_item(k, (v.value_type() as u32, typed))?;
@@ -500,21 +583,42 @@ fn gguf_read<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyTuple
     let f = run(py, || GgufFile::open(&path))?;
     let tensors = PyList::empty(py);
     for t in &f.tensors {
-        tensors.append((t.name.clone(), t.dims.clone(), t.ty.name(), t.offset, t.range.len()))?;
+        tensors.append((
+            t.name.clone(),
+            t.dims.clone(),
+            t.ty.name(),
+            t.offset,
+            t.range.len(),
+        ))?;
     }
-    PyTuple::new(py, [f.version.into_pyobject(py)?.into_any(), f.alignment.into_pyobject(py)?.into_any(), typed_metadata(py, &f.metadata)?.into_any(), tensors.into_any()])
+    PyTuple::new(
+        py,
+        [
+            f.version.into_pyobject(py)?.into_any(),
+            f.alignment.into_pyobject(py)?.into_any(),
+            typed_metadata(py, &f.metadata)?.into_any(),
+            tensors.into_any(),
+        ],
+    )
 }
 
 /// Raw bytes of one tensor of a GGUF file.
 #[pyfunction]
-fn gguf_tensor_bytes<'py>(py: Python<'py>, path: PathBuf, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+fn gguf_tensor_bytes<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    name: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
     let f = run(py, || GgufFile::open(&path))?;
-    let t = f.tensor(name).ok_or_else(|| PyValueError::new_err(format!("{}: no tensor {name:?}", path.display())))?;
+    let t = f
+        .tensor(name)
+        .ok_or_else(|| PyValueError::new_err(format!("{}: no tensor {name:?}", path.display())))?;
     Ok(PyBytes::new(py, f.tensor_data(t)))
 }
 
 fn value_from_py(ty: u32, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
-    let vt = ValueType::from_id(ty).ok_or_else(|| PyValueError::new_err(format!("unknown GGUF value type {ty}")))?;
+    let vt = ValueType::from_id(ty)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown GGUF value type {ty}")))?;
     Ok(match vt {
         ValueType::U8 => Value::U8(obj.extract()?),
         ValueType::I8 => Value::I8(obj.extract()?),
@@ -530,8 +634,12 @@ fn value_from_py(ty: u32, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
         ValueType::String => Value::String(obj.extract()?),
         ValueType::Array => {
             let (elem, items): (u32, Vec<Bound<'_, PyAny>>) = obj.extract()?;
-            let et = ValueType::from_id(elem).ok_or_else(|| PyValueError::new_err(format!("unknown GGUF value type {elem}")))?;
-            let vals = items.iter().map(|it| value_from_py(elem, it)).collect::<PyResult<Vec<_>>>()?;
+            let et = ValueType::from_id(elem)
+                .ok_or_else(|| PyValueError::new_err(format!("unknown GGUF value type {elem}")))?;
+            let vals = items
+                .iter()
+                .map(|it| value_from_py(elem, it))
+                .collect::<PyResult<Vec<_>>>()?;
             Value::Array(et, vals)
         }
     })
@@ -540,17 +648,27 @@ fn value_from_py(ty: u32, obj: &Bound<'_, PyAny>) -> PyResult<Value> {
 /// Write a GGUF v3 file: metadata [(key, type_id, value)] (arrays: (9, (elem_type, [..]))),
 /// tensors [(name, dims, type_name, bytes)].
 #[pyfunction]
-fn gguf_write(py: Python<'_>, path: PathBuf, metadata: Vec<(String, u32, Bound<'_, PyAny>)>, tensors: Vec<(String, Vec<u64>, String, Vec<u8>)>) -> PyResult<()> {
+fn gguf_write(
+    py: Python<'_>,
+    path: PathBuf,
+    metadata: Vec<(String, u32, Bound<'_, PyAny>)>,
+    tensors: Vec<(String, Vec<u64>, String, Vec<u8>)>,
+) -> PyResult<()> {
     let meta = metadata
         .iter()
         .map(|(k, t, v)| Ok((k.clone(), value_from_py(*t, v)?)))
         .collect::<PyResult<Vec<_>>>()?;
     let mut specs = Vec::new();
     for (name, dims, ty, _) in &tensors {
-        specs.push(TensorSpec { name: name.clone(), dims: dims.clone(), ty: type_by_name(ty)? });
+        specs.push(TensorSpec {
+            name: name.clone(),
+            dims: dims.clone(),
+            ty: type_by_name(ty)?,
+        });
     }
     run(py, move || {
-        let file = std::fs::File::create(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let file = std::fs::File::create(&path)
+            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
         let mut w = crate::gguf::GgufWriter::new(std::io::BufWriter::new(file), &meta, specs)?;
         for (_, _, _, bytes) in &tensors {
             w.write_tensor(bytes)?;
@@ -560,23 +678,44 @@ fn gguf_write(py: Python<'_>, path: PathBuf, metadata: Vec<(String, u32, Bound<'
 }
 
 fn type_by_name(name: &str) -> PyResult<GgmlType> {
-    [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0]
-        .into_iter()
-        .find(|t| t.name().eq_ignore_ascii_case(name))
-        .ok_or_else(|| PyValueError::new_err(format!("unknown tensor type {name:?} (F32, F16, Q4_0, Q4_1, Q8_0)")))
+    [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+    ]
+    .into_iter()
+    .find(|t| t.name().eq_ignore_ascii_case(name))
+    .ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "unknown tensor type {name:?} (F32, F16, Q4_0, Q4_1, Q8_0)"
+        ))
+    })
 }
 
 fn check_row(ty: GgmlType, n: usize) -> PyResult<usize> {
     ty.row_bytes(n).ok_or_else(|| {
-        PyValueError::new_err(format!("{} rows need a multiple of {} values, got {n}", ty.name(), ty.block_size()))
+        PyValueError::new_err(format!(
+            "{} rows need a multiple of {} values, got {n}",
+            ty.name(),
+            ty.block_size()
+        ))
     })
 }
 
 /// Quantize f32 values (little-endian bytes) into blocks of `type_name`.
 #[pyfunction]
-fn quantize<'py>(py: Python<'py>, type_name: &str, values: Vec<u8>) -> PyResult<Bound<'py, PyBytes>> {
+fn quantize<'py>(
+    py: Python<'py>,
+    type_name: &str,
+    values: Vec<u8>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let ty = type_by_name(type_name)?;
-    let x: Vec<f32> = values.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let x: Vec<f32> = values
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let mut out = vec![0u8; check_row(ty, x.len())?];
     run(py, || {
         quantize_row(ty, &x, &mut out);
@@ -587,10 +726,20 @@ fn quantize<'py>(py: Python<'py>, type_name: &str, values: Vec<u8>) -> PyResult<
 
 /// Dequantize `n` values of `type_name` blocks into f32 (little-endian bytes).
 #[pyfunction]
-fn dequantize<'py>(py: Python<'py>, type_name: &str, data: Vec<u8>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+fn dequantize<'py>(
+    py: Python<'py>,
+    type_name: &str,
+    data: Vec<u8>,
+    n: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
     let ty = type_by_name(type_name)?;
     if check_row(ty, n)? != data.len() {
-        return Err(PyValueError::new_err(format!("{n} {} values take {} bytes, got {}", ty.name(), check_row(ty, n)?, data.len())));
+        return Err(PyValueError::new_err(format!(
+            "{n} {} values take {} bytes, got {}",
+            ty.name(),
+            check_row(ty, n)?,
+            data.len()
+        )));
     }
     let mut out = vec![0f32; n];
     run(py, || {
@@ -606,10 +755,15 @@ fn dequantize<'py>(py: Python<'py>, type_name: &str, data: Vec<u8>, n: usize) ->
 fn vec_dot(type_name: &str, w_row: Vec<u8>, x: Vec<f32>) -> PyResult<(f32, f32)> {
     let ty = type_by_name(type_name)?;
     if check_row(ty, x.len())? != w_row.len() {
-        return Err(PyValueError::new_err("weight row and activations differ in length"));
+        return Err(PyValueError::new_err(
+            "weight row and activations differ in length",
+        ));
     }
     let p = crate::quant::prepare_activation(ty, &x);
-    Ok((crate::quant::vec_dot(ty, &w_row, &p), crate::quant::vec_dot_scalar(ty, &w_row, &p)))
+    Ok((
+        crate::quant::vec_dot(ty, &w_row, &p),
+        crate::quant::vec_dot_scalar(ty, &w_row, &p),
+    ))
 }
 
 /// Check generation parameters without a model (the checks `Engine.start` makes); raises
@@ -637,7 +791,18 @@ fn check_generation(
     n_vocab: Option<usize>,
 ) -> PyResult<()> {
     let args = generate_args(
-        max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, presence_penalty, frequency_penalty, logit_bias, logprobs,
+        max_tokens,
+        top_k,
+        top_p,
+        temp,
+        repeat_penalty,
+        repeat_lastn,
+        seed,
+        stop,
+        presence_penalty,
+        frequency_penalty,
+        logit_bias,
+        logprobs,
     );
     args.validate(n_vocab).map(|_| ()).map_err(|e| to_py(py, e))
 }
@@ -646,7 +811,9 @@ fn check_generation(
 #[pyfunction]
 #[pyo3(signature = (bytes = 1 << 30, threads = 1, passes = 3))]
 fn read_bandwidth(py: Python<'_>, bytes: usize, threads: usize, passes: usize) -> PyResult<f64> {
-    run(py, || crate::bandwidth::read_bandwidth(bytes, threads, passes))
+    run(py, || {
+        crate::bandwidth::read_bandwidth(bytes, threads, passes)
+    })
 }
 
 /// What `llama-rs info` shows: a dict (format, version, size, paths, n_vocab, hparams,
@@ -658,13 +825,25 @@ fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>
     d.set_item("format", &info.format)?;
     d.set_item("version", info.version)?;
     d.set_item("size", info.size)?;
-    d.set_item("paths", info.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>())?;
+    d.set_item(
+        "paths",
+        info.paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>(),
+    )?;
     d.set_item("n_vocab", info.n_vocab)?;
     d.set_item("hparams", metadata_dict(py, &info.hparams)?)?;
     d.set_item("metadata", metadata_dict(py, &info.metadata)?)?;
     let tensors = PyList::empty(py);
     for t in &info.tensors {
-        tensors.append((t.name.clone(), t.ty.clone(), t.dims.clone(), t.offset, t.n_bytes))?;
+        tensors.append((
+            t.name.clone(),
+            t.ty.clone(),
+            t.dims.clone(),
+            t.offset,
+            t.n_bytes,
+        ))?;
     }
     d.set_item("tensors", tensors)?;
     Ok(d)
@@ -681,12 +860,41 @@ struct QuantizeJob {
 #[pymethods]
 impl QuantizeJob {
     #[new]
-    fn new(py: Python<'_>, input: PathBuf, output: PathBuf, type_name: &str, pure: bool, allow_requantize: bool, force: bool) -> PyResult<QuantizeJob> {
+    fn new(
+        py: Python<'_>,
+        input: PathBuf,
+        output: PathBuf,
+        type_name: &str,
+        pure: bool,
+        allow_requantize: bool,
+        force: bool,
+    ) -> PyResult<QuantizeJob> {
         let target = crate::quantize::target_type(type_name).map_err(|e| to_py(py, e))?;
-        let opts = crate::quantize::Options { target, pure, allow_requantize, force };
-        let q = run(py, || crate::quantize::Quantizer::new(&input, &output, &opts))?;
-        let plan = q.plan.iter().map(|p| (p.name.clone(), p.dims.clone(), p.from.name().to_string(), p.to.name().to_string())).collect();
-        Ok(QuantizeJob { job: Mutex::new(Some(q)), plan })
+        let opts = crate::quantize::Options {
+            target,
+            pure,
+            allow_requantize,
+            force,
+        };
+        let q = run(py, || {
+            crate::quantize::Quantizer::new(&input, &output, &opts)
+        })?;
+        let plan = q
+            .plan
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.dims.clone(),
+                    p.from.name().to_string(),
+                    p.to.name().to_string(),
+                )
+            })
+            .collect();
+        Ok(QuantizeJob {
+            job: Mutex::new(Some(q)),
+            plan,
+        })
     }
 
     /// [(name, dims, from_type, to_type)] in file order.

@@ -36,7 +36,11 @@ pub fn target_type(name: &str) -> Result<GgmlType> {
         "q8_0" => GgmlType::Q8_0,
         "f16" => GgmlType::F16,
         "f32" => GgmlType::F32,
-        _ => return Err(Error::Invalid(format!("unknown type {name:?} (choose q4_0, q4_1, q8_0, f16 or f32)"))),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "unknown type {name:?} (choose q4_0, q4_1, q8_0, f16 or f32)"
+            )))
+        }
     };
     Ok(t)
 }
@@ -57,12 +61,20 @@ pub fn plan(f: &GgufFile, target: GgmlType, pure: bool) -> Vec<PlanItem> {
             let n_dims = t.dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
             let to = if n_dims < 2 {
                 t.ty
-            } else if !pure && t.name == "output.weight" && matches!(target, GgmlType::Q4_0 | GgmlType::Q4_1) {
+            } else if !pure
+                && t.name == "output.weight"
+                && matches!(target, GgmlType::Q4_0 | GgmlType::Q4_1)
+            {
                 GgmlType::Q8_0
             } else {
                 target
             };
-            PlanItem { name: t.name.clone(), dims: t.dims.clone(), from: t.ty, to }
+            PlanItem {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                from: t.ty,
+                to,
+            }
         })
         .collect()
 }
@@ -102,7 +114,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
         if let Ok(c) = p.canonicalize() {
             return Some(c);
         }
-        let parent = p.parent().filter(|x| !x.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = p
+            .parent()
+            .filter(|x| !x.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Some(parent.canonicalize().ok()?.join(p.file_name()?))
     };
     matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
@@ -112,16 +127,25 @@ impl Quantizer {
     pub fn new(input: &Path, output: &Path, opts: &Options) -> Result<Quantizer> {
         let out_shown = output.display();
         if !opts.target.is_gguf() {
-            return Err(Error::Invalid(format!("cannot quantize to {}", opts.target)));
+            return Err(Error::Invalid(format!(
+                "cannot quantize to {}",
+                opts.target
+            )));
         }
         if same_file(input, output) {
-            return Err(Error::Invalid(format!("{out_shown}: the output is the input file; choose another output name")));
+            return Err(Error::Invalid(format!(
+                "{out_shown}: the output is the input file; choose another output name"
+            )));
         }
         if output.is_dir() {
-            return Err(Error::Io(format!("{out_shown}: is a directory; give the output file's name")));
+            return Err(Error::Io(format!(
+                "{out_shown}: is a directory; give the output file's name"
+            )));
         }
         if output.exists() && !opts.force {
-            return Err(Error::Io(format!("{out_shown}: already exists (pass --force to overwrite it)")));
+            return Err(Error::Io(format!(
+                "{out_shown}: already exists (pass --force to overwrite it)"
+            )));
         }
         let src = GgufFile::open(input)?;
         let plan = plan(&src, opts.target, opts.pure);
@@ -152,17 +176,42 @@ impl Quantizer {
             Some(kv) => kv.1 = ft,
             None => meta.push(("general.file_type".into(), ft)),
         }
-        if opts.target.is_quantized() && !meta.iter().any(|(k, _)| k == "general.quantization_version") {
+        if opts.target.is_quantized()
+            && !meta
+                .iter()
+                .any(|(k, _)| k == "general.quantization_version")
+        {
             meta.push(("general.quantization_version".into(), Value::U32(2)));
         }
-        let specs = plan.iter().map(|p| TensorSpec { name: p.name.clone(), dims: p.dims.clone(), ty: p.to }).collect();
+        let specs = plan
+            .iter()
+            .map(|p| TensorSpec {
+                name: p.name.clone(),
+                dims: p.dims.clone(),
+                ty: p.to,
+            })
+            .collect();
 
-        let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = output.file_name().ok_or_else(|| Error::Io(format!("{out_shown}: not a file name")))?;
-        let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::Io(format!("{out_shown}: cannot create: {e}")))?;
+        let dir = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = output
+            .file_name()
+            .ok_or_else(|| Error::Io(format!("{out_shown}: not a file name")))?;
+        let tmp = dir.join(format!(
+            ".{}.tmp{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&tmp)
+            .map_err(|e| Error::Io(format!("{out_shown}: cannot create: {e}")))?;
         let mut q = Quantizer {
-            summary: Summary { file_in: src.mmap().len() as u64, n_tensors: plan.len(), ..Default::default() },
+            summary: Summary {
+                file_in: src.mmap().len() as u64,
+                n_tensors: plan.len(),
+                ..Default::default()
+            },
             src,
             plan,
             writer: None,
@@ -171,7 +220,8 @@ impl Quantizer {
             next: 0,
         };
         // On error `q` is dropped here, which removes the temporary file.
-        let w = GgufWriter::new(BufWriter::with_capacity(1 << 20, file), &meta, specs).map_err(|e| q.name_err(e))?;
+        let w = GgufWriter::new(BufWriter::with_capacity(1 << 20, file), &meta, specs)
+            .map_err(|e| q.name_err(e))?;
         q.writer = Some(w);
         Ok(q)
     }
@@ -190,7 +240,9 @@ impl Quantizer {
     /// Convert and write the next tensor; its index, or None when all are written.
     pub fn step(&mut self) -> Result<Option<usize>> {
         let i = self.next;
-        let Some(p) = self.plan.get(i) else { return Ok(None) };
+        let Some(p) = self.plan.get(i) else {
+            return Ok(None);
+        };
         let t = self.src.tensor(&p.name).expect("planned from this file");
         let data = self.src.tensor_data(t);
         let converted;
@@ -214,11 +266,22 @@ impl Quantizer {
         while self.step()?.is_some() {}
         let w = self.writer.take().expect("writer");
         let buf = w.finish().map_err(|e| self.name_err(e))?;
-        let file = buf.into_inner().map_err(|e| Error::Io(format!("{}: write failed: {}", self.out.display(), e.error())))?;
-        file.sync_all().map_err(|e| Error::Io(format!("{}: write failed: {e}", self.out.display())))?;
+        let file = buf.into_inner().map_err(|e| {
+            Error::Io(format!(
+                "{}: write failed: {}",
+                self.out.display(),
+                e.error()
+            ))
+        })?;
+        file.sync_all()
+            .map_err(|e| Error::Io(format!("{}: write failed: {e}", self.out.display())))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.out)
-            .map_err(|e| Error::Io(format!("{}: cannot move the finished file into place: {e}", self.out.display())))?;
+        std::fs::rename(&self.tmp, &self.out).map_err(|e| {
+            Error::Io(format!(
+                "{}: cannot move the finished file into place: {e}",
+                self.out.display()
+            ))
+        })?;
         self.summary.file_out = std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0);
         self.tmp = PathBuf::new();
         Ok(self.summary.clone())
@@ -241,13 +304,15 @@ pub fn convert(data: &[u8], from: GgmlType, to: GgmlType, cols: usize) -> Vec<u8
     let rows = data.len() / rb_in;
     let mut out = vec![0u8; rows * rb_out];
     const ROWS: usize = 16;
-    out.par_chunks_mut(rb_out * ROWS).zip(data.par_chunks(rb_in * ROWS)).for_each(|(o, i)| {
-        let mut x = vec![0f32; cols];
-        for (orow, irow) in o.chunks_exact_mut(rb_out).zip(i.chunks_exact(rb_in)) {
-            dequantize_row(from, irow, &mut x);
-            quantize_row(to, &x, orow);
-        }
-    });
+    out.par_chunks_mut(rb_out * ROWS)
+        .zip(data.par_chunks(rb_in * ROWS))
+        .for_each(|(o, i)| {
+            let mut x = vec![0f32; cols];
+            for (orow, irow) in o.chunks_exact_mut(rb_out).zip(i.chunks_exact(rb_in)) {
+                dequantize_row(from, irow, &mut x);
+                quantize_row(to, &x, orow);
+            }
+        });
     out
 }
 
@@ -276,7 +341,11 @@ mod tests {
 
     #[test]
     fn full_disk_is_an_error() {
-        let specs = vec![TensorSpec { name: "x".into(), dims: vec![64, 4], ty: GgmlType::Q4_0 }];
+        let specs = vec![TensorSpec {
+            name: "x".into(),
+            dims: vec![64, 4],
+            ty: GgmlType::Q4_0,
+        }];
         let mut w = GgufWriter::new(Full { limit: 100, n: 0 }, &[], specs).unwrap();
         let e = w.write_tensor(&[0u8; 4 * 2 * 18]).unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
@@ -285,6 +354,9 @@ mod tests {
     #[test]
     fn type_names() {
         assert_eq!(target_type("Q4_0").unwrap(), GgmlType::Q4_0);
-        assert!(target_type("q5_k").unwrap_err().to_string().contains("unknown type"));
+        assert!(target_type("q5_k")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown type"));
     }
 }

@@ -76,7 +76,9 @@ impl Rng {
 
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
-        self.state = old.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.state = old
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let xorshifted = (((old >> 18) ^ old) >> 27) as u32;
         let rot = (old >> 59) as u32;
         xorshifted.rotate_right(rot)
@@ -118,7 +120,12 @@ pub fn apply_repeat_penalty(logits: &mut [f32], history: &[u32], lastn: usize, p
 
 /// OpenAI's penalties: `logit[j] -= c[j] * frequency + (c[j] > 0) * presence`, where `c[j]`
 /// counts `j` in `generated`.
-pub fn apply_presence_frequency(logits: &mut [f32], generated: &[u32], presence: f32, frequency: f32) {
+pub fn apply_presence_frequency(
+    logits: &mut [f32],
+    generated: &[u32],
+    presence: f32,
+    frequency: f32,
+) {
     if presence == 0.0 && frequency == 0.0 {
         return;
     }
@@ -151,14 +158,24 @@ fn argmax(logits: &[f32]) -> u32 {
 
 /// Pick the next token. `history` is every token in the context so far (prompt included);
 /// `generated` is its tail produced by this generation.
-pub fn sample(logits: &[f32], history: &[u32], generated: &[u32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+pub fn sample(
+    logits: &[f32],
+    history: &[u32],
+    generated: &[u32],
+    p: &SamplingParams,
+    rng: &mut Rng,
+) -> u32 {
     let mut logits = logits.to_vec();
     adjust_logits(&mut logits, history, generated, p);
     if p.temp <= 0.0 {
         return argmax(&logits);
     }
     // Candidates sorted by logit, highest first; ties keep the lower id first (stable sort).
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
     cand.sort_by(|a, b| b.1.total_cmp(&a.1));
     if p.top_k > 0 && p.top_k < cand.len() {
         cand.truncate(p.top_k);
@@ -191,7 +208,10 @@ pub fn sample(logits: &[f32], history: &[u32], generated: &[u32], p: &SamplingPa
 
 fn softmax_of(cand: &[(u32, f32)], temp: f32) -> Vec<f64> {
     let max = cand[0].1 as f64;
-    let exps: Vec<f64> = cand.iter().map(|c| ((c.1 as f64 - max) / temp as f64).exp()).collect();
+    let exps: Vec<f64> = cand
+        .iter()
+        .map(|c| ((c.1 as f64 - max) / temp as f64).exp())
+        .collect();
     let sum: f64 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
 }
@@ -209,15 +229,25 @@ pub struct TokenLogprob {
 impl TokenLogprob {
     pub fn new(logits: &[f32], id: u32, n: usize) -> TokenLogprob {
         let lp = log_softmax(logits);
-        TokenLogprob { id, logprob: lp[id as usize], top: top_logprobs(&lp, n) }
+        TokenLogprob {
+            id,
+            logprob: lp[id as usize],
+            top: top_logprobs(&lp, n),
+        }
     }
 }
 
 /// Log-probabilities of every token: `x - max - ln(sum(exp(x - max)))`, in f64 (every f32 is
 /// exact in f64), before any bias, penalty or temperature.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-    let ln_sum = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let ln_sum = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln();
     logits.iter().map(|&x| x as f64 - max - ln_sum).collect()
 }
 
@@ -245,9 +275,15 @@ mod tests {
     fn greedy_and_top_k_one_agree() {
         let logits = vec![0.1, 2.0, -1.0, 1.9];
         let mut rng = Rng::new(1);
-        let g = SamplingParams { temp: 0.0, ..Default::default() };
+        let g = SamplingParams {
+            temp: 0.0,
+            ..Default::default()
+        };
         assert_eq!(sample(&logits, &[], &[], &g, &mut rng), 1);
-        let k1 = SamplingParams { top_k: 1, ..Default::default() };
+        let k1 = SamplingParams {
+            top_k: 1,
+            ..Default::default()
+        };
         for _ in 0..20 {
             assert_eq!(sample(&logits, &[], &[], &k1, &mut rng), 1);
         }
@@ -270,23 +306,39 @@ mod tests {
     fn top_p_keeps_the_smallest_set() {
         // probabilities ~ [0.64, 0.24, 0.09, 0.03]: top_p 0.5 keeps only the first.
         let logits = vec![3.0, 2.0, 1.0, 0.0];
-        let p = SamplingParams { top_k: 0, top_p: 0.5, temp: 1.0, repeat_penalty: 1.0, repeat_lastn: 0, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 0,
+            top_p: 0.5,
+            temp: 1.0,
+            repeat_penalty: 1.0,
+            repeat_lastn: 0,
+            ..Default::default()
+        };
         let mut rng = Rng::new(3);
         for _ in 0..50 {
             assert_eq!(sample(&logits, &[], &[], &p, &mut rng), 0);
         }
         let p = SamplingParams { top_p: 0.95, ..p };
-        let drawn: std::collections::HashSet<u32> = (0..500).map(|_| sample(&logits, &[], &[], &p, &mut rng)).collect();
+        let drawn: std::collections::HashSet<u32> = (0..500)
+            .map(|_| sample(&logits, &[], &[], &p, &mut rng))
+            .collect();
         assert_eq!(drawn, [0, 1, 2].into_iter().collect());
     }
 
     #[test]
     fn seeded_draws_repeat() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplingParams { top_k: 0, top_p: 1.0, temp: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            top_k: 0,
+            top_p: 1.0,
+            temp: 1.0,
+            ..Default::default()
+        };
         let run = |seed| {
             let mut r = Rng::new(seed);
-            (0..30).map(|_| sample(&logits, &[], &[], &p, &mut r)).collect::<Vec<_>>()
+            (0..30)
+                .map(|_| sample(&logits, &[], &[], &p, &mut r))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(5), run(5));
         assert_ne!(run(5), run(6));
@@ -297,7 +349,11 @@ mod tests {
         let mut l = vec![1.0, 2.0, 3.0];
         apply_logit_bias(&mut l, &[(0, 5.0), (2, -1.5), (7, 9.0)]); // 7 is outside: ignored
         assert_eq!(l, vec![6.0, 2.0, 1.5]);
-        let g = SamplingParams { temp: 0.0, logit_bias: vec![(0, 100.0)], ..Default::default() };
+        let g = SamplingParams {
+            temp: 0.0,
+            logit_bias: vec![(0, 100.0)],
+            ..Default::default()
+        };
         assert_eq!(sample(&[1.0, 2.0, 3.0], &[], &[], &g, &mut Rng::new(1)), 0);
     }
 
@@ -336,7 +392,10 @@ mod tests {
     #[test]
     fn defaults_change_nothing() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.7).cos()).collect();
-        let p = SamplingParams { repeat_penalty: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            repeat_penalty: 1.0,
+            ..Default::default()
+        };
         let mut l = logits.clone();
         adjust_logits(&mut l, &[1, 2, 3], &[2, 3], &p);
         assert_eq!(l, logits);

@@ -20,17 +20,30 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(model: Arc<Model>, n_ctx: usize, n_threads: usize, kv_type: KvType) -> Result<Session> {
+    pub fn new(
+        model: Arc<Model>,
+        n_ctx: usize,
+        n_threads: usize,
+        kv_type: KvType,
+    ) -> Result<Session> {
         if n_ctx == 0 {
             return invalid("n_ctx must be at least 1");
         }
         if n_threads == 0 || n_threads > 1024 {
-            return invalid(format!("n_threads must be between 1 and 1024, got {n_threads}"));
+            return invalid(format!(
+                "n_threads must be between 1 and 1024, got {n_threads}"
+            ));
         }
         // The cache is sized up front: refuse sizes that cannot be allocated.
-        let bytes = (n_ctx as u128) * (model.config.kv_dim() as u128) * (model.config.n_layer as u128) * 2 * KvCache::bytes_per_value(kv_type) as u128;
+        let bytes = (n_ctx as u128)
+            * (model.config.kv_dim() as u128)
+            * (model.config.n_layer as u128)
+            * 2
+            * KvCache::bytes_per_value(kv_type) as u128;
         if bytes > (1u128 << 40) {
-            return invalid(format!("n_ctx {n_ctx} needs a {bytes}-byte KV cache; choose a smaller context"));
+            return invalid(format!(
+                "n_ctx {n_ctx} needs a {bytes}-byte KV cache; choose a smaller context"
+            ));
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n_threads)
@@ -38,7 +51,14 @@ impl Session {
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start {n_threads} threads: {e}")))?;
         let cache = KvCache::new(&model.config, n_ctx, kv_type);
-        Ok(Session { model, cache, tokens: Vec::new(), pool, n_threads, epoch: 0 })
+        Ok(Session {
+            model,
+            cache,
+            tokens: Vec::new(),
+            pool,
+            n_threads,
+            epoch: 0,
+        })
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -73,7 +93,9 @@ impl Session {
         let n_past = self.tokens.len();
         let model = &self.model;
         let cache = &mut self.cache;
-        let logits = self.pool.install(|| model.forward(cache, ids, n_past, all))?;
+        let logits = self
+            .pool
+            .install(|| model.forward(cache, ids, n_past, all))?;
         self.tokens.extend_from_slice(ids);
         Ok(logits)
     }
@@ -100,7 +122,10 @@ impl Session {
         self.reset();
         let logits = self.eval_all(ids)?;
         let rows = logits.chunks_exact(n_vocab);
-        Ok(rows.zip(&ids[1..]).map(|(row, &next)| TokenLogprob::new(row, next, top_n)).collect())
+        Ok(rows
+            .zip(&ids[1..])
+            .map(|(row, &next)| TokenLogprob::new(row, next, top_n))
+            .collect())
     }
 
     /// Make the cache hold exactly `prompt` and return the logits after its last token,
@@ -116,7 +141,12 @@ impl Session {
                 self.n_ctx()
             ));
         }
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // At least the last prompt token is evaluated again: its logits are not kept.
         let keep = common.min(prompt.len() - 1);
         self.tokens.truncate(keep);
@@ -250,27 +280,48 @@ fn int_in(name: &'static str, a: &Arg<i128>, lo: i128, hi: i128, range: &str) ->
 
 /// A finite float accepted by `ok`, both as given and as the f32 the sampler uses (1e300 is
 /// finite, its f32 is not; 1e-50 is positive, its f32 is 0).
-fn float_in(name: &'static str, a: &Arg<f64>, ok: impl Fn(f64) -> bool, range: &str) -> Result<f32> {
+fn float_in(
+    name: &'static str,
+    a: &Arg<f64>,
+    ok: impl Fn(f64) -> bool,
+    range: &str,
+) -> Result<f32> {
     if let Arg::Val(v) = a {
         let f = *v as f32;
         if v.is_finite() && f.is_finite() && ok(*v) && ok(f as f64) {
             return Ok(f);
         }
     }
-    param_err(name, format!("{name} must be {range}, got {}", show_float(a)))
+    param_err(
+        name,
+        format!("{name} must be {range}, got {}", show_float(a)),
+    )
 }
 
 /// A seed: negative means a fresh random seed per generation, the rest of u64 is used as is.
 pub fn parse_seed(a: &Arg<i128>) -> Result<Seed> {
-    let v = int_in("seed", a, -(1 << 63), (1 << 64) - 1, "an integer from -2^63 to 2^64-1 (negative = random)")?;
-    Ok(if v < 0 { Seed::Random } else { Seed::Fixed(v as u64) })
+    let v = int_in(
+        "seed",
+        a,
+        -(1 << 63),
+        (1 << 64) - 1,
+        "an integer from -2^63 to 2^64-1 (negative = random)",
+    )?;
+    Ok(if v < 0 {
+        Seed::Random
+    } else {
+        Seed::Fixed(v as u64)
+    })
 }
 
 /// `id` as a token of a vocab of `n_vocab`.
 pub fn check_token_id(id: &Arg<i128>, n_vocab: usize) -> Result<u32> {
     match id {
         Arg::Val(v) if (0..n_vocab as i128).contains(v) => Ok(*v as u32),
-        _ => invalid(format!("token id {} is outside the vocab of {n_vocab}", show_int(id))),
+        _ => invalid(format!(
+            "token id {} is outside the vocab of {n_vocab}",
+            show_int(id)
+        )),
     }
 }
 
@@ -278,7 +329,10 @@ pub fn check_token_id(id: &Arg<i128>, n_vocab: usize) -> Result<u32> {
 pub fn check_top_n(top_n: &Arg<i128>, n_vocab: usize) -> Result<usize> {
     match top_n {
         Arg::Val(v) if (0..=n_vocab as i128).contains(v) => Ok(*v as usize),
-        _ => invalid(format!("top_n must be from 0 to the vocab size {n_vocab}, got {}", show_int(top_n))),
+        _ => invalid(format!(
+            "top_n must be from 0 to the vocab size {n_vocab}, got {}",
+            show_int(top_n)
+        )),
     }
 }
 
@@ -288,26 +342,64 @@ impl GenerateArgs {
     pub fn validate(&self, n_vocab: Option<usize>) -> Result<GenerateParams> {
         let count = "an integer from 0 to 2^31-1";
         let max_tokens = int_in("max_tokens", &self.max_tokens, 0, MAX_COUNT, count)? as usize;
-        let top_k = int_in("top_k", &self.top_k, 0, MAX_COUNT, "an integer from 0 (all tokens) to 2^31-1")? as usize;
-        let repeat_lastn = int_in("repeat_lastn", &self.repeat_lastn, 0, MAX_COUNT, count)? as usize;
+        let top_k = int_in(
+            "top_k",
+            &self.top_k,
+            0,
+            MAX_COUNT,
+            "an integer from 0 (all tokens) to 2^31-1",
+        )? as usize;
+        let repeat_lastn =
+            int_in("repeat_lastn", &self.repeat_lastn, 0, MAX_COUNT, count)? as usize;
         let top_p = float_in("top_p", &self.top_p, |v| v > 0.0 && v <= 1.0, "in (0, 1]")?;
-        let temp = float_in("temp", &self.temp, |v| v >= 0.0, "a finite number >= 0 (0 = greedy)")?;
-        let repeat_penalty = float_in("repeat_penalty", &self.repeat_penalty, |v| v > 0.0, "a finite number > 0 (1 = off)")?;
+        let temp = float_in(
+            "temp",
+            &self.temp,
+            |v| v >= 0.0,
+            "a finite number >= 0 (0 = greedy)",
+        )?;
+        let repeat_penalty = float_in(
+            "repeat_penalty",
+            &self.repeat_penalty,
+            |v| v > 0.0,
+            "a finite number > 0 (1 = off)",
+        )?;
         let openai = |v: f64| (-2.0..=2.0).contains(&v);
-        let presence_penalty = float_in("presence_penalty", &self.presence_penalty, openai, "in [-2, 2]")?;
-        let frequency_penalty = float_in("frequency_penalty", &self.frequency_penalty, openai, "in [-2, 2]")?;
+        let presence_penalty = float_in(
+            "presence_penalty",
+            &self.presence_penalty,
+            openai,
+            "in [-2, 2]",
+        )?;
+        let frequency_penalty = float_in(
+            "frequency_penalty",
+            &self.frequency_penalty,
+            openai,
+            "in [-2, 2]",
+        )?;
         let seed = self.seed.as_ref().map(parse_seed).transpose()?;
         let stop_rule = format!(
             "a list of at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters"
         );
         let stop = match &self.stop {
-            Arg::Bad(s) => return param_err("stop", format!("stop must be {stop_rule}, got {}", clip(s))),
+            Arg::Bad(s) => {
+                return param_err("stop", format!("stop must be {stop_rule}, got {}", clip(s)))
+            }
             Arg::Val(v) if v.len() > MAX_STOP_STRINGS => {
-                return param_err("stop", format!("stop must be {stop_rule}, got {} strings", v.len()))
+                return param_err(
+                    "stop",
+                    format!("stop must be {stop_rule}, got {} strings", v.len()),
+                )
             }
             Arg::Val(v) => {
-                if let Some(bad) = v.iter().find(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS) {
-                    return param_err("stop", format!("stop must be {stop_rule}, got {:?}", clip(bad)));
+                if let Some(bad) = v
+                    .iter()
+                    .find(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS)
+                {
+                    return param_err(
+                        "stop",
+                        format!("stop must be {stop_rule}, got {:?}", clip(bad)),
+                    );
                 }
                 v.clone()
             }
@@ -316,11 +408,20 @@ impl GenerateArgs {
         match &self.logit_bias {
             None => {}
             Some(Arg::Bad(s)) => {
-                return param_err("logit_bias", format!("logit_bias must be a dict {{token id: bias}}, got {}", clip(s)))
+                return param_err(
+                    "logit_bias",
+                    format!(
+                        "logit_bias must be a dict {{token id: bias}}, got {}",
+                        clip(s)
+                    ),
+                )
             }
             Some(Arg::Val(entries)) => {
                 let (hi, vocab) = match n_vocab {
-                    Some(n) => (n as i128 - 1, format!("{} (the vocab has {n})", n as i128 - 1)),
+                    Some(n) => (
+                        n as i128 - 1,
+                        format!("{} (the vocab has {n})", n as i128 - 1),
+                    ),
                     None => (MAX_COUNT, "2^31-1".to_string()),
                 };
                 for (id, bias) in entries {
@@ -344,9 +445,13 @@ impl GenerateArgs {
         }
         let logprobs = match &self.logprobs {
             None => None,
-            Some(a) => {
-                Some(int_in("logprobs", a, 0, MAX_LOGPROBS, "None (off) or an integer from 0 to 20 (alternatives per token)")? as usize)
-            }
+            Some(a) => Some(int_in(
+                "logprobs",
+                a,
+                0,
+                MAX_LOGPROBS,
+                "None (off) or an integer from 0 to 20 (alternatives per token)",
+            )? as usize),
         };
         Ok(GenerateParams {
             max_tokens,
@@ -405,7 +510,11 @@ impl Generation {
         // After prompt text the first piece keeps its space ("is" + " a"); after BOS alone
         // the text starts fresh, as a whole decode would.
         let follows_text = prompt.iter().any(|&t| Some(t) != s.model.tokenizer.bos());
-        let decoder = if follows_text { StreamDecoder::continuing() } else { StreamDecoder::new() };
+        let decoder = if follows_text {
+            StreamDecoder::continuing()
+        } else {
+            StreamDecoder::new()
+        };
         Ok(Generation {
             rng: Rng::new(params.seed.unwrap_or(Seed::Random).value()),
             params,
@@ -441,7 +550,13 @@ impl Generation {
         }
         // The cache holds the prompt and every token generated so far (the epoch says so).
         let generated = s.tokens.get(self.prompt_tokens..).unwrap_or(&[]);
-        let tok = sample(&self.logits, &s.tokens, generated, &self.params.sampling, &mut self.rng);
+        let tok = sample(
+            &self.logits,
+            &s.tokens,
+            generated,
+            &self.params.sampling,
+            &mut self.rng,
+        );
         if Some(tok) == s.model.tokenizer.eos() {
             return Ok(self.end(s, FinishReason::Eos));
         }
@@ -473,7 +588,12 @@ impl Generation {
             return piece;
         }
         self.held.push_str(&piece);
-        let first = self.params.stop.iter().filter_map(|x| self.held.find(x.as_str())).min();
+        let first = self
+            .params
+            .stop
+            .iter()
+            .filter_map(|x| self.held.find(x.as_str()))
+            .min();
         if let Some(pos) = first {
             let out = self.held[..pos].to_string();
             self.held.clear();
@@ -484,7 +604,12 @@ impl Generation {
             .held
             .char_indices()
             .map(|(i, _)| i)
-            .find(|&i| self.params.stop.iter().any(|x| x.starts_with(&self.held[i..])))
+            .find(|&i| {
+                self.params
+                    .stop
+                    .iter()
+                    .any(|x| x.starts_with(&self.held[i..]))
+            })
             .unwrap_or(self.held.len());
         let out = self.held[..hold].to_string();
         self.held.drain(..hold);
@@ -513,15 +638,31 @@ mod tests {
 
     #[test]
     fn seeds_cover_i64_negatives_and_all_of_u64() {
-        let seed = |v: i128| GenerateArgs { seed: Some(v.into()), ..Default::default() }.validate(None).map(|p| p.seed);
+        let seed = |v: i128| {
+            GenerateArgs {
+                seed: Some(v.into()),
+                ..Default::default()
+            }
+            .validate(None)
+            .map(|p| p.seed)
+        };
         assert_eq!(seed(-1).unwrap(), Some(Seed::Random));
         assert_eq!(seed(-(1 << 63)).unwrap(), Some(Seed::Random));
         assert_eq!(seed(0).unwrap(), Some(Seed::Fixed(0)));
         assert_eq!(seed((1 << 64) - 1).unwrap(), Some(Seed::Fixed(u64::MAX)));
         for bad in [1 << 64, -(1 << 63) - 1, i128::MAX] {
-            let (name, msg) = param_of(GenerateArgs { seed: Some(bad.into()), ..Default::default() }.validate(None));
+            let (name, msg) = param_of(
+                GenerateArgs {
+                    seed: Some(bad.into()),
+                    ..Default::default()
+                }
+                .validate(None),
+            );
             assert_eq!(name, "seed");
-            assert!(msg.contains("-2^63 to 2^64-1") && msg.ends_with(&bad.to_string()), "{msg}");
+            assert!(
+                msg.contains("-2^63 to 2^64-1") && msg.ends_with(&bad.to_string()),
+                "{msg}"
+            );
         }
     }
 
@@ -529,57 +670,228 @@ mod tests {
     fn every_bad_value_names_its_parameter() {
         let d = GenerateArgs::default;
         let cases: Vec<(GenerateArgs, &str)> = vec![
-            (GenerateArgs { max_tokens: (-1).into(), ..d() }, "max_tokens"),
-            (GenerateArgs { max_tokens: (1i128 << 31).into(), ..d() }, "max_tokens"),
-            (GenerateArgs { max_tokens: Arg::Bad("5.0".into()), ..d() }, "max_tokens"),
-            (GenerateArgs { top_k: (-1).into(), ..d() }, "top_k"),
-            (GenerateArgs { repeat_lastn: (1i128 << 40).into(), ..d() }, "repeat_lastn"),
-            (GenerateArgs { top_p: 0.0.into(), ..d() }, "top_p"),
-            (GenerateArgs { top_p: 5.0.into(), ..d() }, "top_p"),
-            (GenerateArgs { top_p: f64::NAN.into(), ..d() }, "top_p"),
-            (GenerateArgs { top_p: 1e-50.into(), ..d() }, "top_p"), // 0 as f32
-            (GenerateArgs { temp: (-0.5).into(), ..d() }, "temp"),
-            (GenerateArgs { temp: f64::INFINITY.into(), ..d() }, "temp"),
-            (GenerateArgs { temp: 1e300.into(), ..d() }, "temp"), // inf as f32
-            (GenerateArgs { repeat_penalty: 0.0.into(), ..d() }, "repeat_penalty"),
-            (GenerateArgs { presence_penalty: 2.5.into(), ..d() }, "presence_penalty"),
-            (GenerateArgs { frequency_penalty: (-2.01).into(), ..d() }, "frequency_penalty"),
-            (GenerateArgs { stop: vec![String::new()].into(), ..d() }, "stop"),
-            (GenerateArgs { stop: vec!["x".repeat(257)].into(), ..d() }, "stop"),
-            (GenerateArgs { stop: vec!["x".to_string(); 17].into(), ..d() }, "stop"),
-            (GenerateArgs { stop: Arg::Bad("5".into()), ..d() }, "stop"),
-            (GenerateArgs { logit_bias: Some(Arg::Bad("[1]".into())), ..d() }, "logit_bias"),
-            (GenerateArgs { logit_bias: Some(vec![((-1).into(), 1.0.into())].into()), ..d() }, "logit_bias"),
-            (GenerateArgs { logit_bias: Some(vec![(3.into(), 1e9.into())].into()), ..d() }, "logit_bias"),
-            (GenerateArgs { logit_bias: Some(vec![(3.into(), f64::NAN.into())].into()), ..d() }, "logit_bias"),
-            (GenerateArgs { logprobs: Some(21.into()), ..d() }, "logprobs"),
-            (GenerateArgs { logprobs: Some((-1).into()), ..d() }, "logprobs"),
+            (
+                GenerateArgs {
+                    max_tokens: (-1).into(),
+                    ..d()
+                },
+                "max_tokens",
+            ),
+            (
+                GenerateArgs {
+                    max_tokens: (1i128 << 31).into(),
+                    ..d()
+                },
+                "max_tokens",
+            ),
+            (
+                GenerateArgs {
+                    max_tokens: Arg::Bad("5.0".into()),
+                    ..d()
+                },
+                "max_tokens",
+            ),
+            (
+                GenerateArgs {
+                    top_k: (-1).into(),
+                    ..d()
+                },
+                "top_k",
+            ),
+            (
+                GenerateArgs {
+                    repeat_lastn: (1i128 << 40).into(),
+                    ..d()
+                },
+                "repeat_lastn",
+            ),
+            (
+                GenerateArgs {
+                    top_p: 0.0.into(),
+                    ..d()
+                },
+                "top_p",
+            ),
+            (
+                GenerateArgs {
+                    top_p: 5.0.into(),
+                    ..d()
+                },
+                "top_p",
+            ),
+            (
+                GenerateArgs {
+                    top_p: f64::NAN.into(),
+                    ..d()
+                },
+                "top_p",
+            ),
+            (
+                GenerateArgs {
+                    top_p: 1e-50.into(),
+                    ..d()
+                },
+                "top_p",
+            ), // 0 as f32
+            (
+                GenerateArgs {
+                    temp: (-0.5).into(),
+                    ..d()
+                },
+                "temp",
+            ),
+            (
+                GenerateArgs {
+                    temp: f64::INFINITY.into(),
+                    ..d()
+                },
+                "temp",
+            ),
+            (
+                GenerateArgs {
+                    temp: 1e300.into(),
+                    ..d()
+                },
+                "temp",
+            ), // inf as f32
+            (
+                GenerateArgs {
+                    repeat_penalty: 0.0.into(),
+                    ..d()
+                },
+                "repeat_penalty",
+            ),
+            (
+                GenerateArgs {
+                    presence_penalty: 2.5.into(),
+                    ..d()
+                },
+                "presence_penalty",
+            ),
+            (
+                GenerateArgs {
+                    frequency_penalty: (-2.01).into(),
+                    ..d()
+                },
+                "frequency_penalty",
+            ),
+            (
+                GenerateArgs {
+                    stop: vec![String::new()].into(),
+                    ..d()
+                },
+                "stop",
+            ),
+            (
+                GenerateArgs {
+                    stop: vec!["x".repeat(257)].into(),
+                    ..d()
+                },
+                "stop",
+            ),
+            (
+                GenerateArgs {
+                    stop: vec!["x".to_string(); 17].into(),
+                    ..d()
+                },
+                "stop",
+            ),
+            (
+                GenerateArgs {
+                    stop: Arg::Bad("5".into()),
+                    ..d()
+                },
+                "stop",
+            ),
+            (
+                GenerateArgs {
+                    logit_bias: Some(Arg::Bad("[1]".into())),
+                    ..d()
+                },
+                "logit_bias",
+            ),
+            (
+                GenerateArgs {
+                    logit_bias: Some(vec![((-1).into(), 1.0.into())].into()),
+                    ..d()
+                },
+                "logit_bias",
+            ),
+            (
+                GenerateArgs {
+                    logit_bias: Some(vec![(3.into(), 1e9.into())].into()),
+                    ..d()
+                },
+                "logit_bias",
+            ),
+            (
+                GenerateArgs {
+                    logit_bias: Some(vec![(3.into(), f64::NAN.into())].into()),
+                    ..d()
+                },
+                "logit_bias",
+            ),
+            (
+                GenerateArgs {
+                    logprobs: Some(21.into()),
+                    ..d()
+                },
+                "logprobs",
+            ),
+            (
+                GenerateArgs {
+                    logprobs: Some((-1).into()),
+                    ..d()
+                },
+                "logprobs",
+            ),
         ];
         for (args, want) in cases {
             let (name, msg) = param_of(args.validate(None));
             assert_eq!(name, want, "{msg}");
             assert!(msg.starts_with(want), "{msg}");
         }
-        let (_, msg) = param_of(GenerateArgs { top_p: 5.0.into(), ..d() }.validate(None));
+        let (_, msg) = param_of(
+            GenerateArgs {
+                top_p: 5.0.into(),
+                ..d()
+            }
+            .validate(None),
+        );
         assert_eq!(msg, "top_p must be in (0, 1], got 5.0");
     }
 
     #[test]
     fn logit_bias_ids_are_checked_against_the_vocab_when_known() {
-        let args = GenerateArgs { logit_bias: Some(vec![(99.into(), (-100.0).into()), (5.into(), 100.0.into())].into()), ..Default::default() };
-        assert_eq!(args.validate(Some(100)).unwrap().sampling.logit_bias, vec![(99, -100.0), (5, 100.0)]);
+        let args = GenerateArgs {
+            logit_bias: Some(vec![(99.into(), (-100.0).into()), (5.into(), 100.0.into())].into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.validate(Some(100)).unwrap().sampling.logit_bias,
+            vec![(99, -100.0), (5, 100.0)]
+        );
         assert!(args.validate(None).is_ok());
         let (name, msg) = param_of(args.validate(Some(99)));
         assert_eq!(name, "logit_bias");
-        assert!(msg.contains("from 0 to 98") && msg.ends_with("got 99"), "{msg}");
+        assert!(
+            msg.contains("from 0 to 98") && msg.ends_with("got 99"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn token_ids_are_checked() {
         assert_eq!(check_token_id(&4.into(), 5).unwrap(), 4);
-        assert_eq!(check_token_id(&5.into(), 5), invalid("token id 5 is outside the vocab of 5"));
+        assert_eq!(
+            check_token_id(&5.into(), 5),
+            invalid("token id 5 is outside the vocab of 5")
+        );
         assert!(check_token_id(&(-1).into(), 5).is_err());
-        assert_eq!(check_token_id(&Arg::Bad("10**50".into()), 5), invalid("token id 10**50 is outside the vocab of 5"));
+        assert_eq!(
+            check_token_id(&Arg::Bad("10**50".into()), 5),
+            invalid("token id 10**50 is outside the vocab of 5")
+        );
         assert_eq!(check_top_n(&5.into(), 5).unwrap(), 5);
         assert!(check_top_n(&6.into(), 5).is_err() && check_top_n(&(-1).into(), 5).is_err());
     }

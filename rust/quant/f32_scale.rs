@@ -1,5 +1,5 @@
 //! Blocks with f32 scales, as the pre-GGUF files stored them (ggml, ggmf, ggjt v1 and v2),
-//! after their nibbles were put in today's order at load (see `legacy.rs` at the crate root):
+//! after their nibbles were put in today's order at load (see `load.rs`: `legacy_weight`, `repack_nibbles`):
 //!
 //! - `Q4_0F32`: 20 bytes, f32 `d`, 16 bytes of nibbles (byte `j` = weights `j`, `j + 16`).
 //! - `Q4_1F32`: 24 bytes, f32 `d`, f32 `m`, 16 bytes of nibbles.

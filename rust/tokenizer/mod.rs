@@ -13,7 +13,6 @@
 //! ([`DecodeKind`] and a text surface per id); decoding and streaming are shared
 //! (`stream.rs`).
 
-mod fxhash;
 mod spm;
 mod stream;
 

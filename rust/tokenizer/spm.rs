@@ -38,8 +38,9 @@ pub(super) const SPACE_SYMBOL: &str = "\u{2581}";
 const UNK_SURFACE: &str = " \u{2047} ";
 const NONE: usize = usize::MAX;
 
-/// The piece tables' map (see `fxhash.rs`).
-type Map<K, V> = super::fxhash::FxHashMap<K, V>;
+/// The piece tables' map: FxHash (short string keys; the table is filled from the model
+/// file, text only looks keys up, so hash flooding is not a concern).
+type Map<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// Parse sentencepiece's byte piece `<0xXX>` (upper-case hex, as `ByteToPiece` writes it).
 pub(super) fn parse_byte_piece(p: &str) -> Option<u8> {
