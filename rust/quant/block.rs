@@ -165,6 +165,17 @@ pub trait Family: Pod {
         Self::chunk_portable(acc, w, x)
     }
 
+    /// The chunk kernel for AVX-512 (F, BW, VL, VNNI). The default is the AVX2 kernel, built
+    /// for AVX-512 (the next level down, so a family without a kernel of its own loses nothing).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn chunk_avx512(acc: &mut <Self::Act as Activation>::Acc, w: &[Self], x: &[Self::Act]) {
+        Self::chunk_avx2(acc, w, x)
+    }
+
     /// Whether there is a multi-row kernel (then [`Family::row_aux`] gives side data).
     const MULTI_ROW: bool = false;
     /// Side data of one activation row for [`Family::row_xn_avx2`].

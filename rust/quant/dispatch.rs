@@ -8,7 +8,7 @@
 //! the instruction set has something better.
 
 use super::block::{zeroed, Acc, Activation, Family};
-use super::simd::{self, has_avx2};
+use super::simd::{self, has_avx2, has_avx512};
 
 /// An instruction-set level: which of a family's chunk kernels it runs.
 pub(crate) trait Isa {
@@ -34,6 +34,17 @@ impl Isa for Avx2 {
     #[inline(always)]
     unsafe fn chunk<B: Family>(acc: &mut Acc<B>, w: &[B], x: &[B::Act]) {
         B::chunk_avx2(acc, w, x)
+    }
+}
+
+/// AVX-512 F + BW + VL + VNNI, on top of [`Avx2`]'s features.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) struct Avx512;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+impl Isa for Avx512 {
+    #[inline(always)]
+    unsafe fn chunk<B: Family>(acc: &mut Acc<B>, w: &[B], x: &[B::Act]) {
+        B::chunk_avx512(acc, w, x)
     }
 }
 
@@ -80,9 +91,15 @@ pub fn dot<B: Family>(w: &[B], x: &[B::Act]) -> f32 {
         x.len()
     );
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if has_avx2() {
-        // SAFETY: checked just above.
-        return unsafe { dot_avx2(w, x) };
+    {
+        if has_avx512() {
+            // SAFETY: checked just above.
+            return unsafe { dot_avx512(w, x) };
+        }
+        if has_avx2() {
+            // SAFETY: checked just above.
+            return unsafe { dot_avx2(w, x) };
+        }
     }
     dot_portable(w, x)
 }
@@ -103,6 +120,17 @@ pub fn dot_portable<B: Family>(w: &[B], x: &[B::Act]) -> f32 {
 pub unsafe fn dot_avx2<B: Family>(w: &[B], x: &[B::Act]) -> f32 {
     assert_eq!(w.len(), x.len());
     row::<B, Avx2>(w, x)
+}
+
+/// [`dot`] with the AVX-512 kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI (`simd::has_avx512`).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_avx512<B: Family>(w: &[B], x: &[B::Act]) -> f32 {
+    assert_eq!(w.len(), x.len());
+    row::<B, Avx512>(w, x)
 }
 
 #[inline(always)]

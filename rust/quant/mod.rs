@@ -655,10 +655,12 @@ mod tests {
     #[test]
     fn simd_path_is_used_here() {
         // Not an assertion of hardware, a report: tells whoever runs the tests which path
-        // `vec_dot` takes on this machine (the AVX2 one is also tested directly when present).
+        // `vec_dot` takes on this machine (each level it has is also tested directly).
+        let on = |b: bool| if b { "on" } else { "off" };
         eprintln!(
-            "quant: avx2 kernels {}",
-            if simd::has_avx2() { "on" } else { "off" }
+            "quant: avx2 kernels {}, avx512 (F/BW/VL/VNNI) kernels {}",
+            on(simd::has_avx2()),
+            on(simd::has_avx512())
         );
     }
 }

@@ -130,6 +130,38 @@ impl<S: Scale> Family for BlockQ4_0<S> {
         *acc += combine(dw, dx, isum);
     }
 
+    /// Two blocks per 512-bit vector: the 16 nibble bytes of each block copied to two 128-bit
+    /// lanes, the high copy shifted down by 4, masked to 0..=15, then `vpdpbusd` (nibbles
+    /// unsigned, activations signed: exact, y = -128 included) minus `8 * y` the same way.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
+        use simd::x86::*;
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
+        let m4 = _mm512_set1_epi8(0x0f);
+        let eight = _mm512_set1_epi8(8);
+        let zero = _mm512_setzero_si512();
+        let mut z = [zero; BLOCK_LANES / 2];
+        for (k, zk) in z.iter_mut().enumerate() {
+            let (b0, b1) = (2 * k, 2 * k + 1);
+            let q = _mm512_castsi256_si512(_mm256_set_m128i(load16(&w[b1].qs), load16(&w[b0].qs)));
+            // 128-bit lanes [q0, q0, q1, q1]; lanes 1 and 3 (16-bit lanes 8..16, 24..32) take
+            // the high nibbles: weights 16..32 of each block.
+            let x = _mm512_shuffle_i64x2::<0b01_01_00_00>(q, q);
+            let nib = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(x, 0xff00_ff00, x), m4);
+            let yv = load32x2(i8_bytes(&y[b0].qs), i8_bytes(&y[b1].qs));
+            *zk = _mm512_sub_epi32(
+                _mm512_dpbusd_epi32(zero, nib, yv),
+                _mm512_dpbusd_epi32(zero, eight, yv),
+            );
+        }
+        let isum = hsum_pairs_epi32(z);
+        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
+        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, dx, isum);
+    }
+
     const MULTI_ROW: bool = true;
 
     fn row_aux(y: &[BlockQ8_0]) -> Option<Q4Aux> {
@@ -322,7 +354,8 @@ mod tests {
     use crate::quant::fp16::read_f16;
     use crate::quant::fp32::F32;
     use crate::quant::tests_util::{
-        byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q4_0,
+        byte_shims, check_block_dot_paths, check_extreme_blocks, finite_half, fnv1a, known_input,
+        GGUF_Q4_0,
     };
     use crate::quant::{vec_dot_rows, GgmlType, PreparedRow, RowAux};
 
@@ -449,6 +482,18 @@ mod tests {
         // sign of a zero scale may flip).
         let y = dequantize(&quantize(&x));
         assert_eq!(dequantize(&quantize(&y)), y);
+    }
+
+    /// Every kernel level (AVX-512 where the CPU has it) against the reference on blocks of
+    /// extreme quants (-128 on both sides) and extreme scales, f16 and f32.
+    #[test]
+    fn extreme_blocks_agree_exactly() {
+        check_extreme_blocks::<BlockQ4_0>(|b, h| b.d = F16(h.to_le_bytes()));
+        check_extreme_blocks::<crate::quant::f32_scale::BlockQ4_0F32>(|b, h| {
+            // f32 scales beyond f16's range too: the products may overflow to infinity.
+            let v = F16(h.to_le_bytes()).get() * if h & 1 == 0 { 1.0 } else { 1e30 };
+            b.d = F32(v.to_le_bytes())
+        });
     }
 
     #[test]

@@ -141,6 +141,35 @@ impl<S: Scale> Family for BlockQ8_0<S> {
         *acc += combine(dw, dx, isum);
     }
 
+    /// Two blocks per 512-bit vector; `vpdpbusd` multiplies unsigned by signed bytes, so the
+    /// weights are biased to `w + 128` (0..=255: the sign bit flipped) and `128 * y` taken off
+    /// again: `w * y` exactly for every byte pair, -128 on either side included (four products
+    /// of at most 255 * 128 per i32 lane, far from overflow).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8_0]) {
+        use simd::x86::*;
+        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
+        let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
+        let bias = _mm512_set1_epi8(-128);
+        let zero = _mm512_setzero_si512();
+        let mut z = [zero; BLOCK_LANES / 2];
+        for (k, zk) in z.iter_mut().enumerate() {
+            let (b0, b1) = (2 * k, 2 * k + 1);
+            let wv = load32x2(i8_bytes(&w[b0].qs), i8_bytes(&w[b1].qs));
+            let yv = load32x2(i8_bytes(&y[b0].qs), i8_bytes(&y[b1].qs));
+            let wu = _mm512_xor_si512(wv, bias);
+            *zk = _mm512_sub_epi32(
+                _mm512_dpbusd_epi32(zero, wu, yv),
+                _mm512_dpbusd_epi32(zero, bias, yv),
+            );
+        }
+        let isum = hsum_pairs_epi32(z);
+        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
+        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        *acc += combine(dw, dx, isum);
+    }
+
     const MULTI_ROW: bool = true;
 
     fn row_aux(y: &[BlockQ8_0]) -> Option<Q8Aux> {
@@ -291,7 +320,8 @@ mod tests {
     use crate::quant::fp32::F32;
     use crate::quant::simd::{np_roundf, np_trunc_u8};
     use crate::quant::tests_util::{
-        byte_shims, check_block_dot_paths, finite_half, fnv1a, known_input, GGUF_Q8_0,
+        byte_shims, check_block_dot_paths, check_extreme_blocks, finite_half, fnv1a, known_input,
+        GGUF_Q8_0,
     };
     use crate::quant::{vec_dot_rows, GgmlType, PreparedRow, RowAux};
 
@@ -438,6 +468,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every kernel level (AVX-512 where the CPU has it) against the reference on blocks of
+    /// extreme quants (-128 on both sides) and extreme scales, f16 and f32.
+    #[test]
+    fn extreme_blocks_agree_exactly() {
+        check_extreme_blocks::<BlockQ8_0>(|b, h| b.d = F16(h.to_le_bytes()));
+        check_extreme_blocks::<crate::quant::f32_scale::BlockQ8_0F32>(|b, h| {
+            // f32 scales beyond f16's range too: the products may overflow to infinity.
+            let v = F16(h.to_le_bytes()).get() * if h & 1 == 0 { 1.0 } else { 1e30 };
+            b.d = F32(v.to_le_bytes())
+        });
     }
 
     #[test]

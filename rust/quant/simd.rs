@@ -55,6 +55,26 @@ pub(crate) fn has_avx2() -> bool {
     false
 }
 
+/// Whether the AVX-512 kernels may run here: AVX-512 F, BW, VL and VNNI (`vpdpbusd`), on top
+/// of everything [`has_avx2`] asks for (checked once).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+pub(crate) fn has_avx512() -> bool {
+    false
+}
+
 /// How far ahead of the current read position the row kernels prefetch weights. Generation
 /// streams every weight once from memory, and without the hint the cores left part of their
 /// read bandwidth unused (measured in BENCHMARKS.md, issue 7: 2 KiB ahead was best).
@@ -218,9 +238,10 @@ pub(crate) fn np_roundf_x8(n: f32x8) -> f32x8 {
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86 {
-    //! AVX2 helpers. They are `#[inline(always)]` without `#[target_feature]` of their own:
-    //! they are only ever inlined into `#[target_feature(enable = "avx2,fma,f16c")]` entry
-    //! points (`dispatch::dot_avx2` and the like), where the intrinsics then inline too. (A `#[target_feature]`
+    //! AVX2 (and AVX-512) helpers. They are `#[inline(always)]` without `#[target_feature]`
+    //! of their own: they are only ever inlined into `#[target_feature(enable = "avx2,fma,f16c")]`
+    //! entry points (`dispatch::dot_avx2` and the like; `dispatch::dot_avx512` enables a
+    //! superset), where the intrinsics then inline too. (A `#[target_feature]`
     //! helper cannot be `inline(always)`, and LLVM declined to inline the group kernels.)
     use std::simd::prelude::*;
 
@@ -243,6 +264,34 @@ pub(crate) mod x86 {
         let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
         let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
         i32x8::from(_mm256_add_epi32(lo, hi))
+    }
+
+    /// 64 bytes from two unaligned 32-byte halves (`lo` in bytes 0..32). AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn load32x2(lo: &[u8; 32], hi: &[u8; 32]) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load32(lo)), load32(hi))
+    }
+
+    /// Lane `b` of the result = sum of the 8 i32 lanes of block `b`, where `z[k]` holds block
+    /// `2k` in its low 256 bits and block `2k + 1` in its high 256 bits (exact: integer adds,
+    /// in any order). AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn hsum_pairs_epi32(z: [__m512i; 4]) -> i32x8 {
+        // Per 128-bit lane: a = [z0 0+2, z1 0+2, z0 1+3, z1 1+3], b the same for z2, z3.
+        let a = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(z[0], z[1]),
+            _mm512_unpackhi_epi32(z[0], z[1]),
+        );
+        let b = _mm512_add_epi32(
+            _mm512_unpacklo_epi32(z[2], z[3]),
+            _mm512_unpackhi_epi32(z[2], z[3]),
+        );
+        // 128-bit lane j of c: the sums of lane j of z0, z1, z2, z3.
+        let c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+        // Lane 0 of s: lanes 0 + 1 (the low blocks 2k); lane 2: lanes 2 + 3 (blocks 2k + 1).
+        let s = _mm512_add_epi32(c, _mm512_shuffle_i64x2::<0b10_11_00_01>(c, c));
+        let idx = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+        i32x8::from(_mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, s)))
     }
 
     /// f16 bits to f32 with F16C. Equal to the portable conversion except for signalling NaN

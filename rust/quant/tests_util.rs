@@ -169,7 +169,6 @@ pub(crate) fn finite_half(rng: &mut Rng) -> F16 {
 pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(&mut B, &mut Rng)) {
     let bb = std::mem::size_of::<B>();
     let qb = std::mem::size_of::<BlockQ8_0>();
-    let avx2 = super::simd::has_avx2();
     let mut rng = Rng::new(1234);
     let sizes: Vec<usize> = (0..=40).chain([63, 64, 65, 127, 128, 129, 256]).collect();
     for &nb in &sizes {
@@ -196,26 +195,8 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
                 (w, y)
             };
             let (wv, yv) = (view::<B>(&w), view::<BlockQ8_0>(&y));
-            let r = B::dot_scalar(wv, yv);
             let ctx = format!("nb={nb} round={round}");
-            assert_eq!(
-                dispatch::dot_portable(wv, yv).to_bits(),
-                r.to_bits(),
-                "portable {ctx}"
-            );
-            assert_eq!(
-                dispatch::dot(wv, yv).to_bits(),
-                r.to_bits(),
-                "dispatch {ctx}"
-            );
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            if avx2 {
-                assert_eq!(
-                    unsafe { dispatch::dot_avx2(wv, yv) }.to_bits(),
-                    r.to_bits(),
-                    "avx2 {ctx}"
-                );
-            }
+            let r = check_dot_levels(wv, yv, &ctx);
             // Unaligned copies.
             let mut wb = vec![0u8; w.len() + 3];
             wb[3..].copy_from_slice(&w);
@@ -246,9 +227,114 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
             }
         }
     }
-    if !avx2 {
-        eprintln!("note: AVX2 kernels not available here, only the portable path was checked");
+    note_skipped_levels();
+}
+
+/// Asserts that every kernel level this CPU has (portable, AVX2, AVX-512, and the dispatch's
+/// choice) gives the scalar reference's bits for `w` against `y`; returns the reference.
+pub(crate) fn check_dot_levels<B: Family<Act = BlockQ8_0>>(
+    w: &[B],
+    y: &[BlockQ8_0],
+    ctx: &str,
+) -> f32 {
+    let r = B::dot_scalar(w, y);
+    let mut levels = vec![("portable", dispatch::dot_portable(w, y))];
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if super::simd::has_avx2() {
+            // SAFETY: checked just above.
+            levels.push(("avx2", unsafe { dispatch::dot_avx2(w, y) }));
+        }
+        if super::simd::has_avx512() {
+            // SAFETY: checked just above.
+            levels.push(("avx512", unsafe { dispatch::dot_avx512(w, y) }));
+        }
     }
+    levels.push(("dispatch", dispatch::dot(w, y)));
+    for (name, v) in levels {
+        assert_eq!(v.to_bits(), r.to_bits(), "{name} {ctx}: {v} vs {r}");
+    }
+    r
+}
+
+/// Tells whoever runs the tests which kernel levels this CPU could not check.
+pub(crate) fn note_skipped_levels() {
+    if !super::simd::has_avx2() {
+        eprintln!("note: AVX2 kernels not available here, not checked");
+    }
+    if !super::simd::has_avx512() {
+        eprintln!("note: AVX-512 (F/BW/VL/VNNI) kernels not available here, not checked");
+    }
+}
+
+/// Quant bytes that stress the integer kernels: both int8 extremes (-128 is the one a
+/// sign trick gets wrong), -1, 0, and every Q4_0 nibble edge (0x0, 0x8, 0xf in either half).
+pub(crate) const EXTREME_BYTES: [u8; 10] =
+    [0x80, 0x7f, 0x81, 0xff, 0x00, 0x01, 0x88, 0x08, 0xf0, 0x0f];
+
+/// f16 scale bits at the ends of the range: +-65504, the smallest normal, subnormals, both
+/// zeros, 1 (every product of two stays finite in f32).
+pub(crate) const EXTREME_HALVES: [u16; 9] = [
+    0x7bff, 0xfbff, 0x0400, 0x8400, 0x0001, 0x03ff, 0x0000, 0x8000, 0x3c00,
+];
+
+/// Random blocks built from the extremes above (per block: all one byte, or each byte drawn
+/// from the list, or random bytes; scales from the list, or random), both sides, through
+/// every kernel level. `set_scale(block, half bits)` writes a weight block's scale.
+pub(crate) fn check_extreme_blocks<B: Family<Act = BlockQ8_0>>(set_scale: impl Fn(&mut B, u16)) {
+    let bb = std::mem::size_of::<B>();
+    let qb = std::mem::size_of::<BlockQ8_0>();
+    let mut rng = Rng::new(4321);
+    let fill = |bytes: &mut [u8], rng: &mut Rng| match rng.next_u64() % 3 {
+        0 => bytes.fill(EXTREME_BYTES[(rng.next_u64() % 10) as usize]),
+        1 => bytes
+            .iter_mut()
+            .for_each(|b| *b = EXTREME_BYTES[(rng.next_u64() % 10) as usize]),
+        _ => bytes.iter_mut().for_each(|b| *b = rng.next_u64() as u8),
+    };
+    let half = |rng: &mut Rng| {
+        if rng.next_u64().is_multiple_of(4) {
+            finite_half(rng).0
+        } else {
+            EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes()
+        }
+    };
+    for nb in (1..=24).chain([63, 64, 65, 129]) {
+        for round in 0..8 {
+            let mut w = vec![0u8; nb * bb];
+            let mut y = vec![0u8; nb * qb];
+            for b in w.chunks_exact_mut(bb) {
+                fill(b, &mut rng);
+            }
+            for b in y.chunks_exact_mut(qb) {
+                fill(b, &mut rng);
+            }
+            for (wb, yb) in view_mut::<B>(&mut w)
+                .iter_mut()
+                .zip(view_mut::<BlockQ8_0>(&mut y))
+            {
+                set_scale(wb, u16::from_le_bytes(half(&mut rng)));
+                yb.d = F16(half(&mut rng));
+            }
+            check_dot_levels(
+                view::<B>(&w),
+                view::<BlockQ8_0>(&y),
+                &format!("extreme nb={nb} round={round}"),
+            );
+        }
+    }
+    // The all-(-128) block on both sides: the largest block sum, 32 * 16384.
+    let mut w = vec![0x80u8; 9 * bb];
+    let mut y = vec![0x80u8; 9 * qb];
+    for (wb, yb) in view_mut::<B>(&mut w)
+        .iter_mut()
+        .zip(view_mut::<BlockQ8_0>(&mut y))
+    {
+        set_scale(wb, 0x7bff);
+        yb.d = F16(0xfbffu16.to_le_bytes());
+    }
+    check_dot_levels(view::<B>(&w), view::<BlockQ8_0>(&y), "all -128");
+    note_skipped_levels();
 }
 
 /// (seed, n, FNV-1a of the bytes of `gguf.quants.quantize(known_input(seed, n), type)`,
