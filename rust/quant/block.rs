@@ -79,6 +79,34 @@ pub trait Scale: Pod {
     unsafe fn lanes_avx2(s: [Self; 8]) -> f32x8 {
         Self::lanes_portable(s)
     }
+    /// The scales of 8 blocks of `stride` bytes that start with their scale (`bytes` is the 8
+    /// blocks, [`bytes_of`]) as f32 lanes, for the AVX-512 kernels. The default reads them one
+    /// by one into [`Scale::lanes_avx2`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn lanes_strided_avx512(bytes: &[u8], stride: usize) -> f32x8 {
+        Self::lanes_avx2(read_strided(bytes, stride))
+    }
+}
+
+/// The 8 values of type `T` at byte `b * stride` of `bytes` (bounds-checked).
+#[inline(always)]
+pub(crate) fn read_strided<T: Pod>(bytes: &[u8], stride: usize) -> [T; 8] {
+    assert!(bytes.len() >= 7 * stride + std::mem::size_of::<T>());
+    // SAFETY: in bounds (checked above); `T` is Pod, so any bytes at any address are a `T`.
+    std::array::from_fn(|b| unsafe {
+        std::ptr::read_unaligned(bytes.as_ptr().add(b * stride).cast())
+    })
+}
+
+/// The bytes of an array of blocks.
+#[inline(always)]
+pub(crate) fn bytes_of<B: Pod, const N: usize>(b: &[B; N]) -> &[u8] {
+    // SAFETY: Pod: no padding, alignment 1, so the array is exactly its `N * size` bytes.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), N * std::mem::size_of::<B>()) }
 }
 
 /// What a family's weight rows are multiplied with, and the accumulation order that goes with

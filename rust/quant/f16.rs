@@ -109,6 +109,47 @@ impl Scale for F16 {
     unsafe fn lanes_avx2(s: [F16; 8]) -> f32x8 {
         simd::x86::f16x8_to_f32(bits8(s))
     }
+    /// One or two `vpermt2w` over the chunk's first 128 or 256 bytes pick the 8 scales
+    /// (instead of 8 word inserts), where the stride lets them: even, and the chunk long
+    /// enough for the loads. Other strides read the scales one by one.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn lanes_strided_avx512(bytes: &[u8], stride: usize) -> f32x8 {
+        use simd::x86::*;
+        // Word index of each scale (all of this folds away for a constant stride).
+        let word: [usize; 8] = std::array::from_fn(|b| b * stride / 2);
+        let even = stride.is_multiple_of(2);
+        let one = even && word[7] < 64 && bytes.len() >= 128;
+        let two = even && word[7] < 128 && bytes.len() >= 256;
+        if !(one || two) {
+            return Self::lanes_avx2(super::block::read_strided(bytes, stride));
+        }
+        let p = bytes.as_ptr();
+        // Word indices into a pair of 64-byte tables (bit 5 picks the second table).
+        let idx = |lo: usize| -> __m512i {
+            let mut i = [0u16; 32];
+            for b in 0..8 {
+                i[b] = (word[b].wrapping_sub(lo) & 63) as u16;
+            }
+            _mm512_loadu_si512(i.as_ptr().cast())
+        };
+        let t0 = _mm512_loadu_si512(p.cast());
+        let t1 = _mm512_loadu_si512(p.add(64).cast());
+        let mut r = _mm512_permutex2var_epi16(t0, idx(0), t1);
+        if !one {
+            let t2 = _mm512_loadu_si512(p.add(128).cast());
+            let t3 = _mm512_loadu_si512(p.add(192).cast());
+            let r2 = _mm512_permutex2var_epi16(t2, idx(64), t3);
+            let mut high = 0u32;
+            for (b, &w) in word.iter().enumerate() {
+                if w >= 64 {
+                    high |= 1 << b;
+                }
+            }
+            r = _mm512_mask_blend_epi16(high, r, r2);
+        }
+        f32x8::from(_mm256_cvtph_ps(_mm512_castsi512_si128(r)))
+    }
 }
 
 /// F16 rows against f32 activations: `acc[i % 32] += w[i] * x[i]`, then the fixed reduction.

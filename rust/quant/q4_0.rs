@@ -1,7 +1,7 @@
 //! Q4_0: 32 weights per 18-byte block: f16 scale `d`, then 16 bytes of nibbles; byte `j`
 //! holds weight `j` (low nibble) and weight `j + 16` (high nibble). Value = `(q - 8) * d`.
 
-use super::block::{i8_bytes, zeroed, Family, Pod, Scale};
+use super::block::{bytes_of, i8_bytes, zeroed, Family, Pod, Scale};
 use super::fp16::F16;
 use super::q8_0::BlockQ8_0;
 use super::simd::{self, BLOCK_LANES};
@@ -157,8 +157,8 @@ impl<S: Scale> Family for BlockQ4_0<S> {
             );
         }
         let isum = hsum_pairs_epi32(z);
-        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        let dw = S::lanes_strided_avx512(bytes_of(w), std::mem::size_of::<Self>());
+        let dx = F16::lanes_strided_avx512(bytes_of(y), std::mem::size_of::<BlockQ8_0>());
         *acc += combine(dw, dx, isum);
     }
 

@@ -1,7 +1,7 @@
 //! Q8_0: 32 values per 34-byte block: f16 scale `d`, then 32 signed bytes. Value = `q * d`.
 //! Also the type activations are prepared as for every quantized weight type.
 
-use super::block::{i8_bytes, view, view_mut, zeroed, Activation, Family, Pod, Scale};
+use super::block::{bytes_of, i8_bytes, view, view_mut, zeroed, Activation, Family, Pod, Scale};
 use super::fp16::F16;
 use super::simd::{self, BLOCK_LANES};
 use super::PreparedRow;
@@ -165,8 +165,8 @@ impl<S: Scale> Family for BlockQ8_0<S> {
             );
         }
         let isum = hsum_pairs_epi32(z);
-        let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dx = F16::lanes_avx2(std::array::from_fn(|b| y[b].d));
+        let dw = S::lanes_strided_avx512(bytes_of(w), std::mem::size_of::<Self>());
+        let dx = F16::lanes_strided_avx512(bytes_of(y), std::mem::size_of::<BlockQ8_0>());
         *acc += combine(dw, dx, isum);
     }
 
