@@ -224,6 +224,15 @@ pub trait Family: Pod {
     unsafe fn row_xn_avx2<const N: usize>(_w: &[Self], _aux: [&Self::Aux; N]) -> [f32; N] {
         unreachable!("no multi-row kernel")
     }
+    /// [`Family::row_xn_avx2`] for AVX-512 (F, BW, VL, VNNI); the default is the AVX2 kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Self::Aux; N]) -> [f32; N] {
+        Self::row_xn_avx2(w, aux)
+    }
 }
 
 /// The accumulator type of a family's rows.

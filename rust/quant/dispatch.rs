@@ -201,9 +201,15 @@ pub fn dot_rows<B: Family, const N: usize>(
 ) {
     assert_eq!(w.len(), out.len() * row_len, "dot_rows: weight rows");
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if let Some(aux) = aux.filter(|_| B::MULTI_ROW && has_avx2()) {
-        // SAFETY: checked just above.
-        return unsafe { rows_avx2::<B, N>(w, row_len, aux, out) };
+    if let Some(aux) = aux.filter(|_| B::MULTI_ROW) {
+        if has_avx512() {
+            // SAFETY: checked just above.
+            return unsafe { rows_avx512::<B, N>(w, row_len, aux, out) };
+        }
+        if has_avx2() {
+            // SAFETY: checked just above.
+            return unsafe { rows_avx2::<B, N>(w, row_len, aux, out) };
+        }
     }
     let _ = aux;
     for (r, o) in out.iter_mut().enumerate() {
@@ -212,11 +218,13 @@ pub fn dot_rows<B: Family, const N: usize>(
     }
 }
 
+/// [`dot_rows`] with the AVX2 multi-row kernel (`B::MULTI_ROW` only).
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_avx2<B: Family, const N: usize>(
+pub unsafe fn rows_avx2<B: Family, const N: usize>(
     w: &[B],
     row_len: usize,
     aux: [&B::Aux; N],
@@ -224,5 +232,23 @@ unsafe fn rows_avx2<B: Family, const N: usize>(
 ) {
     for (r, o) in out.iter_mut().enumerate() {
         *o = B::row_xn_avx2(&w[r * row_len..(r + 1) * row_len], aux);
+    }
+}
+
+/// [`dot_rows`] with the AVX-512 multi-row kernel (`B::MULTI_ROW` only).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI (`simd::has_avx512`).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn rows_avx512<B: Family, const N: usize>(
+    w: &[B],
+    row_len: usize,
+    aux: [&B::Aux; N],
+    out: &mut [[f32; N]],
+) {
+    assert_eq!(w.len(), out.len() * row_len, "rows_avx512: weight rows");
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = B::row_xn_avx512(&w[r * row_len..(r + 1) * row_len], aux);
     }
 }

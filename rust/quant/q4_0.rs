@@ -179,41 +179,59 @@ impl<S: Scale> Family for BlockQ4_0<S> {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
-        let nb = w.len();
-        let groups = nb.div_ceil(BLOCK_LANES);
-        for a in aux {
-            assert!(
-                a.d.len() == groups * BLOCK_LANES
-                    && a.s8.len() == groups * BLOCK_LANES
-                    && a.yt.len() == groups * YT_GROUP,
-                "vec_dot_xn lengths"
-            );
-        }
-        let mut acc = [f32x8::splat(0.0); N];
-        let full = nb / BLOCK_LANES;
-        for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
-            simd::prefetch_ahead(
-                wg.as_ptr().cast(),
-                BLOCK_LANES * std::mem::size_of::<Self>(),
-            );
-            group_xn_avx2(wg.try_into().unwrap(), group_parts(aux, g), &mut acc);
-        }
-        let rem = nb % BLOCK_LANES;
-        if rem != 0 {
-            // Zero padding as in the row driver: padded lanes add (0 * 0) * 0 = +0.0.
-            let mut wp = [zeroed::<Self>(); BLOCK_LANES];
-            wp[..rem].copy_from_slice(&w[full * BLOCK_LANES..]);
-            group_xn_avx2(&wp, group_parts(aux, full), &mut acc);
-        }
-        acc.map(|a| {
-            let a = a.to_array();
-            let mut lanes = [0f32; BLOCK_LANES];
-            for (l, &b) in LANE_BLOCK.iter().enumerate() {
-                lanes[b] = a[l];
-            }
-            simd::reduce8(lanes)
-        })
+        row_xn::<S, N, false>(w, aux)
     }
+
+    /// [`Family::row_xn_avx2`] with `vpdpbusd` for the nibble products.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        row_xn::<S, N, true>(w, aux)
+    }
+}
+
+/// The multi-row kernel, with `vpdpbusd` (`VNNI`: the caller enables AVX-512 VNNI + VL) or
+/// with AVX2's `maddubs`.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn row_xn<S: Scale, const N: usize, const VNNI: bool>(
+    w: &[BlockQ4_0<S>],
+    aux: [&Q4Aux; N],
+) -> [f32; N] {
+    let nb = w.len();
+    let groups = nb.div_ceil(BLOCK_LANES);
+    for a in aux {
+        assert!(
+            a.d.len() == groups * BLOCK_LANES
+                && a.s8.len() == groups * BLOCK_LANES
+                && a.yt.len() == groups * YT_GROUP,
+            "vec_dot_xn lengths"
+        );
+    }
+    let mut acc = [f32x8::splat(0.0); N];
+    let full = nb / BLOCK_LANES;
+    for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
+        simd::prefetch_ahead(
+            wg.as_ptr().cast(),
+            BLOCK_LANES * std::mem::size_of::<BlockQ4_0<S>>(),
+        );
+        group_xn_avx2::<S, N, VNNI>(wg.try_into().unwrap(), group_parts(aux, g), &mut acc);
+    }
+    let rem = nb % BLOCK_LANES;
+    if rem != 0 {
+        // Zero padding as in the row driver: padded lanes add (0 * 0) * 0 = +0.0.
+        let mut wp = [zeroed::<BlockQ4_0<S>>(); BLOCK_LANES];
+        wp[..rem].copy_from_slice(&w[full * BLOCK_LANES..]);
+        group_xn_avx2::<S, N, VNNI>(&wp, group_parts(aux, full), &mut acc);
+    }
+    acc.map(|a| {
+        let a = a.to_array();
+        let mut lanes = [0f32; BLOCK_LANES];
+        for (l, &b) in LANE_BLOCK.iter().enumerate() {
+            lanes[b] = a[l];
+        }
+        simd::reduce8(lanes)
+    })
 }
 
 /// Lane `l` of the multi-row kernels' vectors holds block `LANE_BLOCK[l]` of a group of 8
@@ -298,7 +316,7 @@ fn group_parts<const N: usize>(
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
 #[allow(clippy::type_complexity)]
-unsafe fn group_xn_avx2<S: Scale, const N: usize>(
+unsafe fn group_xn_avx2<S: Scale, const N: usize, const VNNI: bool>(
     w: &[BlockQ4_0<S>; BLOCK_LANES],
     (yt, dx, s8): (
         [&[u8; YT_GROUP]; N],
@@ -327,6 +345,8 @@ unsafe fn group_xn_avx2<S: Scale, const N: usize>(
     let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
     // Nibble vector v by v, each meeting every activation row while it is in a register:
     // nib(2k) = weights 4k..4k+4 (low nibbles), nib(2k + 1) = weights 16 + 4k.. (high).
+    // AVX2: i16 sums (maddubs), widened at the end; VNNI: i32 sums straight away (vpdpbusd,
+    // 32 products of at most 15 * 128 per lane). The same exact integers either way.
     let mut s16 = [_mm256_setzero_si256(); N];
     for v in 0..8 {
         let tk = t[v / 2];
@@ -336,14 +356,21 @@ unsafe fn group_xn_avx2<S: Scale, const N: usize>(
             _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
         };
         for n in 0..N {
-            s16[n] = _mm256_add_epi16(
-                s16[n],
-                _mm256_maddubs_epi16(nib, load32(simd::arr::<32>(yt[n], 32 * v))),
-            );
+            let y = load32(simd::arr::<32>(yt[n], 32 * v));
+            s16[n] = if VNNI {
+                _mm256_dpbusd_epi32(s16[n], nib, y)
+            } else {
+                _mm256_add_epi16(s16[n], _mm256_maddubs_epi16(nib, y))
+            };
         }
     }
     for n in 0..N {
-        let isum = i32x8::from(_mm256_madd_epi16(s16[n], ones)) - i32x8::from_array(*s8[n]);
+        let s32 = if VNNI {
+            s16[n]
+        } else {
+            _mm256_madd_epi16(s16[n], ones)
+        };
+        let isum = i32x8::from(s32) - i32x8::from_array(*s8[n]);
         acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
     }
 }
@@ -576,6 +603,10 @@ mod tests {
                 check::<8>(&w, &ps, &aux, 0, &want);
                 check::<4>(&w, &ps, &aux, 4, &want);
                 check::<1>(&w, &ps, &aux, 6, &want);
+                use crate::quant::tests_util::check_rows_levels;
+                check_rows_levels::<BlockQ4_0, 8>(&w, &ys, 0, &want);
+                check_rows_levels::<BlockQ4_0, 4>(&w, &ys, 4, &want);
+                check_rows_levels::<BlockQ4_0, 1>(&w, &ys, 6, &want);
                 for (r, wr) in want.iter().enumerate() {
                     for t in 0..8 {
                         assert_eq!(

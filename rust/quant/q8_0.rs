@@ -563,6 +563,10 @@ mod tests {
                 check::<8>(&w, &ps, &aux, 0, &want);
                 check::<4>(&w, &ps, &aux, 3, &want);
                 check::<1>(&w, &ps, &aux, 7, &want);
+                use crate::quant::tests_util::check_rows_levels;
+                check_rows_levels::<BlockQ8_0, 8>(&w, &ys, 0, &want);
+                check_rows_levels::<BlockQ8_0, 4>(&w, &ys, 3, &want);
+                check_rows_levels::<BlockQ8_0, 1>(&w, &ys, 7, &want);
             }
         }
     }

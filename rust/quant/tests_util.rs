@@ -405,3 +405,37 @@ pub(crate) fn check_multi_row<const N: usize>(
         }
     }
 }
+
+/// Every multi-row kernel level this CPU has (AVX2, AVX-512), called directly, for weight
+/// rows `w` (bytes of `want.len()` rows) against activation rows `ys[t0..t0 + N]` (q8_0
+/// bytes): each result has the bits of `want[row][t0 + k]`.
+pub(crate) fn check_rows_levels<B: Family<Act = BlockQ8_0>, const N: usize>(
+    w: &[u8],
+    ys: &[Vec<u8>],
+    t0: usize,
+    want: &[[f32; 8]],
+) {
+    let wv = view::<B>(w);
+    let row_len = wv.len() / want.len().max(1);
+    let aux: Vec<B::Aux> = ys[t0..t0 + N]
+        .iter()
+        .map(|y| B::row_aux(view(y)).unwrap())
+        .collect();
+    let aux: [&B::Aux; N] = std::array::from_fn(|k| &aux[k]);
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if super::simd::has_avx2() {
+            // SAFETY: checked just above.
+            check_multi_row::<N>(want, t0, |out| unsafe {
+                dispatch::rows_avx2::<B, N>(wv, row_len, aux, out)
+            });
+        }
+        if super::simd::has_avx512() {
+            // SAFETY: checked just above.
+            check_multi_row::<N>(want, t0, |out| unsafe {
+                dispatch::rows_avx512::<B, N>(wv, row_len, aux, out)
+            });
+        }
+    }
+    let _ = (aux, row_len);
+}
