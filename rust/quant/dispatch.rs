@@ -5,7 +5,8 @@
 //! `#[target_feature]` entry per operation below and one branch in each selector (`dot`,
 //! `quantize`, `dot_rows`); a method on [`Family`] (and on `Scale`, for reading 8 scales)
 //! whose default is the portable code, which each family overrides with one function where
-//! the instruction set has something better.
+//! the instruction set has something better. (The AVX-512 methods default to the AVX2 kernel
+//! instead, built for AVX-512: the next level down. `quantize` has no AVX-512 branch yet.)
 
 use super::block::{zeroed, Acc, Activation, Family};
 use super::simd::{self, has_avx2, has_avx512};
