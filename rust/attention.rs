@@ -548,6 +548,19 @@ mod tests {
 
     /// Random keys, values and queries through the cache and through [`reference`], for every
     /// way heads split into tiles, head sizes with and without a ragged last 8, and both types.
+    /// The values as the cache holds them (rounded through f16 for an f16 cache).
+    fn as_stored(x: &[f32], f16: bool) -> Vec<f32> {
+        x.iter()
+            .map(|&a| {
+                if f16 {
+                    f16_bits_to_f32(f32_to_f16_bits(a))
+                } else {
+                    a
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn equals_reference_bit_for_bit() {
         let mut s = 5u64;
@@ -580,17 +593,7 @@ mod tests {
                     cache.write(0, 0, &k[..n_past * kv_dim], &v[..n_past * kv_dim]);
                     cache.write(0, n_past, &k[n_past * kv_dim..], &v[n_past * kv_dim..]);
                     let f16 = ty == KvType::F16;
-                    let stored = |x: &[f32]| -> Vec<f32> {
-                        x.iter()
-                            .map(|&a| {
-                                if f16 {
-                                    f16_bits_to_f32(f32_to_f16_bits(a))
-                                } else {
-                                    a
-                                }
-                            })
-                            .collect()
-                    };
+                    let stored = |x: &[f32]| as_stored(x, f16);
                     let mut want = vec![0f32; n * dim];
                     reference(&c, &stored(&k), &stored(&v), &q, n_past, f16, &mut want);
                     for threads in [1, 2] {
@@ -625,17 +628,7 @@ mod tests {
             let q: Vec<f32> = (0..c.dim).map(|_| lcg(&mut s)).collect();
             cache.write(0, 0, &k, &v);
             let f16 = ty == KvType::F16;
-            let stored = |x: &[f32]| -> Vec<f32> {
-                x.iter()
-                    .map(|&a| {
-                        if f16 {
-                            f16_bits_to_f32(f32_to_f16_bits(a))
-                        } else {
-                            a
-                        }
-                    })
-                    .collect()
-            };
+            let stored = |x: &[f32]| as_stored(x, f16);
             let mut want = vec![0f32; c.dim];
             // The last position only: n_past = n_ctx - 1.
             let mut k_all = stored(&k);

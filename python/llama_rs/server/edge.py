@@ -110,29 +110,32 @@ async def parse_body(request: Request, model: type[BaseModel]):
         raise ApiError(400, f"{where}: {first['msg']}" if where else first["msg"], param=where or None) from None
 
 
+def param_error(message: str, param: Optional[str], names: dict) -> ApiError:
+    """The engine's error about `param` as a 400 about the request's own field: "temp must be
+    >= 0" becomes "temperature must be >= 0" on the OpenAI routes."""
+    if not param:
+        return ApiError(400, message)
+    name = names.get(param, param)
+    if message.startswith(param):
+        message = name + message[len(param) :]
+    return ApiError(400, message if message.startswith(name) else f"{name}: {message}", param=name)
+
+
 def checked(params: dict, names: dict, n_vocab: int) -> dict:
-    """The engine's own range checks, before a worker is taken; errors name the request's field."""
+    """The engine's own range checks, before a worker is taken."""
     try:
         llama_rs.check_generation(**params, n_vocab=n_vocab)
     except llama_rs.ParamError as e:
-        name = names.get(e.param, e.param)
-        msg = str(e)
-        if msg.startswith(e.param):
-            msg = name + msg[len(e.param) :]
-        raise ApiError(400, msg if msg.startswith(name) else f"{name}: {msg}", param=name) from None
+        raise param_error(str(e), e.param, names) from None
     return params
 
 
 def worker_error(msg: dict, names: dict) -> ApiError:
     err = msg.get("error") or {}
-    param = err.get("param")
-    name = names.get(param, param)
     text = str(err.get("message") or "the worker refused the request")
-    if param and text.startswith(param):
-        text = name + text[len(param) :]
     if err.get("type") == "server_error":
         return ApiError(500, text, "server_error")
-    return ApiError(400, text, param=name)
+    return param_error(text, err.get("param"), names)
 
 
 def stop_list(stop) -> list[str]:
