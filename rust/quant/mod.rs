@@ -24,6 +24,7 @@ pub mod fp32;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
+pub mod q8_k;
 pub(crate) mod simd;
 
 #[cfg(test)]
@@ -211,16 +212,18 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     ty.visit(D(src, dst))
 }
 
-/// Activations prepared once per input row for a given weight type: f32 for F32/F16 weights,
-/// q8_0 bytes for quantized weights (as llama.cpp does).
+/// Activations prepared once per input row for a given weight type (as llama.cpp does): f32
+/// for float weights, q8_0 bytes for the 32-weight quantized types, q8_K bytes for the
+/// 256-weight super-block types.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PreparedRow {
     F32(Vec<f32>),
     Q8_0(Vec<u8>),
+    Q8K(Vec<u8>),
 }
 
 /// Prepare `x` for dot products with rows of `weight_type`. For quantized weights `x.len()`
-/// must be a multiple of 32.
+/// must be a multiple of the type's block size.
 pub fn prepare_activation(weight_type: GgmlType, x: &[f32]) -> PreparedRow {
     struct P<'a>(&'a [f32]);
     impl Visit for P<'_> {
@@ -257,6 +260,7 @@ impl PreparedRow {
         match self {
             PreparedRow::F32(v) => v.len(),
             PreparedRow::Q8_0(q) => q.len() / std::mem::size_of::<q8_0::BlockQ8_0>() * q8_0::QK,
+            PreparedRow::Q8K(q) => q.len() / std::mem::size_of::<q8_k::BlockQ8K>() * q8_k::QK_K,
         }
     }
 

@@ -1,10 +1,69 @@
 //! Test helpers: a tiny deterministic PRNG, inputs that numpy can reproduce exactly, and the
 //! known-answer hashes computed with the `gguf` Python package.
 
-use super::block::{view, view_mut, Family};
+use super::block::{view, view_mut, Activation, Family, Pod};
 use super::dispatch;
-use super::fp16::F16;
+use super::fp16::{f16_bits_to_f32, F16};
+use super::fp32::F32;
 use super::q8_0::BlockQ8_0;
+use super::q8_k::{self, BlockQ8K};
+
+/// What the family checks below need of an activation type besides [`Activation`].
+pub(crate) trait TestActivation: Activation + Pod {
+    /// A row of f32 (whole units) as units, as `Activation::prepare` makes them.
+    fn quantize_units(x: &[f32]) -> Vec<Self>;
+    /// The units' values.
+    fn dequantize_units(units: &[Self]) -> Vec<f32>;
+    /// Makes a unit of random bytes valid: a finite random scale, and any invariant the type
+    /// keeps (Q8_K's `bsums`).
+    fn fix_random(&mut self, rng: &mut Rng);
+    /// Sets the scale to the value of these f16 bits (and keeps the invariants).
+    fn set_scale_half(&mut self, h: u16);
+}
+
+impl TestActivation for BlockQ8_0 {
+    fn quantize_units(x: &[f32]) -> Vec<Self> {
+        let mut out = vec![<Self as Activation>::ZERO; x.len() / 32];
+        dispatch::quantize::<BlockQ8_0>(x, &mut out);
+        out
+    }
+    fn dequantize_units(units: &[Self]) -> Vec<f32> {
+        let mut y = vec![0f32; units.len() * 32];
+        dispatch::dequantize(units, &mut y);
+        y
+    }
+    fn fix_random(&mut self, rng: &mut Rng) {
+        self.d = finite_half(rng);
+    }
+    fn set_scale_half(&mut self, h: u16) {
+        self.d = F16(h.to_le_bytes());
+    }
+}
+
+impl TestActivation for BlockQ8K {
+    fn quantize_units(x: &[f32]) -> Vec<Self> {
+        let mut out = vec![<Self as Activation>::ZERO; x.len() / q8_k::QK_K];
+        q8_k::quantize_row(x, &mut out);
+        out
+    }
+    fn dequantize_units(units: &[Self]) -> Vec<f32> {
+        let mut y = vec![0f32; units.len() * q8_k::QK_K];
+        for (u, o) in units.iter().zip(y.chunks_exact_mut(q8_k::QK_K)) {
+            u.dequantize(o);
+        }
+        y
+    }
+    fn fix_random(&mut self, rng: &mut Rng) {
+        self.set_scale_half(u16::from_le_bytes(finite_half(rng).0));
+    }
+    fn set_scale_half(&mut self, h: u16) {
+        self.d = F32(f16_bits_to_f32(h).to_le_bytes());
+        for j in 0..q8_k::QK_K / 16 {
+            let s: i32 = self.qs[16 * j..16 * j + 16].iter().map(|&q| q as i32).sum();
+            self.bsums[j] = (s as i16).to_le_bytes();
+        }
+    }
+}
 
 /// xorshift64* (Vigna). Deterministic, no dependencies.
 pub(crate) struct Rng(u64);
@@ -161,40 +220,48 @@ pub(crate) fn finite_half(rng: &mut Rng) -> F16 {
     F16(h.to_le_bytes())
 }
 
-/// Checks, for a block family against q8_0 activations, that every kernel level equals the
-/// scalar reference bit for bit over many sizes (ragged groups of 8 blocks included), on
-/// quantized data and on raw random bytes (every nibble and every int8, -128 too; `finite`
-/// gives a random block finite scales), and at odd byte offsets; and that the reference is a
-/// dot product of the dequantized rows.
-pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(&mut B, &mut Rng)) {
+/// Checks, for a block family against its quantized activations, that every kernel level
+/// equals the scalar reference bit for bit over many sizes (ragged groups of 8 blocks
+/// included), on quantized data and on raw random bytes (every nibble and every int8, -128
+/// too; `finite` gives a random block finite scales), and at odd byte offsets; and that the
+/// reference is a dot product of the dequantized rows.
+pub(crate) fn check_block_dot_paths<B: Family>(finite: impl Fn(&mut B, &mut Rng))
+where
+    B::Act: TestActivation,
+{
     let bb = std::mem::size_of::<B>();
-    let qb = std::mem::size_of::<BlockQ8_0>();
+    let qb = std::mem::size_of::<B::Act>();
     let mut rng = Rng::new(1234);
-    let sizes: Vec<usize> = (0..=40).chain([63, 64, 65, 127, 128, 129, 256]).collect();
+    // 32-weight blocks: up to 256 of them; 256-weight super-blocks: up to 40 (the same
+    // ragged groups of 8, a tenth of the work).
+    let sizes: Vec<usize> = if B::QK >= 256 {
+        (0..=20).chain([31, 32, 33, 40]).collect()
+    } else {
+        (0..=40).chain([63, 64, 65, 127, 128, 129, 256]).collect()
+    };
     for &nb in &sizes {
-        let n = nb * 32;
+        let n = nb * B::QK;
         for round in 0..6 {
             let (w, y) = if round % 2 == 0 {
                 let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.02).collect();
                 let xf: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
                 let mut w = vec![0u8; nb * bb];
                 dispatch::quantize::<B>(&wf, view_mut(&mut w));
-                let mut y = vec![0u8; nb * qb];
-                dispatch::quantize::<BlockQ8_0>(&xf, view_mut(&mut y));
+                let y = bytes_of_units(&B::Act::quantize_units(&xf));
                 (w, y)
             } else {
                 let mut w: Vec<u8> = (0..nb * bb).map(|_| rng.next_u64() as u8).collect();
                 let mut y: Vec<u8> = (0..nb * qb).map(|_| rng.next_u64() as u8).collect();
                 for (wb, yb) in view_mut::<B>(&mut w)
                     .iter_mut()
-                    .zip(view_mut::<BlockQ8_0>(&mut y))
+                    .zip(view_mut::<B::Act>(&mut y))
                 {
                     finite(wb, &mut rng);
-                    yb.d = finite_half(&mut rng);
+                    yb.fix_random(&mut rng);
                 }
                 (w, y)
             };
-            let (wv, yv) = (view::<B>(&w), view::<BlockQ8_0>(&y));
+            let (wv, yv) = (view::<B>(&w), view::<B::Act>(&y));
             let ctx = format!("nb={nb} round={round}");
             let r = check_dot_levels(wv, yv, &ctx);
             // Unaligned copies.
@@ -212,8 +279,7 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
             if round < 2 && r.is_finite() {
                 let mut wd = vec![0f32; n];
                 dispatch::dequantize(wv, &mut wd);
-                let mut yd = vec![0f32; n];
-                dispatch::dequantize(yv, &mut yd);
+                let yd = B::Act::dequantize_units(yv);
                 let exact: f64 = wd.iter().zip(&yd).map(|(a, b)| *a as f64 * *b as f64).sum();
                 let mag: f64 = wd
                     .iter()
@@ -230,13 +296,16 @@ pub(crate) fn check_block_dot_paths<B: Family<Act = BlockQ8_0>>(finite: impl Fn(
     note_skipped_levels();
 }
 
+/// The bytes of a slice of Pod units.
+pub(crate) fn bytes_of_units<T: Pod>(u: &[T]) -> Vec<u8> {
+    // SAFETY: Pod: no padding, alignment 1, so the slice is exactly its bytes.
+    unsafe { std::slice::from_raw_parts(u.as_ptr().cast::<u8>(), std::mem::size_of_val(u)) }
+        .to_vec()
+}
+
 /// Asserts that every kernel level this CPU has (portable, AVX2, AVX-512, and the dispatch's
 /// choice) gives the scalar reference's bits for `w` against `y`; returns the reference.
-pub(crate) fn check_dot_levels<B: Family<Act = BlockQ8_0>>(
-    w: &[B],
-    y: &[BlockQ8_0],
-    ctx: &str,
-) -> f32 {
+pub(crate) fn check_dot_levels<B: Family>(w: &[B], y: &[B::Act], ctx: &str) -> f32 {
     let r = B::dot_scalar(w, y);
     let mut levels = vec![("portable", dispatch::dot_portable(w, y))];
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -280,10 +349,13 @@ pub(crate) const EXTREME_HALVES: [u16; 9] = [
 
 /// Random blocks built from the extremes above (per block: all one byte, or each byte drawn
 /// from the list, or random bytes; scales from the list, or random), both sides, through
-/// every kernel level. `set_scale(block, half bits)` writes a weight block's scale.
-pub(crate) fn check_extreme_blocks<B: Family<Act = BlockQ8_0>>(set_scale: impl Fn(&mut B, u16)) {
+/// every kernel level. `set_scale(block, half bits)` writes a weight block's scale(s).
+pub(crate) fn check_extreme_blocks<B: Family>(set_scale: impl Fn(&mut B, u16))
+where
+    B::Act: TestActivation,
+{
     let bb = std::mem::size_of::<B>();
-    let qb = std::mem::size_of::<BlockQ8_0>();
+    let qb = std::mem::size_of::<B::Act>();
     let mut rng = Rng::new(4321);
     let fill = |bytes: &mut [u8], rng: &mut Rng| match rng.next_u64() % 3 {
         0 => bytes.fill(EXTREME_BYTES[(rng.next_u64() % 10) as usize]),
@@ -299,7 +371,12 @@ pub(crate) fn check_extreme_blocks<B: Family<Act = BlockQ8_0>>(set_scale: impl F
             EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes()
         }
     };
-    for nb in (1..=24).chain([63, 64, 65, 129]) {
+    let sizes: Vec<usize> = if B::QK >= 256 {
+        (1..=12).chain([17]).collect()
+    } else {
+        (1..=24).chain([63, 64, 65, 129]).collect()
+    };
+    for nb in sizes {
         for round in 0..8 {
             let mut w = vec![0u8; nb * bb];
             let mut y = vec![0u8; nb * qb];
@@ -311,29 +388,29 @@ pub(crate) fn check_extreme_blocks<B: Family<Act = BlockQ8_0>>(set_scale: impl F
             }
             for (wb, yb) in view_mut::<B>(&mut w)
                 .iter_mut()
-                .zip(view_mut::<BlockQ8_0>(&mut y))
+                .zip(view_mut::<B::Act>(&mut y))
             {
                 set_scale(wb, u16::from_le_bytes(half(&mut rng)));
-                yb.d = F16(half(&mut rng));
+                yb.set_scale_half(u16::from_le_bytes(half(&mut rng)));
             }
             check_dot_levels(
                 view::<B>(&w),
-                view::<BlockQ8_0>(&y),
+                view::<B::Act>(&y),
                 &format!("extreme nb={nb} round={round}"),
             );
         }
     }
-    // The all-(-128) block on both sides: the largest block sum, 32 * 16384.
+    // The all-(-128) block on both sides: the largest block sums.
     let mut w = vec![0x80u8; 9 * bb];
     let mut y = vec![0x80u8; 9 * qb];
     for (wb, yb) in view_mut::<B>(&mut w)
         .iter_mut()
-        .zip(view_mut::<BlockQ8_0>(&mut y))
+        .zip(view_mut::<B::Act>(&mut y))
     {
         set_scale(wb, 0x7bff);
-        yb.d = F16(0xfbffu16.to_le_bytes());
+        yb.set_scale_half(0xfbff);
     }
-    check_dot_levels(view::<B>(&w), view::<BlockQ8_0>(&y), "all -128");
+    check_dot_levels(view::<B>(&w), view::<B::Act>(&y), "all -128");
     note_skipped_levels();
 }
 
@@ -407,19 +484,21 @@ pub(crate) fn check_multi_row<const N: usize>(
 }
 
 /// Every multi-row kernel level this CPU has (AVX2, AVX-512), called directly, for weight
-/// rows `w` (bytes of `want.len()` rows) against activation rows `ys[t0..t0 + N]` (q8_0
-/// bytes): each result has the bits of `want[row][t0 + k]`.
-pub(crate) fn check_rows_levels<B: Family<Act = BlockQ8_0>, const N: usize>(
+/// rows `w` (bytes of `want.len()` rows) against activation rows `ys[t0..t0 + N]` (their
+/// activation type's bytes): each result has the bits of `want[row][t0 + k]`.
+pub(crate) fn check_rows_levels<B: Family, const N: usize>(
     w: &[u8],
     ys: &[Vec<u8>],
     t0: usize,
     want: &[[f32; 8]],
-) {
+) where
+    B::Act: Pod,
+{
     let wv = view::<B>(w);
     let row_len = wv.len() / want.len().max(1);
     let aux: Vec<B::Aux> = ys[t0..t0 + N]
         .iter()
-        .map(|y| B::row_aux(view(y)).unwrap())
+        .map(|y| B::row_aux(view::<B::Act>(y)).unwrap())
         .collect();
     let aux: [&B::Aux; N] = std::array::from_fn(|k| &aux[k]);
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
