@@ -523,6 +523,7 @@ mod tests {
             let p = prepare_activation(t, &x);
             match (&p, t.is_quantized()) {
                 (PreparedRow::Q8_0(q), true) => assert_eq!(q.len(), n / 32 * 34),
+                (PreparedRow::Q8K(q), true) => assert_eq!(q.len(), n / 256 * 292),
                 (PreparedRow::F32(v), false) => assert_eq!(v, &x),
                 _ => panic!("wrong preparation for {t}"),
             }
@@ -554,7 +555,7 @@ mod tests {
             assert_eq!(t.row_bytes(t.block_size()), Some(t.type_size()), "{t}");
             assert_eq!(t.is_gguf(), GgmlType::ALL.contains(&t), "{t}");
             for nb in [0, 1, 7, 8, 9, 23] {
-                let n = nb * 32;
+                let n = nb * t.block_size().max(32);
                 let rows = 3;
                 let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.05).collect();
                 let mut w = vec![0u8; t.row_bytes(rows * n).unwrap()];
@@ -593,8 +594,8 @@ mod tests {
     #[test]
     fn multi_row_dispatch_equals_vec_dot() {
         let mut rng = Rng::new(5);
-        let n = 32 * 11;
         for t in GgmlType::ALL {
+            let n = t.block_size().max(32) * 11;
             let wf: Vec<f32> = (0..n).map(|_| rng.normal() * 0.05).collect();
             let mut w = vec![0u8; t.row_bytes(n).unwrap()];
             quantize_row(t, &wf, &mut w);
