@@ -22,6 +22,8 @@ impl Model {
     /// Load a GGUF file, or a legacy (ggml, ggmf, ggjt) file with its parts.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
+        // A bad LLAMA_RS_ISA is refused here, before any kernel runs at a level not asked for.
+        crate::quant::Level::requested().map_err(Error::Invalid)?;
         if is_legacy_magic(&read_head(path)) {
             return Self::from_legacy(&LegacyFile::open(path)?);
         }

@@ -816,6 +816,19 @@ fn read_bandwidth(py: Python<'_>, bytes: usize, threads: usize, passes: usize) -
     })
 }
 
+/// The kernels' instruction-set level: (name, forced by LLAMA_RS_ISA, the CPU's own level).
+/// Raises ValueError for an invalid LLAMA_RS_ISA.
+#[pyfunction]
+fn kernel_level() -> PyResult<(&'static str, bool, &'static str)> {
+    use crate::quant::Level;
+    let forced = Level::requested().map_err(PyValueError::new_err)?;
+    Ok((
+        Level::active().name(),
+        forced.is_some(),
+        Level::cpu().name(),
+    ))
+}
+
 /// What `llama-rs info` shows: a dict (format, version, size, paths, n_vocab, hparams,
 /// metadata, tensors [(name, type, dims, offset, nbytes)]).
 #[pyfunction]
@@ -961,6 +974,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_level, m)?)?;
     m.add_function(wrap_pyfunction!(check_generation, m)?)?;
     Ok(())
 }

@@ -51,12 +51,20 @@ def bench(
     reps: int = typer.Option(3, "-r", "--repetitions", min=1, help="Repetitions per row (mean ± standard deviation)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Measure prompt processing and generation speed in tokens per second."""
+    """Measure prompt processing and generation speed in tokens per second.
+
+    The first line says which kernels run: the best instruction set this CPU has (portable,
+    avx2, avx512), or the lower one forced by LLAMA_RS_ISA=portable|avx2|avx512 for comparison.
+    """
     counts = parse_threads(threads)
     if model is not None and not model.exists():
         fail(missing_model_hint(model))
     rows = []
     with errors_as_messages():
+        level, forced, cpu_level = llama_rs._core.kernel_level()
+        if not as_json:
+            why = "forced by LLAMA_RS_ISA" if forced else "the best this CPU has"
+            typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level})")
         n_ctx = n_prompt + n_gen + 1
         for t in counts:
             m = (
@@ -83,6 +91,7 @@ def bench(
                 "n_prompt": n_prompt,
                 "n_gen": n_gen,
                 "repetitions": reps,
+                "kernels": level,
             }
             for name, vals in (("pp", pp), ("tg", tg)):
                 if vals:

@@ -34,6 +34,7 @@ mod tests_util;
 
 pub use block::{view, view_mut, Activation, Family, Pod, Scale};
 pub use fp16::{f16_bits_to_f32, f32_to_f16_bits};
+pub use simd::{Level, ISA_ENV};
 
 use std::any::Any;
 use std::sync::Arc;

@@ -38,41 +38,122 @@ pub(crate) fn reduce32(acc: &[f32; FLOAT_LANES]) -> f32 {
     reduce8(v)
 }
 
-/// Whether the AVX2 kernels may run here (checked once; std caches the cpuid answer too).
+/// An instruction-set level of the kernels, lowest first. Each level's kernels give the same
+/// bits as the others (the numerics contract), so the level changes only speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Plain std::simd, any CPU.
+    Portable,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL/VNNI on top of AVX2.
+    Avx512,
+}
+
+/// The variable that forces a lower level (for tests and comparisons).
+pub const ISA_ENV: &str = "LLAMA_RS_ISA";
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// What the level needs of the CPU, for messages.
+    pub fn features(self) -> &'static str {
+        match self {
+            Level::Portable => "no particular instruction set",
+            Level::Avx2 => "AVX2, FMA and F16C",
+            Level::Avx512 => "AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C",
+        }
+    }
+
+    /// The highest level this CPU supports (detected once).
+    pub fn cpu() -> Level {
+        use std::sync::OnceLock;
+        static CPU: OnceLock<Level> = OnceLock::new();
+        *CPU.get_or_init(detect_cpu)
+    }
+
+    /// The level [`ISA_ENV`] asks for, if set: an error for an unknown name, for `amx` (no AMX
+    /// kernels yet) and for a level this CPU lacks.
+    pub fn requested() -> Result<Option<Level>, String> {
+        let Ok(v) = std::env::var(ISA_ENV) else {
+            return Ok(None);
+        };
+        let names = Level::ALL.map(Level::name).join(", ");
+        let want = match v.trim().to_ascii_lowercase().as_str() {
+            "" => return Ok(None),
+            "amx" => {
+                return Err(format!(
+                    "{ISA_ENV}=amx: this build has no AMX kernels yet (levels: {names})"
+                ))
+            }
+            s => Level::ALL
+                .into_iter()
+                .find(|l| l.name() == s)
+                .ok_or_else(|| format!("{ISA_ENV}={v:?} is not a kernel level ({names})"))?,
+        };
+        if want > Level::cpu() {
+            return Err(format!(
+                "{ISA_ENV}={}: this CPU lacks {} (its level is {})",
+                want.name(),
+                want.features(),
+                Level::cpu().name()
+            ));
+        }
+        Ok(Some(want))
+    }
+
+    /// The level the kernels run at: the CPU's, or a valid [`ISA_ENV`] request (an invalid
+    /// one is refused where models load, [`Level::requested`]; here it is ignored).
+    pub fn active() -> Level {
+        use std::sync::OnceLock;
+        static ACTIVE: OnceLock<Level> = OnceLock::new();
+        *ACTIVE.get_or_init(|| Level::requested().ok().flatten().unwrap_or(Level::cpu()))
+    }
+}
+
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-pub(crate) fn has_avx2() -> bool {
-    use std::sync::OnceLock;
-    static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
+fn detect_cpu() -> Level {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let avx512 = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni");
+    if avx512 {
+        Level::Avx512
+    } else if avx2 {
+        Level::Avx2
+    } else {
+        Level::Portable
+    }
 }
 
 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+fn detect_cpu() -> Level {
+    Level::Portable
+}
+
+/// Whether the AVX2 kernels may run here (the CPU has them and [`ISA_ENV`] allows them).
+#[inline(always)]
 pub(crate) fn has_avx2() -> bool {
-    false
+    Level::active() >= Level::Avx2
 }
 
 /// Whether the AVX-512 kernels may run here: AVX-512 F, BW, VL and VNNI (`vpdpbusd`), on top
-/// of everything [`has_avx2`] asks for (checked once).
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+/// of everything [`has_avx2`] asks for, and allowed by [`ISA_ENV`].
+#[inline(always)]
 pub(crate) fn has_avx512() -> bool {
-    use std::sync::OnceLock;
-    static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| {
-        has_avx2()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-    })
-}
-
-#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-pub(crate) fn has_avx512() -> bool {
-    false
+    Level::active() >= Level::Avx512
 }
 
 /// How far ahead of the current read position the row kernels prefetch weights. Generation

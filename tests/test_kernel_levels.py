@@ -1,0 +1,101 @@
+"""LLAMA_RS_ISA forces a lower kernel level; every level gives the same bits (the numerics
+contract), checked on whole forward passes in fresh processes (the level is fixed per process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import need_data
+
+from llama_rs import _core
+
+LEVELS = ["portable", "avx2", "avx512"]
+CPU_LEVEL = _core.kernel_level()[2] if "LLAMA_RS_ISA" not in os.environ else None
+
+PROBE = r"""
+import hashlib, json, sys
+import numpy as np
+import llama_rs
+from llama_rs import _core
+out = {"level": _core.kernel_level()}
+for path in sys.argv[1:]:
+    m = llama_rs.Model.demo(n_ctx=64) if path == "demo" else llama_rs.Model(path, n_ctx=64)
+    logits = m.eval(m.tokenize("Never trust a computer you can't throw out a window"), all_logits=True)
+    out[path] = hashlib.sha256(np.ascontiguousarray(logits, dtype=np.float32).tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def run_probe(level: str | None, *models: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_RS_ISA"}
+    if level is not None:
+        env["LLAMA_RS_ISA"] = level
+    return subprocess.run([sys.executable, "-c", PROBE, *models], env=env, capture_output=True, text=True, timeout=300)
+
+
+def available_levels() -> list[str]:
+    if CPU_LEVEL is None:
+        pytest.skip("LLAMA_RS_ISA is set for this whole run")
+    return LEVELS[: LEVELS.index(CPU_LEVEL) + 1]
+
+
+def test_every_level_gives_the_same_logits() -> None:
+    models = need_data("fortunes-1M-q4_0.gguf", "fortunes-1M-f32.gguf")
+    files = ["demo", str(models / "fortunes-1M-q4_0.gguf"), str(models / "fortunes-1M-f32.gguf")]
+    levels = available_levels()
+    print(f"kernel levels checked here: {levels}; not available on this CPU: {LEVELS[len(levels) :]}")
+    results = {}
+    for level in levels:
+        p = run_probe(level, *files)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        assert r.pop("level") == [level, True, CPU_LEVEL]
+        results[level] = r
+    auto = json.loads(run_probe(None, *files).stdout)
+    assert auto.pop("level") == [CPU_LEVEL, False, CPU_LEVEL]
+    for level, r in results.items():
+        assert r == auto, f"{level} differs from the automatic choice ({CPU_LEVEL})"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("sse9", "is not a kernel level (portable, avx2, avx512)"), ("amx", "no AMX kernels yet")],
+)
+def test_bad_level_is_a_clear_error(value: str, message: str) -> None:
+    p = run_probe(value, "demo")
+    assert p.returncode != 0
+    assert message in p.stderr and "LLAMA_RS_ISA" in p.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
+        env={**os.environ, "LLAMA_RS_ISA": value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 1
+    assert message in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_level_above_the_cpu_is_refused() -> None:
+    levels = available_levels()
+    if len(levels) == len(LEVELS):
+        pytest.skip(f"this CPU has every level ({CPU_LEVEL}); nothing is above it")
+    p = run_probe(LEVELS[len(levels)], "demo")
+    assert p.returncode != 0 and "this CPU lacks" in p.stderr
+
+
+def test_bench_says_which_kernels_ran() -> None:
+    levels = available_levels()
+    cli = subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
+        env={**os.environ, "LLAMA_RS_ISA": levels[0]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.splitlines()[0] == f"kernels: {levels[0]} (forced by LLAMA_RS_ISA; this CPU: {CPU_LEVEL})"
