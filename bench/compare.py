@@ -1,8 +1,14 @@
-"""llama_rs against llama-cpp-python, side by side: pp and tg at each thread count, ratios,
-memory read bandwidth and tg as a fraction of its roofline.
+"""llama_rs against llama.cpp, side by side: pp and tg at each thread count, ratios, memory
+read bandwidth and tg as a fraction of its roofline.
 
     python bench/compare.py [--shape tinyllama|7b] [--type Q4_0|Q8_0] [--model FILE] [-p 512] [-n 128]
-                            [-t 1 2] [-r 3]
+                            [-t 1 2] [-r 3] [--llama-cpp DIR] [--peer llama-bench|llama-cpp-python|both]
+
+Peers: llama.cpp's own `llama-bench` built from source (DIR/build/bin/llama-bench, DIR from
+--llama-cpp or LLAMA_CPP_DIR; build it natively as DEVELOPERS.md says), and llama-cpp-python
+where it is installed and works on this CPU (0.3.x crashes on some AVX-512 Xeons). The default
+is llama-bench when it is found, else llama-cpp-python. The ratio column is ours over the first
+peer. Each llama-bench repetition is one `llama-bench -r 1` run (its model load is not timed).
 
 pp: one prompt of `-p` tokens evaluated as one batch from an empty context (tokens/s).
 tg: `-n` tokens evaluated one at a time from an empty context (tokens/s), as llama-bench does.
@@ -21,9 +27,11 @@ Random-weight models are written once to bench/out/ (see bench.py).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,6 +125,35 @@ class Theirs:
         return len(ids) / (time.perf_counter() - t)
 
 
+class LlamaBench:
+    """llama.cpp's llama-bench, one process per repetition (pp and tg of the same sizes)."""
+
+    name = "llama-bench"
+
+    def __init__(self, exe: Path, path: Path, threads: int):
+        self.cmd = [str(exe), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json"]
+
+    def both(self, n_prompt: int, n_gen: int) -> tuple[float, float]:
+        p = subprocess.run(
+            [*self.cmd, "-p", str(n_prompt), "-n", str(n_gen)], capture_output=True, text=True, timeout=3600
+        )
+        if p.returncode != 0:
+            raise SystemExit(f"llama-bench failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        rows = json.loads(p.stdout)
+        by = {("pp" if r["n_gen"] == 0 else "tg"): r["avg_ts"] for r in rows}
+        return by["pp"], by["tg"]
+
+
+def find_llama_bench(given: Path | None) -> Path | None:
+    d = given or (Path(os.environ["LLAMA_CPP_DIR"]) if os.environ.get("LLAMA_CPP_DIR") else None)
+    if d is None:
+        return None
+    exe = Path(d).expanduser() / "build" / "bin" / "llama-bench"
+    if not exe.exists():
+        raise SystemExit(f"{exe} not found: build it with `cmake --build build --target llama-bench` in {d}")
+    return exe
+
+
 def fmt(xs: list[float]) -> str:
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
     return f"{statistics.mean(xs):8.2f} ± {sd:5.2f}"
@@ -132,7 +169,15 @@ def main() -> None:
     p.add_argument("-t", "--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("-r", "--reps", type=int, default=3)
     p.add_argument("--no-bandwidth", action="store_true")
+    p.add_argument("--llama-cpp", type=Path, help="llama.cpp checkout with build/bin/llama-bench (or LLAMA_CPP_DIR)")
+    p.add_argument("--peer", choices=["auto", "llama-bench", "llama-cpp-python", "both"], default="auto")
     a = p.parse_args()
+    exe = find_llama_bench(a.llama_cpp)
+    peers = {"auto": ["llama-bench" if exe else "llama-cpp-python"], "both": ["llama-bench", "llama-cpp-python"]}.get(
+        a.peer, [a.peer]
+    )
+    if "llama-bench" in peers and exe is None:
+        p.error("--peer llama-bench needs --llama-cpp DIR or LLAMA_CPP_DIR")
 
     path = a.model
     if path is None:
@@ -142,10 +187,17 @@ def main() -> None:
             path.parent.mkdir(exist_ok=True)
             print(f"writing {path} ...", file=sys.stderr)
             write_random_q4_0(path, **shape, qtype=a.type)
-    import llama_cpp
+    import gguf
+
     import llama_rs
 
-    import gguf
+    versions = []
+    if "llama-cpp-python" in peers:
+        import llama_cpp
+
+        versions.append(f"llama-cpp-python {llama_cpp.__version__}")
+    if "llama-bench" in peers:
+        versions.append(f"llama-bench {exe}")
 
     n_vocab = len(gguf.GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].data)
     rng = np.random.default_rng(1)
@@ -160,40 +212,50 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     print(
-        f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')}, "
-        f"llama-cpp-python {llama_cpp.__version__}"
+        f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')} "
+        f"(kernels {llama_rs._core.kernel_level()[0]}); " + ", ".join(versions)
     )
     print(
         f"model {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {bpt / 2**20:.0f} MiB read per generated token); "
         f"pp{a.prompt} tg{a.gen}, {a.reps} reps, engines alternating"
     )
-    print(f"{'threads':>7} | {'test':>6} | {'llama_rs tok/s':>17} | {'llama.cpp tok/s':>17} | {'ratio':>5} | roofline")
+    head = " | ".join(f"{n + ' tok/s':>22}" for n in ["llama_rs", *peers])
+    print(f"{'threads':>7} | {'test':>6} | {head} | {'ratio':>5} | roofline")
     for th in a.threads:
         ours = Ours(path, th, n_ctx)
-        theirs = Theirs(path, th, n_ctx, a.prompt)
-        res = {(e, k): [] for e in ("ours", "theirs") for k in ("pp", "tg")}
+        others = {}
+        if "llama-bench" in peers:
+            others["llama-bench"] = LlamaBench(exe, path, th)
+        if "llama-cpp-python" in peers:
+            others["llama-cpp-python"] = Theirs(path, th, n_ctx, a.prompt)
+        res = {(e, k): [] for e in ["ours", *peers] for k in ("pp", "tg")}
         bws = []
-        for _ in range(a.reps):
+        for _ in range(a.reps):  # alternating: ours, each peer, ours, ...
             res["ours", "pp"].append(ours.pp(prompt))
-            res["theirs", "pp"].append(theirs.pp(prompt))
             res["ours", "tg"].append(ours.tg(gen_ids))
-            res["theirs", "tg"].append(theirs.tg(gen_ids))
+            for name, peer in others.items():
+                if isinstance(peer, LlamaBench):
+                    pp, tg = peer.both(a.prompt, a.gen)
+                else:
+                    pp, tg = peer.pp(prompt), peer.tg(gen_ids)
+                res[name, "pp"].append(pp)
+                res[name, "tg"].append(tg)
             if not a.no_bandwidth:  # between the runs, so it sees the same host load
                 bws.append(read_bandwidth(th, gib=0.5, passes=2))
-        del ours, theirs
+        del ours, others
         bw = statistics.mean(bws) if bws else None
         for k in ("pp", "tg"):
-            o, t = res["ours", k], res["theirs", k]
-            ratio = statistics.mean(o) / statistics.mean(t)
+            o = res["ours", k]
+            ratio = statistics.mean(o) / statistics.mean(res[peers[0], k])
             roof = ""
             if k == "tg" and bw:
                 limit = bw / bpt
-                roof = (
-                    f"bw {bw / 1e9:.1f} GB/s -> {limit:.1f} tok/s; ours {statistics.mean(o) / limit:.0%}, "
-                    f"llama.cpp {statistics.mean(t) / limit:.0%}"
+                roof = f"bw {bw / 1e9:.1f} GB/s -> {limit:.1f} tok/s; " + ", ".join(
+                    f"{n} {statistics.mean(res[n, k]) / limit:.0%}" for n in ["ours", *peers]
                 )
             name = f"{k}{a.prompt if k == 'pp' else a.gen}"
-            print(f"{th:>7} | {name:>6} | {fmt(o):>17} | {fmt(t):>17} | {ratio:5.2f} | {roof}", flush=True)
+            cols = " | ".join(f"{fmt(res[n, k]):>22}" for n in ["ours", *peers])
+            print(f"{th:>7} | {name:>6} | {cols} | {ratio:5.2f} | {roof}", flush=True)
 
 
 if __name__ == "__main__":
