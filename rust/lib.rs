@@ -2,6 +2,8 @@
 //!
 //! Data flows one way: file -> (mmap) tensors -> model -> logits -> sampler -> tokens -> text.
 #![feature(portable_simd)]
+// AMX tile intrinsics (quant/amx.rs), under the same RUSTC_BOOTSTRAP switch.
+#![cfg_attr(target_arch = "x86_64", feature(x86_amx_intrinsics))]
 
 pub mod attention;
 pub mod bandwidth;

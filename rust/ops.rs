@@ -4,7 +4,8 @@
 //! by exactly one thread in a fixed order, so results never depend on the thread count.
 
 use crate::quant::{
-    has_multi_row_kernel, prepare_activation, vec_dot_rows, GgmlType, PreparedRow, RowAux, XN,
+    has_amx_kernel, has_multi_row_kernel, prepare_activation, prepared_for, vec_dot_rows,
+    vec_dot_tiles, AmxActs, GgmlType, PreparedRow, RowAux, TILE, XN,
 };
 use rayon::prelude::*;
 
@@ -74,13 +75,15 @@ pub trait WeightView: Sync {
     fn bytes(&self) -> &[u8];
 }
 
-/// Activation rows prepared once for weights of one kind (q8_0 for quantized weights, f32
-/// otherwise), with the multi-row kernels' side data. The same preparation serves every weight
-/// with the same `is_quantized()` (q, k and v; gate and up).
+/// Activation rows prepared once for weights of one kind (f32, q8_0 or q8_K: the weight type's
+/// activation type), with the multi-row kernels' side data. The same preparation serves every
+/// weight with the same activation type (q, k and v; gate and up), whatever their block types.
 pub struct Prepared {
-    quantized: bool,
     rows: Vec<PreparedRow>,
     aux: Vec<RowAux>,
+    /// The first `16 * amx.len()` rows in AMX tile layout (types with an AMX kernel, on a CPU
+    /// that has it); the rest take the other kernels.
+    amx: Vec<AmxActs>,
 }
 
 impl Prepared {
@@ -99,17 +102,25 @@ impl Prepared {
         } else {
             vec![RowAux::default(); rows.len()]
         };
-        Prepared {
-            quantized: ty.is_quantized(),
-            rows,
-            aux,
-        }
+        let amx = if has_amx_kernel(ty) {
+            // All groups or none: a group's index is its tokens' place.
+            (0..rows.len() / TILE)
+                .into_par_iter()
+                .map(|g| AmxActs::from_prepared(std::array::from_fn(|t| &rows[g * TILE + t])))
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Prepared { rows, aux, amx }
     }
 
     /// Whether these rows serve weights of type `ty` with the fast kernels.
     pub fn serves(&self, ty: GgmlType) -> bool {
-        self.quantized == ty.is_quantized()
-            && self.rows.iter().zip(&self.aux).all(|(r, a)| a.fits(ty, r))
+        self.rows
+            .iter()
+            .zip(&self.aux)
+            .all(|(r, a)| prepared_for(ty, r) && a.fits(ty, r))
     }
 }
 
@@ -138,7 +149,7 @@ pub fn matmul_with(w: &dyn WeightView, p: &Prepared, x: &[f32], out: &mut [f32])
 const CHUNK: usize = 16;
 
 fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
-    let (prepared, aux) = (&p.rows[..], &p.aux[..]);
+    let (prepared, aux, amx) = (&p.rows[..], &p.aux[..], &p.amx[..]);
     let (rows, cols, n) = (w.rows(), w.cols(), prepared.len());
     assert!(
         prepared.iter().all(|p| p.len() == cols),
@@ -159,11 +170,27 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         let dst = &dst;
         let (r0, r1) = (c * CHUNK, rows.min((c + 1) * CHUNK));
         let w_rows = &data[r0 * row_bytes..r1 * row_bytes];
+        // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 blocks
+        // unpacked once per chunk), then the other kernels for the rest.
+        let mut t = 0;
+        if r1 - r0 == TILE && !amx.is_empty() && has_amx_kernel(ty) {
+            let groups: Vec<&AmxActs> = amx.iter().collect();
+            let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
+            vec_dot_tiles(ty, w_rows, &groups, &mut res);
+            for (g, tile) in res.iter().enumerate() {
+                for (j, r) in tile.iter().enumerate() {
+                    for (k, &v) in r.iter().enumerate() {
+                        // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
+                        unsafe { dst.set((g * TILE + k) * rows + r0 + j, v) };
+                    }
+                }
+            }
+            t = groups.len() * TILE;
+        }
         // Tokens outermost within a chunk: the activation rows of one call and the chunk's
         // weight rows stay in cache together. Eight tokens per call (each weight block
         // unpacked once for eight), then four, then one by one; every element gets the bits
         // of the one-row kernel.
-        let mut t = 0;
         while t < n {
             let step = if n - t >= XN {
                 XN
@@ -264,15 +291,23 @@ mod tests {
     #[test]
     fn matmul_same_with_one_and_two_threads() {
         let mut s = 7u64;
-        for ty in [
-            GgmlType::F32,
-            GgmlType::F16,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q8_0,
-        ] {
-            // 13 tokens: one call of 8, one of 4, one of 1.
-            let (rows, cols, n) = (37, 64, 13);
+        // 13 tokens: one call of 8, one of 4, one of 1. 45 tokens: two AMX groups of 16 where
+        // the CPU has AMX (rows 0..48 in chunks of 16; the last 5 rows take the other kernels),
+        // then 8, 4 and 1.
+        let shapes = [(37, 64, 13), (53, 256, 45)];
+        eprintln!(
+            "matmul: AMX tiles {}",
+            if crate::quant::simd::has_amx() {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        for (ty, (rows, cols, n)) in GgmlType::ALL
+            .into_iter()
+            .flat_map(|t| shapes.map(|s| (t, s)))
+            .filter(|(t, (_, cols, _))| t.row_bytes(*cols).is_some())
+        {
             let vals: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
             let rb = ty.row_bytes(cols).unwrap();
             let mut data = vec![0u8; rb * rows];

@@ -13,7 +13,7 @@ from conftest import need_data
 
 from llama_rs import _core
 
-LEVELS = ["portable", "avx2", "avx512"]
+LEVELS = ["portable", "avx2", "avx512", "amx"]
 CPU_LEVEL = _core.kernel_level()[2] if "LLAMA_RS_ISA" not in os.environ else None
 
 PROBE = r"""
@@ -23,8 +23,11 @@ import llama_rs
 from llama_rs import _core
 out = {"level": _core.kernel_level()}
 for path in sys.argv[1:]:
-    m = llama_rs.Model.demo(n_ctx=64) if path == "demo" else llama_rs.Model(path, n_ctx=64)
-    logits = m.eval(m.tokenize("Never trust a computer you can't throw out a window"), all_logits=True)
+    m = llama_rs.Model.demo(n_ctx=128) if path == "demo" else llama_rs.Model(path, n_ctx=128)
+    # More than 16 tokens, so prompts take the AMX tiles where the CPU has them.
+    ids = m.tokenize("Never trust a computer you can't throw out a window. " * 3)
+    assert len(ids) > 32, len(ids)
+    logits = m.eval(ids, all_logits=True)
     out[path] = hashlib.sha256(np.ascontiguousarray(logits, dtype=np.float32).tobytes()).hexdigest()
 print(json.dumps(out))
 """
@@ -63,7 +66,7 @@ def test_every_level_gives_the_same_logits() -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("sse9", "is not a kernel level (portable, avx2, avx512)"), ("amx", "no AMX kernels yet")],
+    [("sse9", "is not a kernel level (portable, avx2, avx512, amx)"), ("AVX-512", "is not a kernel level")],
 )
 def test_bad_level_is_a_clear_error(value: str, message: str) -> None:
     p = run_probe(value, "demo")

@@ -204,6 +204,10 @@ pub trait Family: Pod {
         Self::chunk_avx2(acc, w, x)
     }
 
+    /// The AMX-INT8 tile kernel, for families of 32 signed bytes per block against q8_0
+    /// (`amx.rs`); `None` for the others.
+    const TILES_AMX: Option<TilesAmx<Self>> = None;
+
     /// Whether there is a multi-row kernel (then [`Family::row_aux`] gives side data).
     const MULTI_ROW: bool = false;
     /// Side data of one activation row for [`Family::row_xn_avx2`].
@@ -234,6 +238,11 @@ pub trait Family: Pod {
         Self::row_xn_avx2(w, aux)
     }
 }
+
+/// The AMX tile kernel's entry (families with `AMX`): 16 weight rows of `row_len` blocks
+/// against groups of 16 tokens, `out[g][r][t]`, bits of [`Family::dot_scalar`].
+pub(crate) type TilesAmx<B> =
+    unsafe fn(&[B], usize, &[&super::amx::AmxActs], &mut [[[f32; 16]; 16]]);
 
 /// The accumulator type of a family's rows.
 pub(crate) type Acc<B> = <<B as Family>::Act as Activation>::Acc;

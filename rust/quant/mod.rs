@@ -13,6 +13,7 @@
 //! `simd.rs` fixes the float accumulation order, so the SIMD kernels equal the scalar
 //! references (`vec_dot_scalar`) bit for bit on every CPU.
 
+pub mod amx;
 pub mod block;
 pub mod dispatch;
 pub mod f32_scale;
@@ -236,6 +237,19 @@ pub fn prepare_activation(weight_type: GgmlType, x: &[f32]) -> PreparedRow {
     weight_type.visit(P(x))
 }
 
+/// Whether `p` was prepared for weights of `weight_type` (its activation type: f32, q8_0 or
+/// q8_K), so one preparation can serve several matrices of a mixed file.
+pub fn prepared_for(weight_type: GgmlType, p: &PreparedRow) -> bool {
+    struct K<'a>(&'a PreparedRow);
+    impl Visit for K<'_> {
+        type Out = bool;
+        fn visit<B: Family>(self) -> bool {
+            B::Act::view(self.0).is_some()
+        }
+    }
+    weight_type.visit(K(p))
+}
+
 #[cold]
 fn mismatch(weight_type: GgmlType) -> ! {
     panic!("vec_dot: activation not prepared for {weight_type} weights")
@@ -307,6 +321,66 @@ pub fn vec_dot_scalar(weight_type: GgmlType, w_row: &[u8], x: &PreparedRow) -> f
         }
     }
     weight_type.visit(V(weight_type, w_row, x))
+}
+
+/// Whether matmuls with weights of `weight_type` take the AMX tile kernel on this machine
+/// ([`vec_dot_tiles`]).
+pub fn has_amx_kernel(weight_type: GgmlType) -> bool {
+    struct A;
+    impl Visit for A {
+        type Out = bool;
+        fn visit<B: Family>(self) -> bool {
+            B::TILES_AMX.is_some()
+        }
+    }
+    simd::has_amx() && weight_type.visit(A)
+}
+
+pub use amx::{AmxActs, TILE};
+
+impl AmxActs {
+    /// 16 prepared rows in the tile layout, if they are q8_0 rows of one length.
+    pub fn from_prepared(rows: [&PreparedRow; TILE]) -> Option<AmxActs> {
+        let q: Vec<&[q8_0::BlockQ8_0]> = rows
+            .iter()
+            .map(|r| <q8_0::BlockQ8_0 as Activation>::view(r))
+            .collect::<Option<_>>()?;
+        if q.iter().any(|r| r.len() != q[0].len()) {
+            return None;
+        }
+        Some(AmxActs::new(std::array::from_fn(|t| q[t])))
+    }
+}
+
+/// 16 consecutive weight rows (`w_rows`) against groups of 16 tokens: `out[g][r][t]` has the
+/// bits of `vec_dot(row r, token t of group g)`. Only where [`has_amx_kernel`] says so.
+pub fn vec_dot_tiles(
+    weight_type: GgmlType,
+    w_rows: &[u8],
+    groups: &[&AmxActs],
+    out: &mut [[[f32; TILE]; TILE]],
+) {
+    assert!(
+        has_amx_kernel(weight_type),
+        "vec_dot_tiles: no AMX kernel for {weight_type}"
+    );
+    let row_bytes = w_rows.len() / TILE;
+    assert_eq!(row_bytes * TILE, w_rows.len(), "vec_dot_tiles: 16 rows");
+    for g in groups {
+        check_lengths(weight_type, row_bytes, g.blocks() * q8_0::QK);
+    }
+    struct T<'a, 'o>(&'a [u8], &'a [&'a AmxActs], &'o mut [[[f32; TILE]; TILE]]);
+    impl Visit for T<'_, '_> {
+        type Out = ();
+        fn visit<B: Family>(self) {
+            let w = view::<B>(self.0);
+            let f = B::TILES_AMX.expect("checked by has_amx_kernel");
+            // SAFETY: has_amx_kernel checked that the CPU has AMX (and AVX-512) with the
+            // tile permission.
+            unsafe { f(w, w.len() / TILE, self.1, self.2) }
+        }
+    }
+    weight_type.visit(T(w_rows, groups, out))
 }
 
 /// Activation rows per [`vec_dot_rows`] call in prompts (then 4, then 1 for the rest).

@@ -63,6 +63,8 @@ impl<S: Scale> Family for BlockQ8_0<S> {
     const QK: usize = QK;
     type Act = BlockQ8_0;
     type Aux = Q8Aux;
+    #[cfg(target_arch = "x86_64")]
+    const TILES_AMX: Option<super::block::TilesAmx<Self>> = Some(super::amx::q8_0_tiles::<S>);
 
     /// gguf's `Q8_0.quantize_blocks`, step by step in f32.
     #[inline(always)]

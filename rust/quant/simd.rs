@@ -48,19 +48,22 @@ pub enum Level {
     Avx2,
     /// AVX-512 F/BW/VL/VNNI on top of AVX2.
     Avx512,
+    /// AMX-INT8 tiles for matrix x matrix products, on top of AVX-512.
+    Amx,
 }
 
 /// The variable that forces a lower level (for tests and comparisons).
 pub const ISA_ENV: &str = "LLAMA_RS_ISA";
 
 impl Level {
-    pub const ALL: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512];
+    pub const ALL: [Level; 4] = [Level::Portable, Level::Avx2, Level::Avx512, Level::Amx];
 
     pub fn name(self) -> &'static str {
         match self {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Amx => "amx",
         }
     }
 
@@ -70,6 +73,7 @@ impl Level {
             Level::Portable => "no particular instruction set",
             Level::Avx2 => "AVX2, FMA and F16C",
             Level::Avx512 => "AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C",
+            Level::Amx => "AMX-INT8 (with the kernel's tile permission) and AVX-512",
         }
     }
 
@@ -80,8 +84,8 @@ impl Level {
         *CPU.get_or_init(detect_cpu)
     }
 
-    /// The level [`ISA_ENV`] asks for, if set: an error for an unknown name, for `amx` (no AMX
-    /// kernels yet) and for a level this CPU lacks.
+    /// The level [`ISA_ENV`] asks for, if set: an error for an unknown name and for a level
+    /// this CPU lacks.
     pub fn requested() -> Result<Option<Level>, String> {
         let Ok(v) = std::env::var(ISA_ENV) else {
             return Ok(None);
@@ -89,11 +93,6 @@ impl Level {
         let names = Level::ALL.map(Level::name).join(", ");
         let want = match v.trim().to_ascii_lowercase().as_str() {
             "" => return Ok(None),
-            "amx" => {
-                return Err(format!(
-                    "{ISA_ENV}=amx: this build has no AMX kernels yet (levels: {names})"
-                ))
-            }
             s => Level::ALL
                 .into_iter()
                 .find(|l| l.name() == s)
@@ -129,7 +128,9 @@ fn detect_cpu() -> Level {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni");
-    if avx512 {
+    if avx512 && super::amx::cpu_has_amx() {
+        Level::Amx
+    } else if avx512 {
         Level::Avx512
     } else if avx2 {
         Level::Avx2
@@ -147,6 +148,12 @@ fn detect_cpu() -> Level {
 #[inline(always)]
 pub(crate) fn has_avx2() -> bool {
     Level::active() >= Level::Avx2
+}
+
+/// Whether the AMX tile kernels may run here (see `amx.rs`).
+#[inline(always)]
+pub(crate) fn has_amx() -> bool {
+    Level::active() >= Level::Amx
 }
 
 /// Whether the AVX-512 kernels may run here: AVX-512 F, BW, VL and VNNI (`vpdpbusd`), on top

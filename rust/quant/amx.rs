@@ -1,0 +1,415 @@
+//! AMX-INT8 tiles for matrix x matrix products (prompts): 16 weight rows against 16 tokens at
+//! a time, for the families whose blocks are 32 signed bytes against q8_0 (Q8_0, Q4_0).
+//!
+//! Per block `b`, one `tdpbssd` gives the exact i32 block sums of all 16 x 16 (row, token)
+//! pairs: A = the 16 weight rows' 32 quants (int8), B = the 16 tokens' 32 quants in the
+//! tile layout `B[j][4 t + i] = x_t[4 j + i]` ([`AmxActs`], built once per matmul), C[r][t].
+//! The float half is the scalar reference's, vectorized over the 16 tokens:
+//! `acc[b % 8][r][t] += (d_w[r] * d_x[t]) * isum[r][t]`, then `simd::reduce8` over the 8
+//! lanes: every result has the bits of the one-row kernels.
+//!
+//! Linux gives a process the tile registers only after `arch_prctl(ARCH_REQ_XCOMP_PERM,
+//! XFEATURE_XTILEDATA)`; a refusal (old kernel, a hypervisor without it) leaves AMX off.
+//! The intrinsics are unstable in Rust 1.95: `x86_amx_intrinsics` under the crate's
+//! `RUSTC_BOOTSTRAP` switch (lib.rs), the only other unstable feature besides `portable_simd`.
+
+use super::block::Scale;
+use super::q4_0::BlockQ4_0;
+use super::q8_0::{BlockQ8_0, QK};
+use super::simd::BLOCK_LANES;
+use std::simd::prelude::*;
+
+/// Weight rows and tokens per tile.
+pub const TILE: usize = 16;
+/// Bytes of one block's B tile (8 rows of 16 tokens x 4 bytes).
+const B_BYTES: usize = QK * TILE;
+
+/// Whether the CPU has AMX-INT8 and the kernel lets this process use the tile data (asked
+/// once; a refusal is quiet: the AVX-512 kernels run instead).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn cpu_has_amx() -> bool {
+    use std::sync::OnceLock;
+    static AMX: OnceLock<bool> = OnceLock::new();
+    *AMX.get_or_init(|| {
+        is_x86_feature_detected!("amx-tile")
+            && is_x86_feature_detected!("amx-int8")
+            && request_tile_permission()
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn cpu_has_amx() -> bool {
+    false
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0` (Linux; elsewhere no AMX).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: the arch_prctl system call with two integer arguments; it reads no memory.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret == 0
+}
+
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// 16 tokens' q8_0 activation rows in the B-tile layout, block by block, with their scales.
+pub struct AmxActs {
+    /// `tiles[b * B_BYTES + 64 j + 4 t + i] = x_t[b][4 j + i]`.
+    tiles: Vec<i8>,
+    /// `d[b * 16 + t]`: token `t`'s scale of block `b`.
+    d: Vec<f32>,
+}
+
+impl AmxActs {
+    /// The tile layout of 16 rows of equal length.
+    pub fn new(rows: [&[BlockQ8_0]; TILE]) -> AmxActs {
+        let nb = rows[0].len();
+        assert!(rows.iter().all(|r| r.len() == nb), "AmxActs: rows differ");
+        let mut tiles = vec![0i8; nb * B_BYTES];
+        let mut d = vec![0f32; nb * TILE];
+        for (t, row) in rows.iter().enumerate() {
+            for (b, yb) in row.iter().enumerate() {
+                d[b * TILE + t] = yb.d.get();
+                let tile = &mut tiles[b * B_BYTES..(b + 1) * B_BYTES];
+                for j in 0..QK / 4 {
+                    tile[64 * j + 4 * t..64 * j + 4 * t + 4]
+                        .copy_from_slice(&yb.qs[4 * j..4 * j + 4]);
+                }
+            }
+        }
+        AmxActs { tiles, d }
+    }
+
+    /// Blocks per row.
+    pub fn blocks(&self) -> usize {
+        self.d.len() / TILE
+    }
+}
+
+/// `ldtilecfg`'s 64-byte operand (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// The tile registers: C (16 x 16 i32), A (16 rows x 32 bytes), B (8 rows x 64 bytes).
+const fn config() -> TileConfig {
+    let mut c = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    c.colsb[0] = 64;
+    c.rows[0] = 16;
+    c.colsb[1] = QK as u16;
+    c.rows[1] = 16;
+    c.colsb[2] = 64;
+    c.rows[2] = (QK / 4) as u8;
+    c
+}
+
+/// One weight chunk's view for [`tiles`]: where row `r`'s 32 quants of block `b` start, and
+/// its scale there.
+pub(crate) trait AmxWeights {
+    /// Blocks per row.
+    fn blocks(&self) -> usize;
+    /// Pointer to 16 rows of 32 int8 quants of block `b`, rows `stride` bytes apart.
+    fn quants(&self, b: usize) -> (*const i8, usize);
+    /// Row `r`'s scale of block `b` as f32.
+    fn scale(&self, r: usize, b: usize) -> f32;
+}
+
+/// `out[g][r][t]` = the dot product of weight row `r` with token `t` of group `g`, for the 16
+/// rows of `w` against every group; each with the bits of the family's scalar reference.
+///
+/// # Safety
+/// The CPU must have AMX-INT8 with the tile permission granted ([`cpu_has_amx`]) and AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,amx-tile,amx-int8")]
+pub(crate) unsafe fn tiles<W: AmxWeights>(
+    w: &W,
+    groups: &[&AmxActs],
+    out: &mut [[[f32; TILE]; TILE]],
+) {
+    use std::arch::x86_64::*;
+    assert_eq!(groups.len(), out.len());
+    let nb = w.blocks();
+    assert!(
+        groups.iter().all(|g| g.blocks() == nb),
+        "tiles: row lengths differ"
+    );
+    let cfg = config();
+    _tile_loadconfig((&cfg as *const TileConfig).cast());
+    // Row scales once per chunk: `dw[b][r]`.
+    let dw: Vec<f32x16> = (0..nb)
+        .map(|b| f32x16::from_array(std::array::from_fn(|r| w.scale(r, b))))
+        .collect();
+    let mut c = [[0i32; TILE]; TILE];
+    for (g, o) in groups.iter().zip(out.iter_mut()) {
+        let mut acc = [[f32x16::splat(0.0); TILE]; BLOCK_LANES];
+        for b in 0..nb {
+            let (a, stride) = w.quants(b);
+            _tile_zero::<0>();
+            _tile_loadd::<1>(a.cast(), stride);
+            _tile_loadd::<2>(g.tiles[b * B_BYTES..].as_ptr().cast(), 64);
+            _tile_dpbssd::<0, 1, 2>();
+            _tile_stored::<0>(c.as_mut_ptr().cast(), 64);
+            let dx = f32x16::from_slice(&g.d[b * TILE..(b + 1) * TILE]);
+            let lane = &mut acc[b % BLOCK_LANES];
+            let dwb = dw[b].to_array();
+            for r in 0..TILE {
+                let isum = i32x16::from_array(c[r]).cast::<f32>();
+                lane[r] += (f32x16::splat(dwb[r]) * dx) * isum;
+            }
+        }
+        // simd::reduce8 over the lanes, for 16 tokens at once.
+        for r in 0..TILE {
+            let v = |k: usize| acc[k][r];
+            let (a0, a1, a2, a3) = (v(0) + v(4), v(1) + v(5), v(2) + v(6), v(3) + v(7));
+            o[r] = ((a0 + a2) + (a1 + a3)).to_array();
+        }
+    }
+    _tile_release();
+}
+
+/// Q8_0 weight rows as they are in the file: A loads their quants in place.
+pub(crate) struct Q8Rows<'a, S: Scale> {
+    w: &'a [BlockQ8_0<S>],
+    row_len: usize,
+}
+
+impl<'a, S: Scale> Q8Rows<'a, S> {
+    pub(crate) fn new(w: &'a [BlockQ8_0<S>], row_len: usize) -> Self {
+        assert_eq!(w.len(), TILE * row_len, "Q8Rows: 16 rows");
+        Q8Rows { w, row_len }
+    }
+}
+
+impl<S: Scale> AmxWeights for Q8Rows<'_, S> {
+    fn blocks(&self) -> usize {
+        self.row_len
+    }
+    fn quants(&self, b: usize) -> (*const i8, usize) {
+        (
+            self.w[b].qs.as_ptr(),
+            self.row_len * std::mem::size_of::<BlockQ8_0<S>>(),
+        )
+    }
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        self.w[r * self.row_len + b].d.get()
+    }
+}
+
+/// Q4_0 weight rows unpacked once per chunk to int8 `q - 8` (AMX has no 4-bit operand):
+/// `q[(b * 16 + r) * 32 + k]`, and their scales `d[r * nb + b]`.
+pub(crate) struct Q4Unpacked {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    nb: usize,
+}
+
+impl Q4Unpacked {
+    pub(crate) fn new<S: Scale>(w: &[BlockQ4_0<S>], row_len: usize) -> Self {
+        assert_eq!(w.len(), TILE * row_len, "Q4Unpacked: 16 rows");
+        let mut q = vec![0i8; w.len() * QK];
+        for (r, row) in w.chunks_exact(row_len).enumerate() {
+            for (b, wb) in row.iter().enumerate() {
+                let o = &mut q[(b * TILE + r) * QK..(b * TILE + r + 1) * QK];
+                for j in 0..QK / 2 {
+                    o[j] = (wb.qs[j] & 0x0f) as i8 - 8;
+                    o[j + QK / 2] = (wb.qs[j] >> 4) as i8 - 8;
+                }
+            }
+        }
+        let d = w.iter().map(|b| b.d.get()).collect();
+        Q4Unpacked { q, d, nb: row_len }
+    }
+}
+
+impl AmxWeights for Q4Unpacked {
+    fn blocks(&self) -> usize {
+        self.nb
+    }
+    fn quants(&self, b: usize) -> (*const i8, usize) {
+        (self.q[b * TILE * QK..].as_ptr(), QK)
+    }
+    fn scale(&self, r: usize, b: usize) -> f32 {
+        self.d[r * self.nb + b]
+    }
+}
+
+/// [`tiles`] for Q8_0 weights (`Family::TILES_AMX`).
+///
+/// # Safety
+/// As [`tiles`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,amx-tile,amx-int8")]
+pub(crate) unsafe fn q8_0_tiles<S: Scale>(
+    w: &[BlockQ8_0<S>],
+    row_len: usize,
+    groups: &[&AmxActs],
+    out: &mut [[[f32; TILE]; TILE]],
+) {
+    tiles(&Q8Rows::new(w, row_len), groups, out)
+}
+
+/// [`tiles`] for Q4_0 weights (`Family::TILES_AMX`).
+///
+/// # Safety
+/// As [`tiles`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,amx-tile,amx-int8")]
+pub(crate) unsafe fn q4_0_tiles<S: Scale>(
+    w: &[BlockQ4_0<S>],
+    row_len: usize,
+    groups: &[&AmxActs],
+    out: &mut [[[f32; TILE]; TILE]],
+) {
+    tiles(&Q4Unpacked::new(w, row_len), groups, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests_util::{Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::{
+        has_amx_kernel, prepare_activation, quantize_row, vec_dot_scalar, vec_dot_tiles, GgmlType,
+        PreparedRow,
+    };
+
+    /// Random rows, or rows of the extreme bytes and scales (raw blocks, any nibble/int8).
+    fn weights(ty: GgmlType, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<u8> {
+        let n = nb * QK;
+        if !extreme {
+            let wf: Vec<f32> = (0..TILE * n).map(|_| rng.normal() * 0.05).collect();
+            let mut w = vec![0u8; ty.row_bytes(TILE * n).unwrap()];
+            quantize_row(ty, &wf, &mut w);
+            return w;
+        }
+        let bb = ty.type_size();
+        let mut w: Vec<u8> = (0..TILE * nb * bb)
+            .map(|_| EXTREME_BYTES[(rng.next_u64() % 10) as usize])
+            .collect();
+        for blk in w.chunks_exact_mut(bb) {
+            // f16 scales first in every family here; f32-scale twins get the f16's value.
+            let h = EXTREME_HALVES[(rng.next_u64() % 9) as usize];
+            if bb == 34 || bb == 18 {
+                blk[..2].copy_from_slice(&h.to_le_bytes());
+            } else {
+                let v = crate::quant::f16_bits_to_f32(h);
+                blk[..4].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        w
+    }
+
+    fn tokens(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<PreparedRow> {
+        (0..TILE)
+            .map(|t| {
+                let scale = if extreme {
+                    10f32.powi((t % 7) as i32 - 3)
+                } else {
+                    1.0
+                };
+                let x: Vec<f32> = (0..nb * QK)
+                    .map(|i| {
+                        if extreme && i % 5 == 0 {
+                            -scale
+                        } else {
+                            rng.normal() * scale
+                        }
+                    })
+                    .collect();
+                prepare_activation(GgmlType::Q8_0, &x)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tiles_equal_the_scalar_reference() {
+        if !crate::quant::simd::has_amx() {
+            eprintln!(
+                "note: AMX-INT8 not available here (or not permitted); tile kernels not checked"
+            );
+            return;
+        }
+        let mut rng = Rng::new(77);
+        let types = [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q8_0F32,
+            GgmlType::Q4_0F32,
+        ];
+        for ty in types {
+            assert!(has_amx_kernel(ty), "{ty}");
+            for nb in [1, 2, 7, 8, 9, 17, 40, 128] {
+                for extreme in [false, true] {
+                    let w = weights(ty, nb, &mut rng, extreme);
+                    let g: Vec<Vec<PreparedRow>> =
+                        (0..3).map(|_| tokens(nb, &mut rng, extreme)).collect();
+                    let acts: Vec<AmxActs> = g
+                        .iter()
+                        .map(|rows| {
+                            AmxActs::from_prepared(std::array::from_fn(|t| &rows[t])).unwrap()
+                        })
+                        .collect();
+                    let refs: Vec<&AmxActs> = acts.iter().collect();
+                    let mut out = vec![[[0f32; TILE]; TILE]; acts.len()];
+                    vec_dot_tiles(ty, &w, &refs, &mut out);
+                    let rb = w.len() / TILE;
+                    for (gi, rows) in g.iter().enumerate() {
+                        for r in 0..TILE {
+                            for (t, x) in rows.iter().enumerate() {
+                                let want = vec_dot_scalar(ty, &w[r * rb..(r + 1) * rb], x);
+                                assert_eq!(
+                                    out[gi][r][t].to_bits(),
+                                    want.to_bits(),
+                                    "{ty} nb={nb} extreme={extreme} g={gi} r={r} t={t}: {} vs {want}",
+                                    out[gi][r][t]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_q8_0_rows_of_one_length_make_tiles() {
+        let q: Vec<PreparedRow> = (0..TILE)
+            .map(|_| prepare_activation(GgmlType::Q8_0, &[0.5; 64]))
+            .collect();
+        assert!(AmxActs::from_prepared(std::array::from_fn(|t| &q[t])).is_some());
+        let mut mixed = q.clone();
+        mixed[3] = prepare_activation(GgmlType::Q8_0, &[0.5; 32]);
+        assert!(AmxActs::from_prepared(std::array::from_fn(|t| &mixed[t])).is_none());
+        let f: Vec<PreparedRow> = (0..TILE)
+            .map(|_| prepare_activation(GgmlType::F32, &[0.5; 64]))
+            .collect();
+        assert!(AmxActs::from_prepared(std::array::from_fn(|t| &f[t])).is_none());
+    }
+}
