@@ -113,7 +113,12 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// The tile registers: C (16 x 16 i32), A (16 rows x 32 bytes), B (8 rows x 64 bytes).
+/// Token groups per pass: the tile registers hold one A (the weights' block), and a B and a C
+/// per group (1 + 2 * 3 of the 8), so three independent `tdpbssd` overlap their latency.
+const GROUPS_PER_PASS: usize = 3;
+
+/// The tile registers: 1 = A (16 rows x 32 bytes), 2..=4 = B (8 rows x 64 bytes),
+/// 5..=7 = C (16 x 16 i32).
 const fn config() -> TileConfig {
     let mut c = TileConfig {
         palette: 1,
@@ -122,12 +127,16 @@ const fn config() -> TileConfig {
         colsb: [0; 16],
         rows: [0; 16],
     };
-    c.colsb[0] = 64;
-    c.rows[0] = 16;
     c.colsb[1] = QK as u16;
     c.rows[1] = 16;
-    c.colsb[2] = 64;
-    c.rows[2] = (QK / 4) as u8;
+    let mut k = 0;
+    while k < GROUPS_PER_PASS {
+        c.colsb[2 + k] = 64;
+        c.rows[2 + k] = (QK / 4) as u8;
+        c.colsb[5 + k] = 64;
+        c.rows[5 + k] = 16;
+        k += 1;
+    }
     c
 }
 
@@ -164,32 +173,52 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
     let cfg = config();
     _tile_loadconfig((&cfg as *const TileConfig).cast());
     // Row scales once per chunk: `dw[b][r]`.
-    let dw: Vec<f32x16> = (0..nb)
-        .map(|b| f32x16::from_array(std::array::from_fn(|r| w.scale(r, b))))
+    let dw: Vec<[f32; TILE]> = (0..nb)
+        .map(|b| std::array::from_fn(|r| w.scale(r, b)))
         .collect();
-    let mut c = [[0i32; TILE]; TILE];
-    for (g, o) in groups.iter().zip(out.iter_mut()) {
-        let mut acc = [[f32x16::splat(0.0); TILE]; BLOCK_LANES];
+    // C tiles stored here, two blocks' worth, so one block's float half can run while the
+    // next block's tiles are computed.
+    let mut c = [[[[0i32; TILE]; TILE]; GROUPS_PER_PASS]; 2];
+    for (gs, os) in groups
+        .chunks(GROUPS_PER_PASS)
+        .zip(out.chunks_mut(GROUPS_PER_PASS))
+    {
+        let ng = gs.len();
+        let mut acc = [[[f32x16::splat(0.0); TILE]; BLOCK_LANES]; GROUPS_PER_PASS];
         for b in 0..nb {
             let (a, stride) = w.quants(b);
-            _tile_zero::<0>();
+            let cb = &mut c[b % 2];
             _tile_loadd::<1>(a.cast(), stride);
-            _tile_loadd::<2>(g.tiles[b * B_BYTES..].as_ptr().cast(), 64);
-            _tile_dpbssd::<0, 1, 2>();
-            _tile_stored::<0>(c.as_mut_ptr().cast(), 64);
-            let dx = f32x16::from_slice(&g.d[b * TILE..(b + 1) * TILE]);
-            let lane = &mut acc[b % BLOCK_LANES];
-            let dwb = dw[b].to_array();
-            for r in 0..TILE {
-                let isum = i32x16::from_array(c[r]).cast::<f32>();
-                lane[r] += (f32x16::splat(dwb[r]) * dx) * isum;
+            // One group per (B, C) pair of tiles; the constant tile numbers need one line each.
+            macro_rules! group {
+                ($k:literal, $bt:literal, $ct:literal) => {
+                    if $k < ng {
+                        _tile_zero::<$ct>();
+                        _tile_loadd::<$bt>(gs[$k].tiles[b * B_BYTES..].as_ptr().cast(), 64);
+                        _tile_dpbssd::<$ct, 1, $bt>();
+                        _tile_stored::<$ct>(cb[$k].as_mut_ptr().cast(), 64);
+                    }
+                };
+            }
+            group!(0, 2, 5);
+            group!(1, 3, 6);
+            group!(2, 4, 7);
+            for k in 0..ng {
+                let dx = f32x16::from_slice(&gs[k].d[b * TILE..(b + 1) * TILE]);
+                let lane = &mut acc[k][b % BLOCK_LANES];
+                for r in 0..TILE {
+                    let isum = i32x16::from_array(cb[k][r]).cast::<f32>();
+                    lane[r] += (f32x16::splat(dw[b][r]) * dx) * isum;
+                }
             }
         }
         // simd::reduce8 over the lanes, for 16 tokens at once.
-        for r in 0..TILE {
-            let v = |k: usize| acc[k][r];
-            let (a0, a1, a2, a3) = (v(0) + v(4), v(1) + v(5), v(2) + v(6), v(3) + v(7));
-            o[r] = ((a0 + a2) + (a1 + a3)).to_array();
+        for (k, o) in os.iter_mut().enumerate() {
+            for r in 0..TILE {
+                let v = |l: usize| acc[k][l][r];
+                let (a0, a1, a2, a3) = (v(0) + v(4), v(1) + v(5), v(2) + v(6), v(3) + v(7));
+                o[r] = ((a0 + a2) + (a1 + a3)).to_array();
+            }
         }
     }
     _tile_release();
