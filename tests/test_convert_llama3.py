@@ -437,3 +437,14 @@ def test_hf_tokenizer_json_bpe_is_converted_as_bpe(tmp_path) -> None:
     vocab = t.get_vocab()
     assert field(r, "tokenizer.ggml.tokens") == sorted(vocab, key=vocab.get)
     assert (field(r, "tokenizer.ggml.bos_token_id"), field(r, "tokenizer.ggml.eos_token_id")) == (0, 1)
+
+
+def test_tokenizer_kind_tells_tiktoken_from_sentencepiece(tokenizer, tmp_path) -> None:
+    import llama_models
+
+    from llama_rs.convert.vocab import tokenizer_kind
+
+    assert tokenizer_kind(Path(llama_models.__file__).parent / "llama3" / "tokenizer.model") == "tiktoken"
+    assert tokenizer_kind(tokenizer) == "sentencepiece"
+    (tmp_path / "junk.model").write_bytes(b"not a tokenizer\n")
+    assert tokenizer_kind(tmp_path / "junk.model") == "sentencepiece"  # load_vocab then says it is not one
