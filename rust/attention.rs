@@ -536,6 +536,7 @@ mod tests {
             n_rot: dim / n_head,
             rms_eps: 1e-5,
             freq_base: 1e4,
+            freq_scale: 1.0,
         }
     }
 

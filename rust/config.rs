@@ -23,6 +23,8 @@ pub struct Config {
     pub rms_eps: f32,
     /// `rope.freq_base`.
     pub freq_base: f32,
+    /// 1 / `rope.scaling.factor` for linear scaling (position interpolation); 1 for none.
+    pub freq_scale: f32,
 }
 
 /// Most layers a model may declare (a hostile count must not size huge allocations).
@@ -69,11 +71,13 @@ impl Config {
         if !(self.rms_eps.is_finite()
             && self.rms_eps > 0.0
             && self.freq_base.is_finite()
-            && self.freq_base > 0.0)
+            && self.freq_base > 0.0
+            && self.freq_scale.is_finite()
+            && self.freq_scale > 0.0)
         {
             return Err(format!(
-                "RMSNorm epsilon {} and rope frequency base {} must be positive numbers",
-                self.rms_eps, self.freq_base
+                "RMSNorm epsilon {}, rope frequency base {} and rope frequency scale {} must be positive numbers",
+                self.rms_eps, self.freq_base, self.freq_scale
             ));
         }
         Ok(())
@@ -97,6 +101,7 @@ mod tests {
             n_rot: 8,
             rms_eps: 1e-5,
             freq_base: 10000.0,
+            freq_scale: 1.0,
         };
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!((ok.head_dim(), ok.kv_dim()), (8, 32));
@@ -136,5 +141,10 @@ mod tests {
             ..ok.clone()
         })
         .contains("epsilon"));
+        assert!(bad(Config {
+            freq_scale: f32::NAN,
+            ..ok.clone()
+        })
+        .contains("frequency scale NaN"));
     }
 }

@@ -9,6 +9,7 @@ use crate::error::{format_err, Error, Result};
 use crate::gguf::{GgufFile, Value};
 use crate::legacy::{is_legacy_magic, LegacyFile, LegacyTensor, Split, StoredType};
 use crate::model::{Layer, Model};
+use crate::ops::Rope;
 use crate::quant::GgmlType;
 use crate::tokenizer::{Kind, TokenType, Tokenizer, Vocab};
 use crate::weights::{Storage, Weight};
@@ -64,14 +65,13 @@ impl Model {
                 .iter()
                 .map(|t| (t.ty.name().to_string(), t.dims.len(), t.n_elements())),
         );
-        let has_output = f.tensor("output.weight").is_some();
         build(
             f.path.clone(),
             config,
             tokenizer,
             f.metadata.clone(),
             file_type,
-            has_output,
+            |name| f.tensor(name).is_some(),
             get,
         )
     }
@@ -93,27 +93,27 @@ impl Model {
                 .iter()
                 .map(|t| (t.type_name(), t.ne.len(), t.n_elements())),
         );
-        let has_output = f.tensor("output.weight").is_some();
         build(
             f.paths[0].clone(),
             config,
             tokenizer,
             legacy_metadata(f),
             file_type,
-            has_output,
+            |name| meta_name(name).is_some_and(|m| f.tensor(&m).is_some()),
             get,
         )
     }
 }
 
-/// Assemble a model from its hyperparameters and a source of weights by GGUF name.
+/// Assemble a model from its hyperparameters and a source of weights by GGUF name (`has`
+/// says whether an optional one is there).
 fn build(
     path: PathBuf,
     config: Config,
     tokenizer: Tokenizer,
     metadata: Vec<(String, Value)>,
     file_type: String,
-    has_output: bool,
+    has: impl Fn(&str) -> bool,
     get: impl Fn(&str, &[usize]) -> Result<Weight>,
 ) -> Result<Model> {
     let (dim, ffn_dim, kv_dim) = (config.dim, config.ffn_dim, config.kv_dim());
@@ -134,10 +134,21 @@ fn build(
         });
     }
     let output_norm = get("output_norm.weight", &[dim])?.to_f32();
-    let output = if has_output {
+    let output = if has("output.weight") {
         Some(get("output.weight", &[dim, config.n_vocab])?)
     } else {
         None
+    };
+    let factors = if has(ROPE_FREQS) {
+        rope_factors(&path, get(ROPE_FREQS, &[config.n_rot / 2])?.to_f32())?
+    } else {
+        Vec::new()
+    };
+    let rope = Rope {
+        n_rot: config.n_rot,
+        freq_base: config.freq_base,
+        freq_scale: config.freq_scale,
+        factors,
     };
     Ok(Model {
         path,
@@ -146,10 +157,27 @@ fn build(
         layers,
         output_norm,
         output,
+        rope,
         tokenizer,
         metadata,
         file_type,
     })
+}
+
+/// Llama 3.1's per-pair rotary frequency divisors (`[n_rot / 2]`, one for every layer).
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The divisors of `rope_freqs.weight`, checked: a divisor that is not a positive number
+/// would turn every angle into NaN or infinity.
+fn rope_factors(path: &Path, factors: Vec<f32>) -> Result<Vec<f32>> {
+    match factors.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
+        Some(i) => format_err(format!(
+            "{}: tensor {ROPE_FREQS} holds {} at pair {i}: rotary frequency factors must be positive numbers",
+            path.display(),
+            factors[i]
+        )),
+        None => Ok(factors),
+    }
 }
 
 /// A tensor's stored shape (ggml order) against the one the hyperparameters give. A 1-D norm
@@ -220,6 +248,53 @@ fn meta_f32(f: &GgufFile, key: &str, default: f32) -> Result<f32> {
     }
 }
 
+/// `1 / llama.rope.scaling.factor` (or the older `llama.rope.scale_linear`) for linear scaling,
+/// 1 without it, as llama.cpp reads them: the type defaults to linear, a factor of 0 means
+/// none, and type `none` ignores the factor. Types this engine does not compute (YaRN,
+/// LongRoPE, ...) and an attention factor other than 1 are refused, not ignored: the model
+/// would run, with wrong angles.
+fn rope_freq_scale(f: &GgufFile) -> Result<f32> {
+    let shown = f.path.display();
+    let kind = match f.get("llama.rope.scaling.type") {
+        None => "linear",
+        Some(v) => v.as_str().ok_or_else(|| {
+            Error::Format(format!(
+                "{shown}: metadata llama.rope.scaling.type = {v:?} is not a string"
+            ))
+        })?,
+    };
+    if let Some(v) = f.get("llama.rope.scaling.attn_factor") {
+        if v.as_f64() != Some(1.0) {
+            return format_err(format!(
+                "{shown}: rope scaling attention factor {v:?} (llama.rope.scaling.attn_factor) is not supported"
+            ));
+        }
+    }
+    let factor_key = ["llama.rope.scaling.factor", "llama.rope.scale_linear"]
+        .into_iter()
+        .find(|k| f.get(k).is_some());
+    let factor = match factor_key {
+        None => 0.0,
+        Some(k) => match f.get(k).and_then(|v| v.as_f64()) {
+            Some(x) if x.is_finite() && x >= 0.0 => x as f32,
+            _ => {
+                return format_err(format!(
+                    "{shown}: metadata {k} = {:?} is not a non-negative number",
+                    f.get(k).unwrap()
+                ))
+            }
+        },
+    };
+    match kind {
+        "none" => Ok(1.0),
+        "linear" if factor == 0.0 => Ok(1.0),
+        "linear" => Ok(1.0 / factor),
+        other => format_err(format!(
+            "{shown}: rope scaling type {other:?} (llama.rope.scaling.type) is not supported: llama-rs computes none, linear and Llama 3's rope_freqs.weight"
+        )),
+    }
+}
+
 fn gguf_config(f: &GgufFile, n_vocab: usize) -> Result<Config> {
     let dim = require_usize(f, "llama.embedding_length")?;
     let n_head = require_usize(f, "llama.attention.head_count")?;
@@ -234,6 +309,7 @@ fn gguf_config(f: &GgufFile, n_vocab: usize) -> Result<Config> {
         n_rot: meta_usize(f, "llama.rope.dimension_count")?.unwrap_or(dim / n_head),
         rms_eps: meta_f32(f, "llama.attention.layer_norm_rms_epsilon", 1e-5)?,
         freq_base: meta_f32(f, "llama.rope.freq_base", 10000.0)?,
+        freq_scale: rope_freq_scale(f)?,
     };
     config
         .validate()
@@ -337,6 +413,7 @@ fn legacy_config(f: &LegacyFile, n_vocab: usize) -> Result<Config> {
         n_rot: h.n_rot,
         rms_eps: LEGACY_RMS_EPS,
         freq_base: 10000.0,
+        freq_scale: 1.0,
     };
     config
         .validate()

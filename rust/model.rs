@@ -11,7 +11,7 @@ pub use crate::attention::{KvCache, KvType};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf::Value;
-use crate::ops::{matmul, matmul_with, rmsnorm, rope_table, rope_with, silu, Prepared};
+use crate::ops::{matmul, matmul_with, rmsnorm, rope_with, silu, Prepared, Rope};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weight;
 use std::path::PathBuf;
@@ -37,6 +37,8 @@ pub struct Model {
     pub output_norm: Vec<f32>, // [dim]
     /// [n_vocab, dim]; None: the output projection is tied to `token_embd`.
     pub output: Option<Weight>,
+    /// The rotary angles: the config's base and scale, and `rope_freqs.weight` when present.
+    pub rope: Rope,
     pub tokenizer: Tokenizer,
     pub metadata: Vec<(String, Value)>,
     /// The most common weight type ("Q4_0", ...), for display.
@@ -102,9 +104,8 @@ impl Model {
                 .row_f32(id as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
         // [n][n_rot / 2] (sin, cos) per position, shared by q and k of every head and layer.
-        let rope_tables: Vec<Vec<(f32, f32)>> = (0..n)
-            .map(|t| rope_table(c.n_rot, n_past + t, c.freq_base))
-            .collect();
+        let rope_tables: Vec<Vec<(f32, f32)>> =
+            (0..n).map(|t| self.rope.table(n_past + t)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention: h = rmsnorm(x) * attn_norm; q, k, v = projections of h.
             s.h.copy_from_slice(&s.x);

@@ -19,26 +19,52 @@ pub fn rmsnorm(x: &mut [f32], weight: &[f32], eps: f32) {
 }
 
 /// Rotary embedding on adjacent pairs `(2i, 2i+1)` of each head (Meta's layout), for the first
-/// `n_rot` dimensions of every head.
+/// `n_rot` dimensions of every head, without scaling.
 pub fn rope(x: &mut [f32], head_dim: usize, n_rot: usize, pos: usize, freq_base: f32) {
-    rope_with(x, head_dim, &rope_table(n_rot, pos, freq_base));
+    rope_with(x, head_dim, &Rope::plain(n_rot, freq_base).table(pos));
 }
 
-/// `(sin, cos)` of each pair's angle at `pos` (the same for every head: compute once per
-/// position, apply to q and k of every head with [`rope_with`]).
-pub fn rope_table(n_rot: usize, pos: usize, freq_base: f32) -> Vec<(f32, f32)> {
-    (0..n_rot)
-        .step_by(2)
-        .map(|i| {
-            // Angles in f64: positions times small frequencies lose digits in f32.
-            let freq = (freq_base as f64).powf(-(i as f64) / n_rot as f64);
-            let (sin, cos) = (pos as f64 * freq).sin_cos();
-            (sin as f32, cos as f32)
-        })
-        .collect()
+/// The rotary angles of a model: pair `i` of a head at position `pos` turns by
+/// `pos * freq_base^(-2i/n_rot) / factors[i] * freq_scale`, as ggml's `rope_ext` computes
+/// them without YaRN (`ext_factor` 0, `attn_factor` 1): `factors` are Llama 3.1's
+/// `rope_freqs.weight` (ggml's `freq_factors`), `freq_scale` is 1 / the linear scaling factor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub n_rot: usize,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+    /// One divisor per pair (`n_rot / 2`), or empty for none.
+    pub factors: Vec<f32>,
 }
 
-/// [`rope`] with a precomputed [`rope_table`].
+impl Rope {
+    /// Meta's rotary: no scaling, no factors.
+    pub fn plain(n_rot: usize, freq_base: f32) -> Rope {
+        Rope {
+            n_rot,
+            freq_base,
+            freq_scale: 1.0,
+            factors: Vec::new(),
+        }
+    }
+
+    /// `(sin, cos)` of each pair's angle at `pos` (the same for every head: compute once per
+    /// position, apply to q and k of every head with [`rope_with`]).
+    pub fn table(&self, pos: usize) -> Vec<(f32, f32)> {
+        (0..self.n_rot / 2)
+            .map(|k| {
+                // Angles in f64: positions times small frequencies lose digits in f32.
+                let freq = (self.freq_base as f64).powf(-((2 * k) as f64) / self.n_rot as f64);
+                let factor = self.factors.get(k).map_or(1.0, |&f| f as f64);
+                let angle = pos as f64 * freq / factor * self.freq_scale as f64;
+                let (sin, cos) = angle.sin_cos();
+                (sin as f32, cos as f32)
+            })
+            .collect()
+    }
+}
+
+/// Rotary embedding with a precomputed [`Rope::table`].
 pub fn rope_with(x: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
     for head in x.chunks_exact_mut(head_dim) {
         for (k, &(sin, cos)) in table.iter().enumerate() {
@@ -394,5 +420,30 @@ mod tests {
         assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
         let f = 10000f64.powf(-0.5);
         assert!((x[2] as f64 + f.sin()).abs() < 1e-6 && (x[3] as f64 - f.cos()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_factors_divide_and_scale_multiplies_the_angle() {
+        let plain = Rope::plain(8, 500000.0);
+        let scaled = Rope {
+            freq_scale: 0.25,
+            factors: vec![1.0, 2.0, 8.0, 3.5],
+            ..plain.clone()
+        };
+        let (a, b) = (plain.table(7), scaled.table(7));
+        for k in 0..4 {
+            let theta = 7.0 * 500000f64.powf(-((2 * k) as f64) / 8.0);
+            let want = theta / scaled.factors[k] as f64 * 0.25;
+            assert!((a[k].0 as f64 - theta.sin()).abs() < 1e-7, "pair {k}");
+            assert!((b[k].0 as f64 - want.sin()).abs() < 1e-7, "pair {k}");
+            assert!((b[k].1 as f64 - want.cos()).abs() < 1e-7, "pair {k}");
+        }
+        // Position 0 never turns; factors of 1 change nothing.
+        assert!(scaled.table(0).iter().all(|&(s, c)| s == 0.0 && c == 1.0));
+        let ones = Rope {
+            factors: vec![1.0; 4],
+            ..plain.clone()
+        };
+        assert_eq!(ones.table(123), plain.table(123));
     }
 }

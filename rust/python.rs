@@ -263,6 +263,8 @@ impl Engine {
         d.set_item("n_rot", c.n_rot)?;
         d.set_item("rms_eps", c.rms_eps)?;
         d.set_item("freq_base", c.freq_base)?;
+        d.set_item("freq_scale", c.freq_scale)?;
+        d.set_item("rope_factors", self.model.rope.factors.clone())?;
         Ok(d)
     }
 

@@ -84,21 +84,26 @@ def write_meta(
     n_parts: int = 1,
     tokenizer: Path | None = None,
     max_seq_len: int | None = 128,
+    extra_params: dict | None = None,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    # Meta's FeedForward: multiple_of * ceil(int(mult * int(8 * dim / 3)) / multiple_of); these
+    # two give the shape's ffn for any shape (int(ffn / hidden * hidden) is ffn or ffn - 1).
+    hidden = int(2 * (4 * s.dim) / 3)
     params = {
         "dim": s.dim,
         "n_layers": s.n_layer,
         "n_heads": s.n_head,
         "n_kv_heads": s.n_head_kv,
         "vocab_size": s.vocab,
-        "multiple_of": 32,
-        "ffn_dim_multiplier": None,
+        "multiple_of": s.ffn,
+        "ffn_dim_multiplier": s.ffn / hidden,
         "norm_eps": s.eps,
         "rope_theta": s.rope_base,
     }
     if max_seq_len:
         params["max_seq_len"] = max_seq_len
+    params.update(extra_params or {})
     (folder / "params.json").write_text(json.dumps(params))
     for i, part in enumerate(meta_parts(s, weights, n_parts)):
         torch.save(part, folder / f"consolidated.{i:02d}.pth")

@@ -28,6 +28,10 @@ class Shape:
     vocab: int = 300
     eps: float = 1e-5
     rope_base: float = 10000.0
+    #: Llama 3.1's `rope_freqs.weight`: one divisor per rotary pair (head_dim / 2), or None.
+    rope_factors: tuple[float, ...] | None = None
+    #: Linear rope scaling (`llama.rope.scaling.factor`): positions are divided by it; or None.
+    rope_scale: float | None = None
 
     @property
     def head_dim(self) -> int:
@@ -75,9 +79,11 @@ def write_model(
     wtype: str = "F32",
     vocab: tuple[list[str], list[float], list[int]] | None = None,
     tie_output: bool = False,
+    extra: dict[str, str | float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Write a GGUF with 2-D weights in `wtype` (norms stay F32) using the `gguf` package.
-    Returns the weights as the file holds them (after quantization), in float64."""
+    """Write a GGUF with 2-D weights in `wtype` (norms stay F32) using the `gguf` package,
+    plus `extra` metadata (strings and float32s). Returns the weights as the file holds them
+    (after quantization), in float64."""
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(2048)
     w.add_embedding_length(s.dim)
@@ -88,6 +94,13 @@ def write_model(
     w.add_head_count_kv(s.n_head_kv)
     w.add_layer_norm_rms_eps(s.eps)
     w.add_rope_freq_base(s.rope_base)
+    if s.rope_scale is not None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(s.rope_scale)
+    for k, v in (extra or {}).items():
+        w.add_string(k, v) if isinstance(v, str) else w.add_float32(k, v)
+    if s.rope_factors is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(s.rope_factors, dtype=np.float32))
     tokens, scores, types = vocab or synthetic_vocab(s.vocab)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -150,6 +163,10 @@ def reference_logits(
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + s.eps) * T[name]
 
     freqs = 1.0 / (s.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    if s.rope_factors is not None:  # as stored: float32 divisors
+        freqs = freqs / torch.tensor(np.asarray(s.rope_factors, dtype=np.float32).astype(np.float64))
+    if s.rope_scale is not None:
+        freqs = freqs / s.rope_scale
     angles = torch.outer(torch.arange(n, dtype=torch.float64), freqs)
     rot = torch.polar(torch.ones_like(angles), angles)  # [n, hd/2]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,87 @@ def test_eval_errors(tmp_path: Path) -> None:
     assert m.n_past == 4
     m.reset()
     assert m.n_past == 0
+
+
+# -- Llama 3.1 rotary: rope_freqs.weight, linear scaling, refused scaling types ------------
+def rope3_shape(**kw) -> Shape:
+    """gqa4-hd32 with Llama 3's base and per-pair divisors large enough to show on 14 positions."""
+    s = SHAPES["gqa4-hd32"]
+    factors = tuple(float(f) for f in np.random.default_rng(9).uniform(1.0, 32.0, s.head_dim // 2))
+    return replace(s, rope_factors=factors, **kw)
+
+
+def test_rope_freqs_equal_reference(tmp_path: Path) -> None:
+    s = rope3_shape()
+    path = tmp_path / "r.gguf"
+    stored = write_model(path, s, random_weights(s, seed=7), "F32")
+    ours = engine_logits(path)
+    assert rel_err(ours, reference_logits(s, stored, TOKENS)) < 1e-5
+    # The factors are applied, not ignored: without them the logits are far off.
+    assert rel_err(ours, reference_logits(replace(s, rope_factors=None), stored, TOKENS)) > 1e-2
+    m = llama_rs.Model(path, n_ctx=8)
+    assert m.config["rope_factors"] == pytest.approx(s.rope_factors)
+    assert m.config["freq_base"] == 500000.0
+
+
+def test_linear_rope_scaling_equals_reference(tmp_path: Path) -> None:
+    s = replace(SHAPES["mha-hd16"], rope_scale=4.0)
+    path = tmp_path / "lin.gguf"
+    stored = write_model(path, s, random_weights(s, seed=8), "F32")
+    ours = engine_logits(path)
+    assert rel_err(ours, reference_logits(s, stored, TOKENS)) < 1e-5
+    assert rel_err(ours, reference_logits(replace(s, rope_scale=None), stored, TOKENS)) > 1e-2
+    assert llama_rs.Model(path, n_ctx=8).config["freq_scale"] == 0.25
+
+
+def scaled_model(path: Path, s: Shape, **kv) -> Path:
+    """A model file with extra llama.* metadata (name without the prefix -> value)."""
+    write_model(path, s, random_weights(s), "F32", extra={f"llama.{k}": v for k, v in kv.items()})
+    return path
+
+
+@pytest.mark.parametrize(
+    "kv, words",
+    [
+        ({"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0}, 'rope scaling type "yarn"'),
+        ({"rope.scaling.type": "longrope"}, 'rope scaling type "longrope"'),
+        ({"rope.scaling.attn_factor": 0.5}, "attention factor"),
+        ({"rope.scaling.factor": -2.0}, "rope.scaling.factor"),
+    ],
+)
+def test_unsupported_rope_scaling_is_refused(tmp_path: Path, kv: dict, words: str) -> None:
+    path = scaled_model(tmp_path / "y.gguf", SHAPES["mha-hd16"], **kv)
+    with pytest.raises(llama_rs.ModelError, match=re.escape(words)):
+        llama_rs.Model(path, n_ctx=8)
+
+
+def test_rope_scaling_none_ignores_the_factor_and_old_key_is_read(tmp_path: Path) -> None:
+    s = SHAPES["mha-hd16"]
+    none = scaled_model(tmp_path / "n.gguf", s, **{"rope.scaling.type": "none", "rope.scaling.factor": 4.0})
+    assert llama_rs.Model(none, n_ctx=8).config["freq_scale"] == 1.0
+    old = scaled_model(tmp_path / "o.gguf", s, **{"rope.scale_linear": 2.0})
+    assert llama_rs.Model(old, n_ctx=8).config["freq_scale"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "factors, words",
+    [((1.0,) * 7, "rope_freqs.weight has shape [7], expected [8]"), ((1.0,) * 7 + (-1.0,), "holds -1 at pair 7")],
+)
+def test_bad_rope_freqs_are_refused(tmp_path: Path, factors: tuple, words: str) -> None:
+    s = replace(SHAPES["gqa4-hd32"], rope_factors=factors)
+    path = tmp_path / "bad.gguf"
+    write_model(path, s, random_weights(s), "F32")
+    with pytest.raises(llama_rs.ModelError, match=re.escape(words)):
+        llama_rs.Model(path, n_ctx=8)
+
+
+@pytest.mark.parametrize("wtype", ["F16", "Q8_0", "Q4_0"])
+def test_tied_output_of_any_type(tmp_path: Path, wtype: str) -> None:
+    """Llama 3.2 1B/3B have no output.weight: the output matmul runs on token_embd, whatever
+    its type."""
+    s = SHAPES["gqa-hd64"]
+    path = tmp_path / "tied.gguf"
+    stored = write_model(path, s, random_weights(s, seed=10), wtype, tie_output=True)
+    ours = engine_logits(path)
+    ref = reference_logits(s, stored, TOKENS, quantized_acts=wtype != "F16")
+    assert rel_err(ours, ref) < (1e-5 if wtype == "F16" else 2e-3)

@@ -16,9 +16,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import rope
 from .errors import ConvertError
-from .vocab import load_vocab
-from .writer import Hparams, Plan, Tensor, canonical_order
+from .vocab import (
+    Vocab,
+    apply_added_tokens,
+    hf_tokenizer_json_is_bpe,
+    load_any_vocab,
+    load_hf_bpe,
+    load_vocab,
+    tokenizer_kind,
+)
+from .writer import Hparams, Plan, Tensor, canonical_order, rope_tensors
 
 _LAYER = {
     "input_layernorm": "attn_norm",
@@ -73,9 +82,12 @@ def read_config(path: Path) -> dict:
     if not isinstance(cfg, dict):
         raise ConvertError(f"{path}: not a JSON object")
     archs = cfg.get("architectures") or []
-    if "LlamaForCausalLM" not in archs and not (not archs and cfg.get("model_type") == "llama"):
+    # Mistral's dense models are LLaMA's architecture (llama.cpp converts them as LLaMA too).
+    if not set(archs) & {"LlamaForCausalLM", "MistralForCausalLM"} and not (
+        not archs and cfg.get("model_type") in ("llama", "mistral")
+    ):
         what = ", ".join(archs) if archs else f"model_type {cfg.get('model_type')!r}"
-        raise ConvertError(f"{path}: architecture {what} is not LLaMA (LlamaForCausalLM)")
+        raise ConvertError(f"{path}: architecture {what} is not LLaMA (LlamaForCausalLM, MistralForCausalLM)")
     for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
         if k not in cfg:
             raise ConvertError(f"{path}: no {k!r}")
@@ -157,14 +169,118 @@ class _TorchBin:
         self.sd = {}
 
 
+def read_json(path: Path) -> dict:
+    """An optional JSON object file ({} when absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConvertError(f"{path}: not a JSON object")
+    return d
+
+
+def find_vocab(src: Path, vocab_path: Optional[Path]) -> tuple[Vocab, list[Path]]:
+    """The vocab and the files it comes from: `--vocab`, else a SentencePiece `tokenizer.model`
+    (LLaMA 1/2, Mistral; Mistral v3's may be named `tokenizer.model.v3`), else a byte-level BPE
+    `tokenizer.json` (Llama 3), else Meta's tiktoken `tokenizer.model`. The SentencePiece
+    model comes first: Llama 2's tokenizer.json is a BPE too, converted from it."""
+    if vocab_path is not None:
+        return load_any_vocab(vocab_path), [vocab_path]
+    spm = [p for p in (src / "tokenizer.model", src / "tokenizer.model.v3") if p.is_file()]
+    for p in spm:
+        if tokenizer_kind(p) == "sentencepiece":
+            return load_vocab(p), [p]
+    if hf_tokenizer_json_is_bpe(src):
+        return load_hf_bpe(src), [src / "tokenizer.json"]
+    for p in spm:
+        return load_any_vocab(p), [p]
+    raise ConvertError(
+        f"{src / 'tokenizer.model'}: missing (the vocab comes from tokenizer.model or a BPE tokenizer.json; or pass --vocab)"
+    )
+
+
+def _token_id(path: Path, key: str, v, n: int) -> Optional[int]:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
+        raise ConvertError(f"{path}: {key} = {v!r} is not a token id of the {n}-token vocab")
+    return v
+
+
+def apply_special_ids(v: Vocab, src: Path, cfg: dict) -> None:
+    """BOS and EOS from generation_config.json, else config.json, else the tokenizer's own. A
+    list of EOS ids (Llama 3.1 instruct: end_of_text, eom, eot) gives EOS its first, and
+    `<|eot_id|>` / `<|eom_id|>` among them are the end-of-turn / end-of-message ids."""
+    gen_path = src / "generation_config.json"
+    gen = read_json(gen_path)
+    for key in ("bos_token_id", "eos_token_id"):
+        path, value = (gen_path, gen[key]) if gen.get(key) is not None else (src / "config.json", cfg.get(key))
+        ids = value if isinstance(value, list) else [value]
+        if not ids:
+            continue
+        ids = [_token_id(path, key, i, len(v)) for i in ids]
+        if ids[0] is None:
+            continue
+        if key == "bos_token_id":
+            v.bos = ids[0]
+            continue
+        v.eos = ids[0]
+        for i in ids[1:]:
+            if v.tokens[i] == "<|eot_id|>":
+                v.eot = i
+            elif v.tokens[i] == "<|eom_id|>":
+                v.eom = i
+
+
+def chat_templates(src: Path, tok_cfg: dict) -> dict[str, str]:
+    """tokenizer_config.json's `chat_template` (a string, or named templates: a list of
+    {name, template}), else `chat_template.jinja` / `chat_template.json` (where transformers 5
+    saves it); "" names the default, as llama.cpp writes `tokenizer.chat_template`."""
+    path = src / "tokenizer_config.json"
+    t = tok_cfg.get("chat_template")
+    if t is None:
+        jinja = src / "chat_template.jinja"
+        if jinja.is_file():
+            return {"": jinja.read_text(encoding="utf-8")}
+        t = read_json(src / "chat_template.json").get("chat_template")
+        path = src / "chat_template.json"
+    if t is None:
+        return {}
+    if isinstance(t, str):
+        return {"": t}
+    if isinstance(t, list) and all(
+        isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("template"), str) for e in t
+    ):
+        return {("" if e["name"] == "default" else e["name"]): e["template"] for e in t}
+    raise ConvertError(f"{path}: chat_template is neither a string nor a list of {{name, template}}")
+
+
+def _context_length(cfg: dict):
+    """max_position_embeddings, capped by Mistral v0.1's sliding window: full attention
+    computes what windowed attention does up to the window's length."""
+    n = cfg.get("max_position_embeddings") or 2048
+    window = cfg.get("sliding_window")
+    if isinstance(n, int) and isinstance(window, int) and not isinstance(window, bool) and 0 < window < n:
+        return window
+    return n
+
+
 def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     cfg_path = src / "config.json"
     cfg = read_config(cfg_path)
     files, weight_map, listing = weight_files(src)
-    tok = vocab_path or src / "tokenizer.model"
-    if not tok.is_file():
-        raise ConvertError(f"{tok}: missing (the vocab comes from the SentencePiece model; or pass --vocab)")
-    vocab = load_vocab(tok)
+    vocab, vocab_files = find_vocab(src, vocab_path)
+    tok_cfg_path = src / "tokenizer_config.json"
+    tok_cfg = read_json(tok_cfg_path)
+    if vocab.model == "llama":
+        apply_added_tokens(vocab, tok_cfg_path, tok_cfg)
+    if isinstance(tok_cfg.get("add_bos_token"), bool):
+        vocab.add_bos = tok_cfg["add_bos_token"]
+    apply_special_ids(vocab, src, cfg)
+    templates = chat_templates(src, tok_cfg)
 
     dim, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
     n_head_kv = cfg.get("num_key_value_heads") or n_head
@@ -173,18 +289,14 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     )
     if isinstance(dim, int) and isinstance(n_head, int) and n_head and head_dim * n_head != dim:
         raise ConvertError(f"{cfg_path}: head_dim {head_dim} * {n_head} heads != hidden_size {dim} (not supported)")
-    rope = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
-        raise ConvertError(
-            f"{cfg_path}: rope scaling {scaling.get('rope_type') or scaling.get('type')!r} is not supported"
-        )
-    theta = cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    rope_params = cfg.get("rope_parameters") or {}
+    theta = cfg.get("rope_theta") or rope_params.get("rope_theta") or 10000.0
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise ConvertError(f"{cfg_path}: attention or MLP biases are not supported")
     h = Hparams(
         name=src.resolve().name,
-        context_length=cfg.get("max_position_embeddings") or 2048,
+        # Mistral v0.1's sliding window: full attention equals it up to the window's length.
+        context_length=_context_length(cfg),
         dim=dim,
         n_layer=cfg["num_hidden_layers"],
         n_head=n_head,
@@ -193,6 +305,8 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
         eps=float(cfg.get("rms_norm_eps") or 1e-6),
         rope_base=float(theta),
     )
+    if isinstance(head_dim, int) and head_dim > 0:
+        h.rope_scaling = rope.from_hf(cfg_path, cfg, head_dim, h.rope_base)
 
     readers: dict[Path, object] = {}
     for f in files:
@@ -226,10 +340,13 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
             raise ConvertError(
                 f"{cfg_path}: vocab_size {cfg.get('vocab_size')} but the embedding in {emb.source} has {emb.shape[0]} rows"
             )
+    if not cfg.get("tie_word_embeddings", True) and not any(t.name == "output.weight" for t in tensors):
+        raise ConvertError(f"{listing}: lm_head.weight is missing ({cfg_path.name} says tie_word_embeddings false)")
+    tensors += rope_tensors(h, cfg_path)
     # Write shard by shard (so one shard's mapping is live at a time), in LLaMA order within.
     rank = {n: i for i, n in enumerate(canonical_order([t.name for t in tensors]))}
     shard = {f: i for i, f in enumerate(files)}
-    tensors.sort(key=lambda t: (shard[t.source], rank[t.name]))
+    tensors.sort(key=lambda t: (shard.get(t.source, -1), rank[t.name]))
     for t in tensors:
         if t.name == "blk.0.attn_q.weight" and len(t.shape) == 2 and t.shape[0] % (2 * n_head):
             raise ConvertError(
@@ -241,7 +358,9 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
             r.close()
         readers.clear()
 
-    return Plan(h, vocab, tensors, list(files) + [listing, cfg_path, vocab.path], cfg_path, close)
+    return Plan(
+        h, vocab, tensors, list(files) + [listing, cfg_path, *vocab_files], cfg_path, close, chat_templates=templates
+    )
 
 
 def _loader(

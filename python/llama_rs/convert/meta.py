@@ -16,9 +16,10 @@ from typing import Optional
 import torch
 
 from ._torch import load_state_dict, to_numpy
+from . import rope
 from .errors import ConvertError
-from .vocab import load_vocab
-from .writer import Hparams, Plan, Tensor, canonical_order
+from .vocab import load_any_vocab
+from .writer import Hparams, Plan, Tensor, canonical_order, rope_tensors
 
 # Meta name -> (GGUF name, concatenation dim across parts or None for whole tensors)
 _LAYER = {
@@ -96,11 +97,30 @@ def read_params(path: Path) -> dict:
     return params
 
 
+def params_ffn(path: Path, params: dict) -> Optional[int]:
+    """The feed-forward width Meta's FeedForward derives from `dim`, `multiple_of` and
+    `ffn_dim_multiplier` (llama/model.py), or None without `multiple_of`."""
+    dim, multiple_of, mult = params["dim"], params.get("multiple_of"), params.get("ffn_dim_multiplier")
+    if multiple_of is None:
+        return None
+    if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        raise ConvertError(f"{path}: multiple_of = {multiple_of!r} is not a positive integer")
+    if mult is not None and (isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0):
+        raise ConvertError(f"{path}: ffn_dim_multiplier = {mult!r} is not a positive number")
+    if not isinstance(dim, int):
+        return None  # check_hparams names it
+    hidden = int(2 * (4 * dim) / 3)
+    if mult is not None:
+        hidden = int(mult * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
 def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     params_path = src / "params.json"
     params = read_params(params_path)
     parts = find_parts(src)
-    vocab = load_vocab(find_tokenizer(src, vocab_path))
+    # SentencePiece (LLaMA 1/2) or tiktoken (Llama 3: the bpe_vocab readers).
+    vocab = load_any_vocab(find_tokenizer(src, vocab_path))
     dicts = [load_state_dict(p) for p in parts]
 
     first = dicts[0]
@@ -153,6 +173,12 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
     n_vocab_params = params.get("vocab_size", -1)
     if isinstance(n_vocab_params, int) and n_vocab_params > 0 and n_vocab_params != emb.shape[0]:
         raise ConvertError(f"{params_path}: vocab_size {n_vocab_params} but the embedding has {emb.shape[0]} rows")
+    ffn = params_ffn(params_path, params)
+    if ffn is not None and ffn != gate.shape[0]:
+        raise ConvertError(
+            f"{parts[0]}: layers.0.feed_forward.w1.weight has {gate.shape[0]} rows but {params_path.name}'s "
+            f"multiple_of {params['multiple_of']} and ffn_dim_multiplier {params.get('ffn_dim_multiplier')} give {ffn}"
+        )
     h = Hparams(
         name=src.resolve().name,
         context_length=params.get("max_seq_len") or 2048,
@@ -164,6 +190,10 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
         eps=float(params.get("norm_eps", 1e-6)),
         rope_base=float(params.get("rope_theta") or 10000.0),
     )
+    if isinstance(h.dim, int) and isinstance(n_head, int) and n_head > 0:
+        h.rope_scaling = rope.from_meta(params_path, params, h.dim // n_head, h.rope_base)
+    tensors += rope_tensors(h, params_path)
+    by_name = {t.name: t for t in tensors}
     order = canonical_order([t.name for t in tensors])
     tensors = [by_name[n] for n in order]
 

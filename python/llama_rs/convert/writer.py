@@ -21,6 +21,7 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from .errors import ConvertError
+from .rope import RopeScaling
 from .vocab import Vocab
 
 # Per-layer GGUF names in the order they are written.
@@ -38,10 +39,24 @@ class Hparams:
     ffn: int
     eps: float
     rope_base: float = 10000.0
+    #: None: plain rotary.
+    rope_scaling: Optional[RopeScaling] = None
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head
+
+
+ROPE_FREQS = "rope_freqs.weight"
+
+
+def rope_tensors(h: Hparams, source: Path) -> list[Tensor]:
+    """The tensor Llama 3.1 scaling adds (`rope_freqs.weight`, computed, not read), or none."""
+    r = h.rope_scaling
+    if r is None or r.freq_factors is None:
+        return []
+    factors = r.freq_factors
+    return [Tensor(ROPE_FREQS, tuple(factors.shape), lambda: factors, source, (source,), "rope_scaling")]
 
 
 @dataclass
@@ -79,11 +94,16 @@ class Plan:
     described_by: Path
     #: Called when the conversion ends, to drop open handles and mappings.
     close: Callable[[], None] = field(default=lambda: None)
+    #: Chat templates by name ("" the default: `tokenizer.chat_template`; others
+    #: `tokenizer.chat_template.NAME`, as llama.cpp writes them).
+    chat_templates: dict[str, str] = field(default_factory=dict)
 
 
 def expected_shapes(h: Hparams, n_vocab: int, with_output: bool) -> dict[str, tuple[int, ...]]:
     kv = h.head_dim * h.n_head_kv
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, h.dim)}
+    if h.rope_scaling is not None and h.rope_scaling.freq_factors is not None:
+        shapes[ROPE_FREQS] = (h.head_dim // 2,)
     per_layer = {
         "attn_norm": (h.dim,),
         "attn_q": (h.dim, h.dim),
@@ -106,8 +126,8 @@ def expected_shapes(h: Hparams, n_vocab: int, with_output: bool) -> dict[str, tu
 
 def canonical_order(names: list[str]) -> list[str]:
     def key(n: str) -> tuple[int, int, str]:
-        if n == "token_embd.weight":
-            return (0, 0, n)
+        if n in ("token_embd.weight", ROPE_FREQS):
+            return (0, 0 if n == "token_embd.weight" else 1, n)
         if n.startswith("blk."):
             i, rest = n[4:].split(".", 1)
             k = rest.rsplit(".", 1)[0]
@@ -228,20 +248,13 @@ def write_gguf(
     w.add_head_count_kv(h.n_head_kv)
     w.add_layer_norm_rms_eps(h.eps)
     w.add_rope_freq_base(h.rope_base)
+    if h.rope_scaling is not None and h.rope_scaling.kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(h.rope_scaling.factor)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(v.tokens)
-    w.add_token_scores(v.scores)
-    w.add_token_types(v.types)
-    w.add_bos_token_id(v.bos)
-    w.add_eos_token_id(v.eos)
-    w.add_unk_token_id(v.unk)
-    if 0 <= v.pad < len(v):
-        w.add_pad_token_id(v.pad)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(v.add_space_prefix)
-    w.add_remove_extra_whitespaces(v.remove_extra_whitespaces)
+    write_vocab(w, v)
+    for name, template in p.chat_templates.items():
+        w.add_string(f"tokenizer.chat_template.{name}" if name else "tokenizer.chat_template", template)
 
     dtypes = []
     total = 0
@@ -289,6 +302,29 @@ def write_gguf(
     return Summary(
         out, len(p.tensors), params, out.stat().st_size, outtype, time.monotonic() - t0, source_format, warnings
     )
+
+
+def write_vocab(w, v: Vocab) -> None:
+    """The `tokenizer.ggml.*` keys of a SentencePiece ("llama") or byte-level BPE ("gpt2") vocab."""
+    w.add_tokenizer_model(v.model)
+    if v.pre is not None:
+        w.add_tokenizer_pre(v.pre)
+    w.add_token_list(v.tokens)
+    if v.scores:
+        w.add_token_scores(v.scores)
+    w.add_token_types(v.types)
+    if v.merges:
+        w.add_token_merges(v.merges)
+    w.add_bos_token_id(v.bos)
+    w.add_eos_token_id(v.eos)
+    for key, i in (("unknown", v.unk), ("padding", v.pad), ("eot", v.eot), ("eom", v.eom)):
+        if 0 <= i < len(v):
+            w.add_uint32(f"tokenizer.ggml.{key}_token_id", i)
+    w.add_add_bos_token(v.add_bos)
+    w.add_add_eos_token(False)
+    if v.model == "llama":
+        w.add_add_space_prefix(v.add_space_prefix)
+        w.add_remove_extra_whitespaces(v.remove_extra_whitespaces)
 
 
 def _one_line(e: BaseException) -> str:
