@@ -861,6 +861,7 @@ fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>
 /// be ones this build computes.
 #[pyfunction]
 #[pyo3(signature = (path, type_name, pure = false))]
+#[allow(clippy::type_complexity)]
 fn quantize_plan(
     py: Python<'_>,
     path: PathBuf,
@@ -916,12 +917,20 @@ fn quantize_types(
     Ok((out, aliases))
 }
 
+/// The ggml types this build computes with (names), in id order.
+#[pyfunction]
+fn kernel_types() -> Vec<&'static str> {
+    GgmlType::ALL.iter().map(|t| t.name()).collect()
+}
+
 /// A quantization in progress (see rust/quantize.rs): `step()` writes one tensor without the
 /// GIL, `finish()` writes the rest and moves the file into place, `abort()` removes it.
 #[pyclass(frozen, module = "llama_rs._core")]
 struct QuantizeJob {
     job: Mutex<Option<crate::quantize::Quantizer>>,
     plan: Vec<(String, Vec<u64>, String, String)>,
+    file_type: &'static str,
+    fallbacks: Vec<(String, String, String)>,
 }
 
 #[pymethods]
@@ -951,10 +960,29 @@ impl QuantizeJob {
             .iter()
             .map(|p| (p.name.clone(), p.dims.clone(), p.from.name(), p.to.name()))
             .collect();
+        let fallbacks = q
+            .plan
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.to.name(), p.fallback_from?.name())))
+            .collect();
         Ok(QuantizeJob {
             job: Mutex::new(Some(q)),
             plan,
+            file_type: ftype.name(),
+            fallbacks,
         })
+    }
+
+    /// The file type written, by llama.cpp's name ("Q4_K_M"; aliases resolved).
+    #[getter]
+    fn file_type(&self) -> &'static str {
+        self.file_type
+    }
+
+    /// Tensors whose rows forced a fallback type: [(name, type, the type it would have had)].
+    #[getter]
+    fn fallbacks(&self) -> Vec<(String, String, String)> {
+        self.fallbacks.clone()
     }
 
     /// [(name, dims, from_type, to_type)] in file order.
@@ -1020,6 +1048,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_plan, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_types, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_types, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
