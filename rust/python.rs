@@ -5,6 +5,7 @@ use crate::error::Error;
 use crate::gguf::{GgufFile, TensorSpec, Value, ValueType};
 use crate::model::{KvType, Model};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
+use crate::quant_policy::FileType;
 use crate::sampling::{Seed, TokenLogprob};
 use crate::session::{
     check_token_id, check_top_n, parse_seed, Arg, BiasEntries, GenerateArgs, Generation, Session,
@@ -832,7 +833,8 @@ fn kernel_level() -> PyResult<(&'static str, bool, &'static str)> {
 }
 
 /// What `llama-rs info` shows: a dict (format, version, size, paths, n_vocab, hparams,
-/// metadata, tensors [(name, type, dims, offset, nbytes)]).
+/// metadata, tensors [(name, type, dims, offset, nbytes)], types [(type, count, elements)],
+/// n_elements, tensor_bytes, bits_per_weight, file_type (llama.cpp's name or None)).
 #[pyfunction]
 fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
     let info = run(py, || crate::info::file_info(&path))?;
@@ -861,7 +863,79 @@ fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>
         ))?;
     }
     d.set_item("tensors", tensors)?;
+    d.set_item("types", info.types())?;
+    d.set_item("n_elements", info.n_elements())?;
+    d.set_item("tensor_bytes", info.tensor_bytes())?;
+    d.set_item("bits_per_weight", info.bits_per_weight())?;
+    d.set_item("file_type", info.file_type())?;
     Ok(d)
+}
+
+/// What quantizing `path` to `type_name` would give each tensor, without writing:
+/// [(name, dims, from_type, to_type, fallback_from or None)] in file order. The types need not
+/// be ones this build computes.
+#[pyfunction]
+#[pyo3(signature = (path, type_name, pure = false))]
+#[allow(clippy::type_complexity)]
+fn quantize_plan(
+    py: Python<'_>,
+    path: PathBuf,
+    type_name: &str,
+    pure: bool,
+) -> PyResult<Vec<(String, Vec<u64>, String, String, Option<String>)>> {
+    let ftype = FileType::parse(type_name).map_err(|e| to_py(py, e))?;
+    let plan = run(py, || {
+        let f = crate::gguf::GgufFile::open(&path)?;
+        crate::quantize::plan(&f, ftype, pure)
+    })?;
+    Ok(plan
+        .into_iter()
+        .map(|p| {
+            let fb = p.fallback_from.map(|t| t.name());
+            (p.name, p.dims, p.from.name(), p.to.name(), fb)
+        })
+        .collect())
+}
+
+/// The file types `quantize` writes, in llama-quantize's order: [(name, general.file_type id,
+/// base type, bits per weight of the base type, bits per weight of LLaMA-2 7B in this file
+/// type, whether this build has the kernels for every type it uses on LLaMA-2 7B)], and the
+/// aliases [(alias, name)].
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn quantize_types(
+    py: Python<'_>,
+) -> PyResult<(
+    Vec<(&'static str, u32, String, f64, f64, bool)>,
+    Vec<(&'static str, &'static str)>,
+)> {
+    let shape = crate::quant_policy::LlamaShape::LLAMA2_7B;
+    let mut out = vec![];
+    for f in FileType::all() {
+        let bpw = shape.bits_per_weight(f).map_err(|e| to_py(py, e))?;
+        let plan = shape.plan(f, false).map_err(|e| to_py(py, e))?;
+        let built = plan.iter().all(|(_, c)| c.ty.kernel().is_ok());
+        let base = f.base();
+        out.push((
+            f.name(),
+            f.id(),
+            base.name(),
+            base.bits_per_weight().unwrap_or(0.0),
+            bpw,
+            built,
+        ));
+    }
+    let aliases = crate::quant_policy::ALIASES
+        .iter()
+        .map(|(a, f)| (*a, f.name()))
+        .collect();
+    Ok((out, aliases))
+}
+
+/// The ggml types this build computes with (names), in id order.
+#[pyfunction]
+fn kernel_types() -> Vec<&'static str> {
+    GgmlType::ALL.iter().map(|t| t.name()).collect()
 }
 
 /// A quantization in progress (see rust/quantize.rs): `step()` writes one tensor without the
@@ -870,6 +944,8 @@ fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>
 struct QuantizeJob {
     job: Mutex<Option<crate::quantize::Quantizer>>,
     plan: Vec<(String, Vec<u64>, String, String)>,
+    file_type: &'static str,
+    fallbacks: Vec<(String, String, String)>,
 }
 
 #[pymethods]
@@ -884,9 +960,9 @@ impl QuantizeJob {
         allow_requantize: bool,
         force: bool,
     ) -> PyResult<QuantizeJob> {
-        let target = crate::quantize::target_type(type_name).map_err(|e| to_py(py, e))?;
+        let ftype = FileType::parse(type_name).map_err(|e| to_py(py, e))?;
         let opts = crate::quantize::Options {
-            target,
+            ftype,
             pure,
             allow_requantize,
             force,
@@ -897,19 +973,31 @@ impl QuantizeJob {
         let plan = q
             .plan
             .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    p.dims.clone(),
-                    p.from.name().to_string(),
-                    p.to.name().to_string(),
-                )
-            })
+            .map(|p| (p.name.clone(), p.dims.clone(), p.from.name(), p.to.name()))
+            .collect();
+        let fallbacks = q
+            .plan
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.to.name(), p.fallback_from?.name())))
             .collect();
         Ok(QuantizeJob {
             job: Mutex::new(Some(q)),
             plan,
+            file_type: ftype.name(),
+            fallbacks,
         })
+    }
+
+    /// The file type written, by llama.cpp's name ("Q4_K_M"; aliases resolved).
+    #[getter]
+    fn file_type(&self) -> &'static str {
+        self.file_type
+    }
+
+    /// Tensors whose rows forced a fallback type: [(name, type, the type it would have had)].
+    #[getter]
+    fn fallbacks(&self) -> Vec<(String, String, String)> {
+        self.fallbacks.clone()
     }
 
     /// [(name, dims, from_type, to_type)] in file order.
@@ -973,6 +1061,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gguf_tensor_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(gguf_write, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_types, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_types, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;

@@ -1,86 +1,62 @@
 //! `llama-rs quantize`: GGUF in, GGUF out, one tensor at a time.
 //!
-//! Policy (llama.cpp's): 2-D weights become the target type, except `output.weight`, which
-//! becomes Q8_0 when the target is 4-bit (unless `pure`); 1-D tensors keep their type; a
-//! tensor already of its target type is copied; converting an already quantized tensor is
-//! refused unless `allow_requantize`. Metadata is copied with `general.file_type` updated.
+//! Each tensor's type comes from llama.cpp's per-tensor policy for the file type
+//! (`quant_policy.rs`); a tensor already of its type is copied; converting an already quantized
+//! tensor is refused unless `allow_requantize`. Metadata is copied with `general.file_type`
+//! set (and `general.quantization_version` 2 when the output holds quantized blocks).
 //!
 //! The output is written under a temporary name in the target folder and renamed at the end;
 //! any failure (or dropping the job) removes it, so nothing partial is left behind.
 
 use crate::error::{Error, Result};
+use crate::ggml_types::TypeId;
 use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value};
 use crate::quant::{dequantize_row, quantize_row, GgmlType};
+use crate::quant_policy::{plan_types, FileType, TensorDesc};
 use rayon::prelude::*;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-/// `general.file_type` (llama.cpp's `llama_ftype`) of a file mostly of `ty`.
-pub fn file_type_id(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        _ => unreachable!("not a target type"),
-    }
-}
-
-/// Target types by their command-line name (case-insensitive).
-pub fn target_type(name: &str) -> Result<GgmlType> {
-    let t = match name.to_ascii_lowercase().as_str() {
-        "q4_0" => GgmlType::Q4_0,
-        "q4_1" => GgmlType::Q4_1,
-        "q8_0" => GgmlType::Q8_0,
-        "f16" => GgmlType::F16,
-        "f32" => GgmlType::F32,
-        _ => {
-            return Err(Error::Invalid(format!(
-                "unknown type {name:?} (choose q4_0, q4_1, q8_0, f16 or f32)"
-            )))
-        }
-    };
-    Ok(t)
-}
-
 #[derive(Clone, Debug)]
 pub struct PlanItem {
     pub name: String,
     pub dims: Vec<u64>,
-    pub from: GgmlType,
-    pub to: GgmlType,
+    pub from: TypeId,
+    pub to: TypeId,
+    /// The type the policy wanted when the rows forced a fallback (llama.cpp warns of these).
+    pub fallback_from: Option<TypeId>,
 }
 
-/// What each tensor becomes.
-pub fn plan(f: &GgufFile, target: GgmlType, pure: bool) -> Vec<PlanItem> {
-    f.tensors
+/// What each tensor of `f` becomes in a file of `ftype`, in file order, whether or not this
+/// build can compute the types (see [`Quantizer::new`] for that).
+pub fn plan(f: &GgufFile, ftype: FileType, pure: bool) -> Result<Vec<PlanItem>> {
+    let descs: Vec<TensorDesc> = f
+        .tensors
         .iter()
-        .map(|t| {
-            let n_dims = t.dims.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
-            let to = if n_dims < 2 {
-                t.ty
-            } else if !pure
-                && t.name == "output.weight"
-                && matches!(target, GgmlType::Q4_0 | GgmlType::Q4_1)
-            {
-                GgmlType::Q8_0
-            } else {
-                target
-            };
-            PlanItem {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                from: t.ty,
-                to,
-            }
+        .map(|t| TensorDesc {
+            name: &t.name,
+            dims: &t.dims,
+            ty: t.ty.into(),
         })
-        .collect()
+        .collect();
+    let choices = plan_types(&f.metadata, &descs, ftype, pure)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", f.path.display())))?;
+    Ok(f.tensors
+        .iter()
+        .zip(choices)
+        .map(|(t, c)| PlanItem {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            from: t.ty.into(),
+            to: c.ty,
+            fallback_from: c.fallback_from,
+        })
+        .collect())
 }
 
 pub struct Options {
-    pub target: GgmlType,
+    pub ftype: FileType,
     pub pure: bool,
     pub allow_requantize: bool,
     pub force: bool,
@@ -102,6 +78,8 @@ pub struct Summary {
 pub struct Quantizer {
     src: GgufFile,
     pub plan: Vec<PlanItem>,
+    /// The plan's output types, as kernels.
+    kernels: Vec<GgmlType>,
     writer: Option<GgufWriter<BufWriter<File>>>,
     tmp: PathBuf,
     out: PathBuf,
@@ -126,12 +104,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
 impl Quantizer {
     pub fn new(input: &Path, output: &Path, opts: &Options) -> Result<Quantizer> {
         let out_shown = output.display();
-        if !opts.target.is_gguf() {
-            return Err(Error::Invalid(format!(
-                "cannot quantize to {}",
-                opts.target
-            )));
-        }
         if same_file(input, output) {
             return Err(Error::Invalid(format!(
                 "{out_shown}: the output is the input file; choose another output name"
@@ -148,8 +120,12 @@ impl Quantizer {
             )));
         }
         let src = GgufFile::open(input)?;
-        let plan = plan(&src, opts.target, opts.pure);
+        let plan = plan(&src, opts.ftype, opts.pure)?;
+        let mut kernels = Vec::with_capacity(plan.len());
         for p in &plan {
+            let to = p.to.kernel().map_err(|e| {
+                Error::Invalid(format!("{}: tensor {}: {e}", input.display(), p.name))
+            })?;
             if p.from != p.to && p.from.is_quantized() && !opts.allow_requantize {
                 return Err(Error::Invalid(format!(
                     "{}: tensor {} is already quantized ({}); requantizing to {} loses quality (pass --allow-requantize to do it anyway, or start from the F16/F32 file)",
@@ -159,36 +135,20 @@ impl Quantizer {
                     p.to
                 )));
             }
-            if p.to.row_bytes(p.dims[0] as usize).is_none() {
-                return Err(Error::Invalid(format!(
-                    "{}: tensor {} has rows of {} values, not a multiple of {}: it cannot be {}",
-                    input.display(),
-                    p.name,
-                    p.dims[0],
-                    p.to.block_size(),
-                    p.to
-                )));
-            }
+            kernels.push(to);
         }
         let mut meta: Vec<(String, Value)> = src.metadata.clone();
-        let ft = Value::U32(file_type_id(opts.target));
-        match meta.iter_mut().find(|(k, _)| k == "general.file_type") {
-            Some(kv) => kv.1 = ft,
-            None => meta.push(("general.file_type".into(), ft)),
-        }
-        if opts.target.is_quantized()
-            && !meta
-                .iter()
-                .any(|(k, _)| k == "general.quantization_version")
-        {
-            meta.push(("general.quantization_version".into(), Value::U32(2)));
+        set_meta(&mut meta, "general.file_type", opts.ftype.id());
+        if kernels.iter().any(|k| k.is_quantized()) {
+            set_meta(&mut meta, "general.quantization_version", 2);
         }
         let specs = plan
             .iter()
-            .map(|p| TensorSpec {
+            .zip(&kernels)
+            .map(|(p, &ty)| TensorSpec {
                 name: p.name.clone(),
                 dims: p.dims.clone(),
-                ty: p.to,
+                ty,
             })
             .collect();
 
@@ -214,6 +174,7 @@ impl Quantizer {
             },
             src,
             plan,
+            kernels,
             writer: None,
             tmp,
             out: output.to_path_buf(),
@@ -246,10 +207,11 @@ impl Quantizer {
         let t = self.src.tensor(&p.name).expect("planned from this file");
         let data = self.src.tensor_data(t);
         let converted;
-        let bytes: &[u8] = if p.from == p.to {
+        let to = self.kernels[i];
+        let bytes: &[u8] = if t.ty == to {
             data
         } else {
-            converted = convert(data, p.from, p.to, p.dims[0] as usize);
+            converted = convert(data, t.ty, to, p.dims[0] as usize);
             &converted
         };
         self.summary.n_elements += t.n_elements();
@@ -285,6 +247,13 @@ impl Quantizer {
         self.summary.file_out = std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0);
         self.tmp = PathBuf::new();
         Ok(self.summary.clone())
+    }
+}
+
+fn set_meta(meta: &mut Vec<(String, Value)>, key: &str, v: u32) {
+    match meta.iter_mut().find(|(k, _)| k == key) {
+        Some(kv) => kv.1 = Value::U32(v),
+        None => meta.push((key.into(), Value::U32(v))),
     }
 }
 
@@ -349,14 +318,5 @@ mod tests {
         let mut w = GgufWriter::new(Full { limit: 100, n: 0 }, &[], specs).unwrap();
         let e = w.write_tensor(&[0u8; 4 * 2 * 18]).unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
-    }
-
-    #[test]
-    fn type_names() {
-        assert_eq!(target_type("Q4_0").unwrap(), GgmlType::Q4_0);
-        assert!(target_type("q5_k")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown type"));
     }
 }

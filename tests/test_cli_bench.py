@@ -6,6 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+from reference import Shape, random_weights, write_model
+
+import llama_rs
+
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -34,3 +39,18 @@ def test_bench_table_and_errors() -> None:
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
     missing = cli("-m", "/no/such.gguf")
     assert missing.returncode == 1 and "no such model file" in missing.stderr
+
+
+@pytest.mark.parametrize("ftype", ["q4_1", "q8_0", "f16", "f32"])
+def test_bench_takes_every_quantize_type(tmp_path, ftype: str) -> None:
+    """A file `llama-rs quantize` wrote in each type this build computes is benchmarked, and the
+    row names the file's main type."""
+    shape = Shape(dim=64, n_layer=2, n_head=4, n_head_kv=2, ffn=96, vocab=320)
+    write_model(tmp_path / "m.gguf", shape, random_weights(shape, seed=2), "F32")
+    out = tmp_path / f"m-{ftype}.gguf"
+    llama_rs.quantize_file(tmp_path / "m.gguf", out, ftype)
+    r = cli("-m", str(out), "-p", "8", "-n", "2", "-t", "1", "-r", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["model"] == out.name and row["type"] == ftype.upper()
+    assert row["pp_tokens_per_second"] > 0 and row["tg_tokens_per_second"] > 0

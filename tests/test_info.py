@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import gguf
 
 import pytest
 from typer.testing import CliRunner
@@ -28,12 +31,21 @@ def test_gguf(tmp_path) -> None:
     assert (d["format"], d["version"], d["n_vocab"]) == ("GGUF", 3, s.vocab)
     assert d["hparams"]["embedding_length"] == s.dim and d["hparams"]["attention.head_count_kv"] == 2
     assert d["types"] == {"Q4_0": 7 * s.n_layer + 2, "F32": 2 * s.n_layer + 1}
+    # Bits per weight: every tensor's bytes over every tensor's elements (4.5 for Q4_0, 32 F32).
+    n_f32 = (2 * s.n_layer + 1) * s.dim
+    assert d["n_elements"] == sum(math.prod(t["shape"]) for t in d["tensors"])
+    assert d["tensor_bytes"] == sum(t["nbytes"] for t in d["tensors"])
+    n_q = d["n_elements"] - n_f32
+    assert d["bits_per_weight"] == round((4.5 * n_q + 32 * n_f32) / d["n_elements"], 4)
+    assert d["file_type"] is None  # the gguf package's writer sets none
     assert d["n_tensors"] == len(d["tensors"]) == 9 * s.n_layer + 3
     t = {x["name"]: x for x in d["tensors"]}
     assert t["blk.0.ffn_down.weight"]["shape"] == [s.ffn, s.dim] and t["blk.0.ffn_down.weight"]["type"] == "Q4_0"
     assert d["metadata"]["tokenizer.ggml.tokens"]["array"] == s.vocab
     text = info(tmp_path / "m.gguf", "--tensors")
     assert "GGUF v3" in text and "blk.0.attn_q.weight" in text and "Q4_0" in text
+    assert f"bits per weight                    {d['bits_per_weight']:.2f} (" in text
+    assert f"{7 * s.n_layer + 2} Q4_0, {2 * s.n_layer + 1} F32" in text
 
 
 @pytest.mark.parametrize("fmt,version", VARIANTS)
@@ -57,7 +69,11 @@ def test_real_files() -> None:
     text = info(models / "legacy/ggjt-v3-q4_0.bin")
     assert "ggjt v3" in text and "1e-06" in text
     d = info(models / "fortunes-1M-q4_0.gguf", "--json")
-    assert d["types"] == {"Q4_0": 29, "Q8_0": 1, "F32": 9}
+    assert d["types"] == {"Q4_0": 29, "Q8_0": 1, "F32": 9} and d["file_type"] == "Q4_0"
+    # llama.cpp's BPW: tensor bytes over elements, as the gguf package reads them.
+    r = gguf.GGUFReader(models / "fortunes-1M-q4_0.gguf")
+    bits = 8 * sum(int(t.n_bytes) for t in r.tensors) / sum(int(t.n_elements) for t in r.tensors)
+    assert d["bits_per_weight"] == round(bits, 4)
 
 
 def test_bad_file(tmp_path) -> None:

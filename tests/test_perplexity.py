@@ -109,3 +109,27 @@ def test_cli(tmp_path) -> None:
     r = runner.invoke(app, ["perplexity", "-m", str(tmp_path / "none.gguf"), "-f", str(short)])
     assert r.exit_code == 1 and "none.gguf" in r.output
     assert runner.invoke(app, ["perplexity", "-f", str(short)]).exit_code == 2
+
+
+@pytest.mark.parametrize("ftype", ["q4_0", "q4_1", "q8_0", "f16"])
+def test_cli_takes_every_quantize_type(tmp_path, ftype: str) -> None:
+    """Perplexity of a file `llama-rs quantize` wrote, through the CLI, in each type this build
+    computes: the library's value for that file, and for 8 and 16 bits close to the F32 file's."""
+    from reference import Shape, random_weights, write_model
+
+    shape = Shape(dim=64, n_layer=2, n_head=4, n_head_kv=2, ffn=96, vocab=320)
+    src = tmp_path / "m.gguf"
+    write_model(src, shape, random_weights(shape, seed=4), "F32")
+    out = tmp_path / f"m-{ftype}.gguf"
+    llama_rs.quantize_file(src, out, ftype)
+    text = tmp_path / "t.txt"
+    rng = np.random.default_rng(1)
+    text.write_text(" ".join(f"t{i}" for i in rng.integers(3, shape.vocab, 200)))
+    r = CliRunner().invoke(app, ["perplexity", "-m", str(out), "-f", str(text), "-c", "32", "--chunks", "3"])
+    assert r.exit_code == 0, r.output
+    got = float(r.output.split("perplexity ")[1].split()[0])
+    same = llama_rs.perplexity(llama_rs.Model(out, n_ctx=32), text.read_text(), 32, max_chunks=3).value
+    assert got == pytest.approx(same, rel=1e-4)  # printed to 4 decimals
+    if not ftype.startswith("q4"):  # 4 bits move a random model's predictions too much to compare
+        ref = llama_rs.perplexity(llama_rs.Model(src, n_ctx=32), text.read_text(), 32, max_chunks=3).value
+        assert abs(got - ref) <= 0.01 * ref, (got, ref)

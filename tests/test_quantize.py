@@ -126,8 +126,9 @@ def test_seed_shorthand_folder(src, tmp_path) -> None:
 def test_bad_inputs(src, tmp_path) -> None:
     d, _ = src
     inp = d / "m-f32.gguf"
-    r = cli("quantize", inp, tmp_path / "o.gguf", "q5_k")
-    assert r.exit_code == 1 and r.output.startswith("error: unknown type 'q5_k'")
+    r = cli("quantize", inp, tmp_path / "o.gguf", "q9_0")
+    assert r.exit_code == 1 and r.output.startswith('error: unknown type "q9_0" (choose Q4_0, Q4_1'), r.output
+    assert all(t.name in r.output for t in llama_rs.file_types()) and "Q4_K = Q4_K_M" in r.output
     r = cli("quantize", inp, inp, "q4_0")
     assert r.exit_code == 1 and "is the input" in r.output and str(inp) in r.output
     existing = tmp_path / "exists.gguf"
@@ -183,3 +184,55 @@ def test_real_model_same_bytes_as_llama_cpp(tmp_path) -> None:
     assert ours.keys() == theirs.keys()
     for name in theirs:
         assert ours[name] == theirs[name], name
+
+
+def test_help_lists_every_file_type() -> None:
+    r = runner.invoke(app, ["quantize", "--help"], terminal_width=120)
+    assert r.exit_code == 0
+    lines = {line.split()[0]: line.split() for line in r.output.splitlines() if line.strip()}
+    for t in llama_rs.file_types():
+        row = lines[t.name]
+        assert row[1:5] == [str(t.id), t.base, f"{t.base_bits:.2f}", f"{t.bits_7b:.2f}"], row
+    assert lines["Q4_K_M"][3] == "4.50" and float(lines["Q4_K_M"][4]) > 4.5  # the mix costs bits
+    assert "No importance matrix" in r.output and "--pure" in r.output and "Q4_K = Q4_K_M" in r.output
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "q8_0", "7"])
+def test_type_names_as_llama_cpp(src, tmp_path, name) -> None:
+    d, _ = src
+    r = cli("quantize", d / "m-f32.gguf", tmp_path / "o.gguf", name)
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith("s") and ": Q8_0, " in r.output
+    assert tensors(tmp_path / "o.gguf")["blk.0.attn_q.weight"][1] == "Q8_0"
+
+
+def test_fallback_is_reported(src, tmp_path) -> None:
+    """Rows of 64: output.weight's Q6_K falls back to Q8_0, as llama.cpp does."""
+    d, _ = src
+    s = llama_rs.quantize_file(d / "m-f32.gguf", tmp_path / "o.gguf", "q4_0")
+    assert s.type == "Q4_0" and s.fallbacks == (("output.weight", "Q8_0", "Q6_K"),)
+    r = cli("quantize", d / "m-f32.gguf", tmp_path / "o2.gguf", "q4_0")
+    assert r.exit_code == 0 and "1 tensors" in r.output and "output.weight Q6_K -> Q8_0" in r.output
+
+
+@pytest.mark.parametrize("ftype", [t.name for t in llama_rs.file_types()])
+def test_every_file_type_writes_or_names_the_missing_type(src, tmp_path, ftype) -> None:
+    """Each file type either writes the planned types, or (where this build lacks a type the
+    plan needs) fails in one line naming it, leaving nothing behind."""
+    d, _ = src
+    shape = Shape(dim=256, n_layer=2, n_head=4, n_head_kv=2, ffn=512, vocab=320)
+    path = tmp_path / "m.gguf"
+    write_model(path, shape, random_weights(shape, seed=5), "F32")
+    plan = {n: to for n, _, _, to, _ in _core.quantize_plan(path, ftype)}
+    built = set(_core.kernel_types())
+    out = tmp_path / "o.gguf"
+    r = cli("quantize", path, out, ftype)
+    missing = sorted({t for t in plan.values() if t not in built})
+    if missing:
+        assert r.exit_code == 1 and f"type {missing[0]} is not supported by this build" in r.output, r.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    else:
+        assert r.exit_code == 0, r.output
+        assert {n: ty for n, (_, ty, _) in tensors(out).items()} == plan
+        _, _, meta, _ = _core.gguf_read(out)
+        assert meta["general.file_type"][1] == next(t.id for t in llama_rs.file_types() if t.name == ftype)

@@ -12,7 +12,7 @@ from .generation import GenerationConfig, check_generation
 from .info import file_info
 from .model import Completion, Generation, Model, Tokenizer
 from .perplexity import Perplexity, perplexity
-from .quantize import QuantizeSummary, quantize_file
+from .quantize import FileType, QuantizeSummary, file_types, quantize_file
 
 __all__ = [
     "Model",
@@ -28,5 +28,7 @@ __all__ = [
     "Perplexity",
     "quantize_file",
     "QuantizeSummary",
+    "FileType",
+    "file_types",
 ]
 __version__ = "0.1.0"

@@ -46,9 +46,12 @@ app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web
     serve.serve
 )
 app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(convert.convert)
-app.command("quantize", help="Quantize a GGUF model (q4_0, q4_1, q8_0, f16, f32), streaming one tensor at a time.")(
-    quantize.quantize
-)
+app.command(
+    "quantize",
+    help="Quantize a GGUF model to a file type (q4_k_m, q4_0, q8_0, ...: llama.cpp's names and per-tensor types), "
+    "streaming one tensor at a time.",
+    epilog=quantize.types_help(),
+)(quantize.quantize)
 app.command("info", help="Show a model file's format, hyperparameters and tensors (GGUF or legacy).")(info.info)
 app.command("perplexity", help="Measure perplexity on a text file with llama.cpp's method.")(perplexity.perplexity)
 app.command("bench", help="Measure prompt and generation speed (tokens/s), llama-bench style.")(bench.bench)

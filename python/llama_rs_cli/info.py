@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import typer
@@ -33,9 +32,7 @@ def info(
 
     with errors_as_messages():
         d = llama_rs.file_info(file)
-    hist = Counter()
-    for _, ty, _, _, _ in d["tensors"]:
-        hist[ty] += 1
+    hist = {ty: n for ty, n, _ in d["types"]}  # most elements first
     if as_json:
         out = {
             "file": str(file),
@@ -46,7 +43,11 @@ def info(
             "n_vocab": d["n_vocab"],
             "hparams": d["hparams"],
             "n_tensors": len(d["tensors"]),
-            "types": dict(hist),
+            "types": hist,
+            "n_elements": d["n_elements"],
+            "tensor_bytes": d["tensor_bytes"],
+            "bits_per_weight": round(d["bits_per_weight"], 4),
+            "file_type": d["file_type"],
             "metadata": {k: _jsonable(v) for k, v in d["metadata"].items()},
         }
         if tensors:
@@ -64,7 +65,12 @@ def info(
     for k, v in d["hparams"].items():
         typer.echo(f"  {k:34} {v:g}" if isinstance(v, float) else f"  {k:34} {v}")
     typer.echo(f"  {'vocab size':34} {d['n_vocab']}")
-    typer.echo(f"  {'tensors':34} {len(d['tensors'])}: " + ", ".join(f"{n} {t}" for t, n in sorted(hist.items())))
+    typer.echo(f"  {'tensors':34} {len(d['tensors'])}: " + ", ".join(f"{n} {t}" for t, n in hist.items()))
+    if d["file_type"]:
+        typer.echo(f"  {'file type':34} {d['file_type']}")
+    typer.echo(
+        f"  {'bits per weight':34} {d['bits_per_weight']:.2f} ({d['tensor_bytes']:,} bytes for {d['n_elements']:,} weights)"
+    )
     if tensors:
         w = max((len(n) for n, *_ in d["tensors"]), default=4)
         typer.echo(f"  {'name':{w}}  {'type':6} {'shape':>16} {'offset':>12}")
