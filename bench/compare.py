@@ -20,7 +20,7 @@ Roofline: generating one token reads every weight once (all tensors but token_em
 one row is read); at the measured read bandwidth B that allows at most B / bytes tokens/s.
 The bandwidth B is measured after each repetition, so it sees the same host load as the
 engines (mean over repetitions; each the best of passes summing a 512 MiB buffer split over
-the threads with 32-byte loads: `llama_rs._core.read_bandwidth`).
+the threads with the widest loads the kernels use (64 bytes with AVX-512): `llama_rs._core.read_bandwidth`).
 Random-weight models are written once to bench/out/ (see bench.py).
 """
 
@@ -62,7 +62,7 @@ def weight_bytes_per_token(path: Path) -> int:
 
 def read_bandwidth(threads: int, gib: float = 1.0, passes: int = 3) -> float:
     """Bytes/s reading a buffer larger than any cache with `threads` threads (llama_rs's
-    streaming read probe: 32-byte loads, best of passes with and without prefetch)."""
+    streaming read probe: 64-byte loads with AVX-512, else 32, best of passes with and without prefetch)."""
     import llama_rs._core as core
 
     return core.read_bandwidth(int(gib * (1 << 30)), threads, passes)
