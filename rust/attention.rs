@@ -112,9 +112,8 @@ fn elements(x: &[f32], cols: usize) -> impl Iterator<Item = (usize, usize, f32)>
 }
 
 /// Causal attention of `q` (`n` rows of `dim`, positions `n_past ..`, already rotated) over
-/// the cache of `layer`, which must hold positions `0 .. n_past + n`. Parallel over
-/// (position, KV head); each output is computed by one task in a fixed order, so the result
-/// does not depend on the thread count. Runs on the current rayon pool.
+/// the cache of `layer`, which must hold positions `0 .. n_past + n`. Runs on the current
+/// rayon pool; see [`attention_rows`].
 pub fn attention(
     c: &Config,
     cache: &KvCache,
@@ -123,25 +122,49 @@ pub fn attention(
     n_past: usize,
     out: &mut [f32],
 ) {
+    let rows: Vec<(usize, usize)> = (0..q.len() / c.dim).map(|t| (0, n_past + t)).collect();
+    attention_rows(c, &[cache], layer, q, &rows, out)
+}
+
+/// Causal attention of each row of `q` (`rows.len()` rows of `dim`, already rotated) over its
+/// own sequence's cache: row `i` is position `rows[i].1` of the sequence whose cache is
+/// `caches[rows[i].0]`, which must hold its positions `0 ..= rows[i].1` in `layer`. Rows of
+/// different sequences never see each other's keys: a batch of sequences gets, row by row,
+/// the bits each sequence gets alone. Parallel over (row, KV head); each output is computed
+/// by one task in a fixed order, so the result does not depend on the thread count.
+pub fn attention_rows(
+    c: &Config,
+    caches: &[&KvCache],
+    layer: usize,
+    q: &[f32],
+    rows: &[(usize, usize)],
+    out: &mut [f32],
+) {
     let (hd, n_kv) = (c.head_dim(), c.n_head_kv);
     let group = c.n_head / n_kv;
-    let n = q.len() / c.dim;
     assert!(
-        q.len() == n * c.dim && out.len() == q.len() && n_past + n <= cache.n_ctx,
+        q.len() == rows.len() * c.dim
+            && out.len() == q.len()
+            && rows
+                .iter()
+                .all(|&(s, pos)| s < caches.len() && pos < caches[s].n_ctx),
         "attention shape"
     );
-    let geo = Geometry {
-        hd,
-        cap: cache.cap,
-        kv_dim: cache.kv_dim,
-        scale: 1.0 / (hd as f32).sqrt(),
-    };
+    let scale = 1.0 / (hd as f32).sqrt();
     out.par_chunks_mut(group * hd)
         .enumerate()
         .for_each(|(i, o)| {
             let (t, kvh) = (i / n_kv, i % n_kv);
+            let (seq, pos) = rows[t];
+            let cache = caches[seq];
+            let geo = Geometry {
+                hd,
+                cap: cache.cap,
+                kv_dim: cache.kv_dim,
+                scale,
+            };
             let qg = &q[t * c.dim + kvh * group * hd..][..group * hd];
-            let len = n_past + t + 1;
+            let len = pos + 1;
             match (&cache.k[layer], &cache.v[layer]) {
                 (Store::F32(k), Store::F32(v)) => attend(&geo, k, v, kvh, qg, len, o),
                 (Store::F16(k), Store::F16(v)) => attend(&geo, k, v, kvh, qg, len, o),

@@ -6,7 +6,7 @@
 //! head_dim`, `ff` the feed-forward width, `n_vocab` the vocab; a weight `[rows, cols]` has one
 //! row per output (ggml order `ne = [cols, rows]`).
 
-use crate::attention::attention;
+use crate::attention::attention_rows;
 pub use crate::attention::{KvCache, KvType};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -58,6 +58,72 @@ struct Scratch {
     up: Vec<f32>,   // [n, ff] ffn_up(h)
 }
 
+/// One row of a batched forward pass: `token` at position `pos` of sequence `seq` (an index
+/// into the caches given), and whether its logits are wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRow {
+    pub seq: usize,
+    pub token: u32,
+    pub pos: usize,
+    pub logits: bool,
+}
+
+/// The rows of one sequence in a batch: rows `first .. first + n` at positions `pos ..`.
+struct Run {
+    seq: usize,
+    first: usize,
+    n: usize,
+    pos: usize,
+}
+
+/// Checks a batch and finds its runs: each sequence's rows must be consecutive in the batch,
+/// at consecutive positions, inside its context; tokens inside the vocab.
+fn runs_of(rows: &[BatchRow], n_ctx: &[usize], n_vocab: usize) -> Result<Vec<Run>> {
+    if rows.is_empty() {
+        return Err(Error::Invalid("no tokens to evaluate".into()));
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.token as usize >= n_vocab {
+            return Err(Error::Invalid(format!(
+                "token id {} is outside the vocab (0..{n_vocab})",
+                r.token
+            )));
+        }
+        let Some(&ctx) = n_ctx.get(r.seq) else {
+            return Err(Error::Invalid(format!(
+                "batch row {i}: sequence {} has no cache ({} given)",
+                r.seq,
+                n_ctx.len()
+            )));
+        };
+        if r.pos >= ctx {
+            return Err(Error::Invalid(format!(
+                "sequence {}: position {} is outside the context of {ctx} tokens",
+                r.seq, r.pos
+            )));
+        }
+        match runs.last_mut() {
+            Some(run) if run.seq == r.seq && run.pos + run.n == r.pos => run.n += 1,
+            _ => {
+                if runs.iter().any(|run| run.seq == r.seq) {
+                    return Err(Error::Invalid(format!(
+                        "batch row {i}: the rows of sequence {} must be consecutive, at consecutive positions",
+                        r.seq
+                    )));
+                }
+                runs.push(Run {
+                    seq: r.seq,
+                    first: i,
+                    n: 1,
+                    pos: r.pos,
+                });
+            }
+        }
+    }
+    Ok(runs)
+}
+
 impl Model {
     /// Evaluate `ids` at positions `n_past ..`, filling the cache. Returns logits for every
     /// position when `all_logits` ([n, n_vocab]), else for the last one only ([n_vocab]).
@@ -69,23 +135,41 @@ impl Model {
         n_past: usize,
         all_logits: bool,
     ) -> Result<Vec<f32>> {
-        let c = &self.config;
         let n = ids.len();
-        if n == 0 {
-            return Err(Error::Invalid("no tokens to evaluate".into()));
-        }
-        if n_past + n > cache.n_ctx {
+        if n > 0 && n_past + n > cache.n_ctx {
             return Err(Error::Invalid(format!(
                 "{} tokens after {} already evaluated exceed the context of {} tokens",
                 n, n_past, cache.n_ctx
             )));
         }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= c.n_vocab) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocab (0..{})",
-                c.n_vocab
-            )));
-        }
+        let rows: Vec<BatchRow> = ids
+            .iter()
+            .enumerate()
+            .map(|(t, &token)| BatchRow {
+                seq: 0,
+                token,
+                pos: n_past + t,
+                logits: all_logits || t + 1 == n,
+            })
+            .collect();
+        self.forward_batch(&mut [cache], &rows)
+    }
+
+    /// One forward pass over rows of several sequences (continuous batching): every matrix is
+    /// read once for all rows; each row attends over its own sequence's cache (which must
+    /// hold that sequence's positions before the batch), and its keys and values are stored
+    /// there. Returns the logits of the rows that ask for them, in row order ([m, n_vocab]).
+    /// A row's logits have the same bits whatever else shares the batch: every matmul element
+    /// is the one-row kernel's, and attention is per sequence. Runs on the current rayon pool.
+    pub fn forward_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        rows: &[BatchRow],
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n_ctx: Vec<usize> = caches.iter().map(|k| k.n_ctx).collect();
+        let runs = runs_of(rows, &n_ctx, c.n_vocab)?;
+        let n = rows.len();
         let (dim, hd, kv_dim, ff) = (c.dim, c.head_dim(), c.kv_dim(), c.ffn_dim);
         let mut s = Scratch {
             x: vec![0.0; n * dim],
@@ -99,13 +183,15 @@ impl Model {
             up: vec![0.0; n * ff],
         };
         // x = token_embd[ids]
-        for (t, &id) in ids.iter().enumerate() {
+        for (t, r) in rows.iter().enumerate() {
             self.token_embd
-                .row_f32(id as usize, &mut s.x[t * dim..(t + 1) * dim]);
+                .row_f32(r.token as usize, &mut s.x[t * dim..(t + 1) * dim]);
         }
-        // [n][n_rot / 2] (sin, cos) per position, shared by q and k of every head and layer.
+        // [n][n_rot / 2] (sin, cos) per row, shared by q and k of every head and layer.
         let rope_tables: Vec<Vec<(f32, f32)>> =
-            (0..n).map(|t| self.rope.table(n_past + t)).collect();
+            rows.iter().map(|r| self.rope.table(r.pos)).collect();
+        // (cache index, position) of each row, for attention.
+        let places: Vec<(usize, usize)> = rows.iter().map(|r| (r.seq, r.pos)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention: h = rmsnorm(x) * attn_norm; q, k, v = projections of h.
             s.h.copy_from_slice(&s.x);
@@ -121,9 +207,14 @@ impl Model {
                 rope_with(&mut s.q[t * dim..(t + 1) * dim], hd, table);
                 rope_with(&mut s.k[t * kv_dim..(t + 1) * kv_dim], hd, table);
             }
-            // Causal attention of each new position over the cache (positions 0 ..= its own).
-            cache.write(l, n_past, &s.k, &s.v);
-            attention(c, cache, l, &s.q, n_past, &mut s.att);
+            // Each sequence's new keys and values into its cache, then causal attention of
+            // each row over its own sequence (positions 0 ..= its own).
+            for run in &runs {
+                let kv = run.first * kv_dim..(run.first + run.n) * kv_dim;
+                caches[run.seq].write(l, run.pos, &s.k[kv.clone()], &s.v[kv]);
+            }
+            let views: Vec<&KvCache> = caches.iter().map(|k| &**k).collect();
+            attention_rows(c, &views, l, &s.q, &places, &mut s.att);
             // x += attn_output(att)
             matmul(&layer.wo, &s.att, n, &mut s.o);
             for (x, o) in s.x.iter_mut().zip(&s.o) {
@@ -147,19 +238,226 @@ impl Model {
         }
         // logits = output(rmsnorm(x) * output_norm), only for the rows whose logits are wanted
         // (the output projection is the largest matmul).
-        let first = if all_logits { 0 } else { n - 1 };
-        let rows = &mut s.x[first * dim..]; // [m, dim]
-        for row in rows.chunks_mut(dim) {
+        let wanted: Vec<usize> = (0..n).filter(|&t| rows[t].logits).collect();
+        let mut h: Vec<f32> = Vec::with_capacity(wanted.len() * dim); // [m, dim]
+        for &t in &wanted {
+            h.extend_from_slice(&s.x[t * dim..(t + 1) * dim]);
+        }
+        for row in h.chunks_mut(dim) {
             rmsnorm(row, &self.output_norm, c.rms_eps);
         }
-        let m = n - first;
+        let m = wanted.len();
         let mut logits = vec![0.0; m * c.n_vocab]; // [m, n_vocab]
-        matmul(self.output_weight(), rows, m, &mut logits);
+        if m > 0 {
+            matmul(self.output_weight(), &h, m, &mut logits);
+        }
         Ok(logits)
     }
 
     /// The output projection: `output`, or `token_embd` when they are tied.
     fn output_weight(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::quant::{quantize_row, GgmlType};
+    use crate::tokenizer::Vocab;
+    use crate::weights::Storage;
+
+    fn lcg(s: &mut u64) -> f32 {
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn weight(name: &str, ty: GgmlType, rows: usize, cols: usize, s: &mut u64) -> Weight {
+        let vals: Vec<f32> = (0..rows * cols).map(|_| lcg(s) * 0.3).collect();
+        let mut data = vec![0u8; ty.row_bytes(rows * cols).unwrap()];
+        quantize_row(ty, &vals, &mut data);
+        Weight {
+            name: name.into(),
+            ty,
+            rows,
+            cols,
+            data: Storage::Owned(data),
+        }
+    }
+
+    /// A random 2-layer model held in memory (GQA 2, Q4_0 matrices: the AMX path where the
+    /// CPU has it), for engine tests.
+    pub(crate) fn tiny_model(ty: GgmlType) -> Model {
+        let config = Config {
+            dim: 64,
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 2,
+            ffn_dim: 96,
+            n_vocab: 48,
+            train_ctx: 128,
+            n_rot: 16,
+            rms_eps: 1e-5,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+        };
+        let mut s = 42u64;
+        let (dim, kv, ff) = (config.dim, config.kv_dim(), config.ffn_dim);
+        let layers = (0..config.n_layer)
+            .map(|_| Layer {
+                attn_norm: (0..dim).map(|_| 1.0 + 0.1 * lcg(&mut s)).collect(),
+                wq: weight("q", ty, dim, dim, &mut s),
+                wk: weight("k", ty, kv, dim, &mut s),
+                wv: weight("v", ty, kv, dim, &mut s),
+                wo: weight("o", ty, dim, dim, &mut s),
+                ffn_norm: (0..dim).map(|_| 1.0 + 0.1 * lcg(&mut s)).collect(),
+                w_gate: weight("gate", ty, ff, dim, &mut s),
+                w_up: weight("up", ty, ff, dim, &mut s),
+                w_down: weight("down", ty, dim, ff, &mut s),
+            })
+            .collect();
+        let pieces = (0..config.n_vocab).map(|i| format!("t{i}")).collect();
+        Model {
+            path: "tiny".into(),
+            token_embd: weight("token_embd", GgmlType::F16, config.n_vocab, dim, &mut s),
+            layers,
+            output_norm: vec![1.0; dim],
+            output: Some(weight("output", ty, config.n_vocab, dim, &mut s)),
+            rope: Rope::plain(config.n_rot, config.freq_base),
+            tokenizer: Tokenizer::new(Vocab::new(pieces)).unwrap(),
+            metadata: Vec::new(),
+            file_type: ty.name().into(),
+            config,
+        }
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Each sequence's logits have the same bits alone and batched with others at other
+    /// positions, in any order, prefill and decode mixed.
+    #[test]
+    fn batched_rows_equal_each_sequence_alone() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16] {
+            let m = tiny_model(ty);
+            let nv = m.config.n_vocab;
+            let mut s = 9u64;
+            let mut tok = || ((lcg(&mut s) + 1.0) * 0.5 * (nv as f32 - 1.0)) as u32;
+            let prompts: Vec<Vec<u32>> = [20, 3, 17, 1, 33]
+                .iter()
+                .map(|&n| (0..n).map(|_| tok()).collect())
+                .collect();
+            let decode: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|_| (0..4).map(|_| tok()).collect())
+                .collect();
+            let new_cache = || KvCache::new(&m.config, 64, KvType::F16);
+            // Alone: the prompt as one batch (all logits), then one token at a time.
+            let alone: Vec<Vec<Vec<u32>>> = prompts
+                .iter()
+                .zip(&decode)
+                .map(|(p, d)| {
+                    let mut cache = new_cache();
+                    let l = m.forward(&mut cache, p, 0, true).unwrap();
+                    let mut rows: Vec<Vec<u32>> = l.chunks(nv).map(bits).collect();
+                    for (i, &t) in d.iter().enumerate() {
+                        rows.push(bits(
+                            &m.forward(&mut cache, &[t], p.len() + i, false).unwrap(),
+                        ));
+                    }
+                    rows
+                })
+                .collect();
+            // Batched: sequences 0, 2, 4 prefill together; then decode steps of every
+            // sequence in changing orders while 1 and 3 prefill late, mixed with decode.
+            let mut caches: Vec<KvCache> = prompts.iter().map(|_| new_cache()).collect();
+            let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+            let mut got: Vec<Vec<Vec<u32>>> = vec![Vec::new(); prompts.len()];
+            let mut run = |rows: Vec<BatchRow>, got: &mut Vec<Vec<Vec<u32>>>| {
+                let l = m.forward_batch(&mut refs, &rows).unwrap();
+                let mut out = l.chunks(nv);
+                for r in rows.iter().filter(|r| r.logits) {
+                    got[r.seq].push(bits(out.next().unwrap()));
+                }
+            };
+            let prefill = |seq: usize| {
+                prompts[seq]
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &token)| BatchRow {
+                        seq,
+                        token,
+                        pos: i,
+                        logits: true,
+                    })
+            };
+            let step = |seq: usize, i: usize| BatchRow {
+                seq,
+                token: decode[seq][i],
+                pos: prompts[seq].len() + i,
+                logits: true,
+            };
+            run(
+                prefill(4).chain(prefill(0)).chain(prefill(2)).collect(),
+                &mut got,
+            );
+            run(vec![step(2, 0), step(0, 0), step(4, 0)], &mut got);
+            run(
+                prefill(1)
+                    .chain([step(4, 1), step(0, 1)])
+                    .chain(prefill(3))
+                    .chain([step(2, 1)])
+                    .collect(),
+                &mut got,
+            );
+            for i in 0..4 {
+                let mut rows = vec![];
+                for seq in [3, 1, 0, 2, 4] {
+                    let done = got[seq].len() - prompts[seq].len();
+                    if done < 4 && (i + seq) % 3 != 0 {
+                        rows.push(step(seq, done));
+                    }
+                }
+                if !rows.is_empty() {
+                    run(rows, &mut got);
+                }
+            }
+            for seq in 0..prompts.len() {
+                while got[seq].len() < alone[seq].len() {
+                    let done = got[seq].len() - prompts[seq].len();
+                    run(vec![step(seq, done)], &mut got);
+                }
+                assert_eq!(got[seq], alone[seq], "{ty} sequence {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_batches_are_errors() {
+        let m = tiny_model(GgmlType::Q8_0);
+        let mut a = KvCache::new(&m.config, 8, KvType::F16);
+        let mut b = KvCache::new(&m.config, 8, KvType::F16);
+        let row = |seq, token, pos| BatchRow {
+            seq,
+            token,
+            pos,
+            logits: true,
+        };
+        let mut caches = [&mut a, &mut b];
+        let err = |rows: &[BatchRow], caches: &mut [&mut KvCache]| {
+            m.forward_batch(caches, rows).unwrap_err().to_string()
+        };
+        assert!(err(&[], &mut caches).contains("no tokens"));
+        assert!(err(&[row(2, 1, 0)], &mut caches).contains("sequence 2 has no cache"));
+        assert!(err(&[row(0, 48, 0)], &mut caches).contains("outside the vocab"));
+        assert!(err(&[row(1, 1, 8)], &mut caches).contains("outside the context of 8"));
+        assert!(
+            err(&[row(0, 1, 0), row(1, 1, 0), row(0, 1, 1)], &mut caches)
+                .contains("must be consecutive")
+        );
+        assert!(err(&[row(0, 1, 0), row(0, 1, 2)], &mut caches).contains("must be consecutive"));
     }
 }
