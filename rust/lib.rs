@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod bandwidth;
+pub mod batch;
 pub mod bytes;
 pub mod config;
 pub mod error;

@@ -78,6 +78,18 @@ impl Session {
         self.epoch += 1;
     }
 
+    /// The cache and the tokens in it, for a batch driver that evaluates into it itself
+    /// (`batch.rs`); the epoch moves, as for any use from outside a generation.
+    pub(crate) fn cache_for_batch(&mut self) -> (&mut KvCache, &mut Vec<u32>) {
+        self.epoch += 1;
+        (&mut self.cache, &mut self.tokens)
+    }
+
+    /// The cache alone, for a generation's own steps driven by a batch (no epoch change).
+    pub(crate) fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+
     /// Evaluate `ids` after what is already cached; logits of the last (or every) position.
     pub fn eval(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.epoch += 1;
@@ -484,6 +496,17 @@ pub struct GenerateParams {
     pub logprobs: Option<usize>,
 }
 
+/// What a generation needs next ([`Generation::next_input`]).
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Finished; the last text, if any.
+    Done(Option<String>),
+    /// Evaluate this token (the one sampled last) and [`Generation::feed`] the logits.
+    Eval(u32),
+    /// Logits are ready: [`Generation::sample`].
+    Sample,
+}
+
 /// One generation in progress. Call `step` until it returns None.
 pub struct Generation {
     params: GenerateParams,
@@ -507,6 +530,16 @@ impl Generation {
     /// `GenerateArgs::validate`; a `seed` of None draws a random one.
     pub fn start(s: &mut Session, prompt: &[u32], params: GenerateParams) -> Result<Generation> {
         let logits = s.load_prompt(prompt)?;
+        Ok(Generation::after_prompt(s, prompt, params, logits))
+    }
+
+    /// A generation whose prompt is already in `s` (its last token's `logits` given).
+    pub fn after_prompt(
+        s: &Session,
+        prompt: &[u32],
+        params: GenerateParams,
+        logits: Vec<f32>,
+    ) -> Generation {
         // After prompt text the first piece keeps its space ("is" + " a"); after BOS alone
         // the text starts fresh, as a whole decode would.
         let follows_text = prompt.iter().any(|&t| Some(t) != s.model.tokenizer.bos());
@@ -515,7 +548,7 @@ impl Generation {
         } else {
             StreamDecoder::new()
         };
-        Ok(Generation {
+        Generation {
             rng: Rng::new(params.seed.unwrap_or(Seed::Random).value()),
             params,
             logits,
@@ -527,27 +560,56 @@ impl Generation {
             finish: None,
             logprobs: Vec::new(),
             epoch: s.epoch,
-        })
+        }
     }
 
     /// The next piece of text (possibly empty while a UTF-8 character or a possible stop
     /// string is incomplete), or None once finished and everything was returned.
     pub fn step(&mut self, s: &mut Session) -> Result<Option<String>> {
+        match self.next_input(s)? {
+            Next::Done(piece) => return Ok(piece),
+            Next::Eval(t) => self.logits = s.eval_inner(&[t], false)?,
+            Next::Sample => {}
+        }
+        Ok(self.sample(s))
+    }
+
+    /// What the generation needs before its next token: nothing more (finished, with the
+    /// last text), the evaluation of the token it sampled last, or just sampling (right
+    /// after the prompt). A batch driver evaluates the `Eval` tokens of many generations in
+    /// one forward pass and hands each its logits ([`Generation::feed`]).
+    pub fn next_input(&mut self, s: &Session) -> Result<Next> {
         if self.finish.is_some() {
-            return Ok(None);
+            return Ok(Next::Done(None));
         }
         if s.epoch != self.epoch {
             return invalid("the model was used for something else since this generation started; start it again");
         }
         if self.generated >= self.params.max_tokens {
-            return Ok(self.end(s, FinishReason::Length));
+            return Ok(Next::Done(self.end(s, FinishReason::Length)));
         }
-        if let Some(t) = self.pending.take() {
-            if s.tokens.len() >= s.n_ctx() {
-                return Ok(self.end(s, FinishReason::Context));
+        match self.pending.take() {
+            Some(_) if s.tokens.len() >= s.n_ctx() => {
+                Ok(Next::Done(self.end(s, FinishReason::Context)))
             }
-            self.logits = s.eval_inner(&[t], false)?;
+            Some(t) => {
+                self.pending = Some(t);
+                Ok(Next::Eval(t))
+            }
+            None => Ok(Next::Sample),
         }
+    }
+
+    /// The logits after the `Eval` token of [`Generation::next_input`], evaluated by the
+    /// caller into `s`'s cache (position `s.tokens().len()`), which this records.
+    pub fn feed(&mut self, s: &mut Session, logits: Vec<f32>) {
+        let t = self.pending.take().expect("feed follows next_input's Eval");
+        s.tokens.push(t);
+        self.logits = logits;
+    }
+
+    /// Sample the next token from the current logits: its text piece, or the end.
+    pub fn sample(&mut self, s: &Session) -> Option<String> {
         // The cache holds the prompt and every token generated so far (the epoch says so).
         let generated = s.tokens.get(self.prompt_tokens..).unwrap_or(&[]);
         let tok = sample(
@@ -558,7 +620,7 @@ impl Generation {
             &mut self.rng,
         );
         if Some(tok) == s.model.tokenizer.eos() {
-            return Ok(self.end(s, FinishReason::Eos));
+            return self.end(s, FinishReason::Eos);
         }
         if let Some(n) = self.params.logprobs {
             self.logprobs.push(TokenLogprob::new(&self.logits, tok, n));
@@ -566,7 +628,7 @@ impl Generation {
         self.generated += 1;
         self.pending = Some(tok);
         let piece = self.decoder.push(&s.model.tokenizer, tok);
-        Ok(Some(self.filter_stop(piece)))
+        Some(self.filter_stop(piece))
     }
 
     /// The log-probabilities recorded since the last call (none unless `logprobs` was set).
