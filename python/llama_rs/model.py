@@ -135,9 +135,13 @@ class Model:
         return engine.__repr__() if engine is not None else "Model(<not loaded>)"
 
     # -- tokens --------------------------------------------------------------------------
-    def tokenize(self, text: str, bos: bool = True) -> list[int]:
-        """Token ids of `text` (SentencePiece rules), with the BOS token first if `bos`."""
-        return self._engine.tokenize(text, bos)
+    def tokenize(self, text: str, bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of `text` by the file's tokenizer (SentencePiece or byte-level BPE).
+        `bos`: the model's BOS first (and EOS last) as its vocab asks (GGUF
+        `add_bos_token` / `add_eos_token`). `special`: control tokens written in the text
+        (`<|eot_id|>`, `<s>`) are those tokens, as llama.cpp's `parse_special`; otherwise they
+        are ordinary text."""
+        return self._engine.tokenize(text, bos, special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of token ids; the leading space of the first piece is dropped, as SentencePiece does."""
@@ -411,7 +415,7 @@ class Generation(Iterator[str]):
 
 
 class Tokenizer:
-    """The SentencePiece tokenizer stored in a GGUF file (a model or a vocab-only file),
+    """The tokenizer stored in a GGUF file (a model or a vocab-only file; SentencePiece or byte-level BPE),
     usable without loading any weights."""
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -421,9 +425,28 @@ class Tokenizer:
     def n_vocab(self) -> int:
         return self._tok.n_vocab
 
-    def encode(self, text: str, bos: bool = False) -> list[int]:
-        """Token ids of `text`; BOS first if `bos`."""
-        return self._tok.encode(text, bos)
+    @property
+    def bos_token(self) -> int | None:
+        return self._tok.bos
+
+    @property
+    def eos_token(self) -> int | None:
+        return self._tok.eos
+
+    @property
+    def eog_tokens(self) -> list[int]:
+        """The ids that end generation: EOS, end of turn, end of message (sorted)."""
+        return self._tok.eog
+
+    @property
+    def model(self) -> str:
+        """The GGUF tokenizer model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)."""
+        return self._tok.model
+
+    def encode(self, text: str, bos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of `text`; `bos`: BOS first (EOS last) as the vocab asks; `special`:
+        control tokens written in the text are parsed (see `Model.tokenize`)."""
+        return self._tok.encode(text, bos, special)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids))

@@ -16,12 +16,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Union
 
 import numpy as np
 
+from .bpe_vocab import BpeVocab
 from .errors import ConvertError
 from .vocab import Vocab
+
+#: Either kind of vocab a converted file carries.
+AnyVocab = Union[Vocab, BpeVocab]
 
 # Per-layer GGUF names in the order they are written.
 LAYER_TENSORS = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
@@ -71,7 +75,7 @@ class Plan:
     """A checkpoint ready to write: metadata, vocab, and the tensors in writing order."""
 
     hparams: Hparams
-    vocab: Vocab
+    vocab: AnyVocab
     tensors: list[Tensor]
     #: Every file the conversion reads (the output may be none of them).
     inputs: list[Path]
@@ -229,19 +233,7 @@ def write_gguf(
     w.add_layer_norm_rms_eps(h.eps)
     w.add_rope_freq_base(h.rope_base)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(v.tokens)
-    w.add_token_scores(v.scores)
-    w.add_token_types(v.types)
-    w.add_bos_token_id(v.bos)
-    w.add_eos_token_id(v.eos)
-    w.add_unk_token_id(v.unk)
-    if 0 <= v.pad < len(v):
-        w.add_pad_token_id(v.pad)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.add_add_space_prefix(v.add_space_prefix)
-    w.add_remove_extra_whitespaces(v.remove_extra_whitespaces)
+    add_vocab(w, v)
 
     dtypes = []
     total = 0
@@ -280,8 +272,8 @@ def write_gguf(
         w.close()
         tmp.unlink(missing_ok=True)
         raise
-    warnings = []
-    if v.normalizer not in ("identity", ""):
+    warnings = list(getattr(v, "warnings", []))
+    if isinstance(v, Vocab) and v.normalizer not in ("identity", ""):
         warnings.append(
             f"{v.path}: normalizer {v.normalizer!r} is not applied by llama_rs (only 'identity', as LLaMA's "
             f"tokenizer): text needing normalization may tokenize differently from sentencepiece"
@@ -289,6 +281,56 @@ def write_gguf(
     return Summary(
         out, len(p.tensors), params, out.stat().st_size, outtype, time.monotonic() - t0, source_format, warnings
     )
+
+
+def add_vocab(w, v: AnyVocab) -> None:
+    """The `tokenizer.ggml.*` keys of either kind of vocab, on a `gguf.GGUFWriter`."""
+    if isinstance(v, BpeVocab):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(v.pre)
+        w.add_token_list(v.tokens)
+        w.add_token_types(v.types)
+        w.add_token_merges(v.merges)
+        for add, i in (
+            (w.add_bos_token_id, v.bos),
+            (w.add_eos_token_id, v.eos),
+            (w.add_eot_token_id, v.eot),
+            (w.add_eom_token_id, v.eom),
+            (w.add_pad_token_id, v.pad),
+        ):
+            if i is not None:
+                add(i)
+        w.add_add_bos_token(v.add_bos)
+        w.add_add_eos_token(v.add_eos)
+        return
+    w.add_tokenizer_model("llama")
+    w.add_token_list(v.tokens)
+    w.add_token_scores(v.scores)
+    w.add_token_types(v.types)
+    w.add_bos_token_id(v.bos)
+    w.add_eos_token_id(v.eos)
+    w.add_unk_token_id(v.unk)
+    if 0 <= v.pad < len(v):
+        w.add_pad_token_id(v.pad)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(v.add_space_prefix)
+    w.add_remove_extra_whitespaces(v.remove_extra_whitespaces)
+
+
+def write_vocab_gguf(v: AnyVocab, out: Path, name: str = "vocab") -> Path:
+    """A vocab-only GGUF (no tensors), as llama.cpp's `ggml-vocab-*.gguf`: what
+    `llama_rs.Tokenizer` opens."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(out), "llama")
+    w.add_name(name)
+    add_vocab(w, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(out)
 
 
 def _one_line(e: BaseException) -> str:
