@@ -237,3 +237,59 @@ def test_hf_tokenizer_json_equals_tiktoken_vocab(tmp_path, meta) -> None:
     for text in random_texts(300, seed=4):
         # `tokenizers` always matches added tokens in text: our special=True.
         assert ours.encode(text, special=True) == hf.encode(text, add_special_tokens=False).ids, repr(text)
+
+
+@pytest.fixture(scope="module")
+def llama3_model(tmp_path_factory) -> llama_rs.Model:
+    """A 1-layer random model with Meta's Llama 3 vocab, written by our converter's writer."""
+    import numpy as np
+
+    from llama_rs.convert.writer import LAYER_TENSORS, Hparams, Plan, Tensor, expected_shapes, write_gguf
+
+    v = read_tiktoken(meta_tokenizer_model())
+    h = Hparams(name="tiny-llama3", context_length=64, dim=16, n_layer=1, n_head=2, n_head_kv=1, ffn=32, eps=1e-5)
+    assert LAYER_TENSORS
+    rng = np.random.default_rng(0)
+    out = tmp_path_factory.mktemp("llama3-model") / "tiny.gguf"
+    tensors = []
+    for name, shape in expected_shapes(h, len(v), with_output=True).items():
+        a = rng.standard_normal(shape).astype(np.float32) * 0.5
+        tensors.append(Tensor(name, shape, lambda a=a: a, source=out))
+    write_gguf(Plan(h, v, tensors, [], out), out, "f32")
+    return llama_rs.Model(out, n_ctx=64, seed=1)
+
+
+@pytest.mark.parametrize("name", ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"])
+def test_end_of_generation_tokens_stop_generation(llama3_model, name) -> None:
+    m = llama3_model
+    eog = m.tokenize(name, bos=False, special=True)
+    assert len(eog) == 1
+    # Forced first: nothing is generated and nothing printed.
+    c = m.complete("Hello", max_tokens=8, temp=0, logit_bias={eog[0]: 100})
+    assert (c.text, c.tokens, c.finish_reason) == ("", 0, "eos")
+    # Forced to a normal token instead: it is printed, and generation runs to max_tokens.
+    gen = m.generate("Hello", max_tokens=8, temp=0, logit_bias={13347: 100})
+    assert next(gen) == "Hi"
+    c = m.complete("Hello", max_tokens=8, temp=0, logit_bias={13347: 100})
+    assert (c.text, c.finish_reason) == ("Hi" * 8, "length")
+
+
+def test_model_tokenize_parses_special_only_when_asked(llama3_model) -> None:
+    m = llama3_model
+    assert m.tokenize("Hi", bos=True) == [128000, 13347]
+    assert m.tokenize("<|eot_id|>", bos=False) != [128009]
+    assert m.tokenize("<|eot_id|>", bos=False, special=True) == [128009]
+    assert m.detokenize([128000, 13347, 128009]) == "Hi"
+
+
+def test_chat_template_control_tokens_are_parsed(llama3_model, monkeypatch) -> None:
+    """A chat template's control tokens reach the model as tokens, not text."""
+    m = llama3_model
+    template = (
+        "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n{{ m.content }}<|eot_id|>"
+        "{% endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    monkeypatch.setitem(m.__dict__, "chat_template", template)
+    gen = m.chat_stream([{"role": "user", "content": "This is a test sentence."}], max_tokens=1, temp=0)
+    list(gen)
+    assert gen.prompt_tokens == 1 + 11 + 4  # BOS, the user turn (llama_models' ids), the header

@@ -258,7 +258,8 @@ class Model:
         added to the logits, repeat penalty over the last `repeat_lastn` tokens, presence and
         frequency penalties over the tokens generated so far, then top-k (0 = all), top-p,
         then temperature; `temp <= 0` is greedy. `seed` None uses the model's seed.
-        Generation ends after `max_tokens`, at the end-of-sequence token, before any of the
+        Generation ends after `max_tokens`, at an end-of-generation token (EOS, end of turn,
+        end of message: `Tokenizer.eog_tokens`; never printed), before any of the
         `stop` strings, or when the context is full. The KV cache keeps the prompt's longest
         common prefix with the previous call, so a growing conversation is cheap. With
         `logprobs` set, each generated token's log-probability is recorded
@@ -352,7 +353,10 @@ class Model:
         prompt = render_chat(check_messages(messages), self.chat_template)
         stop = params.pop("stop", DEFAULTS.stop)
         stop = [stop] if isinstance(stop, str) else list(stop)
-        return self.generate(prompt.text, stop=[*stop, *prompt.stop], **params)
+        # A template writes the model's control tokens (`<|start_header_id|>`, `[INST]`) as
+        # text: they are parsed as tokens, as llama.cpp does for a rendered chat.
+        ids = self.tokenize(prompt.text, bos=True, special=self.chat_template is not None)
+        return self.generate(ids, stop=[*stop, *prompt.stop], **params)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> Completion:
         """Like `chat_stream`, but returns the whole reply (as llama-cpp-python's
