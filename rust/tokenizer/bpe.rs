@@ -20,7 +20,7 @@
 
 use super::byte_level::{is_mapped, piece_to_bytes};
 use super::pretokenize::{Pre, Pretokenizer};
-use super::{DecodeKind, TokenType, Vocab};
+use super::{DecodeKind, DecodeTable, TokenType, Vocab};
 use crate::error::{Error, Result};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -60,6 +60,13 @@ impl std::fmt::Debug for Merge {
     }
 }
 
+/// Buffers reused from word to word.
+#[derive(Default)]
+struct Scratch {
+    syms: Vec<u32>,
+    ranks: Vec<Option<Merge>>,
+}
+
 #[inline]
 fn pair(l: u32, r: u32) -> u64 {
     ((l as u64) << 32) | r as u64
@@ -72,7 +79,7 @@ fn mergeable(t: TokenType) -> bool {
 
 impl Bpe {
     /// The encoder's tables and how each id decodes, from a complete vocab.
-    pub(super) fn new(v: &Vocab, pre: Pre) -> Result<(Bpe, Vec<DecodeKind>, Vec<Box<[u8]>>)> {
+    pub(super) fn new(v: &Vocab, pre: Pre) -> Result<(Bpe, DecodeTable)> {
         let n = v.pieces.len();
         let mut by_piece: Map<&str, u32> = Map::default();
         by_piece.reserve(n);
@@ -137,7 +144,7 @@ impl Bpe {
             merges,
             unk: v.unk,
         };
-        Ok((bpe, kinds, surfaces))
+        Ok((bpe, (kinds, surfaces)))
     }
 
     /// The id of a piece in the vocab's mapped form (normal tokens).
@@ -147,13 +154,13 @@ impl Bpe {
 
     /// Token ids of `text` (no special tokens), appended to `out`.
     pub(super) fn encode(&self, text: &str, out: &mut Vec<u32>) {
-        let mut syms: Vec<u32> = Vec::new();
+        let mut scratch = Scratch::default();
         self.pretokenizer
-            .split(text, |w| self.encode_word(w.as_bytes(), &mut syms, out));
+            .split(text, |w| self.encode_word(w.as_bytes(), &mut scratch, out));
     }
 
     #[inline]
-    fn encode_word(&self, word: &[u8], syms: &mut Vec<u32>, out: &mut Vec<u32>) {
+    fn encode_word(&self, word: &[u8], scratch: &mut Scratch, out: &mut Vec<u32>) {
         if word.len() == 1 {
             self.push_byte(word[0], out);
             return;
@@ -164,13 +171,14 @@ impl Bpe {
                 return;
             }
         }
+        let syms = &mut scratch.syms;
         syms.clear();
         syms.extend(
             word.iter()
                 .map(|&b| self.byte_ids[b as usize].unwrap_or(NONE)),
         );
         if word.len() <= SCAN_MAX {
-            self.merge_scan(syms);
+            self.merge_scan(syms, &mut scratch.ranks);
         } else {
             self.merge_heap(syms);
         }
@@ -199,10 +207,10 @@ impl Bpe {
     }
 
     /// Lowest rank first, leftmost among equals, by rescanning the cached pair ranks.
-    fn merge_scan(&self, syms: &mut Vec<u32>) {
+    fn merge_scan(&self, syms: &mut Vec<u32>, ranks: &mut Vec<Option<Merge>>) {
         // ranks[i]: the merge of syms[i] and syms[i + 1].
-        let mut ranks: Vec<Option<Merge>> =
-            syms.windows(2).map(|w| self.merge_of(w[0], w[1])).collect();
+        ranks.clear();
+        ranks.extend(syms.windows(2).map(|w| self.merge_of(w[0], w[1])));
         loop {
             let mut best: Option<(usize, Merge)> = None;
             for (i, m) in ranks.iter().enumerate() {

@@ -278,10 +278,13 @@ enum DecodeKind {
     Text { leading_space: bool },
 }
 
+/// How each id decodes and its surface, as a family builds them.
+type DecodeTable = (Vec<DecodeKind>, Vec<Box<[u8]>>);
+
 /// The family-specific part of a tokenizer: its encoder.
 #[derive(Clone)]
 enum Family {
-    SentencePiece(spm::Spm),
+    SentencePiece(Box<spm::Spm>),
     BytePair(Box<bpe::Bpe>),
 }
 
@@ -339,11 +342,11 @@ impl Tokenizer {
         let vocab = vocab.complete()?;
         let (family, decode_kind, surfaces) = match vocab.kind {
             Kind::SentencePiece => {
-                let (spm, kinds, surfaces) = spm::Spm::new(&vocab)?;
-                (Family::SentencePiece(spm), kinds, surfaces)
+                let (spm, (kinds, surfaces)) = spm::Spm::new(&vocab)?;
+                (Family::SentencePiece(Box::new(spm)), kinds, surfaces)
             }
             Kind::BytePair => {
-                let (bpe, kinds, surfaces) = bpe::Bpe::new(&vocab, vocab.pre)?;
+                let (bpe, (kinds, surfaces)) = bpe::Bpe::new(&vocab, vocab.pre)?;
                 (Family::BytePair(Box::new(bpe)), kinds, surfaces)
             }
         };

@@ -27,7 +27,7 @@
 //! Pieces are in sentencepiece's escaped form (`▁` for space, `<0xXX>` for bytes); pre-GGUF
 //! vocabularies are rewritten into it when they are loaded (`load.rs`).
 
-use super::{DecodeKind, TokenType, Vocab};
+use super::{DecodeKind, DecodeTable, TokenType, Vocab};
 use crate::error::{Error, Result};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -127,7 +127,7 @@ impl Ord for Candidate {
 impl Spm {
     /// The encoder's tables, and how each id decodes (its kind and surface), from a complete
     /// vocab.
-    pub(super) fn new(v: &Vocab) -> Result<(Spm, Vec<DecodeKind>, Vec<Box<[u8]>>)> {
+    pub(super) fn new(v: &Vocab) -> Result<(Spm, DecodeTable)> {
         let n = v.pieces.len();
         let mut m = Spm {
             mergeable: Map::default(),
@@ -170,13 +170,13 @@ impl Spm {
             list.sort_by_key(|&id| std::cmp::Reverse(v.pieces[id as usize].len()));
         }
         m.byte_fallback = m.byte_ids.iter().any(|b| b.is_some());
-        let (kinds, surfaces) = m.decode_table(v);
-        Ok((m, kinds, surfaces))
+        let table = m.decode_table(v);
+        Ok((m, table))
     }
 
     /// How each id decodes. sentencepiece decodes id -> piece -> id (reserved pieces first):
     /// the type that counts is that of the first id holding the piece.
-    fn decode_table(&self, v: &Vocab) -> (Vec<DecodeKind>, Vec<Box<[u8]>>) {
+    fn decode_table(&self, v: &Vocab) -> DecodeTable {
         let n = v.pieces.len();
         let mut kinds = Vec::with_capacity(n);
         let mut surfaces = Vec::with_capacity(n);
