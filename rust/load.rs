@@ -11,7 +11,7 @@ use crate::legacy::{is_legacy_magic, LegacyFile, LegacyTensor, Split, StoredType
 use crate::model::{Layer, Model};
 use crate::ops::Rope;
 use crate::quant::GgmlType;
-use crate::tokenizer::{Kind, TokenType, Tokenizer, Vocab};
+use crate::tokenizer::{Kind, Pre, TokenType, Tokenizer, Vocab, KNOWN_PRE};
 use crate::weights::{Storage, Weight};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -335,21 +335,23 @@ fn meta_array<T>(
     }
 }
 
-/// Read the vocab stored in a GGUF (`tokenizer.ggml.*`) into a tokenizer.
+/// Read the vocab stored in a GGUF (`tokenizer.ggml.*`) into a tokenizer: SentencePiece
+/// (`tokenizer.ggml.model = "llama"`, or none) or byte-level BPE (`"gpt2"`, with `merges` and
+/// the pre-tokenizer `pre`).
 pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let shown = f.path.display();
-    match f.get("tokenizer.ggml.model").and_then(|v| v.as_str()) {
-        Some("llama") | None => {}
+    let kind = match f.get("tokenizer.ggml.model").and_then(|v| v.as_str()) {
+        Some("llama") | None => Kind::SentencePiece,
+        Some("gpt2") => Kind::BytePair,
         Some(other) => {
             return format_err(format!(
-                "{shown}: tokenizer model {other:?} is not supported (only SentencePiece \"llama\")"
+                "{shown}: tokenizer model {other:?} is not supported (SentencePiece \"llama\" and \
+                 byte-level BPE \"gpt2\" are)"
             ))
         }
-    }
-    let Some(tokens) = meta_array(f, "tokenizer.ggml.tokens", "non-strings", |v| {
-        v.as_str().map(str::to_owned)
-    })?
-    else {
+    };
+    let strings = |key: &str| meta_array(f, key, "non-strings", |v| v.as_str().map(str::to_owned));
+    let Some(tokens) = strings("tokenizer.ggml.tokens")? else {
         return format_err(format!(
             "{shown}: the vocab (tokenizer.ggml.tokens) is missing"
         ));
@@ -360,11 +362,12 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
     let types = meta_array(f, "tokenizer.ggml.token_type", "non-integers", |v| {
         v.as_i64().map(|x| x as i32)
     })?;
+    let n = tokens.len();
     let id = |key: &str| -> Result<Option<u32>> {
         match f.get(key) {
             None => Ok(None),
             Some(v) => match v.as_i64() {
-                Some(n) if n >= 0 && (n as usize) < tokens.len() => Ok(Some(n as u32)),
+                Some(k) if k >= 0 && (k as usize) < n => Ok(Some(k as u32)),
                 Some(-1) => Ok(None),
                 _ => format_err(format!(
                     "{shown}: {key} = {v:?} is not a token id of the vocab"
@@ -372,21 +375,62 @@ pub fn tokenizer_from_gguf(f: &GgufFile) -> Result<Tokenizer> {
             },
         }
     };
-    let bos = id("tokenizer.ggml.bos_token_id")?.or(Some(1).filter(|_| tokens.len() > 1));
-    let eos = id("tokenizer.ggml.eos_token_id")?.or(Some(2).filter(|_| tokens.len() > 2));
-    let unk = id("tokenizer.ggml.unknown_token_id")?.or(Some(0));
-    let flag = |key: &str, default: bool| f.get(key).and_then(|v| v.as_bool()).unwrap_or(default);
-    let vocab = Vocab {
-        kind: Kind::SentencePiece,
-        pieces: tokens,
-        scores: scores.unwrap_or_default(),
-        types: Vec::new(),
-        bos,
-        eos,
-        unk,
-        add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
-        remove_extra_whitespaces: flag("tokenizer.ggml.remove_extra_whitespaces", false),
+    let flag = |key: &str| f.get(key).and_then(|v| v.as_bool());
+    let (bos, eos, unk) = (
+        id("tokenizer.ggml.bos_token_id")?,
+        id("tokenizer.ggml.eos_token_id")?,
+        id("tokenizer.ggml.unknown_token_id")?,
+    );
+    let (eot, eom) = (
+        id("tokenizer.ggml.eot_token_id")?,
+        id("tokenizer.ggml.eom_token_id")?,
+    );
+    let mut vocab = match kind {
+        Kind::SentencePiece => Vocab {
+            bos: bos.or(Some(1).filter(|_| n > 1)),
+            eos: eos.or(Some(2).filter(|_| n > 2)),
+            unk: unk.or(Some(0)),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
+            remove_extra_whitespaces: flag("tokenizer.ggml.remove_extra_whitespaces")
+                .unwrap_or(false),
+            ..Vocab::new(tokens)
+        },
+        Kind::BytePair => {
+            let Some(merges) = strings("tokenizer.ggml.merges")? else {
+                return format_err(format!(
+                    "{shown}: the byte-level BPE vocab has no merges (tokenizer.ggml.merges)"
+                ));
+            };
+            let pre_name = match f.get("tokenizer.ggml.pre") {
+                None => "default",
+                Some(v) => match v.as_str() {
+                    Some(s) => s,
+                    None => {
+                        return format_err(format!(
+                            "{shown}: tokenizer.ggml.pre = {v:?} is not a string"
+                        ))
+                    }
+                },
+            };
+            let Some(pre) = Pre::from_name(pre_name) else {
+                return format_err(format!(
+                    "{shown}: the pre-tokenizer tokenizer.ggml.pre = {pre_name:?} is not supported \
+                     (supported: {KNOWN_PRE})"
+                ));
+            };
+            Vocab {
+                bos,
+                eos,
+                unk,
+                ..Vocab::byte_pair(tokens, merges, pre)
+            }
+        }
     };
+    vocab.scores = scores.unwrap_or_default();
+    vocab.eot = eot;
+    vocab.eom = eom;
+    vocab.add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(vocab.add_bos);
+    vocab.add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(vocab.add_eos);
     // No types stored (or none at all): the tokenizer infers them.
     let vocab = match types {
         Some(types) if !types.is_empty() => vocab.with_gguf_types(&types),

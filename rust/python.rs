@@ -273,9 +273,16 @@ impl Engine {
         metadata_dict(py, &self.model.metadata)
     }
 
-    fn tokenize(&self, py: Python<'_>, text: &str, bos: bool) -> PyResult<Vec<u32>> {
+    #[pyo3(signature = (text, bos, special=false))]
+    fn tokenize(&self, py: Python<'_>, text: &str, bos: bool, special: bool) -> PyResult<Vec<u32>> {
         let tok = &self.model.tokenizer;
-        run(py, || Ok(tok.encode(text, bos)))
+        run(py, || Ok(tok.encode_with(text, bos, special)))
+    }
+
+    /// End-of-generation token ids (eos, eot, eom, ...), sorted.
+    #[getter]
+    fn eog(&self) -> Vec<u32> {
+        self.model.tokenizer.eog().to_vec()
     }
 
     fn detokenize(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
@@ -504,8 +511,33 @@ impl TokenizerFile {
         self.tok.n_vocab()
     }
 
-    fn encode(&self, py: Python<'_>, text: &str, bos: bool) -> PyResult<Vec<u32>> {
-        run(py, || Ok(self.tok.encode(text, bos)))
+    #[pyo3(signature = (text, bos, special=false))]
+    fn encode(&self, py: Python<'_>, text: &str, bos: bool, special: bool) -> PyResult<Vec<u32>> {
+        run(py, || Ok(self.tok.encode_with(text, bos, special)))
+    }
+
+    #[getter]
+    fn bos(&self) -> Option<u32> {
+        self.tok.bos()
+    }
+
+    #[getter]
+    fn eos(&self) -> Option<u32> {
+        self.tok.eos()
+    }
+
+    #[getter]
+    fn eog(&self) -> Vec<u32> {
+        self.tok.eog().to_vec()
+    }
+
+    /// "llama" (SentencePiece) or "gpt2" (byte-level BPE), as GGUF names them.
+    #[getter]
+    fn model(&self) -> &'static str {
+        match self.tok.kind() {
+            crate::tokenizer::Kind::SentencePiece => "llama",
+            crate::tokenizer::Kind::BytePair => "gpt2",
+        }
     }
 
     fn decode(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {

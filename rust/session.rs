@@ -619,7 +619,8 @@ impl Generation {
             &self.params.sampling,
             &mut self.rng,
         );
-        if Some(tok) == s.model.tokenizer.eos() {
+        // Any end-of-generation token (eos, end of turn, end of message) ends it, unprinted.
+        if s.model.tokenizer.is_eog(tok) {
             return self.end(s, FinishReason::Eos);
         }
         if let Some(n) = self.params.logprobs {

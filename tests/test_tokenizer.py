@@ -154,3 +154,18 @@ def test_model_tokenize_uses_the_file_vocab() -> None:
         assert m.tokenize(text, bos=False) == sp.encode(text)
     assert m.tokenize("The meaning of life is") == [1, 374, 423, 274, 283, 292, 666, 306]
     assert m.detokenize(m.tokenize("Never trust a computer")) == "Never trust a computer"
+
+
+def test_control_tokens_parsed_only_when_asked() -> None:
+    """llama.cpp's parse_special for SentencePiece: `<s>` / `</s>` in the text are those tokens
+    only when asked; the text after one gets the space prefix again."""
+    models = need_data("llama-tokenizer.model", "ggml-vocab-llama-spm.gguf")
+    sp = spm.SentencePieceProcessor(model_file=str(models / "llama-tokenizer.model"))
+    tok = llama_rs.Tokenizer(models / "ggml-vocab-llama-spm.gguf")
+    text = "<s>[INST] hello</s>world"
+    assert tok.encode(text) == sp.encode(text)
+    assert 1 not in tok.encode(text) and 2 not in tok.encode(text)
+    assert tok.encode(text, special=True) == [1, *sp.encode("[INST] hello"), 2, *sp.encode("world")]
+    assert tok.encode(text, bos=True, special=True)[:2] == [1, 1]
+    assert tok.decode(tok.encode(text, special=True)) == "[INST] hello world"
+    assert tok.eog_tokens == [2] and tok.model == "llama"

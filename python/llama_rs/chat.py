@@ -58,7 +58,8 @@ def render_chat(messages: list[dict], template: Optional[str]) -> ChatPrompt:
 
     env.globals["raise_exception"] = raise_exception
     try:
-        # The engine adds BOS itself; special tokens in the text are plain text for now.
+        # The engine adds BOS itself; the control tokens the template writes are parsed by
+        # `Model.chat_stream`.
         return ChatPrompt(
             env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
         )

@@ -135,9 +135,13 @@ class Model:
         return engine.__repr__() if engine is not None else "Model(<not loaded>)"
 
     # -- tokens --------------------------------------------------------------------------
-    def tokenize(self, text: str, bos: bool = True) -> list[int]:
-        """Token ids of `text` (SentencePiece rules), with the BOS token first if `bos`."""
-        return self._engine.tokenize(text, bos)
+    def tokenize(self, text: str, bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of `text` by the file's tokenizer (SentencePiece or byte-level BPE).
+        `bos`: the model's BOS first (and EOS last) as its vocab asks (GGUF
+        `add_bos_token` / `add_eos_token`). `special`: control tokens written in the text
+        (`<|eot_id|>`, `<s>`) are those tokens, as llama.cpp's `parse_special`; otherwise they
+        are ordinary text."""
+        return self._engine.tokenize(text, bos, special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of token ids; the leading space of the first piece is dropped, as SentencePiece does."""
@@ -254,7 +258,8 @@ class Model:
         added to the logits, repeat penalty over the last `repeat_lastn` tokens, presence and
         frequency penalties over the tokens generated so far, then top-k (0 = all), top-p,
         then temperature; `temp <= 0` is greedy. `seed` None uses the model's seed.
-        Generation ends after `max_tokens`, at the end-of-sequence token, before any of the
+        Generation ends after `max_tokens`, at an end-of-generation token (EOS, end of turn,
+        end of message: `Tokenizer.eog_tokens`; never printed), before any of the
         `stop` strings, or when the context is full. The KV cache keeps the prompt's longest
         common prefix with the previous call, so a growing conversation is cheap. With
         `logprobs` set, each generated token's log-probability is recorded
@@ -348,7 +353,10 @@ class Model:
         prompt = render_chat(check_messages(messages), self.chat_template)
         stop = params.pop("stop", DEFAULTS.stop)
         stop = [stop] if isinstance(stop, str) else list(stop)
-        return self.generate(prompt.text, stop=[*stop, *prompt.stop], **params)
+        # A template writes the model's control tokens (`<|start_header_id|>`, `[INST]`) as
+        # text: they are parsed as tokens, as llama.cpp does for a rendered chat.
+        ids = self.tokenize(prompt.text, bos=True, special=self.chat_template is not None)
+        return self.generate(ids, stop=[*stop, *prompt.stop], **params)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> Completion:
         """Like `chat_stream`, but returns the whole reply (as llama-cpp-python's
@@ -411,7 +419,7 @@ class Generation(Iterator[str]):
 
 
 class Tokenizer:
-    """The SentencePiece tokenizer stored in a GGUF file (a model or a vocab-only file),
+    """The tokenizer stored in a GGUF file (a model or a vocab-only file; SentencePiece or byte-level BPE),
     usable without loading any weights."""
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -421,9 +429,28 @@ class Tokenizer:
     def n_vocab(self) -> int:
         return self._tok.n_vocab
 
-    def encode(self, text: str, bos: bool = False) -> list[int]:
-        """Token ids of `text`; BOS first if `bos`."""
-        return self._tok.encode(text, bos)
+    @property
+    def bos_token(self) -> int | None:
+        return self._tok.bos
+
+    @property
+    def eos_token(self) -> int | None:
+        return self._tok.eos
+
+    @property
+    def eog_tokens(self) -> list[int]:
+        """The ids that end generation: EOS, end of turn, end of message (sorted)."""
+        return self._tok.eog
+
+    @property
+    def model(self) -> str:
+        """The GGUF tokenizer model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)."""
+        return self._tok.model
+
+    def encode(self, text: str, bos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of `text`; `bos`: BOS first (EOS last) as the vocab asks; `special`:
+        control tokens written in the text are parsed (see `Model.tokenize`)."""
+        return self._tok.encode(text, bos, special)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids))

@@ -4,21 +4,25 @@
 //!
 //! - [`Kind::SentencePiece`] (`spm.rs`): SentencePiece BPE, LLaMA 1/2, Mistral, TinyLlama
 //!   (GGUF `tokenizer.ggml.model = "llama"`).
-//!
-//! Byte-level BPE (`gpt2`, Llama 3) comes next: a variant of [`Kind`], a module beside
-//! `spm.rs`, and its arm in [`Tokenizer::new`], [`Tokenizer::encode`] and
-//! [`Tokenizer::piece_to_id`].
+//! - [`Kind::BytePair`] (`bpe.rs`, `pretokenize.rs`, `byte_level.rs`): byte-level BPE with
+//!   merges, GPT-2 and Llama 3 (GGUF `tokenizer.ggml.model = "gpt2"`).
 //!
 //! A family turns a checked [`Vocab`] into its encoder and into how each id decodes
-//! ([`DecodeKind`] and a text surface per id); decoding and streaming are shared
-//! (`stream.rs`).
+//! ([`DecodeKind`] and a byte surface per id); special tokens in text (`special.rs`),
+//! the end-of-generation set, decoding and streaming (`stream.rs`) are shared.
 
+mod bpe;
+mod byte_level;
+mod pretokenize;
+mod special;
 mod spm;
 mod stream;
 
 use crate::error::{Error, Result};
+use special::{Fragment, Matcher};
 use std::fmt;
 
+pub use pretokenize::{Pre, KNOWN_PRE};
 pub use stream::StreamDecoder;
 
 /// Token types as stored in GGUF `tokenizer.ggml.token_type` (and sentencepiece's proto).
@@ -52,13 +56,17 @@ impl TokenType {
 pub enum Kind {
     /// SentencePiece BPE (GGUF `tokenizer.ggml.model = "llama"`).
     SentencePiece,
+    /// Byte-level BPE with merges (GGUF `tokenizer.ggml.model = "gpt2"`).
+    BytePair,
 }
 
 /// A vocab as a model file describes it: everything a tokenizer is built from.
 #[derive(Clone, Debug)]
 pub struct Vocab {
     pub kind: Kind,
-    /// Pieces in the family's escaped form (SentencePiece: `▁` for space, `<0xXX>` for bytes).
+    /// Pieces in the family's escaped form (SentencePiece: `▁` for space, `<0xXX>` for bytes;
+    /// byte-level BPE: GPT-2's byte-to-unicode mapping; control and user-defined pieces as
+    /// their text).
     pub pieces: Vec<String>,
     /// Merge scores, one per piece; empty: all 0.
     pub scores: Vec<f32>,
@@ -73,6 +81,18 @@ pub struct Vocab {
     pub add_space_prefix: bool,
     /// sentencepiece's `remove_extra_whitespaces`.
     pub remove_extra_whitespaces: bool,
+    /// Byte-level BPE: the merges, `"left right"` in the pieces' form, lowest rank first.
+    pub merges: Vec<String>,
+    /// Byte-level BPE: the pre-tokenizer (`tokenizer.ggml.pre`).
+    pub pre: Pre,
+    /// End of turn / end of message (`tokenizer.ggml.eot_token_id`, `eom_token_id`); None: found
+    /// by text as llama.cpp does (`<|eot_id|>`, `<|im_end|>`, ... / `<|eom_id|>`).
+    pub eot: Option<u32>,
+    pub eom: Option<u32>,
+    /// Encoding with the model's special tokens puts `bos` first / `eos` last
+    /// (`tokenizer.ggml.add_bos_token` / `add_eos_token`).
+    pub add_bos: bool,
+    pub add_eos: bool,
 }
 
 impl Vocab {
@@ -89,6 +109,25 @@ impl Vocab {
             unk: None,
             add_space_prefix: true,
             remove_extra_whitespaces: false,
+            merges: Vec::new(),
+            pre: Pre::Gpt2,
+            eot: None,
+            eom: None,
+            add_bos: true,
+            add_eos: false,
+        }
+    }
+
+    /// A byte-level BPE vocab of these pieces (GPT-2 mapped) and merges, with the defaults of
+    /// `pre` (llama.cpp's): BOS added for Llama 3 only; no scores, types inferred.
+    pub fn byte_pair(pieces: Vec<String>, merges: Vec<String>, pre: Pre) -> Vocab {
+        Vocab {
+            kind: Kind::BytePair,
+            merges,
+            pre,
+            add_bos: pre == Pre::Llama3,
+            add_space_prefix: false,
+            ..Vocab::new(pieces)
         }
     }
 
@@ -133,7 +172,13 @@ impl Vocab {
                 self.scores.len()
             )));
         }
-        for (name, id) in [("bos", self.bos), ("eos", self.eos), ("unknown", self.unk)] {
+        for (name, id) in [
+            ("bos", self.bos),
+            ("eos", self.eos),
+            ("unknown", self.unk),
+            ("end-of-turn", self.eot),
+            ("end-of-message", self.eom),
+        ] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
                 return Err(Error::Format(format!(
                     "the {name} token id {id} is out of range (vocab size {n})"
@@ -153,18 +198,58 @@ impl Vocab {
                 self.types.len()
             )));
         }
-        if self.unk.is_none() {
+        if self.unk.is_none() && self.kind == Kind::SentencePiece {
             self.unk = self
                 .types
                 .iter()
                 .position(|&t| t == TokenType::Unknown)
                 .map(|i| i as u32);
         }
+        let find = |texts: &[&str]| {
+            self.pieces
+                .iter()
+                .position(|p| texts.contains(&p.as_str()))
+                .map(|i| i as u32)
+        };
+        self.eot = self.eot.or_else(|| find(&special::EOT_TEXTS));
+        self.eom = self.eom.or_else(|| find(&special::EOM_TEXTS));
+        // llama.cpp makes the end-of-generation tokens it finds by text control tokens.
+        for (p, t) in self.pieces.iter().zip(self.types.iter_mut()) {
+            if special::EOG_TEXTS.contains(&p.as_str()) {
+                *t = TokenType::Control;
+            }
+        }
         Ok(self)
+    }
+
+    /// End-of-generation ids: eos, eot, eom and the tokens named by `special::EOG_TEXTS`,
+    /// sorted.
+    fn eog_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = [self.eos, self.eot, self.eom]
+            .into_iter()
+            .flatten()
+            .collect();
+        ids.extend(
+            self.pieces
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| special::EOG_TEXTS.contains(&p.as_str()))
+                .map(|(i, _)| i as u32),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     fn inferred_type(&self, id: u32, piece: &str) -> TokenType {
         let id = Some(id);
+        if self.kind == Kind::BytePair {
+            return if id == self.bos || id == self.eos {
+                TokenType::Control
+            } else {
+                TokenType::Normal
+            };
+        }
         if spm::parse_byte_piece(piece).is_some() {
             TokenType::Byte
         } else if piece == "<unk>" || id == self.unk {
@@ -186,15 +271,21 @@ enum DecodeKind {
     Unknown,
     /// One raw byte, joined with neighbouring bytes into UTF-8.
     Byte(u8),
+    /// Raw bytes (the surface), joined with neighbouring bytes into UTF-8 (byte-level BPE).
+    Raw,
     /// Text (its surface, with spaces as spaces); `leading_space`: the piece starts with a
     /// space, which is dropped when it is the first visible piece.
     Text { leading_space: bool },
 }
 
+/// How each id decodes and its surface, as a family builds them.
+type DecodeTable = (Vec<DecodeKind>, Vec<Box<[u8]>>);
+
 /// The family-specific part of a tokenizer: its encoder.
 #[derive(Clone)]
 enum Family {
-    SentencePiece(spm::Spm),
+    SentencePiece(Box<spm::Spm>),
+    BytePair(Box<bpe::Bpe>),
 }
 
 /// A tokenizer of any family. Immutable after construction; `Send + Sync`.
@@ -203,9 +294,17 @@ pub struct Tokenizer {
     /// Complete: one score and one type per piece.
     vocab: Vocab,
     family: Family,
-    /// Per id: how it decodes, and its text surface (for `Text` and `Unknown`; empty otherwise).
+    /// Per id: how it decodes, and its surface (UTF-8 text for `Text` and `Unknown`, bytes for
+    /// `Raw`; empty otherwise).
     decode_kind: Vec<DecodeKind>,
-    surfaces: Vec<String>,
+    surfaces: Vec<Box<[u8]>>,
+    /// End-of-generation ids, sorted.
+    eog: Vec<u32>,
+    /// Special tokens found in any text (byte-level BPE: user-defined ones, as llama.cpp and
+    /// Hugging Face do; SentencePiece matches its user-defined pieces itself).
+    specials_always: Option<Matcher>,
+    /// Special tokens found in text with `parse_special`: also control and unknown ones.
+    specials_parsed: Option<Matcher>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -219,6 +318,8 @@ impl fmt::Debug for Tokenizer {
             .field("unk", &v.unk)
             .field("add_space_prefix", &v.add_space_prefix)
             .field("remove_extra_whitespaces", &v.remove_extra_whitespaces)
+            .field("pre", &v.pre)
+            .field("eog", &self.eog)
             .finish()
     }
 }
@@ -241,15 +342,39 @@ impl Tokenizer {
         let vocab = vocab.complete()?;
         let (family, decode_kind, surfaces) = match vocab.kind {
             Kind::SentencePiece => {
-                let (spm, kinds, surfaces) = spm::Spm::new(&vocab)?;
-                (Family::SentencePiece(spm), kinds, surfaces)
+                let (spm, (kinds, surfaces)) = spm::Spm::new(&vocab)?;
+                (Family::SentencePiece(Box::new(spm)), kinds, surfaces)
+            }
+            Kind::BytePair => {
+                let (bpe, (kinds, surfaces)) = bpe::Bpe::new(&vocab, vocab.pre)?;
+                (Family::BytePair(Box::new(bpe)), kinds, surfaces)
             }
         };
+        let specials = |want: &dyn Fn(TokenType) -> bool| {
+            Matcher::new(
+                vocab
+                    .pieces
+                    .iter()
+                    .zip(&vocab.types)
+                    .enumerate()
+                    .filter(|(_, (_, &t))| want(t))
+                    .map(|(i, (p, _))| (i as u32, p.as_str())),
+            )
+        };
+        let bpe = vocab.kind == Kind::BytePair;
+        let specials_always = specials(&|t| bpe && t == TokenType::UserDefined);
+        let specials_parsed = specials(&|t| {
+            matches!(t, TokenType::Control | TokenType::Unknown)
+                || (bpe && t == TokenType::UserDefined)
+        });
         Ok(Tokenizer {
+            eog: vocab.eog_ids(),
             vocab,
             family,
             decode_kind,
             surfaces,
+            specials_always,
+            specials_parsed,
         })
     }
 
@@ -273,6 +398,36 @@ impl Tokenizer {
         self.vocab.unk
     }
 
+    pub fn eot(&self) -> Option<u32> {
+        self.vocab.eot
+    }
+
+    pub fn eom(&self) -> Option<u32> {
+        self.vocab.eom
+    }
+
+    /// The end-of-generation ids (eos, eot, eom and llama.cpp's by-text ones), sorted.
+    pub fn eog(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Whether generation ends at `id`.
+    pub fn is_eog(&self, id: u32) -> bool {
+        self.eog.binary_search(&id).is_ok()
+    }
+
+    pub fn add_bos(&self) -> bool {
+        self.vocab.add_bos
+    }
+
+    pub fn add_eos(&self) -> bool {
+        self.vocab.add_eos
+    }
+
+    pub fn pre(&self) -> Option<Pre> {
+        (self.vocab.kind == Kind::BytePair).then_some(self.vocab.pre)
+    }
+
     pub fn add_space_prefix(&self) -> bool {
         self.vocab.add_space_prefix
     }
@@ -281,7 +436,7 @@ impl Tokenizer {
         self.vocab.remove_extra_whitespaces
     }
 
-    /// The piece as stored in the vocab (`▁hello`, `<0x0A>`, `<s>`).
+    /// The piece as stored in the vocab (`▁hello`, `<0x0A>`, `<s>`; `Ġhello`, `<|eot_id|>`).
     pub fn piece(&self, id: u32) -> Option<&str> {
         self.vocab.pieces.get(id as usize).map(|s| s.as_str())
     }
@@ -299,6 +454,7 @@ impl Tokenizer {
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
         match &self.family {
             Family::SentencePiece(m) => m.piece_to_id(piece),
+            Family::BytePair(m) => m.piece_to_id(piece),
         }
     }
 
@@ -310,21 +466,65 @@ impl Tokenizer {
         match self.decode_kind.get(id as usize) {
             None => &[],
             Some(DecodeKind::Byte(b)) => &ALL_BYTES[*b as usize..*b as usize + 1],
-            Some(_) => self.surfaces[id as usize].as_bytes(),
+            Some(_) => &self.surfaces[id as usize],
         }
     }
 
-    /// Token ids of `text`, with `bos` first when `add_bos` (and the vocab has one). Control
-    /// text such as `"<s>"` is plain text.
-    pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+    /// `encode_with(text, add_special, false)`: control text such as `"<s>"` or
+    /// `"<|eot_id|>"` is plain text.
+    pub fn encode(&self, text: &str, add_special: bool) -> Vec<u32> {
+        self.encode_with(text, add_special, false)
+    }
+
+    /// Token ids of `text` (llama.cpp's `llama_tokenize`). `add_special`: `bos` first and `eos`
+    /// last as the vocab says (`add_bos` / `add_eos`). `parse_special`: control tokens
+    /// written in the text (`<|begin_of_text|>`, `<s>`, `[INST]`) are those tokens; otherwise
+    /// they are ordinary text. (User-defined tokens are always matched: SentencePiece and
+    /// Hugging Face do so.)
+    pub fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        if add_bos {
+        if add_special && self.vocab.add_bos {
             out.extend(self.vocab.bos);
         }
-        match &self.family {
-            Family::SentencePiece(m) => m.encode(&self.vocab, text, &mut out),
+        let matcher = if parse_special {
+            &self.specials_parsed
+        } else {
+            &self.specials_always
+        };
+        match matcher {
+            None => self.encode_text(text, true, &mut out),
+            Some(m) => {
+                // SentencePiece: the text after a special token gets the space prefix again
+                // (llama.cpp's `is_prev_special`).
+                let mut after_special = true;
+                let mut fragments = Vec::new();
+                m.split(text, |f| fragments.push(f));
+                for f in fragments {
+                    match f {
+                        Fragment::Text(t) => {
+                            self.encode_text(t, after_special, &mut out);
+                            after_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            after_special = true;
+                        }
+                    }
+                }
+            }
+        }
+        if add_special && self.vocab.add_eos {
+            out.extend(self.vocab.eos);
         }
         out
+    }
+
+    /// Ordinary text (no special tokens), appended to `out`.
+    fn encode_text(&self, text: &str, space_prefix: bool, out: &mut Vec<u32>) {
+        match &self.family {
+            Family::SentencePiece(m) => m.encode(&self.vocab, text, space_prefix, out),
+            Family::BytePair(m) => m.encode(text, out),
+        }
     }
 
     /// Text of `ids` (SentencePiece: equal to its `DecodeIds`). An id out of range is an
@@ -346,5 +546,7 @@ impl Tokenizer {
     }
 }
 
+#[cfg(test)]
+mod bpe_tests;
 #[cfg(test)]
 mod tests;

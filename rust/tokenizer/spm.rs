@@ -27,7 +27,7 @@
 //! Pieces are in sentencepiece's escaped form (`▁` for space, `<0xXX>` for bytes); pre-GGUF
 //! vocabularies are rewritten into it when they are loaded (`load.rs`).
 
-use super::{DecodeKind, TokenType, Vocab};
+use super::{DecodeKind, DecodeTable, TokenType, Vocab};
 use crate::error::{Error, Result};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -127,7 +127,7 @@ impl Ord for Candidate {
 impl Spm {
     /// The encoder's tables, and how each id decodes (its kind and surface), from a complete
     /// vocab.
-    pub(super) fn new(v: &Vocab) -> Result<(Spm, Vec<DecodeKind>, Vec<String>)> {
+    pub(super) fn new(v: &Vocab) -> Result<(Spm, DecodeTable)> {
         let n = v.pieces.len();
         let mut m = Spm {
             mergeable: Map::default(),
@@ -170,13 +170,13 @@ impl Spm {
             list.sort_by_key(|&id| std::cmp::Reverse(v.pieces[id as usize].len()));
         }
         m.byte_fallback = m.byte_ids.iter().any(|b| b.is_some());
-        let (kinds, surfaces) = m.decode_table(v);
-        Ok((m, kinds, surfaces))
+        let table = m.decode_table(v);
+        Ok((m, table))
     }
 
     /// How each id decodes. sentencepiece decodes id -> piece -> id (reserved pieces first):
     /// the type that counts is that of the first id holding the piece.
-    fn decode_table(&self, v: &Vocab) -> (Vec<DecodeKind>, Vec<String>) {
+    fn decode_table(&self, v: &Vocab) -> DecodeTable {
         let n = v.pieces.len();
         let mut kinds = Vec::with_capacity(n);
         let mut surfaces = Vec::with_capacity(n);
@@ -198,7 +198,7 @@ impl Spm {
                 ),
             };
             kinds.push(kind);
-            surfaces.push(surface);
+            surfaces.push(surface.into_bytes().into_boxed_slice());
         }
         (kinds, surfaces)
     }
@@ -211,9 +211,10 @@ impl Spm {
             .copied()
     }
 
-    /// sentencepiece's `EncodeAsIds`, appended to `out`.
-    pub(super) fn encode(&self, v: &Vocab, text: &str, out: &mut Vec<u32>) {
-        let norm = normalize(v, text);
+    /// sentencepiece's `EncodeAsIds`, appended to `out`; `space_prefix`: the vocab's
+    /// `add_space_prefix` applies (false for text right after a special token).
+    pub(super) fn encode(&self, v: &Vocab, text: &str, space_prefix: bool, out: &mut Vec<u32>) {
+        let norm = normalize(v, text, space_prefix && v.add_space_prefix);
         if !norm.is_empty() {
             self.bpe(v, &norm, out);
         }
@@ -373,7 +374,7 @@ impl Spm {
 
 /// sentencepiece's identity normalizer (`Normalizer::Normalize` with an empty charsmap,
 /// escape_whitespaces on, treat_whitespace_as_suffix off).
-fn normalize(v: &Vocab, text: &str) -> String {
+fn normalize(v: &Vocab, text: &str, add_space_prefix: bool) -> String {
     let rew = v.remove_extra_whitespaces;
     let input = if rew {
         text.trim_start_matches(' ')
@@ -384,7 +385,7 @@ fn normalize(v: &Vocab, text: &str) -> String {
         return String::new();
     }
     let mut out = String::with_capacity(input.len() + input.len() / 2 + 3);
-    if v.add_space_prefix {
+    if add_space_prefix {
         out.push_str(SPACE_SYMBOL);
     }
     let mut prev_space = rew;

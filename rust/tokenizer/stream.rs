@@ -117,12 +117,19 @@ impl StreamDecoder {
                 self.pending.push(b);
                 self.drain(out, false);
             }
+            DecodeKind::Raw => {
+                self.pending.extend_from_slice(&tok.surfaces[id as usize]);
+                self.drain(out, false);
+            }
             _ => {
                 self.drain(out, true);
                 if self.bos_ws_seen || self.any_text {
                     self.is_bos_ws = false;
                 }
-                let surface = tok.surfaces[id as usize].as_str();
+                // `Text` and `Unknown` surfaces are UTF-8 (made from `String`s); lossy is
+                // a borrow then.
+                let surface = String::from_utf8_lossy(&tok.surfaces[id as usize]);
+                let surface = surface.as_ref();
                 let (text, seen) = match kind {
                     DecodeKind::Text {
                         leading_space: true,

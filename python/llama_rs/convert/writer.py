@@ -16,13 +16,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Union
 
 import numpy as np
 
+from .bpe_vocab import BpeVocab
 from .errors import ConvertError
 from .rope import RopeScaling
 from .vocab import Vocab
+
+#: Either kind of vocab a converted file carries.
+AnyVocab = Union[Vocab, BpeVocab]
 
 # Per-layer GGUF names in the order they are written.
 LAYER_TENSORS = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
@@ -86,7 +90,7 @@ class Plan:
     """A checkpoint ready to write: metadata, vocab, and the tensors in writing order."""
 
     hparams: Hparams
-    vocab: Vocab
+    vocab: AnyVocab
     tensors: list[Tensor]
     #: Every file the conversion reads (the output may be none of them).
     inputs: list[Path]
@@ -252,7 +256,7 @@ def write_gguf(
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(h.rope_scaling.factor)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    write_vocab(w, v)
+    add_vocab(w, v)
     for name, template in p.chat_templates.items():
         w.add_string(f"tokenizer.chat_template.{name}" if name else "tokenizer.chat_template", template)
 
@@ -293,8 +297,8 @@ def write_gguf(
         w.close()
         tmp.unlink(missing_ok=True)
         raise
-    warnings = []
-    if v.normalizer not in ("identity", ""):
+    warnings = list(getattr(v, "warnings", []))
+    if isinstance(v, Vocab) and v.normalizer not in ("identity", ""):
         warnings.append(
             f"{v.path}: normalizer {v.normalizer!r} is not applied by llama_rs (only 'identity', as LLaMA's "
             f"tokenizer): text needing normalization may tokenize differently from sentencepiece"
@@ -325,6 +329,43 @@ def write_vocab(w, v: Vocab) -> None:
     if v.model == "llama":
         w.add_add_space_prefix(v.add_space_prefix)
         w.add_remove_extra_whitespaces(v.remove_extra_whitespaces)
+
+def add_vocab(w, v: AnyVocab) -> None:
+    """The `tokenizer.ggml.*` keys of either kind of vocab, on a `gguf.GGUFWriter`."""
+    if isinstance(v, BpeVocab):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(v.pre)
+        w.add_token_list(v.tokens)
+        w.add_token_types(v.types)
+        w.add_token_merges(v.merges)
+        for add, i in (
+            (w.add_bos_token_id, v.bos),
+            (w.add_eos_token_id, v.eos),
+            (w.add_eot_token_id, v.eot),
+            (w.add_eom_token_id, v.eom),
+            (w.add_pad_token_id, v.pad),
+        ):
+            if i is not None:
+                add(i)
+        w.add_add_bos_token(v.add_bos)
+        w.add_add_eos_token(v.add_eos)
+        return
+    write_vocab(w, v)
+
+
+def write_vocab_gguf(v: AnyVocab, out: Path, name: str = "vocab") -> Path:
+    """A vocab-only GGUF (no tensors), as llama.cpp's `ggml-vocab-*.gguf`: what
+    `llama_rs.Tokenizer` opens."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(out), "llama")
+    w.add_name(name)
+    add_vocab(w, v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(out)
 
 
 def _one_line(e: BaseException) -> str:
