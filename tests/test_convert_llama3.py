@@ -427,6 +427,8 @@ def test_hf_tokenizer_json_bpe_is_converted_as_bpe(tmp_path) -> None:
     n = t.get_vocab_size()
     model = random_hf_llama(vocab=n, seed=3, tie=True)
     model.config.bos_token_id, model.config.eos_token_id = 0, 1
+    # generation_config.json wins over config.json (as in HF releases): keep them the same.
+    model.generation_config.bos_token_id, model.generation_config.eos_token_id = 0, 1
     src = tmp_path / "hf"
     model.save_pretrained(src)
     t.save(str(src / "tokenizer.json"))

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from .errors import ConvertError
 
@@ -64,6 +64,8 @@ def llama3_special_tokens() -> list[str]:
 
 @dataclass
 class BpeVocab:
+    #: GGUF `tokenizer.ggml.model` (as `vocab.Vocab.model`, for code that takes either kind).
+    model: ClassVar[str] = "gpt2"
     path: Path
     #: Pieces in GGUF form (mapped bytes; special tokens as text).
     tokens: list[str]
