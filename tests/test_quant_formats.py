@@ -89,6 +89,7 @@ def test_reference_files_hold_the_k_quants() -> None:
 # name -> (type, byte offsets of its f16 fields d and dmin)
 KQ4_TYPES = {
     "Q4_K": (QT.Q4_K, [0, 2]),
+    "Q5_K": (QT.Q5_K, [0, 2]),
 }
 
 

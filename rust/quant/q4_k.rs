@@ -3,14 +3,18 @@
 //! bytes of nibbles: byte `32 c + l` holds weight `64 c + l` (low nibble) and `64 c + 32 + l`
 //! (high nibble). Value of weight `i` in sub-block `s`: `(d * sc_s) * q_i - dmin * m_s`.
 
-use super::block::{bytes_of, i8_bytes, Family, Pod, Scale};
+use super::block::{Family, Pod};
 use super::fp16::F16;
-use super::fp32::F32;
-use super::kquant_dot::{combine, combine1, min_sum_32};
-use super::kquant_scales::{unpack_scales_mins, K_SCALE_SIZE};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::kquant_dot::x86::*;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::kquant_dot::{chunk_avx2_k32, chunk_avx512_k32};
+use super::kquant_dot::{chunk_portable_k32, dequantize_k32, dot_scalar_k32, K32};
+use super::kquant_scales::K_SCALE_SIZE;
 use super::kquant_search::quantize_k4_superblock;
 use super::q8_k::{BlockQ8K, QK_K};
-use super::simd::{self, BLOCK_LANES};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::simd;
 use std::simd::prelude::*;
 
 #[repr(C)]
@@ -25,8 +29,20 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 // SAFETY: byte arrays and f16 scales (alignment 1), no padding.
 unsafe impl Pod for BlockQ4K {}
 
-impl BlockQ4K {
-    /// The 4-bit level of weight `i`.
+impl K32 for BlockQ4K {
+    const NMAX: i32 = 15;
+    #[inline(always)]
+    fn d(&self) -> F16 {
+        self.d
+    }
+    #[inline(always)]
+    fn dmin(&self) -> F16 {
+        self.dmin
+    }
+    #[inline(always)]
+    fn scales(&self) -> &[u8; K_SCALE_SIZE] {
+        &self.scales
+    }
     #[inline(always)]
     fn level(&self, i: usize) -> u8 {
         let b = self.qs[32 * (i / 64) + i % 32];
@@ -35,6 +51,32 @@ impl BlockQ4K {
         } else {
             b >> 4
         }
+    }
+    #[inline(always)]
+    fn levels_portable(&self, c: usize) -> (u8x32, u8x32) {
+        let q = u8x32::from_slice(&self.qs[32 * c..]);
+        (q & u8x32::splat(0x0f), q >> 4)
+    }
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn levels_avx2(&self, c: usize) -> (__m256i, __m256i) {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let q = load32(simd::arr(&self.qs, 32 * c));
+        (
+            _mm256_and_si256(q, m4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+        )
+    }
+    /// The 32 bytes in both halves, the high half shifted down by 4, masked.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn levels_avx512(&self, c: usize) -> __m512i {
+        let q = load32(simd::arr(&self.qs, 32 * c));
+        let x = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(q), q);
+        _mm512_and_si512(
+            _mm512_mask_srli_epi16::<4>(x, 0xffff_0000, x),
+            _mm512_set1_epi8(0x0f),
+        )
     }
 }
 
@@ -56,148 +98,31 @@ impl Family for BlockQ4K {
         }
     }
 
-    /// gguf's `Q4_K.dequantize_blocks`: `(d * sc) * q - (dmin * m)` in f32.
+    /// gguf's `Q4_K.dequantize_blocks`.
     fn dequantize(&self, y: &mut [f32]) {
-        let (sc, m) = unpack_scales_mins(&self.scales);
-        let (d, dmin) = (self.d.get(), self.dmin.get());
-        for (i, o) in y[..QK_K].iter_mut().enumerate() {
-            let s = i / 32;
-            *o = (d * sc[s] as f32) * self.level(i) as f32 - dmin * m[s] as f32;
-        }
+        dequantize_k32(self, y)
     }
 
-    /// Per super-block the exact `isum = sum_s sc_s * sum_{i in s} q_i y_i` and `msum =
-    /// sum_s m_s * bsum_s` (`kquant_dot`), then `acc[b % 8] += (d * d_x) * isum - (dmin *
-    /// d_x) * msum`, fixed reduction. Bound: |q y| <= 15 * 128, 32 per sub-block, sc <= 63,
-    /// 8 sub-blocks: |isum| <= 31M < 2^31.
+    /// Exact integers per super-block, one float combination (`kquant_dot`).
     fn dot_scalar(w: &[Self], y: &[BlockQ8K]) -> f32 {
-        let mut acc = [0f32; BLOCK_LANES];
-        for (b, (wb, yb)) in w.iter().zip(y).enumerate() {
-            let (sc, m) = unpack_scales_mins(&wb.scales);
-            let mut isum = 0i32;
-            for s in 0..8 {
-                let mut si = 0i32;
-                for i in 32 * s..32 * s + 32 {
-                    si += wb.level(i) as i32 * yb.qs[i] as i32;
-                }
-                isum += sc[s] as i32 * si;
-            }
-            let msum = min_sum_32(&m, yb);
-            acc[b % BLOCK_LANES] += combine1(wb.d.get(), wb.dmin.get(), yb.d.get(), isum, msum);
-        }
-        simd::reduce8(acc)
+        dot_scalar_k32(w, y)
     }
 
     #[inline(always)]
     fn chunk_portable(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        let mut isum = [0i32; BLOCK_LANES];
-        let mut msum = [0i32; BLOCK_LANES];
-        for b in 0..BLOCK_LANES {
-            let (sc, m) = unpack_scales_mins(&w[b].scales);
-            for c in 0..4 {
-                let q = u8x32::from_slice(&w[b].qs[32 * c..]);
-                let y0 = i8x32::from_slice(&y[b].qs[64 * c..]).cast::<i16>();
-                let y1 = i8x32::from_slice(&y[b].qs[64 * c + 32..]).cast::<i16>();
-                // |q * y| <= 15 * 128 fits i16.
-                let lo = ((q & u8x32::splat(0x0f)).cast::<i16>() * y0).cast::<i32>();
-                let hi = ((q >> 4).cast::<i16>() * y1).cast::<i32>();
-                isum[b] +=
-                    sc[2 * c] as i32 * lo.reduce_sum() + sc[2 * c + 1] as i32 * hi.reduce_sum();
-            }
-            msum[b] = min_sum_32(&m, &y[b]);
-        }
-        let d = F16::lanes_portable(std::array::from_fn(|b| w[b].d));
-        let dmin = F16::lanes_portable(std::array::from_fn(|b| w[b].dmin));
-        let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += combine(
-            d,
-            dmin,
-            dx,
-            i32x8::from_array(isum),
-            i32x8::from_array(msum),
-        );
+        chunk_portable_k32(acc, w, y)
     }
 
-    /// llama.cpp's AVX2 kernel per super-block (`maddubs` nibbles x activations, `madd` with
-    /// the broadcast sub-block scale: i16 pair sums <= 2 * 15 * 128, exact), the 8 blocks'
-    /// integers summed across lanes at once.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn chunk_avx2(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        use super::kquant_dot::x86::{min_sum_32, word_broadcast};
-        use simd::x86::*;
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        let m4 = _mm256_set1_epi8(0x0f);
-        let mut vi = [_mm256_setzero_si256(); BLOCK_LANES];
-        let mut vm = [_mm256_setzero_si256(); BLOCK_LANES];
-        for b in 0..BLOCK_LANES {
-            let (sc, m) = unpack_scales_mins(&w[b].scales);
-            let scales =
-                _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr().cast())));
-            let qy = i8_bytes(&y[b].qs);
-            let mut sumi = _mm256_setzero_si256();
-            for c in 0..4 {
-                let sl = _mm256_shuffle_epi8(scales, word_broadcast(2 * c));
-                let sh = _mm256_shuffle_epi8(scales, word_broadcast(2 * c + 1));
-                let q4 = load32(simd::arr(&w[b].qs, 32 * c));
-                let q4l = _mm256_and_si256(q4, m4);
-                let q4h = _mm256_and_si256(_mm256_srli_epi16::<4>(q4), m4);
-                let pl = _mm256_maddubs_epi16(q4l, load32(simd::arr(qy, 64 * c)));
-                let ph = _mm256_maddubs_epi16(q4h, load32(simd::arr(qy, 64 * c + 32)));
-                sumi = _mm256_add_epi32(
-                    sumi,
-                    _mm256_add_epi32(_mm256_madd_epi16(sl, pl), _mm256_madd_epi16(sh, ph)),
-                );
-            }
-            vi[b] = sumi;
-            vm[b] = min_sum_32(&m, &y[b]);
-        }
-        let d = F16::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dmin = F16::lanes_avx2(std::array::from_fn(|b| w[b].dmin));
-        let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += combine(d, dmin, dx, hsum8_epi32(vi), hsum8_epi32(vm));
+        chunk_avx2_k32(acc, w, y)
     }
 
-    /// 64 weights per 512-bit step: both nibble halves of 32 bytes side by side against 64
-    /// contiguous activations, `maddubs` then `vpdpwssd` with the two sub-block scales
-    /// (exact: pair sums <= 2 * 15 * 128, times <= 63, summed in i32 within the bound above).
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        use super::kquant_dot::x86::{fold512, min_sum_32, word_broadcast2};
-        use simd::x86::*;
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        let m4 = _mm512_set1_epi8(0x0f);
-        let mut vi = [_mm256_setzero_si256(); BLOCK_LANES];
-        let mut vm = [_mm256_setzero_si256(); BLOCK_LANES];
-        for b in 0..BLOCK_LANES {
-            let (sc, m) = unpack_scales_mins(&w[b].scales);
-            let scales =
-                _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr().cast())));
-            let qy = i8_bytes(&y[b].qs);
-            let mut sumi = _mm512_setzero_si512();
-            for c in 0..4 {
-                let q4 = _mm512_castsi256_si512(load32(simd::arr(&w[b].qs, 32 * c)));
-                let x = _mm512_inserti64x4::<1>(q4, _mm512_castsi512_si256(q4));
-                let nib = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(x, 0xffff_0000, x), m4);
-                let yv = _mm512_loadu_si512(qy[64 * c..].as_ptr().cast());
-                let p = _mm512_maddubs_epi16(nib, yv);
-                let s = _mm512_shuffle_epi8(scales, word_broadcast2(2 * c, 2 * c + 1));
-                sumi = _mm512_dpwssd_epi32(sumi, p, s);
-            }
-            vi[b] = fold512(sumi);
-            vm[b] = min_sum_32(&m, &y[b]);
-        }
-        let stride = std::mem::size_of::<Self>();
-        let wb = bytes_of(w);
-        let d = F16::lanes_strided_avx512(wb, stride);
-        let dmin = F16::lanes_strided_avx512(&wb[2..], stride);
-        let dx = F32::lanes_strided_avx512(bytes_of(y), std::mem::size_of::<BlockQ8K>());
-        *acc += combine(d, dmin, dx, hsum8_epi32(vi), hsum8_epi32(vm));
+        chunk_avx512_k32(acc, w, y)
     }
 }
 
@@ -206,8 +131,10 @@ mod tests {
     use super::*;
     use crate::quant::block::zeroed as zeroed_block;
     use crate::quant::dispatch;
+    use crate::quant::fp32::F32;
     use crate::quant::kquant_scales::pack_scales_mins;
     use crate::quant::tests_util::{check_block_dot_paths, check_extreme_blocks, finite_half, Rng};
+    use crate::quant::Scale;
 
     fn quantize(x: &[f32]) -> Vec<BlockQ4K> {
         let mut out = vec![zeroed_block::<BlockQ4K>(); x.len() / QK_K];
