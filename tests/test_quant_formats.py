@@ -90,6 +90,7 @@ def test_reference_files_hold_the_k_quants() -> None:
 KQ4_TYPES = {
     "Q4_K": (QT.Q4_K, [0, 2]),
     "Q5_K": (QT.Q5_K, [0, 2]),
+    "Q2_K": (QT.Q2_K, [80, 82]),
 }
 
 

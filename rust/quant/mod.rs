@@ -24,6 +24,7 @@ pub mod fp32;
 pub(crate) mod kquant_dot;
 pub(crate) mod kquant_scales;
 pub(crate) mod kquant_search;
+pub mod q2_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -119,6 +120,7 @@ families! {
     Q4_0 = 2, "Q4_0", true => q4_0::BlockQ4_0;
     Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
+    Q2_K = 10, "Q2_K", true => q2_k::BlockQ2K;
     Q4_K = 12, "Q4_K", true => q4_k::BlockQ4K;
     Q5_K = 13, "Q5_K", true => q5_k::BlockQ5K;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
@@ -475,6 +477,7 @@ mod tests {
             (GgmlType::Q4_0, 2, "Q4_0", 32, 18, true),
             (GgmlType::Q4_1, 3, "Q4_1", 32, 20, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
+            (GgmlType::Q2_K, 10, "Q2_K", 256, 84, true),
             (GgmlType::Q4_K, 12, "Q4_K", 256, 144, true),
             (GgmlType::Q5_K, 13, "Q5_K", 256, 176, true),
         ];
@@ -487,7 +490,7 @@ mod tests {
             assert_eq!(t.type_size(), ts);
             assert_eq!(t.is_quantized(), q);
         }
-        for id in [4, 5, 6, 7, 9, 10, 30, u32::MAX] {
+        for id in [4, 5, 6, 7, 9, 30, u32::MAX] {
             assert_eq!(GgmlType::from_id(id), None);
         }
         assert_eq!(GgmlType::Q4_0.row_bytes(4096), Some(128 * 18));
