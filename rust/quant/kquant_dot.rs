@@ -6,7 +6,7 @@
 //! Q8_K block (`d_x * y`) is `(d * d_x) * isum - (dmin * d_x) * msum` with the exact integers
 //! `isum = sum_s sc_s * sum_{i in s} q_i y_i` and `msum = sum_s m_s * sum_{i in s} y_i`.
 
-use super::block::{bytes_of, i8_bytes, Pod, Scale};
+use super::block::{bytes_of, i8_bytes, Activation, Pod, Scale};
 use super::fp16::F16;
 use super::fp32::F32;
 use super::kquant_scales::{unpack_scales_mins, K_SCALE_SIZE};
@@ -82,12 +82,12 @@ pub(crate) fn dot_scalar_k32<B: K32>(w: &[B], y: &[BlockQ8K]) -> f32 {
     for (b, (wb, yb)) in w.iter().zip(y).enumerate() {
         let (sc, m) = unpack_scales_mins(wb.scales());
         let mut isum = 0i32;
-        for s in 0..8 {
+        for (s, &scale) in sc.iter().enumerate() {
             let mut si = 0i32;
             for i in 32 * s..32 * s + 32 {
                 si += wb.level(i) as i32 * yb.qs[i] as i32;
             }
-            isum += sc[s] as i32 * si;
+            isum += scale as i32 * si;
         }
         let msum = min_sum_32(&m, yb);
         acc[b % BLOCK_LANES] += combine1(wb.d().get(), wb.dmin().get(), yb.d.get(), isum, msum);
@@ -204,6 +204,127 @@ pub(crate) unsafe fn chunk_avx512_k32<B: K32>(acc: &mut f32x8, w: &[B], y: &[Blo
     *acc += combine(d, dmin, dx, hsum8_epi32(vi), hsum8_epi32(vm));
 }
 
+/// Side data of one Q8_K activation row for the K32 multi-row kernel: the row's blocks,
+/// padded with zero blocks to whole groups of 8 (so a group is one fixed-size view).
+pub struct K8Aux {
+    y: Vec<BlockQ8K>,
+}
+
+pub(crate) fn k8_aux(y: &[BlockQ8K]) -> K8Aux {
+    let mut y = y.to_vec();
+    y.resize(
+        y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES,
+        <BlockQ8K as Activation>::ZERO,
+    );
+    K8Aux { y }
+}
+
+pub(crate) fn k8_aux_fits(aux: &K8Aux, y: &[BlockQ8K]) -> bool {
+    aux.y.len() == y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES
+}
+
+/// One K32 weight row against `N` activation rows: per group of 8 super-blocks each weight
+/// block's levels and scale vectors are made once and met by every activation row. Per row
+/// the integers are the single-row kernel's (exact), the float steps `combine` on the same
+/// lanes, the last group zero-padded as the row driver pads it: the single-row bits. `WIDE`:
+/// the AVX-512 form (the caller enables AVX-512 BW/VNNI), else AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (and AVX-512 F/BW/VL/VNNI when `WIDE`).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) unsafe fn row_xn_k32<B: K32, const N: usize, const WIDE: bool>(
+    w: &[B],
+    aux: [&K8Aux; N],
+) -> [f32; N] {
+    let nb = w.len();
+    let groups = nb.div_ceil(BLOCK_LANES);
+    for a in aux {
+        assert_eq!(a.y.len(), groups * BLOCK_LANES, "row_xn: activation length");
+    }
+    let mut acc = [f32x8::splat(0.0); N];
+    for g in 0..groups {
+        let ys: [&[BlockQ8K; BLOCK_LANES]; N] = std::array::from_fn(|n| {
+            aux[n].y[g * BLOCK_LANES..(g + 1) * BLOCK_LANES]
+                .try_into()
+                .unwrap()
+        });
+        if (g + 1) * BLOCK_LANES <= nb {
+            let wg = &w[g * BLOCK_LANES..(g + 1) * BLOCK_LANES];
+            simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<B>());
+            group_xn_k32::<B, N, WIDE>(wg.try_into().unwrap(), ys, &mut acc);
+        } else {
+            let mut wp = [super::block::zeroed::<B>(); BLOCK_LANES];
+            wp[..nb - g * BLOCK_LANES].copy_from_slice(&w[g * BLOCK_LANES..]);
+            group_xn_k32::<B, N, WIDE>(&wp, ys, &mut acc);
+        }
+    }
+    acc.map(|a| simd::reduce8(a.to_array()))
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn group_xn_k32<B: K32, const N: usize, const WIDE: bool>(
+    w: &[B; BLOCK_LANES],
+    ys: [&[BlockQ8K; BLOCK_LANES]; N],
+    acc: &mut [f32x8; N],
+) {
+    use simd::x86::*;
+    let mut vi = [[_mm256_setzero_si256(); BLOCK_LANES]; N];
+    let mut vm = [[_mm256_setzero_si256(); BLOCK_LANES]; N];
+    // Per weight block: 64 levels and their two scale vectors at a time, met by all `N`
+    // rows' running sums (N accumulators + 4 vectors stay in registers). Plain loops, no
+    // closures: a closure is not built with the caller's target features unless inlined.
+    for b in 0..BLOCK_LANES {
+        let (sc, m) = unpack_scales_mins(w[b].scales());
+        let sc16 = x86::bytes_to_words(&sc);
+        let m16 = x86::bytes_to_words(&m);
+        if WIDE {
+            let scales = _mm512_broadcast_i32x4(sc16);
+            let mut sumi = [_mm512_setzero_si512(); N];
+            for c in 0..4 {
+                let lv = w[b].levels_avx512(c);
+                let sv = _mm512_shuffle_epi8(scales, x86::word_broadcast2(2 * c, 2 * c + 1));
+                for n in 0..N {
+                    let qy = i8_bytes(&ys[n][b].qs);
+                    let yv = _mm512_loadu_si512(qy[64 * c..].as_ptr().cast());
+                    sumi[n] = _mm512_dpwssd_epi32(sumi[n], _mm512_maddubs_epi16(lv, yv), sv);
+                }
+            }
+            for n in 0..N {
+                vi[n][b] = x86::fold512(sumi[n]);
+            }
+        } else {
+            let scales = _mm256_broadcastsi128_si256(sc16);
+            let mut sumi = [_mm256_setzero_si256(); N];
+            for c in 0..4 {
+                let (ql, qh) = w[b].levels_avx2(c);
+                // One sub-block (32 levels, one scale vector) at a time: 16 registers.
+                for (h, q) in [ql, qh].into_iter().enumerate() {
+                    let s = _mm256_shuffle_epi8(scales, x86::word_broadcast(2 * c + h));
+                    for n in 0..N {
+                        let qy = i8_bytes(&ys[n][b].qs);
+                        let p = _mm256_maddubs_epi16(q, load32(simd::arr(qy, 64 * c + 32 * h)));
+                        sumi[n] = _mm256_add_epi32(sumi[n], _mm256_madd_epi16(s, p));
+                    }
+                }
+            }
+            for n in 0..N {
+                vi[n][b] = sumi[n];
+            }
+        }
+        for n in 0..N {
+            vm[n][b] = x86::min_sum_words(m16, &ys[n][b]);
+        }
+    }
+    let d = F16::lanes_avx2(std::array::from_fn(|b| w[b].d()));
+    let dmin = F16::lanes_avx2(std::array::from_fn(|b| w[b].dmin()));
+    for n in 0..N {
+        let dx = F32::lanes_portable(std::array::from_fn(|b| ys[n][b].d));
+        acc[n] += combine(d, dmin, dx, hsum8_epi32(vi[n]), hsum8_epi32(vm[n]));
+    }
+}
+
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86 {
     //! AVX2 pieces, inlined into the families' `#[target_feature]` kernels.
@@ -214,7 +335,18 @@ pub(crate) mod x86 {
     /// bsums paired by `hadd` (|pair| <= 4096, no i16 overflow), times the minimums by `madd`.
     #[inline(always)]
     pub(crate) unsafe fn min_sum_32(mins: &[u8; 8], y: &BlockQ8K) -> __m256i {
-        let m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(mins.as_ptr().cast()));
+        min_sum_words(bytes_to_words(mins), y)
+    }
+
+    /// 8 bytes zero-extended to 8 i16 lanes.
+    #[inline(always)]
+    pub(crate) unsafe fn bytes_to_words(b: &[u8; 8]) -> __m128i {
+        _mm_cvtepu8_epi16(_mm_loadl_epi64(b.as_ptr().cast()))
+    }
+
+    /// [`min_sum_32`] with the minimums already as words.
+    #[inline(always)]
+    pub(crate) unsafe fn min_sum_words(m16: __m128i, y: &BlockQ8K) -> __m256i {
         let bs = _mm256_loadu_si256(y.bsums.as_ptr().cast());
         let pairs = _mm_hadd_epi16(
             _mm256_castsi256_si128(bs),
@@ -243,5 +375,199 @@ pub(crate) mod x86 {
     #[inline(always)]
     pub(crate) unsafe fn fold512(v: __m512i) -> __m256i {
         _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+    }
+}
+
+/// Single-row dot speed of the K-quant kernels next to Q4_0's, per level (a report, not a
+/// check: `cargo test --release bench_k_quant_dots -- --ignored --nocapture`).
+#[cfg(all(test, any(target_arch = "x86", target_arch = "x86_64")))]
+mod bench {
+    use super::super::block::{view_mut, Family};
+    use super::super::dispatch;
+    use super::super::tests_util::{bytes_of_units, Rng, TestActivation};
+    use super::super::{q2_k, q4_0, q4_k, q5_k};
+    use std::time::Instant;
+
+    /// GB/s of weight bytes through `dot_avx2` and `dot_avx512`, 4096 x 4096 weights, best of
+    /// 5 passes over all rows (64 distinct quantized rows, tiled: the same bytes per row).
+    fn run<B: Family>(name: &str)
+    where
+        B::Act: TestActivation,
+    {
+        let (rows, cols) = (4096, 4096);
+        let nb = cols / B::QK;
+        let mut rng = Rng::new(1);
+        let distinct = 64;
+        let wf: Vec<f32> = (0..distinct * cols).map(|_| rng.normal() * 0.02).collect();
+        let mut wq = vec![0u8; distinct * nb * std::mem::size_of::<B>()];
+        dispatch::quantize::<B>(&wf, view_mut(&mut wq));
+        let w: Vec<u8> = wq
+            .iter()
+            .copied()
+            .cycle()
+            .take(wq.len() * rows / distinct)
+            .collect();
+        let w: &[B] = super::super::view(&w);
+        let xf: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+        let x = bytes_of_units(&B::Act::quantize_units(&xf));
+        let x: &[B::Act] = super::super::view(&x);
+        let bytes = std::mem::size_of_val(w) as f64;
+        let mut line = format!("{name}:");
+        for (level, f) in [
+            (
+                "avx2",
+                dispatch::dot_avx2::<B> as unsafe fn(&[B], &[B::Act]) -> f32,
+            ),
+            ("avx512", dispatch::dot_avx512::<B>),
+        ] {
+            if level == "avx512" && !super::super::simd::has_avx512() {
+                continue;
+            }
+            let mut best = f64::MAX;
+            let mut sink = 0f32;
+            for _ in 0..15 {
+                let t = Instant::now();
+                for r in 0..rows {
+                    // SAFETY: the levels run only where the CPU has them (checked above).
+                    sink += unsafe { f(&w[r * nb..(r + 1) * nb], x) };
+                }
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            line += &format!(" {level} {:.1} GB/s", bytes / best / 1e9);
+            std::hint::black_box(sink);
+        }
+        if B::MULTI_ROW {
+            // 8 activation rows per weight row: weight GB/s x 8 ("token-rows").
+            let xs: Vec<Vec<f32>> = (0..8)
+                .map(|_| (0..cols).map(|_| rng.normal()).collect())
+                .collect();
+            let units: Vec<Vec<u8>> = xs
+                .iter()
+                .map(|xf| bytes_of_units(&B::Act::quantize_units(xf)))
+                .collect();
+            let aux: Vec<B::Aux> = units
+                .iter()
+                .map(|u| B::row_aux(super::super::view(u)).unwrap())
+                .collect();
+            let aux: [&B::Aux; 8] = std::array::from_fn(|k| &aux[k]);
+            let mut out = vec![[0f32; 8]; rows];
+            for (level, f) in [
+                (
+                    "avx2 x8",
+                    dispatch::rows_avx2::<B, 8>
+                        as unsafe fn(&[B], usize, [&B::Aux; 8], &mut [[f32; 8]]),
+                ),
+                ("avx512 x8", dispatch::rows_avx512::<B, 8>),
+            ] {
+                if level == "avx512 x8" && !super::super::simd::has_avx512() {
+                    continue;
+                }
+                let mut best = f64::MAX;
+                for _ in 0..15 {
+                    let t = Instant::now();
+                    // SAFETY: the levels run only where the CPU has them (checked above).
+                    unsafe { f(w, nb, aux, &mut out) };
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                std::hint::black_box(&out);
+                line += &format!(", {level} {:.1} GB/s", 8.0 * bytes / best / 1e9);
+            }
+        }
+        eprintln!("{line}");
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_k_quant_dots() {
+        if !super::super::simd::has_avx2() {
+            return eprintln!("no AVX2 here");
+        }
+        run::<q4_0::BlockQ4_0>("Q4_0");
+        run::<q4_k::BlockQ4K>("Q4_K");
+        run::<q5_k::BlockQ5K>("Q5_K");
+        run::<q2_k::BlockQ2K>("Q2_K");
+    }
+}
+
+/// Checks a K32 family's multi-row kernels: `vec_dot_rows` with 8, 4 and 1 activation rows
+/// and each level called directly give the scalar reference's bits, over ragged groups,
+/// quantized and raw random blocks (finite scales), activations with -128.
+#[cfg(test)]
+pub(crate) fn check_multi_row_k32<B: K32 + super::Family<Act = BlockQ8K>>(
+    ty: super::GgmlType,
+    finite: impl Fn(&mut B, &mut super::tests_util::Rng),
+) {
+    use super::block::view_mut;
+    use super::tests_util::{bytes_of_units, check_multi_row, check_rows_levels, Rng};
+    use super::{prepare_activation, vec_dot_rows, vec_dot_scalar, PreparedRow, RowAux};
+    let bb = std::mem::size_of::<B>();
+    let mut rng = Rng::new(77);
+    for nb in (0..=17).chain([24, 31, 33]) {
+        for round in 0..3 {
+            let (rows, n) = (3, nb * QK_K);
+            let mut w = vec![0u8; rows * nb * bb];
+            if round == 0 {
+                let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.02).collect();
+                super::dispatch::quantize::<B>(&wf, view_mut(&mut w));
+            } else {
+                w.iter_mut().for_each(|v| *v = rng.next_u64() as u8);
+                for b in view_mut::<B>(&mut w) {
+                    finite(b, &mut rng);
+                }
+            }
+            let ps: Vec<PreparedRow> = (0..8)
+                .map(|t| {
+                    let xf: Vec<f32> = (0..n).map(|_| rng.normal() * (t as f32 + 1.0)).collect();
+                    let p = prepare_activation(ty, &xf);
+                    match p {
+                        PreparedRow::Q8K(mut q) if round == 2 && nb > 0 => {
+                            // A -128 activation (bsums kept true).
+                            let y = &mut view_mut::<BlockQ8K>(&mut q)[0];
+                            let old = y.qs[5] as i16;
+                            y.qs[5] = -128;
+                            y.bsums[0] = (y.bsum(0) - old - 128).to_le_bytes();
+                            PreparedRow::Q8K(q)
+                        }
+                        p => p,
+                    }
+                })
+                .collect();
+            let ys: Vec<Vec<u8>> = ps
+                .iter()
+                .map(|p| bytes_of_units(<BlockQ8K as Activation>::view(p).unwrap()))
+                .collect();
+            let aux: Vec<RowAux> = ps.iter().map(|p| RowAux::new(ty, p)).collect();
+            assert!(ps.iter().zip(&aux).all(|(p, a)| a.fits(ty, p)));
+            let rb = nb * bb;
+            let want: Vec<[f32; 8]> = (0..rows)
+                .map(|r| {
+                    std::array::from_fn(|t| vec_dot_scalar(ty, &w[r * rb..(r + 1) * rb], &ps[t]))
+                })
+                .collect();
+            fn via_dispatch<const N: usize>(
+                ty: super::GgmlType,
+                w: &[u8],
+                ps: &[PreparedRow],
+                aux: &[RowAux],
+                t0: usize,
+                want: &[[f32; 8]],
+            ) {
+                check_multi_row::<N>(want, t0, |out| {
+                    vec_dot_rows::<N>(
+                        ty,
+                        w,
+                        std::array::from_fn(|k| &ps[t0 + k]),
+                        std::array::from_fn(|k| &aux[t0 + k]),
+                        out,
+                    )
+                });
+            }
+            via_dispatch::<8>(ty, &w, &ps, &aux, 0, &want);
+            via_dispatch::<4>(ty, &w, &ps, &aux, 4, &want);
+            via_dispatch::<1>(ty, &w, &ps, &aux, 6, &want);
+            check_rows_levels::<B, 8>(&w, &ys, 0, &want);
+            check_rows_levels::<B, 4>(&w, &ys, 4, &want);
+            check_rows_levels::<B, 1>(&w, &ys, 7, &want);
+        }
     }
 }

@@ -88,8 +88,8 @@ impl Family for BlockQ2K {
         // C: `y[i].scales[j] = l` and `scales[j] |= (l << 4)` store ints into bytes (mod 256).
         if max_scale > 0.0 {
             let iscale = 15.0 / max_scale;
-            for j in 0..16 {
-                out.scales[j] = nearest_int(iscale * scales[j]) as u8;
+            for (o, &s) in out.scales.iter_mut().zip(&scales) {
+                *o = nearest_int(iscale * s) as u8;
             }
             out.d = F16::store(max_scale / 15.0);
         } else {
@@ -98,8 +98,8 @@ impl Family for BlockQ2K {
         }
         if max_min > 0.0 {
             let iscale = 15.0 / max_min;
-            for j in 0..16 {
-                out.scales[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+            for (o, &m) in out.scales.iter_mut().zip(&mins) {
+                *o |= (nearest_int(iscale * m) << 4) as u8;
             }
             out.dmin = F16::store(max_min / 15.0);
         } else {

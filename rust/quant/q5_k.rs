@@ -8,8 +8,10 @@ use super::fp16::F16;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::kquant_dot::x86::*;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-use super::kquant_dot::{chunk_avx2_k32, chunk_avx512_k32};
-use super::kquant_dot::{chunk_portable_k32, dequantize_k32, dot_scalar_k32, K32};
+use super::kquant_dot::{chunk_avx2_k32, chunk_avx512_k32, row_xn_k32};
+use super::kquant_dot::{
+    chunk_portable_k32, dequantize_k32, dot_scalar_k32, k8_aux, k8_aux_fits, K8Aux, K32,
+};
 use super::kquant_scales::K_SCALE_SIZE;
 use super::kquant_search::quantize_k4_superblock;
 use super::q8_k::{BlockQ8K, QK_K};
@@ -97,7 +99,7 @@ impl K32 for BlockQ5K {
 impl Family for BlockQ5K {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
-    type Aux = ();
+    type Aux = K8Aux;
 
     /// llama.cpp's `quantize_row_q5_K_ref` (what `llama-quantize` runs without an imatrix).
     fn quantize(x: &[f32], out: &mut Self) {
@@ -140,6 +142,28 @@ impl Family for BlockQ5K {
     #[inline(always)]
     unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
         chunk_avx512_k32(acc, w, y)
+    }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8K]) -> Option<K8Aux> {
+        Some(k8_aux(y))
+    }
+
+    fn aux_fits(aux: &K8Aux, y: &[BlockQ8K]) -> bool {
+        k8_aux_fits(aux, y)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&K8Aux; N]) -> [f32; N] {
+        row_xn_k32::<Self, N, false>(w, aux)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&K8Aux; N]) -> [f32; N] {
+        row_xn_k32::<Self, N, true>(w, aux)
     }
 }
 
@@ -254,5 +278,13 @@ mod tests {
             b.d = F16(h.to_le_bytes());
             b.dmin = F16(h.to_le_bytes());
         });
+    }
+
+    #[test]
+    fn multi_row_equals_single_row_exactly() {
+        crate::quant::kquant_dot::check_multi_row_k32::<BlockQ5K>(
+            crate::quant::GgmlType::Q5_K,
+            |b, rng| (b.d, b.dmin) = (finite_half(rng), finite_half(rng)),
+        );
     }
 }
