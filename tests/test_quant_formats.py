@@ -115,3 +115,29 @@ KQ4_FILE_CASES = _kq4_file_cases()
 )
 def test_kq4_file_tensors_decode_like_gguf(name: str, path: str, tensor: str) -> None:
     check_file_tensor(name, KQ4_TYPES[name][0], path, tensor)
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "tensor"),
+    KQ4_FILE_CASES or [pytest.param("-", "-", "-", marks=pytest.mark.skip(reason="no reference files found"))],
+    ids=[f"{n}-{Path(f).stem}-{t}" for n, f, t in KQ4_FILE_CASES] or ["none"],
+)
+def test_kq4_file_rows_dot_like_their_values(name: str, path: str, tensor: str) -> None:
+    """Real rows against a random activation: the SIMD kernel has the scalar reference's bits,
+    and both are the dot product of the decoded row with the (Q8_K-rounded) activation."""
+    qtype = KQ4_TYPES[name][0]
+    (t,) = [t for t in reader(path).tensors if t.name == tensor]
+    raw = np.ascontiguousarray(t.data).view(np.uint8)
+    rows = raw.reshape(raw.shape[0], -1) if raw.ndim > 1 else raw.reshape(1, -1)
+    n = rows.shape[1] // gguf.GGML_QUANT_SIZES[qtype][1] * gguf.GGML_QUANT_SIZES[qtype][0]
+    rng = np.random.default_rng(len(tensor))
+    x = rng.standard_normal(n).astype(np.float32)
+    for r in rng.choice(rows.shape[0], size=min(4, rows.shape[0]), replace=False):
+        w = rows[r].tobytes()
+        fast, scalar = _core.vec_dot(name, w, x.tolist())
+        assert np.float32(fast).tobytes() == np.float32(scalar).tobytes()
+        wd = np.frombuffer(_core.dequantize(name, w, n), dtype="<f4").astype(np.float64)
+        exact = float(wd @ x.astype(np.float64))
+        # Q8_K rounds each activation by at most half a step of max|x| / 127.
+        bound = float(np.abs(wd).sum()) * float(np.abs(x).max()) / 127 + 1e-6
+        assert abs(fast - exact) <= bound, (fast, exact, bound)
