@@ -220,15 +220,16 @@ def test_inconsistent_models_are_refused(tmp_path: Path, changes: dict, match: s
 def test_unknown_tensor_type_is_named(tmp_path: Path) -> None:
     path = small_model(tmp_path)
     data = bytearray(path.read_bytes())
-    # The first tensor info's type field: patch Q4_0 (2) into Q4_K (12) where it stands.
+    # The first tensor info's type field: patch Q4_0 (2) into IQ2_XXS (16, a type no family
+    # implements) where it stands.
     r = gguf.GGUFReader(str(path))
     t = r.tensors[0]
     type_field = t.field.parts[-2]
     assert int(type_field[0]) in (0, 2)
     offset = type_field.ctypes.data - r.data.ctypes.data
-    data[offset : offset + 4] = (12).to_bytes(4, "little")
+    data[offset : offset + 4] = (16).to_bytes(4, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(llama_rs.ModelError, match="Q4_K"):
+    with pytest.raises(llama_rs.ModelError, match="IQ2_XXS"):
         llama_rs.Model(path)
 
 

@@ -22,8 +22,14 @@ pub mod f32_scale;
 pub mod fp16;
 #[path = "f32.rs"]
 pub mod fp32;
+pub(crate) mod kquant_dot;
+pub(crate) mod kquant_scales;
+pub(crate) mod kquant_search;
+pub mod q2_k;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q5_k;
 pub mod q8_0;
 pub mod q8_k;
 pub(crate) mod simd;
@@ -50,7 +56,8 @@ pub trait Visit {
 /// The one list of block families: `Variant = ggml id, name, stored in GGUF => block type`.
 macro_rules! families {
     ($($(#[$doc:meta])* $v:ident = $id:literal, $name:literal, $gguf:literal => $t:ty;)*) => {
-        /// A tensor element type, with ggml's numbering.
+        /// A tensor element type, with ggml's numbering (and ggml's names: `Q4_K`).
+        #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum GgmlType {
             $($(#[$doc])* $v,)*
@@ -115,6 +122,9 @@ families! {
     Q4_0 = 2, "Q4_0", true => q4_0::BlockQ4_0;
     Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
+    Q2_K = 10, "Q2_K", true => q2_k::BlockQ2K;
+    Q4_K = 12, "Q4_K", true => q4_k::BlockQ4K;
+    Q5_K = 13, "Q5_K", true => q5_k::BlockQ5K;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
     Q4_0F32 = 1002, "Q4_0 (f32 scales)", false => f32_scale::BlockQ4_0F32;
@@ -542,6 +552,9 @@ mod tests {
             (GgmlType::Q4_0, 2, "Q4_0", 32, 18, true),
             (GgmlType::Q4_1, 3, "Q4_1", 32, 20, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
+            (GgmlType::Q2_K, 10, "Q2_K", 256, 84, true),
+            (GgmlType::Q4_K, 12, "Q4_K", 256, 144, true),
+            (GgmlType::Q5_K, 13, "Q5_K", 256, 176, true),
         ];
         for (t, id, name, bs, ts, q) in expect {
             assert_eq!(GgmlType::from_id(id), Some(t));
@@ -552,7 +565,7 @@ mod tests {
             assert_eq!(t.type_size(), ts);
             assert_eq!(t.is_quantized(), q);
         }
-        for id in [4, 5, 6, 7, 9, 10, 30, u32::MAX] {
+        for id in [4, 5, 6, 7, 9, 30, u32::MAX] {
             assert_eq!(GgmlType::from_id(id), None);
         }
         assert_eq!(GgmlType::Q4_0.row_bytes(4096), Some(128 * 18));
@@ -575,8 +588,13 @@ mod tests {
             quantize_row(t, &y, &mut b2);
             let mut y2 = vec![0f32; x.len()];
             dequantize_row(t, &b2, &mut y2);
-            // Dequantized values are representable: a second pass changes nothing.
-            assert_eq!(y, y2, "{t}");
+            // Dequantized values are representable: a second pass changes nothing. Not so for
+            // llama.cpp's K-quant encoders (256-weight super-blocks), whose scale search may
+            // pick another scale for the decoded values (Q5_K does here); their bytes are
+            // checked against llama.cpp's instead (tests/test_quant_llama_cpp.py).
+            if t.block_size() < 256 {
+                assert_eq!(y, y2, "{t}");
+            }
             for (a, r) in x.iter().zip(&y) {
                 assert!(r.is_finite());
                 if t == GgmlType::F32 {
