@@ -21,8 +21,10 @@ pub mod f32_scale;
 pub mod fp16;
 #[path = "f32.rs"]
 pub mod fp32;
+pub(crate) mod kquant_qx;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q6_k;
 pub mod q8_0;
 pub mod q8_k;
 pub(crate) mod simd;
@@ -48,7 +50,8 @@ pub trait Visit {
 /// The one list of block families: `Variant = ggml id, name, stored in GGUF => block type`.
 macro_rules! families {
     ($($(#[$doc:meta])* $v:ident = $id:literal, $name:literal, $gguf:literal => $t:ty;)*) => {
-        /// A tensor element type, with ggml's numbering.
+        /// A tensor element type, with ggml's numbering (and ggml's names: `Q6_K`).
+        #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum GgmlType {
             $($(#[$doc])* $v,)*
@@ -113,6 +116,7 @@ families! {
     Q4_0 = 2, "Q4_0", true => q4_0::BlockQ4_0;
     Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
+    Q6_K = 14, "Q6_K", true => q6_k::BlockQ6K;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
     Q4_0F32 = 1002, "Q4_0 (f32 scales)", false => f32_scale::BlockQ4_0F32;
@@ -467,6 +471,7 @@ mod tests {
             (GgmlType::Q4_0, 2, "Q4_0", 32, 18, true),
             (GgmlType::Q4_1, 3, "Q4_1", 32, 20, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
+            (GgmlType::Q6_K, 14, "Q6_K", 256, 210, true),
         ];
         for (t, id, name, bs, ts, q) in expect {
             assert_eq!(GgmlType::from_id(id), Some(t));

@@ -1,0 +1,245 @@
+//! Pieces shared by the Q6_K and Q3_K families (scale times signed quants, no minimums):
+//! llama.cpp's scale searches, followed operation for operation, and the kernel parts both
+//! families' dot products use.
+//!
+//! The searches are ggml-quants.c's as `llama-quantize` runs them without an importance
+//! matrix. That file is built without `-march=native`, so there is no FMA contraction: every
+//! step below is one IEEE f32 operation in the C source's order (`w*x[i]*l` is
+//! `(w * x) * l as f32`), an `int` is converted to `float` where the C converts it, and
+//! `nearest_int` is ggml's.
+
+use super::fp16::F16;
+use super::q8_k::nearest_int;
+use std::simd::prelude::*;
+
+/// ggml-quants.c's `GROUP_MAX_EPS`: groups whose largest magnitude is below it are all zero.
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// The value of largest magnitude (sign kept; the first of equal magnitudes; NaN never wins)
+/// and that magnitude: the opening loop of every ggml scale search.
+#[inline(always)]
+fn signed_abs_max(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+/// ggml's `MAX(-nmax, MIN(nmax - 1, l))`.
+#[inline(always)]
+fn clamp_l(l: i32, nmax: i32) -> i32 {
+    l.min(nmax - 1).max(-nmax)
+}
+
+/// llama.cpp's `make_qx_quants(n, nmax, x, L, rmse_type = 1, qw = NULL)` (the Q6_K search):
+/// quantize `x` to `l - nmax` with `l` in `0..2 nmax` (written to `ls`), trying the scales
+/// `-(nmax + 0.1 is) / max` for `is` in -9..=9 and keeping the one of least weighted error
+/// (weights `x^2`); returns the scale. An all-zero group gives `ls = 0`, scale 0.
+pub(crate) fn make_qx_quants_rmse1(nmax: i32, x: &[f32], ls: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), ls.len());
+    let (max, amax) = signed_abs_max(x);
+    if amax < GROUP_MAX_EPS {
+        ls.fill(0);
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    // (sum w x l, sum w l^2) for the quants of `iscale`, w = x^2.
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let l = clamp_l(nearest_int(iscale * v), nmax) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let write = |iscale: f32, ls: &mut [i8]| {
+        for (o, &v) in ls.iter_mut().zip(x) {
+            *o = (nmax + clamp_l(nearest_int(iscale * v), nmax)) as i8;
+        }
+    };
+    let iscale = -nmaxf / max;
+    write(iscale, ls);
+    let (sumlx, suml2) = sums(iscale);
+    // C: `suml2 ? sumlx/suml2 : 0.0f` (a NaN sum is true there, as `!= 0.0` is here).
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let iscale = -(nmaxf + 0.1f32 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            write(iscale, ls);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// The quants of one 16-weight sub-block for its final scale `d` (the last loop of
+/// `quantize_row_q6_K_ref` / `quantize_row_q3_K_ref`): `l = clamp(nearest_int(x / d))`,
+/// stored as `l + nmax`. A zero `d` leaves the search's quants in place, as the C does.
+pub(crate) fn requantize_group(nmax: i32, d: f32, x: &[f32], ls: &mut [i8]) {
+    if d == 0.0 {
+        return;
+    }
+    for (o, &v) in ls.iter_mut().zip(x) {
+        *o = (clamp_l(nearest_int(v / d), nmax) + nmax) as i8;
+    }
+}
+
+/// The float half of a super-block, shared by every level of both families:
+/// `acc[b % 8] += (d_w * d_x) * isum` (llama.cpp's `d = fp16(x.d) * y.d; sum += d * isum`).
+#[inline(always)]
+pub(crate) fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
+    (dw * dx) * isum.cast::<f32>()
+}
+
+/// [`combine`] for one super-block, in the scalar references.
+#[inline(always)]
+pub(crate) fn combine_one(dw: F16, dx: f32, isum: i32) -> f32 {
+    use super::block::Scale;
+    (dw.get() * dx) * isum as f32
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) mod x86 {
+    //! AVX2 / AVX-512 parts of the 16-scale super-block kernels (inlined into the callers'
+    //! `#[target_feature]` entry points, as `simd::x86`).
+    use crate::quant::simd::x86::*;
+
+    /// `_mm_shuffle_epi8` pattern `m` repeats byte `2m` eight times, then byte `2m + 1`
+    /// (llama.cpp's `get_scale_shuffle`).
+    const PAIR: [[u8; 16]; 8] = {
+        let mut t = [[0u8; 16]; 8];
+        let mut i = 0;
+        while i < 128 {
+            t[i / 16][i % 16] = (2 * (i / 16) + (i % 16) / 8) as u8;
+            i += 1;
+        }
+        t
+    };
+
+    /// Lane `i` of index vector `g` is `4g + i / 8`.
+    const QUAD: [[i16; 32]; 4] = {
+        let mut t = [[0i16; 32]; 4];
+        let mut i = 0;
+        while i < 128 {
+            t[i / 32][i % 32] = (4 * (i / 32) + (i % 32) / 8) as i16;
+            i += 1;
+        }
+        t
+    };
+
+    /// The i16 scales of the two 16-weight sub-blocks `2m`, `2m + 1` (of the 16 int8
+    /// `scales`) that one 32-byte vector of quants covers, each over the 8 i16 lanes
+    /// `maddubs` makes of its 16 products.
+    #[inline(always)]
+    pub(crate) unsafe fn scale_pair(scales: __m128i, m: usize) -> __m256i {
+        let pattern = _mm_loadu_si128(PAIR[m].as_ptr().cast());
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pattern))
+    }
+
+    /// The i16 scales (`scales16`: 16 lanes in the low 256 bits) of sub-blocks `4g .. 4g + 4`,
+    /// each over 8 i16 lanes, for a 64-byte vector of quants. AVX-512 BW.
+    #[inline(always)]
+    pub(crate) unsafe fn scale_quad(scales16: __m512i, g: usize) -> __m512i {
+        _mm512_permutexvar_epi16(_mm512_loadu_si512(QUAD[g].as_ptr().cast()), scales16)
+    }
+
+    /// The 16 i32 lanes of `v` folded to 8 (low half + high half). AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn fold512(v: __m512i) -> __m256i {
+        _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::tests_util::Rng;
+
+    #[test]
+    fn searches_keep_their_invariants() {
+        let mut rng = Rng::new(8);
+        for round in 0..2000 {
+            let scale = 10f32.powi(round % 13 - 6);
+            let x: Vec<f32> = (0..16).map(|_| rng.normal() * scale).collect();
+            let mut l = [0i8; 16];
+            let s = make_qx_quants_rmse1(32, &x, &mut l);
+            assert!(l.iter().all(|&v| (0..64).contains(&v)), "{l:?}");
+            assert!(s.is_finite());
+            // The scale is the least-squares one for the chosen quants (weights x^2).
+            let (num, den) = x.iter().zip(&l).fold((0f64, 0f64), |(a, b), (&v, &q)| {
+                let (w, q) = (v as f64 * v as f64, (q as i32 - 32) as f64);
+                (a + w * v as f64 * q, b + w * q * q)
+            });
+            assert!(((s as f64) - num / den).abs() <= 1e-4 * (num / den).abs());
+        }
+        let mut l = [5i8; 16];
+        assert_eq!(make_qx_quants_rmse1(32, &[0.0; 16], &mut l), 0.0);
+        assert_eq!(l, [0; 16]);
+    }
+
+    /// Single-row dot speed of each level on a 4096 x 4096 matrix against Q4_0's (weight bytes
+    /// streamed per second, best of 5 passes, one thread). A report, not a check:
+    /// `cargo test --release bench_kquant_dots -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    #[allow(clippy::type_complexity)]
+    fn bench_kquant_dots() {
+        use crate::quant::tests_util::TestActivation;
+        use crate::quant::{dispatch, q4_0::BlockQ4_0, q6_k::BlockQ6K, simd, Family};
+        fn run<B: Family>(name: &str)
+        where
+            B::Act: TestActivation,
+        {
+            let (rows, n) = (4096, 4096);
+            let mut rng = Rng::new(1);
+            let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.02).collect();
+            let mut w = vec![crate::quant::block::zeroed::<B>(); rows * n / B::QK];
+            dispatch::quantize(&wf, &mut w);
+            let xf: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            let y = B::Act::quantize_units(&xf);
+            let per_row = n / B::QK;
+            let bytes = std::mem::size_of_val(&w[..]) as f64;
+            let time = |f: &dyn Fn(&[B], &[B::Act]) -> f32| {
+                let mut best = f64::MAX;
+                for _ in 0..5 {
+                    let t = std::time::Instant::now();
+                    let mut s = 0f32;
+                    for r in w.chunks_exact(per_row) {
+                        s += f(r, &y);
+                    }
+                    std::hint::black_box(s);
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                bytes / best / 1e9
+            };
+            let portable = time(&|r, y| dispatch::dot_portable(r, y));
+            let mut line = format!("{name}: portable {portable:.1} GB/s");
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            {
+                if simd::has_avx2() {
+                    // SAFETY: checked just above.
+                    let v = time(&|r, y| unsafe { dispatch::dot_avx2(r, y) });
+                    line += &format!(", avx2 {v:.1} GB/s");
+                }
+                if simd::has_avx512() {
+                    // SAFETY: checked just above.
+                    let v = time(&|r, y| unsafe { dispatch::dot_avx512(r, y) });
+                    line += &format!(", avx512 {v:.1} GB/s");
+                }
+            }
+            eprintln!("{line}");
+        }
+        run::<BlockQ4_0>("Q4_0");
+        run::<BlockQ6K>("Q6_K");
+    }
+}
