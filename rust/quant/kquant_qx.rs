@@ -9,7 +9,7 @@
 //! `nearest_int` is ggml's.
 
 use super::fp16::F16;
-use super::q8_k::nearest_int;
+use super::q8_k::{nearest_int, BlockQ8K};
 use std::simd::prelude::*;
 
 /// ggml-quants.c's `GROUP_MAX_EPS`: groups whose largest magnitude is below it are all zero.
@@ -82,6 +82,57 @@ pub(crate) fn make_qx_quants_rmse1(nmax: i32, x: &[f32], ls: &mut [i8]) -> f32 {
     scale
 }
 
+/// llama.cpp's `make_q3_quants(n, nmax, x, L, do_rmse = true)` (the Q3_K search): quantize
+/// with `-nmax / max`, then up to 5 rounds of moving single quants (`l` in `-nmax..nmax`)
+/// while the weighted error (weights `x^2`) falls; `ls` gets `l + nmax`, the scale is
+/// returned. An all-zero group gives `ls = 0` (not `nmax`: as the C), scale 0.
+pub(crate) fn make_q3_quants_rmse(nmax: i32, x: &[f32], ls: &mut [i8]) -> f32 {
+    debug_assert_eq!(x.len(), ls.len());
+    let (max, amax) = signed_abs_max(x);
+    if amax < GROUP_MAX_EPS {
+        ls.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (o, &v) in ls.iter_mut().zip(x) {
+        let l = clamp_l(nearest_int(iscale * v), nmax);
+        *o = l as i8;
+        let w = v * v;
+        sumlx += w * v * l as f32;
+        suml2 += w * l as f32 * l as f32;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for (o, &v) in ls.iter_mut().zip(x) {
+            let w = v * v;
+            let li = *o as f32;
+            let mut slx = sumlx - w * v * li;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * li * li;
+                let new_l = clamp_l(nearest_int(v * sl2 / slx), nmax);
+                if new_l != *o as i32 {
+                    slx += w * v * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *o = new_l as i8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    for o in ls.iter_mut() {
+        *o += nmax as i8;
+    }
+    sumlx / suml2
+}
+
 /// The quants of one 16-weight sub-block for its final scale `d` (the last loop of
 /// `quantize_row_q6_K_ref` / `quantize_row_q3_K_ref`): `l = clamp(nearest_int(x / d))`,
 /// stored as `l + nmax`. A zero `d` leaves the search's quants in place, as the C does.
@@ -108,10 +159,33 @@ pub(crate) fn combine_one(dw: F16, dx: f32, isum: i32) -> f32 {
     (dw.get() * dx) * isum as f32
 }
 
+/// `sum_j scales[j] * sum_{i in sub-block j} (q_i - off) * y_i` over one super-block, the
+/// 256 quants `q` (unsigned, at most 63) in weight order as 8 vectors of 32, in plain
+/// std::simd: `|q - off| <= 64` so each product (at most `64 * 128`) fits an i16; they are
+/// widened and scaled per lane (the sums bounded by each family's comment).
+#[inline(always)]
+pub(crate) fn scaled_isum_portable(
+    q: &[u8x32; 8],
+    off: i16,
+    scales: &[i8; 16],
+    y: &BlockQ8K,
+) -> i32 {
+    let mut acc = i32x32::splat(0);
+    for (m, qm) in q.iter().enumerate() {
+        let yv = i8x32::from_slice(&y.qs[32 * m..]).cast::<i16>();
+        let p = (qm.cast::<i16>() - i16x32::splat(off)) * yv;
+        // Lanes 0..16: sub-block 2m; 16..32: sub-block 2m + 1.
+        let sc = i32x32::from_array(std::array::from_fn(|i| scales[2 * m + i / 16] as i32));
+        acc += p.cast::<i32>() * sc;
+    }
+    acc.reduce_sum()
+}
+
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86 {
     //! AVX2 / AVX-512 parts of the 16-scale super-block kernels (inlined into the callers'
     //! `#[target_feature]` entry points, as `simd::x86`).
+    use crate::quant::q8_k::BlockQ8K;
     use crate::quant::simd::x86::*;
 
     /// `_mm_shuffle_epi8` pattern `m` repeats byte `2m` eight times, then byte `2m + 1`
@@ -141,7 +215,7 @@ pub(crate) mod x86 {
     /// `scales`) that one 32-byte vector of quants covers, each over the 8 i16 lanes
     /// `maddubs` makes of its 16 products.
     #[inline(always)]
-    pub(crate) unsafe fn scale_pair(scales: __m128i, m: usize) -> __m256i {
+    unsafe fn scale_pair(scales: __m128i, m: usize) -> __m256i {
         let pattern = _mm_loadu_si128(PAIR[m].as_ptr().cast());
         _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pattern))
     }
@@ -149,13 +223,62 @@ pub(crate) mod x86 {
     /// The i16 scales (`scales16`: 16 lanes in the low 256 bits) of sub-blocks `4g .. 4g + 4`,
     /// each over 8 i16 lanes, for a 64-byte vector of quants. AVX-512 BW.
     #[inline(always)]
-    pub(crate) unsafe fn scale_quad(scales16: __m512i, g: usize) -> __m512i {
+    unsafe fn scale_quad(scales16: __m512i, g: usize) -> __m512i {
         _mm512_permutexvar_epi16(_mm512_loadu_si512(QUAD[g].as_ptr().cast()), scales16)
+    }
+
+    /// [`super::scaled_isum_portable`] with AVX2 (llama.cpp's `ggml_vec_dot_q6_K_q8_K` way):
+    /// `maddubs` takes the quants (0..=63) as its unsigned operand, so each i16 pair sum is at
+    /// most `2 * 63 * 128 = 16128` (no saturation); `madd` scales the pairs; the offset
+    /// `off = 2^off_log2` comes off at the end as `off * sum_j scales[j] * bsums[j]` (the
+    /// prepared row's true sums). The 8 i32 lanes of the result add up to the super-block's
+    /// integer (each family bounds every partial sum below 2^31).
+    #[inline(always)]
+    pub(crate) unsafe fn scaled_isum_avx2(
+        q: &[__m256i; 8],
+        scales: __m128i,
+        y: &BlockQ8K,
+        off_log2: i32,
+    ) -> __m256i {
+        let mut s = _mm256_setzero_si256();
+        for (m, &qm) in q.iter().enumerate() {
+            let yv = _mm256_loadu_si256(y.qs[32 * m..].as_ptr().cast());
+            let p = _mm256_maddubs_epi16(qm, yv);
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, scale_pair(scales, m)));
+        }
+        _mm256_sub_epi32(s, offset(scales, y, off_log2))
+    }
+
+    /// [`scaled_isum_avx2`] with 512-bit vectors (the quants as 4 vectors of 64, weight order)
+    /// and `vpdpwssd` adding the scaled pair sums. AVX-512 BW + VNNI.
+    #[inline(always)]
+    pub(crate) unsafe fn scaled_isum_avx512(
+        q: &[__m512i; 4],
+        scales: __m128i,
+        y: &BlockQ8K,
+        off_log2: i32,
+    ) -> __m256i {
+        let scales16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(scales));
+        let mut s = _mm512_setzero_si512();
+        for (g, &qg) in q.iter().enumerate() {
+            let yv = _mm512_loadu_si512(y.qs[64 * g..].as_ptr().cast());
+            let p = _mm512_maddubs_epi16(qg, yv);
+            s = _mm512_dpwssd_epi32(s, p, scale_quad(scales16, g));
+        }
+        _mm256_sub_epi32(fold512(s), offset(scales, y, off_log2))
+    }
+
+    /// `2^off_log2 * sum_j scales[j] * bsums[j]`, spread over 8 i32 lanes.
+    #[inline(always)]
+    unsafe fn offset(scales: __m128i, y: &BlockQ8K, off_log2: i32) -> __m256i {
+        let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+        let v = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), bsums);
+        _mm256_sll_epi32(v, _mm_cvtsi32_si128(off_log2))
     }
 
     /// The 16 i32 lanes of `v` folded to 8 (low half + high half). AVX-512 F.
     #[inline(always)]
-    pub(crate) unsafe fn fold512(v: __m512i) -> __m256i {
+    unsafe fn fold512(v: __m512i) -> __m256i {
         _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
     }
 }
@@ -181,10 +304,30 @@ mod tests {
                 (a + w * v as f64 * q, b + w * q * q)
             });
             assert!(((s as f64) - num / den).abs() <= 1e-4 * (num / den).abs());
+            let s3 = make_q3_quants_rmse(4, &x, &mut l);
+            assert!(l.iter().all(|&v| (0..8).contains(&v)), "{l:?}");
+            assert!(s3.is_finite());
         }
         let mut l = [5i8; 16];
         assert_eq!(make_qx_quants_rmse1(32, &[0.0; 16], &mut l), 0.0);
         assert_eq!(l, [0; 16]);
+        let mut l = [5i8; 16];
+        assert_eq!(make_q3_quants_rmse(4, &[1e-16; 16], &mut l), 0.0);
+        assert_eq!(l, [0; 16]);
+    }
+
+    #[test]
+    fn hand_computed_q3_search() {
+        // x = [4, 1, 0, ..]: max 4 -> iscale -1, l = [-4, -1, 0, ..]; the refinement cannot
+        // improve an exact fit, so the scale is sumlx / suml2 = (16*4*-4 + 1*1*-1) / (16*16 + 1*1)
+        // = -1 and the quants come back with +4.
+        let mut x = [0f32; 16];
+        x[0] = 4.0;
+        x[1] = 1.0;
+        let mut l = [0i8; 16];
+        let s = make_q3_quants_rmse(4, &x, &mut l);
+        assert_eq!(s, -1.0);
+        assert_eq!(&l[..3], &[0, 3, 4]);
     }
 
     /// Single-row dot speed of each level on a 4096 x 4096 matrix against Q4_0's (weight bytes
@@ -195,7 +338,9 @@ mod tests {
     #[allow(clippy::type_complexity)]
     fn bench_kquant_dots() {
         use crate::quant::tests_util::TestActivation;
-        use crate::quant::{dispatch, q4_0::BlockQ4_0, q6_k::BlockQ6K, simd, Family};
+        use crate::quant::{
+            dispatch, q3_k::BlockQ3K, q4_0::BlockQ4_0, q6_k::BlockQ6K, simd, Family,
+        };
         fn run<B: Family>(name: &str)
         where
             B::Act: TestActivation,
@@ -241,5 +386,6 @@ mod tests {
         }
         run::<BlockQ4_0>("Q4_0");
         run::<BlockQ6K>("Q6_K");
+        run::<BlockQ3K>("Q3_K");
     }
 }

@@ -22,6 +22,7 @@ pub mod fp16;
 #[path = "f32.rs"]
 pub mod fp32;
 pub(crate) mod kquant_qx;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q6_k;
@@ -116,6 +117,7 @@ families! {
     Q4_0 = 2, "Q4_0", true => q4_0::BlockQ4_0;
     Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
+    Q3_K = 11, "Q3_K", true => q3_k::BlockQ3K;
     Q6_K = 14, "Q6_K", true => q6_k::BlockQ6K;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
@@ -471,6 +473,7 @@ mod tests {
             (GgmlType::Q4_0, 2, "Q4_0", 32, 18, true),
             (GgmlType::Q4_1, 3, "Q4_1", 32, 20, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
+            (GgmlType::Q3_K, 11, "Q3_K", 256, 110, true),
             (GgmlType::Q6_K, 14, "Q6_K", 256, 210, true),
         ];
         for (t, id, name, bs, ts, q) in expect {
@@ -505,8 +508,12 @@ mod tests {
             quantize_row(t, &y, &mut b2);
             let mut y2 = vec![0f32; x.len()];
             dequantize_row(t, &b2, &mut y2);
-            // Dequantized values are representable: a second pass changes nothing.
-            assert_eq!(y, y2, "{t}");
+            // Dequantized values are representable: a second pass changes nothing. Not so for
+            // llama.cpp's Q3_K encoder: its scale search (`make_q3_quants`) and the 6-bit
+            // requantization of the scales may pick other scales for the decoded values.
+            if t != GgmlType::Q3_K {
+                assert_eq!(y, y2, "{t}");
+            }
             for (a, r) in x.iter().zip(&y) {
                 assert!(r.is_finite());
                 if t == GgmlType::F32 {

@@ -178,117 +178,89 @@ impl Family for BlockQ6K {
     }
 }
 
-/// One super-block's `isum` in plain std::simd: the quants of 32 weights at a time, minus 32,
-/// times the activations (|product| <= 32 * 128 fits i16), widened and scaled per lane.
+/// The 256 quants (0..=63) in weight order, 32 per vector, in plain std::simd.
 #[inline(always)]
-fn isum_portable(w: &BlockQ6K, y: &BlockQ8K) -> i32 {
-    let m4 = u8x32::splat(15);
-    let mut acc = i32x32::splat(0);
+fn quants_portable(w: &BlockQ6K) -> [u8x32; 8] {
+    let (m4, three) = (u8x32::splat(15), u8x32::splat(3));
+    let mut q = [u8x32::splat(0); 8];
     for n in 0..2 {
         let ql0 = u8x32::from_slice(&w.ql[64 * n..]);
         let ql1 = u8x32::from_slice(&w.ql[64 * n + 32..]);
         let qh = u8x32::from_slice(&w.qh[32 * n..]);
-        let three = u8x32::splat(3);
-        let q = [
-            (ql0 & m4) | ((qh & three) << 4),
-            (ql1 & m4) | (((qh >> 2) & three) << 4),
-            (ql0 >> 4) | (((qh >> 4) & three) << 4),
-            (ql1 >> 4) | ((qh >> 6) << 4),
-        ];
-        for (k, qk) in q.iter().enumerate() {
-            let yv = i8x32::from_slice(&y.qs[128 * n + 32 * k..]).cast::<i16>();
-            let p = (qk.cast::<i16>() - i16x32::splat(32)) * yv;
-            // Lanes 0..16: sub-block 8n + 2k; 16..32: the next one.
-            let j = 8 * n + 2 * k;
-            let sc = i32x32::from_array(std::array::from_fn(|i| w.scales[j + i / 16] as i32));
-            acc += p.cast::<i32>() * sc;
-        }
+        q[4 * n] = (ql0 & m4) | ((qh & three) << 4);
+        q[4 * n + 1] = (ql1 & m4) | (((qh >> 2) & three) << 4);
+        q[4 * n + 2] = (ql0 >> 4) | (((qh >> 4) & three) << 4);
+        q[4 * n + 3] = (ql1 >> 4) | ((qh >> 6) << 4);
     }
-    acc.reduce_sum()
+    q
 }
 
-/// One super-block's `isum` with AVX2 (as llama.cpp's `ggml_vec_dot_q6_K_q8_K`): the 8 i32
-/// lanes of the result add up to it.
+/// One super-block's `isum` in plain std::simd.
+#[inline(always)]
+fn isum_portable(w: &BlockQ6K, y: &BlockQ8K) -> i32 {
+    kquant_qx::scaled_isum_portable(&quants_portable(w), 32, &w.scales, y)
+}
+
+/// One super-block's `isum` with AVX2: the 8 i32 lanes of the result add up to it.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
 unsafe fn isum_avx2(w: &BlockQ6K, y: &BlockQ8K) -> simd::x86::__m256i {
-    use kquant_qx::x86::scale_pair;
     use simd::x86::*;
     let m4 = _mm256_set1_epi8(0x0f);
     let m30 = _mm256_set1_epi8(0x30);
-    let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
-    let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
-    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), bsums));
-    let mut s = _mm256_setzero_si256();
+    let mut q = [_mm256_setzero_si256(); 8];
     for n in 0..2 {
         let ql0 = load32(simd::arr(&w.ql, 64 * n));
         let ql1 = load32(simd::arr(&w.ql, 64 * n + 32));
         let qh = load32(simd::arr(&w.qh, 32 * n));
         // The two high bits moved to bits 4..6 of each byte (16-bit shifts, then the mask
         // keeps only bits that came from the same byte).
-        let q = [
-            _mm256_or_si256(
-                _mm256_and_si256(ql0, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(ql1, m4),
-                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                _mm256_and_si256(qh, m30),
-            ),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-            ),
-        ];
-        for (k, &qk) in q.iter().enumerate() {
-            let yv = load32(super::block::i8_bytes(
-                y.qs[128 * n + 32 * k..][..32].try_into().unwrap(),
-            ));
-            let p = _mm256_maddubs_epi16(qk, yv);
-            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, scale_pair(scales, 4 * n + k)));
-        }
+        q[4 * n] = _mm256_or_si256(
+            _mm256_and_si256(ql0, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+        );
+        q[4 * n + 1] = _mm256_or_si256(
+            _mm256_and_si256(ql1, m4),
+            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+        );
+        q[4 * n + 2] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+            _mm256_and_si256(qh, m30),
+        );
+        q[4 * n + 3] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+        );
     }
-    _mm256_sub_epi32(s, offset)
+    let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
+    kquant_qx::x86::scaled_isum_avx2(&q, scales, y, 5)
 }
 
 /// [`isum_avx2`] with 512-bit vectors: the 64 `ql` bytes of a half at once, its `qh` and
-/// `qh >> 2` side by side, and `vpdpwssd` adding the scaled pair sums.
+/// `qh >> 2` side by side.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
 unsafe fn isum_avx512(w: &BlockQ6K, y: &BlockQ8K) -> simd::x86::__m256i {
-    use kquant_qx::x86::{fold512, scale_quad};
     use simd::x86::*;
     let m4 = _mm512_set1_epi8(0x0f);
     let m30 = _mm512_set1_epi8(0x30);
-    let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
-    let scales16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(scales));
-    let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
-    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), bsums));
-    let mut s = _mm512_setzero_si512();
+    let mut q = [_mm512_setzero_si512(); 4];
     for n in 0..2 {
         let ql = _mm512_loadu_si512(w.ql[64 * n..].as_ptr().cast());
         let qh = load32(simd::arr(&w.qh, 32 * n));
         let qhx = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
         // Weights 128n + 0..64, then 128n + 64..128.
-        let lo = _mm512_or_si512(
+        q[2 * n] = _mm512_or_si512(
             _mm512_and_si512(ql, m4),
             _mm512_and_si512(_mm512_slli_epi16::<4>(qhx), m30),
         );
-        let hi = _mm512_or_si512(
+        q[2 * n + 1] = _mm512_or_si512(
             _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
             _mm512_and_si512(qhx, m30),
         );
-        for (h, q) in [lo, hi].into_iter().enumerate() {
-            let yv = _mm512_loadu_si512(y.qs[128 * n + 64 * h..].as_ptr().cast());
-            let p = _mm512_maddubs_epi16(q, yv);
-            s = _mm512_dpwssd_epi32(s, p, scale_quad(scales16, 2 * n + h));
-        }
     }
-    _mm256_sub_epi32(fold512(s), offset)
+    let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
+    kquant_qx::x86::scaled_isum_avx512(&q, scales, y, 5)
 }
 
 #[cfg(test)]
