@@ -18,9 +18,13 @@
 use super::block::{Family, Pod, Scale};
 use super::fp16::F16;
 use super::fp32::F32;
-use super::kquant_qx::{self, combine, combine_one, make_q3_quants_rmse, requantize_group};
+use super::kquant_qx::{
+    self, combine, combine_one, make_q3_quants_rmse, requantize_group, Q8KRows, SubBlocks16,
+};
 use super::q8_k::{nearest_int, BlockQ8K, QK_K};
 use super::simd::{self, BLOCK_LANES};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use kquant_qx::x86::{W256, W512};
 use std::simd::prelude::*;
 
 #[repr(C)]
@@ -110,7 +114,7 @@ impl BlockQ3K {
 impl Family for BlockQ3K {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
-    type Aux = ();
+    type Aux = Q8KRows;
 
     /// llama.cpp's `quantize_row_q3_K_ref` for one super-block: `make_q3_quants(16, 4, ..,
     /// true)` per sub-block, the scales quantized to 6 bits against the one of largest
@@ -197,32 +201,35 @@ impl Family for BlockQ3K {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn chunk_avx2(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut v = [simd::x86::_mm256_setzero_si256(); BLOCK_LANES];
-        for (b, vb) in v.iter_mut().enumerate() {
-            *vb = isum_avx2(&w[b], &y[b]);
-        }
-        let isum = simd::x86::hsum8_epi32(v);
-        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += combine(dw, dx, isum);
+        kquant_qx::x86::chunk::<Self, W256>(acc, w, y)
     }
 
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        let mut v = [simd::x86::_mm256_setzero_si256(); BLOCK_LANES];
-        for (b, vb) in v.iter_mut().enumerate() {
-            *vb = isum_avx512(&w[b], &y[b]);
-        }
-        let isum = simd::x86::hsum8_epi32(v);
-        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += combine(dw, dx, isum);
+        kquant_qx::x86::chunk::<Self, W512>(acc, w, y)
+    }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8K]) -> Option<Q8KRows> {
+        Some(Q8KRows(y.to_vec()))
+    }
+
+    fn aux_fits(aux: &Q8KRows, y: &[BlockQ8K]) -> bool {
+        aux.0.len() == y.len()
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q8KRows; N]) -> [f32; N] {
+        kquant_qx::x86::row_xn::<Self, W256, N>(w, aux)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q8KRows; N]) -> [f32; N] {
+        kquant_qx::x86::row_xn::<Self, W512, N>(w, aux)
     }
 }
 
@@ -248,55 +255,68 @@ unsafe fn scales_x86(w: &BlockQ3K) -> simd::x86::__m128i {
     _mm_sub_epi8(_mm_loadu_si128(s.as_ptr().cast()), _mm_set1_epi8(32))
 }
 
-/// One super-block's `isum` with AVX2: the low 2 bits of 32 weights per shift of `qs`, the
-/// high bit as 4 where the `hmask` bit is set (`cmpeq`); the 8 i32 lanes add up to it.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn isum_avx2(w: &BlockQ3K, y: &BlockQ8K) -> simd::x86::__m256i {
-    use simd::x86::*;
-    let m3 = _mm256_set1_epi8(3);
-    let four = _mm256_set1_epi8(4);
-    let hbits = load32(&w.hmask);
-    let mut bit = _mm256_set1_epi8(1);
-    let mut q = [_mm256_setzero_si256(); 8];
-    for n in 0..2 {
-        // 16-bit shifts by 2 keep each byte's bits 0..2 its own (at most 6 bits down).
-        let mut qs = load32(simd::arr(&w.qs, 32 * n));
-        for j in 0..4 {
-            let hi = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), bit), four);
-            q[4 * n + j] = _mm256_or_si256(_mm256_and_si256(qs, m3), hi);
-            qs = _mm256_srli_epi16::<2>(qs);
-            bit = _mm256_add_epi8(bit, bit);
-        }
-    }
-    kquant_qx::x86::scaled_isum_avx2(&q, scales_x86(w), y, 2)
-}
+/// The quants' offset is 4: `q = low bits | 4 * high bit`, 0..=7.
+impl SubBlocks16 for BlockQ3K {
+    const OFF_LOG2: i32 = 2;
 
-/// [`isum_avx2`] with 512-bit vectors: `qs` and `qs >> 2` side by side (two shifts of 32
-/// weights per vector), the high bits by a byte test mask and a masked add of 4.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn isum_avx512(w: &BlockQ3K, y: &BlockQ8K) -> simd::x86::__m256i {
-    use simd::x86::*;
-    let m3 = _mm512_set1_epi8(3);
-    let four = _mm512_set1_epi8(4);
-    let hbits = _mm512_broadcast_i64x4(load32(&w.hmask));
-    // Bit 4n + 2p of hmask in the low half, bit 4n + 2p + 1 in the high half.
-    let mut bit = _mm512_inserti64x4::<1>(_mm512_set1_epi8(1), _mm256_set1_epi8(2));
-    let mut q = [_mm512_setzero_si512(); 4];
-    for n in 0..2 {
-        let qs = load32(simd::arr(&w.qs, 32 * n));
-        let mut qx =
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qs), _mm256_srli_epi16::<2>(qs));
-        for p in 0..2 {
-            let set = _mm512_test_epi8_mask(hbits, bit);
-            let lo = _mm512_and_si512(qx, m3);
-            q[2 * n + p] = _mm512_mask_add_epi8(lo, set, lo, four);
-            qx = _mm512_srli_epi16::<4>(qx);
-            bit = _mm512_slli_epi16::<2>(bit);
-        }
+    #[inline(always)]
+    fn d(&self) -> F16 {
+        self.d
     }
-    kquant_qx::x86::scaled_isum_avx512(&q, scales_x86(w), y, 2)
+
+    /// The low 2 bits of 32 weights per shift of `qs`, the high bit as 4 where the `hmask`
+    /// bit is set (`cmpeq`).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn unpack_avx2(&self) -> ([simd::x86::__m256i; 8], simd::x86::__m128i) {
+        let w = self;
+        use simd::x86::*;
+        let m3 = _mm256_set1_epi8(3);
+        let four = _mm256_set1_epi8(4);
+        let hbits = load32(&w.hmask);
+        let mut bit = _mm256_set1_epi8(1);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            // 16-bit shifts by 2 keep each byte's bits 0..2 its own (at most 6 bits down).
+            let mut qs = load32(simd::arr(&w.qs, 32 * n));
+            for j in 0..4 {
+                let hi =
+                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), bit), four);
+                q[4 * n + j] = _mm256_or_si256(_mm256_and_si256(qs, m3), hi);
+                qs = _mm256_srli_epi16::<2>(qs);
+                bit = _mm256_add_epi8(bit, bit);
+            }
+        }
+        (q, scales_x86(w))
+    }
+
+    /// `qs` and `qs >> 2` side by side (two shifts of 32 weights per vector), the high bits
+    /// by a byte test mask and a masked add of 4.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn unpack_avx512(&self) -> ([simd::x86::__m512i; 4], simd::x86::__m128i) {
+        let w = self;
+        use simd::x86::*;
+        let m3 = _mm512_set1_epi8(3);
+        let four = _mm512_set1_epi8(4);
+        let hbits = _mm512_broadcast_i64x4(load32(&w.hmask));
+        // Bit 4n + 2p of hmask in the low half, bit 4n + 2p + 1 in the high half.
+        let mut bit = _mm512_inserti64x4::<1>(_mm512_set1_epi8(1), _mm256_set1_epi8(2));
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let qs = load32(simd::arr(&w.qs, 32 * n));
+            let mut qx =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qs), _mm256_srli_epi16::<2>(qs));
+            for p in 0..2 {
+                let set = _mm512_test_epi8_mask(hbits, bit);
+                let lo = _mm512_and_si512(qx, m3);
+                q[2 * n + p] = _mm512_mask_add_epi8(lo, set, lo, four);
+                qx = _mm512_srli_epi16::<4>(qx);
+                bit = _mm512_slli_epi16::<2>(bit);
+            }
+        }
+        (q, scales_x86(w))
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,13 @@
 use super::block::{Family, Pod, Scale};
 use super::fp16::F16;
 use super::fp32::F32;
-use super::kquant_qx::{self, combine, combine_one, make_qx_quants_rmse1, requantize_group};
+use super::kquant_qx::{
+    self, combine, combine_one, make_qx_quants_rmse1, requantize_group, Q8KRows, SubBlocks16,
+};
 use super::q8_k::{nearest_int, BlockQ8K, QK_K};
 use super::simd::{self, BLOCK_LANES};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use kquant_qx::x86::{W256, W512};
 use std::simd::prelude::*;
 
 #[repr(C)]
@@ -70,7 +74,7 @@ impl BlockQ6K {
 impl Family for BlockQ6K {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
-    type Aux = ();
+    type Aux = Q8KRows;
 
     /// llama.cpp's `quantize_row_q6_K_ref` for one super-block: `make_qx_quants(16, 32, ..,
     /// rmse_type 1)` per sub-block, the scales quantized to int8 against the one of largest
@@ -148,33 +152,35 @@ impl Family for BlockQ6K {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn chunk_avx2(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut v = [simd::x86::_mm256_setzero_si256(); BLOCK_LANES];
-        for (b, vb) in v.iter_mut().enumerate() {
-            *vb = isum_avx2(&w[b], &y[b]);
-        }
-        let isum = simd::x86::hsum8_epi32(v);
-        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += combine(dw, dx, isum);
+        kquant_qx::x86::chunk::<Self, W256>(acc, w, y)
     }
 
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
-        let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
-        let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
-        // A loop, not `array::from_fn`: a closure would not inherit the target features.
-        let mut v = [simd::x86::_mm256_setzero_si256(); BLOCK_LANES];
-        for (b, vb) in v.iter_mut().enumerate() {
-            *vb = isum_avx512(&w[b], &y[b]);
-        }
-        let isum = simd::x86::hsum8_epi32(v);
-        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[b].d));
-        let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += combine(dw, dx, isum);
+        kquant_qx::x86::chunk::<Self, W512>(acc, w, y)
+    }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8K]) -> Option<Q8KRows> {
+        Some(Q8KRows(y.to_vec()))
+    }
+
+    fn aux_fits(aux: &Q8KRows, y: &[BlockQ8K]) -> bool {
+        aux.0.len() == y.len()
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q8KRows; N]) -> [f32; N] {
+        kquant_qx::x86::row_xn::<Self, W256, N>(w, aux)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q8KRows; N]) -> [f32; N] {
+        kquant_qx::x86::row_xn::<Self, W512, N>(w, aux)
     }
 }
 
@@ -201,66 +207,76 @@ fn isum_portable(w: &BlockQ6K, y: &BlockQ8K) -> i32 {
     kquant_qx::scaled_isum_portable(&quants_portable(w), 32, &w.scales, y)
 }
 
-/// One super-block's `isum` with AVX2: the 8 i32 lanes of the result add up to it.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn isum_avx2(w: &BlockQ6K, y: &BlockQ8K) -> simd::x86::__m256i {
-    use simd::x86::*;
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m30 = _mm256_set1_epi8(0x30);
-    let mut q = [_mm256_setzero_si256(); 8];
-    for n in 0..2 {
-        let ql0 = load32(simd::arr(&w.ql, 64 * n));
-        let ql1 = load32(simd::arr(&w.ql, 64 * n + 32));
-        let qh = load32(simd::arr(&w.qh, 32 * n));
-        // The two high bits moved to bits 4..6 of each byte (16-bit shifts, then the mask
-        // keeps only bits that came from the same byte).
-        q[4 * n] = _mm256_or_si256(
-            _mm256_and_si256(ql0, m4),
-            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-        );
-        q[4 * n + 1] = _mm256_or_si256(
-            _mm256_and_si256(ql1, m4),
-            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-        );
-        q[4 * n + 2] = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-            _mm256_and_si256(qh, m30),
-        );
-        q[4 * n + 3] = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-        );
-    }
-    let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
-    kquant_qx::x86::scaled_isum_avx2(&q, scales, y, 5)
-}
+/// The quants' offset is 32; `unpack_*` put the two high bits of each quant at bits 4..6 of
+/// its byte (16-bit shifts, then a mask that keeps only bits that came from the same byte).
+impl SubBlocks16 for BlockQ6K {
+    const OFF_LOG2: i32 = 5;
 
-/// [`isum_avx2`] with 512-bit vectors: the 64 `ql` bytes of a half at once, its `qh` and
-/// `qh >> 2` side by side.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn isum_avx512(w: &BlockQ6K, y: &BlockQ8K) -> simd::x86::__m256i {
-    use simd::x86::*;
-    let m4 = _mm512_set1_epi8(0x0f);
-    let m30 = _mm512_set1_epi8(0x30);
-    let mut q = [_mm512_setzero_si512(); 4];
-    for n in 0..2 {
-        let ql = _mm512_loadu_si512(w.ql[64 * n..].as_ptr().cast());
-        let qh = load32(simd::arr(&w.qh, 32 * n));
-        let qhx = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
-        // Weights 128n + 0..64, then 128n + 64..128.
-        q[2 * n] = _mm512_or_si512(
-            _mm512_and_si512(ql, m4),
-            _mm512_and_si512(_mm512_slli_epi16::<4>(qhx), m30),
-        );
-        q[2 * n + 1] = _mm512_or_si512(
-            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-            _mm512_and_si512(qhx, m30),
-        );
+    #[inline(always)]
+    fn d(&self) -> F16 {
+        self.d
     }
-    let scales = _mm_loadu_si128(w.scales.as_ptr().cast());
-    kquant_qx::x86::scaled_isum_avx512(&q, scales, y, 5)
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn unpack_avx2(&self) -> ([simd::x86::__m256i; 8], simd::x86::__m128i) {
+        let w = self;
+        use simd::x86::*;
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            let ql0 = load32(simd::arr(&w.ql, 64 * n));
+            let ql1 = load32(simd::arr(&w.ql, 64 * n + 32));
+            let qh = load32(simd::arr(&w.qh, 32 * n));
+            // The two high bits moved to bits 4..6 of each byte (16-bit shifts, then the mask
+            // keeps only bits that came from the same byte).
+            q[4 * n] = _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+            );
+            q[4 * n + 1] = _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+            );
+            q[4 * n + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_and_si256(qh, m30),
+            );
+            q[4 * n + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+            );
+        }
+        (q, _mm_loadu_si128(w.scales.as_ptr().cast()))
+    }
+
+    /// The 64 `ql` bytes of a half at once, its `qh` and `qh >> 2` side by side.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn unpack_avx512(&self) -> ([simd::x86::__m512i; 4], simd::x86::__m128i) {
+        let w = self;
+        use simd::x86::*;
+        let m4 = _mm512_set1_epi8(0x0f);
+        let m30 = _mm512_set1_epi8(0x30);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let ql = _mm512_loadu_si512(w.ql[64 * n..].as_ptr().cast());
+            let qh = load32(simd::arr(&w.qh, 32 * n));
+            let qhx =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qh), _mm256_srli_epi16::<2>(qh));
+            // Weights 128n + 0..64, then 128n + 64..128.
+            q[2 * n] = _mm512_or_si512(
+                _mm512_and_si512(ql, m4),
+                _mm512_and_si512(_mm512_slli_epi16::<4>(qhx), m30),
+            );
+            q[2 * n + 1] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                _mm512_and_si512(qhx, m30),
+            );
+        }
+        (q, _mm_loadu_si128(w.scales.as_ptr().cast()))
+    }
 }
 
 #[cfg(test)]
