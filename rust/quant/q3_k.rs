@@ -429,6 +429,24 @@ mod tests {
     }
 
     #[test]
+    fn hand_computed_dot() {
+        // Quants 6 (value 2) in the first half, 1 (value -3) in the second; stored scales
+        // 32 + j - 8 (values j - 8), d = 0.5; activations 3 with d = 0.25:
+        // isum = sum_{j < 8} (j - 8) * 16 * 6 + sum_{j >= 8} (j - 8) * 16 * -9
+        //      = -36 * 96 + 28 * -144 = -7488, times 0.5 * 0.25.
+        let mut b: BlockQ3K = zeroed();
+        b.pack(&std::array::from_fn(|i| if i < 128 { 6 } else { 1 }));
+        b.scales = pack_scales(&std::array::from_fn(|j| (24 + j) as u8));
+        b.d = F16::store(0.5);
+        let mut u = <BlockQ8K as Activation>::ZERO;
+        u.qs = [3; QK_K];
+        u.bsums = [48i16.to_le_bytes(); 16];
+        u.d = F32(0.25f32.to_le_bytes());
+        let r = check_dot_levels(&[b], &[u], "hand");
+        assert_eq!(r, -7488.0 * 0.125);
+    }
+
+    #[test]
     fn dot_paths_agree_exactly() {
         check_block_dot_paths::<BlockQ3K>(|b, rng| b.d = finite_half(rng));
         check_extreme_blocks::<BlockQ3K>(|b, h| b.d = F16(h.to_le_bytes()));

@@ -12,7 +12,7 @@
 //! `|isum| <= 256 * 32 * 128 * 128 = 2^27`. The SIMD kernels compute it as `sum scale * q * y`
 //! (`q` in 0..=63 is `maddubs`'s unsigned operand; each i16 pair sum is at most
 //! `2 * 63 * 128 = 16128`, no saturation; the whole sum at most `256 * 63 * 128 * 128 <
-//! 2^28.1`) minus `32 * sum_j scale_j * bsums_j` (at most `32 * 16 * 128 * 2048 = 2^27`), as
+//! 2^28`) minus `32 * sum_j scale_j * bsums_j` (at most `32 * 16 * 128 * 2048 = 2^27`), as
 //! llama.cpp's AVX2 kernel does with `q8sums`: every intermediate fits an i32, so the result is
 //! the same integer. Then `kquant_qx::combine`.
 
@@ -391,6 +391,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hand_computed_dot() {
+        // Every quant 34 (value 2), scales j + 1 (j = 0..16), d = 0.5; activations 3 with
+        // d = 0.25: isum = sum_j (j + 1) * 16 * 2 * 3 = 96 * 136 = 13056, times 0.5 * 0.25.
+        let mut b: BlockQ6K = crate::quant::block::zeroed();
+        b.pack(&[34; QK_K]);
+        b.scales = std::array::from_fn(|j| j as i8 + 1);
+        b.d = F16::store(0.5);
+        let mut u = <BlockQ8K as crate::quant::Activation>::ZERO;
+        u.qs = [3; QK_K];
+        u.bsums = [48i16.to_le_bytes(); 16];
+        u.d = F32(0.25f32.to_le_bytes());
+        let r = crate::quant::tests_util::check_dot_levels(&[b], &[u], "hand");
+        assert_eq!(r, 13056.0 * 0.125);
     }
 
     #[test]
