@@ -99,3 +99,21 @@ def test_kq6_file_tensors_decode_like_gguf(name: str) -> None:
     elif checked == 0:
         pytest.skip(f"no {name} tensors in the shared models, and {REFS} is absent")
     assert checked >= shared_count
+
+
+@pytest.mark.parametrize("name", list(KQ6_TYPES))
+def test_kq6_vec_dot_simd_equals_scalar(name: str) -> None:
+    """Through `_core`: the dispatched kernel has the scalar reference's bits, and both are the
+    dot product of the decoded row with the activations (up to their Q8_K rounding)."""
+    rng = np.random.default_rng(62)
+    for blocks in [1, 2, 7, 8, 9, 16, 43]:
+        n = 256 * blocks
+        w = (rng.standard_normal(n) * rng.uniform(0.01, 10)).astype(np.float32)
+        x = (rng.standard_normal(n) * rng.uniform(0.01, 10)).astype(np.float32)
+        row = _core.quantize(name, w.tobytes())
+        simd, scalar = _core.vec_dot(name, row, x.tolist())
+        assert np.float32(simd).view(np.uint32) == np.float32(scalar).view(np.uint32), (name, n)
+        wd = np.frombuffer(_core.dequantize(name, row, n), dtype="<f4").astype(np.float64)
+        exact = float(wd @ x.astype(np.float64))
+        scale = float(np.abs(wd) @ np.abs(x.astype(np.float64)))
+        assert abs(simd - exact) <= 1e-2 * scale + 1e-6, (name, n, simd, exact)
