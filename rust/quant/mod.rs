@@ -23,13 +23,16 @@ pub mod fp16;
 #[path = "f32.rs"]
 pub mod fp32;
 pub(crate) mod kquant_dot;
+pub(crate) mod kquant_qx;
 pub(crate) mod kquant_scales;
 pub(crate) mod kquant_search;
 pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
 pub mod q5_k;
+pub mod q6_k;
 pub mod q8_0;
 pub mod q8_k;
 pub(crate) mod simd;
@@ -123,8 +126,10 @@ families! {
     Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
     Q2_K = 10, "Q2_K", true => q2_k::BlockQ2K;
+    Q3_K = 11, "Q3_K", true => q3_k::BlockQ3K;
     Q4_K = 12, "Q4_K", true => q4_k::BlockQ4K;
     Q5_K = 13, "Q5_K", true => q5_k::BlockQ5K;
+    Q6_K = 14, "Q6_K", true => q6_k::BlockQ6K;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
     Q4_0F32 = 1002, "Q4_0 (f32 scales)", false => f32_scale::BlockQ4_0F32;
@@ -553,8 +558,10 @@ mod tests {
             (GgmlType::Q4_1, 3, "Q4_1", 32, 20, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
             (GgmlType::Q2_K, 10, "Q2_K", 256, 84, true),
+            (GgmlType::Q3_K, 11, "Q3_K", 256, 110, true),
             (GgmlType::Q4_K, 12, "Q4_K", 256, 144, true),
             (GgmlType::Q5_K, 13, "Q5_K", 256, 176, true),
+            (GgmlType::Q6_K, 14, "Q6_K", 256, 210, true),
         ];
         for (t, id, name, bs, ts, q) in expect {
             assert_eq!(GgmlType::from_id(id), Some(t));
