@@ -678,20 +678,16 @@ fn gguf_write(
 }
 
 fn type_by_name(name: &str) -> PyResult<GgmlType> {
-    [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q8_0,
-    ]
-    .into_iter()
-    .find(|t| t.name().eq_ignore_ascii_case(name))
-    .ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "unknown tensor type {name:?} (F32, F16, Q4_0, Q4_1, Q8_0)"
-        ))
-    })
+    GgmlType::ALL
+        .into_iter()
+        .find(|t| t.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            let known: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
+            PyValueError::new_err(format!(
+                "unknown tensor type {name:?} ({})",
+                known.join(", ")
+            ))
+        })
 }
 
 fn check_row(ty: GgmlType, n: usize) -> PyResult<usize> {

@@ -22,7 +22,7 @@ unsafe impl<S: Scale> Pod for BlockQ4_0<S> {}
 
 /// The float half of a group, shared by every level so their order cannot drift apart.
 #[inline(always)]
-fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
+pub(crate) fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
     (dw * dx) * isum.cast::<f32>()
 }
 
@@ -35,12 +35,7 @@ impl<S: Scale> Family for BlockQ4_0<S> {
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut Self) {
         let x: &[f32; QK] = x.try_into().unwrap();
-        // numpy `abs(x).argmax()`: first index of the largest magnitude; the first NaN if any.
-        let imax = match simd::block_abs_max(x) {
-            Some(amax) => x.iter().position(|v| v.abs() == amax).unwrap(),
-            None => x.iter().position(|v| v.is_nan()).unwrap(),
-        };
-        let d = x[imax] / -8.0;
+        let d = x[simd::np_abs_argmax(x)] / -8.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
         // trunc(x*id + 8.5), numpy's uint8 cast, clip to 15 (finite input gives 0..=16 here).
         let q = |k: usize| {
