@@ -24,6 +24,7 @@ pub mod fp32;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
+pub mod q5_1;
 mod q5_bits;
 pub mod q8_0;
 pub mod q8_k;
@@ -115,6 +116,7 @@ families! {
     Q4_0 = 2, "Q4_0", true => q4_0::BlockQ4_0;
     Q4_1 = 3, "Q4_1", true => q4_1::BlockQ4_1;
     Q5_0 = 6, "Q5_0", true => q5_0::BlockQ5_0;
+    Q5_1 = 7, "Q5_1", true => q5_1::BlockQ5_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
@@ -470,6 +472,7 @@ mod tests {
             (GgmlType::Q4_0, 2, "Q4_0", 32, 18, true),
             (GgmlType::Q4_1, 3, "Q4_1", 32, 20, true),
             (GgmlType::Q5_0, 6, "Q5_0", 32, 22, true),
+            (GgmlType::Q5_1, 7, "Q5_1", 32, 24, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
         ];
         for (t, id, name, bs, ts, q) in expect {
@@ -481,7 +484,7 @@ mod tests {
             assert_eq!(t.type_size(), ts);
             assert_eq!(t.is_quantized(), q);
         }
-        for id in [4, 5, 7, 9, 10, 30, u32::MAX] {
+        for id in [4, 5, 9, 10, 30, u32::MAX] {
             assert_eq!(GgmlType::from_id(id), None);
         }
         assert_eq!(GgmlType::Q4_0.row_bytes(4096), Some(128 * 18));
