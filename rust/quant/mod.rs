@@ -13,6 +13,7 @@
 //! `simd.rs` fixes the float accumulation order, so the SIMD kernels equal the scalar
 //! references (`vec_dot_scalar`) bit for bit on every CPU.
 
+pub mod bf16;
 pub mod block;
 pub mod dispatch;
 pub mod f32_scale;
@@ -122,6 +123,7 @@ families! {
     Q5_1 = 7, "Q5_1", true => q5_1::BlockQ5_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
     IQ4_NL = 20, "IQ4_NL", true => iq4_nl::BlockIq4Nl;
+    BF16 = 30, "BF16", true => bf16::BF16;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
     Q4_0F32 = 1002, "Q4_0 (f32 scales)", false => f32_scale::BlockQ4_0F32;
@@ -479,6 +481,7 @@ mod tests {
             (GgmlType::Q5_1, 7, "Q5_1", 32, 24, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
             (GgmlType::IQ4_NL, 20, "IQ4_NL", 32, 18, true),
+            (GgmlType::BF16, 30, "BF16", 1, 2, false),
         ];
         for (t, id, name, bs, ts, q) in expect {
             assert_eq!(GgmlType::from_id(id), Some(t));
@@ -489,7 +492,7 @@ mod tests {
             assert_eq!(t.type_size(), ts);
             assert_eq!(t.is_quantized(), q);
         }
-        for id in [4, 5, 9, 10, 30, u32::MAX] {
+        for id in [4, 5, 9, 10, 31, u32::MAX] {
             assert_eq!(GgmlType::from_id(id), None);
         }
         assert_eq!(GgmlType::Q4_0.row_bytes(4096), Some(128 * 18));
