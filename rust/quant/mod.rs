@@ -1,5 +1,5 @@
-//! Block types (F32, F16, Q4_0, Q4_1, Q8_0, and the pre-GGUF f32-scale blocks): quantize,
-//! dequantize and dot kernels.
+//! Block types (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS, and the pre-GGUF
+//! f32-scale blocks): quantize, dequantize and dot kernels.
 //!
 //! One file per block family: a `#[repr(C)]` block struct viewed over the mapped bytes and its
 //! [`Family`] impl (quantize, dequantize, the scalar reference and the SIMD kernels).
@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod f32_scale;
 mod iq4;
 pub mod iq4_nl;
+pub mod iq4_xs;
 // Named `fp16` / `fp32`: a module called `f32` would shadow the primitive type.
 #[path = "f16.rs"]
 pub mod fp16;
@@ -123,6 +124,7 @@ families! {
     Q5_1 = 7, "Q5_1", true => q5_1::BlockQ5_1;
     Q8_0 = 8, "Q8_0", true => q8_0::BlockQ8_0;
     IQ4_NL = 20, "IQ4_NL", true => iq4_nl::BlockIq4Nl;
+    IQ4_XS = 23, "IQ4_XS", true => iq4_xs::BlockIq4Xs;
     BF16 = 30, "BF16", true => bf16::BF16;
     /// Pre-GGUF blocks with f32 scales (ggml, ggmf, ggjt v1-v2), nibbles in today's order.
     /// Only ever built in memory by the legacy loader; their ids are no file's.
@@ -481,6 +483,7 @@ mod tests {
             (GgmlType::Q5_1, 7, "Q5_1", 32, 24, true),
             (GgmlType::Q8_0, 8, "Q8_0", 32, 34, true),
             (GgmlType::IQ4_NL, 20, "IQ4_NL", 32, 18, true),
+            (GgmlType::IQ4_XS, 23, "IQ4_XS", 256, 136, true),
             (GgmlType::BF16, 30, "BF16", 1, 2, false),
         ];
         for (t, id, name, bs, ts, q) in expect {
@@ -518,7 +521,7 @@ mod tests {
             // Dequantized values are representable: a second pass changes nothing, except
             // for encoders that search for their scales (llama.cpp's IQ4 fit does not map
             // its own output to itself; it only stays close).
-            if matches!(t, GgmlType::IQ4_NL) {
+            if matches!(t, GgmlType::IQ4_NL | GgmlType::IQ4_XS) {
                 let amax = y.iter().fold(0f32, |m, v| m.max(v.abs()));
                 assert!(
                     y.iter().zip(&y2).all(|(a, b)| (a - b).abs() <= 0.2 * amax),
