@@ -11,6 +11,24 @@ pub(crate) const KVALUES: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// [`KVALUES`] as bytes (the `pshufb` table), and biased by 128 to unsigned bytes (1..=241,
+/// the table of the `vpdpbusd` kernels).
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+const KVALUES_U8: [u8; 16] = table_bytes(0);
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+const KVALUES_BIASED: [u8; 16] = table_bytes(0x80);
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+const fn table_bytes(xor: u8) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (KVALUES[i] as u8) ^ xor;
+        i += 1;
+    }
+    t
+}
+
 /// The weights of one 32-weight block (16 bytes of indices, Q4_0's nibble layout) as
 /// table values, in order, in plain std::simd.
 #[inline(always)]
@@ -179,13 +197,13 @@ pub(crate) fn quantize_impl(x: &[f32], out: Iq4Out<'_>) {
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod x86 {
-    use super::KVALUES;
+    use super::{KVALUES_BIASED, KVALUES_U8};
     use crate::quant::simd::x86::*;
 
     /// 32 weights as table values (signed bytes), in order, with AVX2's `pshufb`.
     #[inline(always)]
     pub(crate) unsafe fn lookup_avx2(qs: &[u8; 16]) -> __m256i {
-        let table = _mm256_broadcastsi128_si256(load16(&KVALUES.map(|v| v as u8)));
+        let table = _mm256_broadcastsi128_si256(load16(&KVALUES_U8));
         let m4 = _mm_set1_epi8(0x0f);
         let q = load16(qs);
         let lo = _mm_and_si128(q, m4);
@@ -207,7 +225,7 @@ pub(crate) mod x86 {
     /// high, each in order. AVX-512 F/BW.
     #[inline(always)]
     pub(crate) unsafe fn lookup2_biased_avx512(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
-        let table = _mm512_broadcast_i32x4(load16(&KVALUES.map(|v| (v as u8) ^ 0x80)));
+        let table = _mm512_broadcast_i32x4(load16(&KVALUES_BIASED));
         let q = _mm512_castsi256_si512(_mm256_set_m128i(load16(q1), load16(q0)));
         // 128-bit lanes [q0, q0, q1, q1]; lanes 1 and 3 take the high nibbles (Q4_0's trick).
         let x = _mm512_shuffle_i64x2::<0b01_01_00_00>(q, q);

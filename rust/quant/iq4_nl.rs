@@ -107,12 +107,15 @@ impl Family for BlockIq4Nl {
         use simd::x86::*;
         let w: &[Self; BLOCK_LANES] = w.try_into().unwrap();
         let y: &[BlockQ8_0; BLOCK_LANES] = y.try_into().unwrap();
-        let z: [__m512i; BLOCK_LANES / 2] = std::array::from_fn(|k| {
+        // A loop, not `array::from_fn`: a closure does not inherit the caller's target
+        // features, and its intrinsics then stay calls (0.2 against 11 GB/s, measured).
+        let mut z = [_mm512_setzero_si512(); BLOCK_LANES / 2];
+        for (k, zk) in z.iter_mut().enumerate() {
             let (b0, b1) = (2 * k, 2 * k + 1);
             let wu = iq4::x86::lookup2_biased_avx512(&w[b0].qs, &w[b1].qs);
             let yv = load32x2(i8_bytes(&y[b0].qs), i8_bytes(&y[b1].qs));
-            iq4::x86::dot_biased_avx512(wu, yv)
-        });
+            *zk = iq4::x86::dot_biased_avx512(wu, yv);
+        }
         let isum = hsum_pairs_epi32(z);
         let dw = F16::lanes_strided_avx512(bytes_of(w), std::mem::size_of::<Self>());
         let dx = F16::lanes_strided_avx512(bytes_of(y), std::mem::size_of::<BlockQ8_0>());
