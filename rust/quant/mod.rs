@@ -35,6 +35,8 @@ pub mod q8_k;
 pub(crate) mod simd;
 
 #[cfg(test)]
+mod bench_dot;
+#[cfg(test)]
 mod tests_family;
 #[cfg(test)]
 mod tests_util;
