@@ -174,8 +174,8 @@ mod tests {
         assert_eq!(q[8], 16);
         assert_eq!(q[0], 22);
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        for j in 0..32 {
-            assert_eq!((qh >> j) & 1, (q[j] >> 4) as u32, "qh bit {j}");
+        for (j, &qj) in q.iter().enumerate() {
+            assert_eq!((qh >> j) & 1, (qj >> 4) as u32, "qh bit {j}");
         }
         for j in 0..16 {
             assert_eq!(b[6 + j], (q[j] & 15) | ((q[j + 16] & 15) << 4), "byte {j}");
