@@ -397,9 +397,11 @@ fn read_tensor_info(r: &mut Reader, i: u64) -> Result<RawTensor> {
         .collect::<Result<Vec<_>>>()?;
     let raw_ty = r.u32(&format!("the type of tensor {name:?}"))?;
     let Some(ty) = GgmlType::from_id(raw_ty) else {
+        let known: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
         return r.err(&format!(
-            "tensor {name:?} has type {} which llama-rs does not support (supported: F32, F16, Q4_0, Q4_1, Q8_0)",
-            ggml_type_name(raw_ty)
+            "tensor {name:?} has type {} which llama-rs does not support (supported: {})",
+            ggml_type_name(raw_ty),
+            known.join(", ")
         ));
     };
     let offset = r.u64(&format!("the offset of tensor {name:?}"))?;

@@ -54,6 +54,20 @@ fn bench<B: Family>(name: &str, x: &[B::Act]) {
             line += &format!("  avx512 {:6.1} GB/s", gbs(s));
         }
     }
+    if B::MULTI_ROW {
+        // Eight activation rows per weight row (prompt processing), as weight GB/s per token.
+        let aux = B::row_aux(x).unwrap();
+        let per_row = view::<B>(&w).len() / N;
+        let mut out = vec![[0f32; 8]; N];
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let t = Instant::now();
+            dispatch::dot_rows::<B, 8>(view(&w), per_row, [x; 8], Some([&aux; 8]), &mut out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&out);
+        line += &format!("  8 rows {:6.1} GB/s/token", gbs(best / 8.0));
+    }
     eprintln!("{line}");
 }
 
