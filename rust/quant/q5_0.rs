@@ -159,11 +159,9 @@ impl Family for BlockQ5_0 {
     }
 }
 
-/// One group of 8 blocks against `N` activation rows in Q4_0's layout (`q4_0::x4_aux`): the
-/// nibbles transposed as Q4_0's, each byte's fifth bit (bit `j` of its block's `qh`) or'ed in
-/// as 0x10, then per row `sum(q * y) - 16 * sum(y)` (= `2 * s8`): the single-row kernel's
-/// exact integer. AVX2 sums four `maddubs` in i16 (4 * 2 * 31 * 128 < 2^15) before widening;
-/// VNNI sums in i32. The float steps are the single-row kernel's `combine`.
+/// One group of 8 blocks against `N` activation rows in Q4_0's layout (`q4_0::x4_aux`):
+/// `q5_bits::group_sums_x86` gives `sum(q * y)` per block, `- 16 * sum(y)` (= `2 * s8`)
+/// makes it the single-row kernel's exact integer; the float steps are its `combine`.
 impl NibbleGroup for BlockQ5_0 {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
@@ -172,50 +170,12 @@ impl NibbleGroup for BlockQ5_0 {
         (yt, dx, s8): GroupParts<'_, N>,
         acc: &mut [f32x8; N],
     ) {
-        use simd::x86::*;
-        let m4 = _mm256_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        let t = q4_0::transpose_qs(std::array::from_fn(|b| &w[b].qs));
-        let l = LANE_BLOCK;
-        let qh = |b: usize| i32::from_le_bytes(w[l[b]].qh);
-        let qh = _mm256_setr_epi32(qh(0), qh(1), qh(2), qh(3), qh(4), qh(5), qh(6), qh(7));
-        // Byte i of each dword <- byte 0 of it; bit i picks that byte's weight.
-        let spread = _mm256_setr_epi8(
-            0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8,
-            12, 12, 12, 12,
-        );
-        let sel = _mm256_set1_epi32(0x0804_0201);
-        let sixteen = _mm256_set1_epi8(0x10);
-        let mut s16 = [_mm256_setzero_si256(); N];
-        let mut s32 = [_mm256_setzero_si256(); N];
-        for v in 0..8 {
-            let tk = t[v / 2];
-            let nib = if v % 2 == 0 {
-                _mm256_and_si256(tk, m4)
-            } else {
-                _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
-            };
-            // Vector v holds weights j0 .. j0 + 4 of each lane's block.
-            let j0 = (16 * (v % 2) + 4 * (v / 2)) as i32;
-            let bits = _mm256_shuffle_epi8(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(j0)), spread);
-            let hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, sel), sel), sixteen);
-            let q = _mm256_or_si256(nib, hb);
-            for n in 0..N {
-                let y = load32(simd::arr::<32>(yt[n], 32 * v));
-                if VNNI {
-                    s32[n] = _mm256_dpbusd_epi32(s32[n], q, y);
-                } else {
-                    s16[n] = _mm256_add_epi16(s16[n], _mm256_maddubs_epi16(q, y));
-                    if v % 4 == 3 {
-                        s32[n] = _mm256_add_epi32(s32[n], _mm256_madd_epi16(s16[n], ones));
-                        s16[n] = _mm256_setzero_si256();
-                    }
-                }
-            }
-        }
-        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[l[b]].d));
+        let qs = std::array::from_fn(|b| &w[b].qs);
+        let qh = std::array::from_fn(|b| &w[b].qh);
+        let s32 = q5_bits::group_sums_x86::<N, VNNI>(qs, qh, yt);
+        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[LANE_BLOCK[b]].d));
         for n in 0..N {
-            let isum = i32x8::from(s32[n]) - i32x8::splat(2) * i32x8::from_array(*s8[n]);
+            let isum = s32[n] - i32x8::splat(2) * i32x8::from_array(*s8[n]);
             acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
         }
     }
@@ -226,7 +186,8 @@ mod tests {
     use super::*;
     use crate::quant::fp16::read_f16;
     use crate::quant::tests_util::{
-        byte_shims, check_block_dot_paths, check_extreme_blocks, finite_half, known_input,
+        byte_shims, check_block_dot_paths, check_extreme_blocks, check_multi_row_paths,
+        finite_half, known_input,
     };
 
     byte_shims!(BlockQ5_0, [u8], crate::quant::tests_util::q8s);
@@ -314,51 +275,8 @@ mod tests {
         check_extreme_blocks::<BlockQ5_0>(|b, h| b.d = F16(h.to_le_bytes()));
     }
 
-    /// The multi-row kernels (AVX2 and AVX-512, 8, 4 and 1 rows) against the scalar reference:
-    /// ragged and whole groups, quantized data and raw random bytes (-128 in the activations,
-    /// every fifth-bit pattern), finite random scales.
     #[test]
     fn multi_row_equals_single_row_exactly() {
-        use crate::quant::tests_util::{check_rows_levels, Rng};
-        let mut rng = Rng::new(78);
-        let rows = 3;
-        let random = |rng: &mut Rng, len: usize, bs: usize| -> Vec<u8> {
-            let mut b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-            for blk in b.chunks_exact_mut(bs) {
-                blk[..2].copy_from_slice(&finite_half(rng).0);
-            }
-            b
-        };
-        for nb in (0..=20).chain([63, 64, 65]) {
-            for round in 0..2 {
-                let (w, ys): (Vec<u8>, Vec<Vec<u8>>) = if round == 0 {
-                    let wf: Vec<f32> = (0..rows * nb * QK).map(|_| rng.normal() * 0.02).collect();
-                    let ys = (0..8)
-                        .map(|_| {
-                            let xf: Vec<f32> = (0..nb * QK).map(|_| rng.normal() * 4.0).collect();
-                            let mut y = vec![0u8; nb * 34];
-                            crate::quant::dispatch::quantize::<BlockQ8_0>(
-                                &xf,
-                                crate::quant::view_mut(&mut y),
-                            );
-                            y
-                        })
-                        .collect();
-                    (quantize(&wf), ys)
-                } else {
-                    let w = random(&mut rng, rows * nb * BLOCK_BYTES, BLOCK_BYTES);
-                    (w, (0..8).map(|_| random(&mut rng, nb * 34, 34)).collect())
-                };
-                let rb = nb * BLOCK_BYTES;
-                let want: Vec<[f32; 8]> = (0..rows)
-                    .map(|r| {
-                        std::array::from_fn(|t| vec_dot_scalar(&w[r * rb..(r + 1) * rb], &ys[t]))
-                    })
-                    .collect();
-                check_rows_levels::<BlockQ5_0, 8>(&w, &ys, 0, &want);
-                check_rows_levels::<BlockQ5_0, 4>(&w, &ys, 3, &want);
-                check_rows_levels::<BlockQ5_0, 1>(&w, &ys, 7, &want);
-            }
-        }
+        check_multi_row_paths::<BlockQ5_0>(|b, rng| b.d = finite_half(rng));
     }
 }

@@ -3,6 +3,7 @@
 
 use super::block::{bytes_of, i8_bytes, Family, Pod, Scale};
 use super::fp16::F16;
+use super::q4_0::{self, GroupParts, NibbleGroup, Q4Aux, LANE_BLOCK};
 use super::q4_1::combine;
 use super::q5_bits;
 use super::q8_0::BlockQ8_0;
@@ -26,7 +27,7 @@ unsafe impl Pod for BlockQ5_1 {}
 impl Family for BlockQ5_1 {
     const QK: usize = QK;
     type Act = BlockQ8_0;
-    type Aux = ();
+    type Aux = Q4Aux;
 
     /// gguf's `Q5_1.quantize_blocks`, step by step in f32. It gives llama.cpp's
     /// `quantize_row_q5_1_ref` bytes for every block without NaN (the C min/max skip NaN,
@@ -144,6 +145,53 @@ impl Family for BlockQ5_1 {
         let dx = F16::lanes_strided_avx512(bytes_of(y), std::mem::size_of::<BlockQ8_0>());
         *acc += combine(dw, mw, dx, isum, ysum);
     }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8_0]) -> Option<Q4Aux> {
+        Some(q4_0::x4_aux(y))
+    }
+
+    fn aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
+        q4_0::x4_aux_fits(aux, y)
+    }
+
+    /// Q4_0's multi-row driver and activation layout (`NibbleGroup` below).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        q4_0::row_xn::<Self, N, false>(w, aux)
+    }
+
+    /// [`Family::row_xn_avx2`] with `vpdpbusd`.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        q4_0::row_xn::<Self, N, true>(w, aux)
+    }
+}
+
+/// One group of 8 blocks against `N` activation rows in Q4_0's layout (`q4_0::x4_aux`):
+/// `isum = sum(q * y)` from `q5_bits::group_sums_x86`, `ysum = s8 / 8` (exact: `s8` is
+/// `8 * sum(y)`), then the single-row kernel's `combine`.
+impl NibbleGroup for BlockQ5_1 {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const VNNI: bool>(
+        w: &[Self; BLOCK_LANES],
+        (yt, dx, s8): GroupParts<'_, N>,
+        acc: &mut [f32x8; N],
+    ) {
+        let qs = std::array::from_fn(|b| &w[b].qs);
+        let qh = std::array::from_fn(|b| &w[b].qh);
+        let isum = q5_bits::group_sums_x86::<N, VNNI>(qs, qh, yt);
+        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[LANE_BLOCK[b]].d));
+        let mw = F16::lanes_avx2(std::array::from_fn(|b| w[LANE_BLOCK[b]].m));
+        for n in 0..N {
+            let ysum = i32x8::from_array(*s8[n]) / i32x8::splat(8);
+            acc[n] += combine(dw, mw, f32x8::from_array(*dx[n]), isum[n], ysum);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,7 +199,8 @@ mod tests {
     use super::*;
     use crate::quant::fp16::read_f16;
     use crate::quant::tests_util::{
-        byte_shims, check_block_dot_paths, check_extreme_blocks, finite_half, known_input,
+        byte_shims, check_block_dot_paths, check_extreme_blocks, check_multi_row_paths,
+        finite_half, known_input,
     };
 
     byte_shims!(BlockQ5_1, [u8], crate::quant::tests_util::q8s);
@@ -217,6 +266,13 @@ mod tests {
         });
         check_extreme_blocks::<BlockQ5_1>(|b, h| {
             (b.d, b.m) = (F16(h.to_le_bytes()), F16(h.to_le_bytes()));
+        });
+    }
+
+    #[test]
+    fn multi_row_equals_single_row_exactly() {
+        check_multi_row_paths::<BlockQ5_1>(|b, rng| {
+            (b.d, b.m) = (finite_half(rng), finite_half(rng))
         });
     }
 }

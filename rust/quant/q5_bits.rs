@@ -105,6 +105,63 @@ pub(crate) mod x86 {
     }
 }
 
+/// The multi-row kernels' integer part for Q5_0 and Q5_1: `sum(q * y)` (q = 0..=31) of each of
+/// 8 blocks against `N` activation rows in Q4_0's layout (`q4_0::x4_aux`; lanes in
+/// `LANE_BLOCK` order). The nibbles are transposed as Q4_0's and each byte's fifth bit (bit
+/// `j` of its block's `qh`) or'ed in as 0x10. AVX2 sums four `maddubs` in i16
+/// (4 * 2 * 31 * 128 < 2^15) before widening; VNNI sums in i32. Exact either way.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) unsafe fn group_sums_x86<const N: usize, const VNNI: bool>(
+    qs: [&[u8; 16]; 8],
+    qh: [&[u8; 4]; 8],
+    yt: [&[u8; crate::quant::q4_0::YT_GROUP]; N],
+) -> [i32x8; N] {
+    use crate::quant::q4_0::{transpose_qs, LANE_BLOCK};
+    use crate::quant::simd::{arr, x86::*};
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let t = transpose_qs(qs);
+    let l = LANE_BLOCK;
+    let h = |b: usize| i32::from_le_bytes(*qh[l[b]]);
+    let qh = _mm256_setr_epi32(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7));
+    // Byte i of each dword <- byte 0 of it; bit i of that picks byte i's weight.
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12,
+        12, 12, 12,
+    );
+    let sel = _mm256_set1_epi32(0x0804_0201);
+    let sixteen = _mm256_set1_epi8(0x10);
+    let mut s16 = [_mm256_setzero_si256(); N];
+    let mut s32 = [_mm256_setzero_si256(); N];
+    for v in 0..8 {
+        let tk = t[v / 2];
+        let nib = if v % 2 == 0 {
+            _mm256_and_si256(tk, m4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
+        };
+        // Vector v holds weights j0 .. j0 + 4 of each lane's block.
+        let j0 = (16 * (v % 2) + 4 * (v / 2)) as i32;
+        let bits = _mm256_shuffle_epi8(_mm256_srl_epi32(qh, _mm_cvtsi32_si128(j0)), spread);
+        let hb = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bits, sel), sel), sixteen);
+        let q = _mm256_or_si256(nib, hb);
+        for n in 0..N {
+            let y = load32(arr::<32>(yt[n], 32 * v));
+            if VNNI {
+                s32[n] = _mm256_dpbusd_epi32(s32[n], q, y);
+            } else {
+                s16[n] = _mm256_add_epi16(s16[n], _mm256_maddubs_epi16(q, y));
+                if v % 4 == 3 {
+                    s32[n] = _mm256_add_epi32(s32[n], _mm256_madd_epi16(s16[n], ones));
+                    s16[n] = _mm256_setzero_si256();
+                }
+            }
+        }
+    }
+    s32.map(i32x8::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
