@@ -14,9 +14,9 @@ pub(crate) const KVALUES: [i8; 16] = [
 /// [`KVALUES`] as bytes (the `pshufb` table), and biased by 128 to unsigned bytes (1..=241,
 /// the table of the `vpdpbusd` kernels).
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-const KVALUES_U8: [u8; 16] = table_bytes(0);
+pub(crate) const KVALUES_U8: [u8; 16] = table_bytes(0);
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-const KVALUES_BIASED: [u8; 16] = table_bytes(0x80);
+pub(crate) const KVALUES_BIASED: [u8; 16] = table_bytes(0x80);
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 const fn table_bytes(xor: u8) -> [u8; 16] {

@@ -4,7 +4,7 @@
 use super::block::{bytes_of, i8_bytes, Family, Pod, Scale};
 use super::fp16::F16;
 use super::iq4::{self, Iq4Out, KVALUES};
-use super::q4_0::combine;
+use super::q4_0::{self, combine, GroupParts, NibbleGroup, Q4Aux, LANE_BLOCK};
 use super::q8_0::BlockQ8_0;
 use super::simd::{self, BLOCK_LANES};
 use std::simd::prelude::*;
@@ -24,7 +24,7 @@ unsafe impl Pod for BlockIq4Nl {}
 impl Family for BlockIq4Nl {
     const QK: usize = QK;
     type Act = BlockQ8_0;
-    type Aux = ();
+    type Aux = Q4Aux;
 
     /// llama.cpp's `quantize_iq4_nl` without importance weights: the impl function on one
     /// 32-weight block.
@@ -121,6 +121,80 @@ impl Family for BlockIq4Nl {
         let dx = F16::lanes_strided_avx512(bytes_of(y), std::mem::size_of::<BlockQ8_0>());
         *acc += combine(dw, dx, isum);
     }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8_0]) -> Option<Q4Aux> {
+        Some(q4_0::x4_aux(y))
+    }
+
+    fn aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
+        q4_0::x4_aux_fits(aux, y)
+    }
+
+    /// Q4_0's multi-row driver and activation layout (`NibbleGroup` below).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        q4_0::row_xn::<Self, N, false>(w, aux)
+    }
+
+    /// [`Family::row_xn_avx2`] with `vpdpbusd`.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        q4_0::row_xn::<Self, N, true>(w, aux)
+    }
+}
+
+/// One group of 8 blocks against `N` activation rows in Q4_0's layout (`q4_0::x4_aux`): the
+/// indices transposed as Q4_0's nibbles and looked up per vector. AVX2: the exact sign trick
+/// (`iq4::x86::mul_pairs_avx2`), widened per vector; VNNI: the biased table with `vpdpbusd`,
+/// minus `128 * sum(y)` (= `16 * s8`). The single-row kernel's integer and `combine`.
+impl NibbleGroup for BlockIq4Nl {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const VNNI: bool>(
+        w: &[Self; BLOCK_LANES],
+        (yt, dx, s8): GroupParts<'_, N>,
+        acc: &mut [f32x8; N],
+    ) {
+        use simd::x86::*;
+        let m4 = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let t = q4_0::transpose_qs(std::array::from_fn(|b| &w[b].qs));
+        let table = load16(if VNNI {
+            &iq4::KVALUES_BIASED
+        } else {
+            &iq4::KVALUES_U8
+        });
+        let table = _mm256_broadcastsi128_si256(table);
+        let mut s32 = [_mm256_setzero_si256(); N];
+        for v in 0..8 {
+            let tk = t[v / 2];
+            let nib = if v % 2 == 0 {
+                _mm256_and_si256(tk, m4)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16(tk, 4), m4)
+            };
+            let wv = _mm256_shuffle_epi8(table, nib);
+            for n in 0..N {
+                let y = load32(simd::arr::<32>(yt[n], 32 * v));
+                s32[n] = if VNNI {
+                    _mm256_dpbusd_epi32(s32[n], wv, y)
+                } else {
+                    let p = _mm256_madd_epi16(iq4::x86::mul_pairs_avx2(wv, y), ones);
+                    _mm256_add_epi32(s32[n], p)
+                };
+            }
+        }
+        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[LANE_BLOCK[b]].d));
+        let bias = if VNNI { 16 } else { 0 };
+        for n in 0..N {
+            let isum = i32x8::from(s32[n]) - i32x8::splat(bias) * i32x8::from_array(*s8[n]);
+            acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +202,8 @@ mod tests {
     use super::*;
     use crate::quant::fp16::read_f16;
     use crate::quant::tests_util::{
-        byte_shims, check_block_dot_paths, check_extreme_blocks, finite_half, known_input,
+        byte_shims, check_block_dot_paths, check_extreme_blocks, check_multi_row_paths,
+        finite_half, known_input,
     };
 
     byte_shims!(BlockIq4Nl, [u8], crate::quant::tests_util::q8s);
@@ -214,5 +289,10 @@ mod tests {
     fn dot_paths_agree_exactly() {
         check_block_dot_paths::<BlockIq4Nl>(|b, rng| b.d = finite_half(rng));
         check_extreme_blocks::<BlockIq4Nl>(|b, h| b.d = F16(h.to_le_bytes()));
+    }
+
+    #[test]
+    fn multi_row_equals_single_row_exactly() {
+        check_multi_row_paths::<BlockIq4Nl>(|b, rng| b.d = finite_half(rng));
     }
 }
