@@ -52,6 +52,16 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
     sign | r as u16
 }
 
+/// ggml's `GGML_FP32_TO_FP16` as llama.cpp's reference encoders run it (ggml-base is built
+/// without F16C, so it is the software `ggml_compute_fp32_to_fp16`): round to nearest even
+/// like [`f32_to_f16_bits`], but every NaN becomes the quiet NaN `0x7e00` with its sign.
+pub fn ggml_fp32_to_fp16_bits(x: f32) -> u16 {
+    if x.is_nan() {
+        return ((x.to_bits() >> 16) & 0x8000) as u16 | 0x7e00;
+    }
+    f32_to_f16_bits(x)
+}
+
 /// IEEE half bits to f32 (exact; NaN payloads are kept, as numpy does).
 pub fn f16_bits_to_f32(h: u16) -> f32 {
     let sign = ((h as u32) & 0x8000) << 16;

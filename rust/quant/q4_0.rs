@@ -22,7 +22,7 @@ unsafe impl<S: Scale> Pod for BlockQ4_0<S> {}
 
 /// The float half of a group, shared by every level so their order cannot drift apart.
 #[inline(always)]
-fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
+pub(crate) fn combine(dw: f32x8, dx: f32x8, isum: i32x8) -> f32x8 {
     (dw * dx) * isum.cast::<f32>()
 }
 
@@ -37,12 +37,7 @@ impl<S: Scale> Family for BlockQ4_0<S> {
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut Self) {
         let x: &[f32; QK] = x.try_into().unwrap();
-        // numpy `abs(x).argmax()`: first index of the largest magnitude; the first NaN if any.
-        let imax = match simd::block_abs_max(x) {
-            Some(amax) => x.iter().position(|v| v.abs() == amax).unwrap(),
-            None => x.iter().position(|v| v.is_nan()).unwrap(),
-        };
-        let d = x[imax] / -8.0;
+        let d = x[simd::np_abs_argmax(x)] / -8.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
         // trunc(x*id + 8.5), numpy's uint8 cast, clip to 15 (finite input gives 0..=16 here).
         let q = |k: usize| {
@@ -171,24 +166,63 @@ impl<S: Scale> Family for BlockQ4_0<S> {
     }
 
     fn aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
-        let groups = y.len().div_ceil(BLOCK_LANES);
-        aux.d.len() == groups * BLOCK_LANES
-            && aux.s8.len() == groups * BLOCK_LANES
-            && aux.yt.len() == groups * YT_GROUP
+        x4_aux_fits(aux, y)
     }
 
     /// One weight row against `N` activation rows.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
-        row_xn::<S, N, false>(w, aux)
+        row_xn::<Self, N, false>(w, aux)
     }
 
     /// [`Family::row_xn_avx2`] with `vpdpbusd` for the nibble products.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
-        row_xn::<S, N, true>(w, aux)
+        row_xn::<Self, N, true>(w, aux)
+    }
+}
+
+/// Whether `aux` is `x4_aux` of a row of `y`'s length.
+pub(crate) fn x4_aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
+    let groups = y.len().div_ceil(BLOCK_LANES);
+    aux.d.len() == groups * BLOCK_LANES
+        && aux.s8.len() == groups * BLOCK_LANES
+        && aux.yt.len() == groups * YT_GROUP
+}
+
+/// One group's slices of each activation row's side data: (quants, scales, 8 * sums).
+pub(crate) type GroupParts<'a, const N: usize> = (
+    [&'a [u8; YT_GROUP]; N],
+    [&'a [f32; BLOCK_LANES]; N],
+    [&'a [i32; BLOCK_LANES]; N],
+);
+
+/// Weight blocks whose multi-row kernel meets the activations in `x4_aux`'s layout, one group
+/// of 8 blocks at a time (Q4_0, Q5_0): [`row_xn`] drives it.
+pub(crate) trait NibbleGroup: Pod {
+    /// Adds the group's terms into `acc` (lanes in `LANE_BLOCK` order).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (and AVX-512 VNNI + VL if `VNNI`).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    unsafe fn group_xn<const N: usize, const VNNI: bool>(
+        w: &[Self; BLOCK_LANES],
+        parts: GroupParts<'_, N>,
+        acc: &mut [f32x8; N],
+    );
+}
+
+impl<S: Scale> NibbleGroup for BlockQ4_0<S> {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const VNNI: bool>(
+        w: &[Self; BLOCK_LANES],
+        parts: GroupParts<'_, N>,
+        acc: &mut [f32x8; N],
+    ) {
+        group_xn_avx2::<S, N, VNNI>(w, parts, acc)
     }
 }
 
@@ -196,8 +230,8 @@ impl<S: Scale> Family for BlockQ4_0<S> {
 /// with AVX2's `maddubs`.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn row_xn<S: Scale, const N: usize, const VNNI: bool>(
-    w: &[BlockQ4_0<S>],
+pub(crate) unsafe fn row_xn<W: NibbleGroup, const N: usize, const VNNI: bool>(
+    w: &[W],
     aux: [&Q4Aux; N],
 ) -> [f32; N] {
     let nb = w.len();
@@ -213,18 +247,15 @@ unsafe fn row_xn<S: Scale, const N: usize, const VNNI: bool>(
     let mut acc = [f32x8::splat(0.0); N];
     let full = nb / BLOCK_LANES;
     for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
-        simd::prefetch_ahead(
-            wg.as_ptr().cast(),
-            BLOCK_LANES * std::mem::size_of::<BlockQ4_0<S>>(),
-        );
-        group_xn_avx2::<S, N, VNNI>(wg.try_into().unwrap(), group_parts(aux, g), &mut acc);
+        simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<W>());
+        W::group_xn::<N, VNNI>(wg.try_into().unwrap(), group_parts(aux, g), &mut acc);
     }
     let rem = nb % BLOCK_LANES;
     if rem != 0 {
         // Zero padding as in the row driver: padded lanes add (0 * 0) * 0 = +0.0.
-        let mut wp = [zeroed::<BlockQ4_0<S>>(); BLOCK_LANES];
+        let mut wp = [zeroed::<W>(); BLOCK_LANES];
         wp[..rem].copy_from_slice(&w[full * BLOCK_LANES..]);
-        group_xn_avx2::<S, N, VNNI>(&wp, group_parts(aux, full), &mut acc);
+        W::group_xn::<N, VNNI>(&wp, group_parts(aux, full), &mut acc);
     }
     acc.map(|a| {
         let a = a.to_array();
@@ -240,12 +271,12 @@ unsafe fn row_xn<S: Scale, const N: usize, const VNNI: bool>(
 /// (the order a 4x4 dword transpose within 128-bit halves produces). The float accumulator
 /// of lane `l` is the single-row kernel's lane `LANE_BLOCK[l]`; it is put back in place
 /// before the fixed reduction.
-const LANE_BLOCK: [usize; BLOCK_LANES] = [0, 2, 4, 6, 1, 3, 5, 7];
+pub(crate) const LANE_BLOCK: [usize; BLOCK_LANES] = [0, 2, 4, 6, 1, 3, 5, 7];
 
 /// Bytes of one group of 8 activation blocks rearranged for the multi-row kernels: 8 vectors
 /// of 32 bytes; vector `2k + h`, lane `l` holds quants `16h + 4k .. 16h + 4k + 4` of block
 /// `LANE_BLOCK[l]` (the weights' nibbles land in that layout after a cheap transpose).
-const YT_GROUP: usize = BLOCK_LANES * 32;
+pub(crate) const YT_GROUP: usize = BLOCK_LANES * 32;
 
 /// Side data of one q8_0 activation row for the multi-row kernel, per group of 8 blocks (the
 /// last one padded with zero blocks), lanes in `LANE_BLOCK` order: the scales as f32,
@@ -308,6 +339,32 @@ fn group_parts<const N: usize>(
     )
 }
 
+/// The 16 nibble bytes of 8 blocks transposed for the multi-row kernels: `t[k]` lane `l` is
+/// dword `k` (bytes `4k .. 4k + 4`) of block `LANE_BLOCK[l]`.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+pub(crate) unsafe fn transpose_qs(qs: [&[u8; 16]; BLOCK_LANES]) -> [simd::x86::__m256i; 4] {
+    use simd::x86::*;
+    // r[i] = [quants of block 2i | quants of block 2i + 1].
+    let r = [
+        _mm256_set_m128i(load16(qs[1]), load16(qs[0])),
+        _mm256_set_m128i(load16(qs[3]), load16(qs[2])),
+        _mm256_set_m128i(load16(qs[5]), load16(qs[4])),
+        _mm256_set_m128i(load16(qs[7]), load16(qs[6])),
+    ];
+    // 4x4 dword transpose within each half.
+    let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let a2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let a3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    [
+        _mm256_unpacklo_epi64(a0, a2),
+        _mm256_unpackhi_epi64(a0, a2),
+        _mm256_unpacklo_epi64(a1, a3),
+        _mm256_unpackhi_epi64(a1, a3),
+    ]
+}
+
 /// One group of 8 blocks of a weight row against the same group of `N` activation rows.
 /// The weight nibbles are unpacked and transposed once (lane = block, 4 weights per lane per
 /// vector) to meet the activations, rearranged the same way once per matmul (`x4_aux`). Per
@@ -330,20 +387,7 @@ unsafe fn group_xn_avx2<S: Scale, const N: usize, const VNNI: bool>(
     use simd::x86::*;
     let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    // r[i] = [quants of block 2i | quants of block 2i + 1].
-    let r: [__m256i; 4] =
-        std::array::from_fn(|i| _mm256_set_m128i(load16(&w[2 * i + 1].qs), load16(&w[2 * i].qs)));
-    // 4x4 dword transpose within each half: t[k] lane l = dword k of block LANE_BLOCK[l].
-    let a0 = _mm256_unpacklo_epi32(r[0], r[1]);
-    let a1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    let a2 = _mm256_unpacklo_epi32(r[2], r[3]);
-    let a3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    let t = [
-        _mm256_unpacklo_epi64(a0, a2),
-        _mm256_unpackhi_epi64(a0, a2),
-        _mm256_unpacklo_epi64(a1, a3),
-        _mm256_unpackhi_epi64(a1, a3),
-    ];
+    let t = transpose_qs(std::array::from_fn(|b| &w[b].qs));
     let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
     // Nibble vector v by v, each meeting every activation row while it is in a register:
     // nib(2k) = weights 4k..4k+4 (low nibbles), nib(2k + 1) = weights 16 + 4k.. (high).

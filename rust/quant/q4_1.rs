@@ -23,7 +23,7 @@ unsafe impl<S: Scale> Pod for BlockQ4_1<S> {}
 
 /// The float half of a group, shared by every level.
 #[inline(always)]
-fn combine(dw: f32x8, mw: f32x8, dx: f32x8, isum: i32x8, ysum: i32x8) -> f32x8 {
+pub(crate) fn combine(dw: f32x8, mw: f32x8, dx: f32x8, isum: i32x8, ysum: i32x8) -> f32x8 {
     (dw * dx) * isum.cast::<f32>() + mw * (dx * ysum.cast::<f32>())
 }
 
@@ -36,23 +36,7 @@ impl<S: Scale> Family for BlockQ4_1<S> {
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut Self) {
         let x: &[f32; QK] = x.try_into().unwrap();
-        // Block min and max; NaN propagates as in numpy (we keep the first NaN). Between equal
-        // values the first one wins, which only decides the sign of a zero: numpy's SIMD
-        // reduction picks one by position in a machine-dependent way; ggml's C reference keeps
-        // the first, as we do.
-        let (min, max) = match simd::block_min_max(x) {
-            Some((min, max)) => {
-                let first_zero = || *x.iter().find(|v| **v == 0.0).unwrap();
-                (
-                    if min == 0.0 { first_zero() } else { min },
-                    if max == 0.0 { first_zero() } else { max },
-                )
-            }
-            None => {
-                let nan = *x.iter().find(|v| v.is_nan()).unwrap();
-                (nan, nan)
-            }
-        };
+        let (min, max) = simd::np_min_max(x);
         let d = (max - min) / 15.0;
         let id = if d == 0.0 { 0.0 } else { 1.0 / d };
         // trunc((x - min)*id + 0.5), numpy's uint8 cast, clip to 15.

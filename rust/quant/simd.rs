@@ -4,10 +4,10 @@
 //!
 //! The accumulation orders are part of the numerics contract, because the scalar references
 //! (`vec_dot_scalar`) follow them step by step and tests assert exact equality:
-//! - float rows (F32, F16 weights): 32 partial sums; element `i` is added into lane `i % 32`
-//!   in increasing `i`; then [`reduce32`].
-//! - block rows (Q4_0, Q4_1, Q8_0): integer dot product per block (exact), then that block's
-//!   f32 term is added into lane `b % 8` for block `b`; then [`reduce8`].
+//! - float rows (F32, F16, BF16 weights): 32 partial sums; element `i` is added into lane
+//!   `i % 32` in increasing `i`; then [`reduce32`].
+//! - block rows (the quantized families): integer dot product per block (exact), then that
+//!   block's f32 term is added into lane `b % 8` for block `b`; then [`reduce8`].
 //!
 //! Every float step is a separate IEEE f32 multiply or add (Rust never contracts `a * b + c`
 //! into an FMA), so the AVX2 build and the portable build give the same bits.
@@ -251,6 +251,38 @@ pub(crate) fn block_min_max(x: &[f32; 32]) -> Option<(f32, f32)> {
         .simd_max(v[2].simd_max(v[3]))
         .reduce_max();
     Some((min, max))
+}
+
+/// numpy's `abs(x).argmax()` over a block: the first index of the largest magnitude, or the
+/// first NaN if the block holds one (the choice of the gguf encoders that scale by the signed
+/// extreme: Q4_0, Q5_0).
+#[inline(always)]
+pub(crate) fn np_abs_argmax(x: &[f32; 32]) -> usize {
+    match block_abs_max(x) {
+        Some(amax) => x.iter().position(|v| v.abs() == amax).unwrap(),
+        None => x.iter().position(|v| v.is_nan()).unwrap(),
+    }
+}
+
+/// numpy's `(x.min(), x.max())` over a block (Q4_1, Q5_1): NaN propagates (we keep the first
+/// NaN). Between equal values the first one wins, which only decides the sign of a zero:
+/// numpy's SIMD reduction picks one by position in a machine-dependent way; ggml's C
+/// reference keeps the first, as we do.
+#[inline(always)]
+pub(crate) fn np_min_max(x: &[f32; 32]) -> (f32, f32) {
+    match block_min_max(x) {
+        Some((min, max)) => {
+            let first_zero = || *x.iter().find(|v| **v == 0.0).unwrap();
+            (
+                if min == 0.0 { first_zero() } else { min },
+                if max == 0.0 { first_zero() } else { max },
+            )
+        }
+        None => {
+            let nan = *x.iter().find(|v| v.is_nan()).unwrap();
+            (nan, nan)
+        }
+    }
 }
 
 // numpy float32 semantics the quantizers need, scalar (the readable definition, test-only:

@@ -518,3 +518,59 @@ pub(crate) fn check_rows_levels<B: Family, const N: usize>(
     }
     let _ = (aux, row_len);
 }
+
+/// Every multi-row kernel level of family `B` (called directly; 8, 4 and 1 activation rows)
+/// against its scalar reference: ragged and whole groups, quantized data and raw random bytes
+/// (-128 among the activations; `finite` gives a random weight block finite scales).
+pub(crate) fn check_multi_row_paths<B: Family>(finite: impl Fn(&mut B, &mut Rng))
+where
+    B::Act: TestActivation,
+{
+    let (bb, qb) = (std::mem::size_of::<B>(), std::mem::size_of::<B::Act>());
+    let mut rng = Rng::new(78);
+    let rows = 3;
+    for nb in (0..=20).chain([63, 64, 65]) {
+        for round in 0..2 {
+            let n = nb * B::QK;
+            let (w, ys): (Vec<u8>, Vec<Vec<u8>>) = if round == 0 {
+                let wf: Vec<f32> = (0..rows * n).map(|_| rng.normal() * 0.02).collect();
+                let mut w = vec![0u8; rows * nb * bb];
+                dispatch::quantize::<B>(&wf, view_mut(&mut w));
+                let ys = (0..8)
+                    .map(|_| {
+                        let xf: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
+                        bytes_of_units(&B::Act::quantize_units(&xf))
+                    })
+                    .collect();
+                (w, ys)
+            } else {
+                let mut w: Vec<u8> = (0..rows * nb * bb).map(|_| rng.next_u64() as u8).collect();
+                for b in view_mut::<B>(&mut w) {
+                    finite(b, &mut rng);
+                }
+                let ys = (0..8)
+                    .map(|_| {
+                        let mut y: Vec<u8> = (0..nb * qb).map(|_| rng.next_u64() as u8).collect();
+                        for u in view_mut::<B::Act>(&mut y) {
+                            u.fix_random(&mut rng);
+                        }
+                        y
+                    })
+                    .collect();
+                (w, ys)
+            };
+            let wv = view::<B>(&w);
+            let want: Vec<[f32; 8]> = (0..rows)
+                .map(|r| {
+                    std::array::from_fn(|t| {
+                        B::dot_scalar(&wv[r * nb..(r + 1) * nb], view::<B::Act>(&ys[t]))
+                    })
+                })
+                .collect();
+            check_rows_levels::<B, 8>(&w, &ys, 0, &want);
+            check_rows_levels::<B, 4>(&w, &ys, 3, &want);
+            check_rows_levels::<B, 1>(&w, &ys, 7, &want);
+        }
+    }
+    note_skipped_levels();
+}
