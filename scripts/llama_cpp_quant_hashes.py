@@ -27,8 +27,24 @@ SOURCE = ROOT.parent / "shared" / "models" / "fortunes-4M-f32.gguf"
 OUT = ROOT / "tests" / "data" / "llama_cpp_quants.json"
 # The file types `llama-rs quantize` offers, by llama.cpp's names.
 FTYPES = [
-    "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs",
-    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+    "f16",
+    "bf16",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "iq4_nl",
+    "iq4_xs",
+    "q2_k",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
 ]
 
 
@@ -39,7 +55,12 @@ def tensor_hashes(path: Path) -> dict[str, list[str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--llama-cpp", type=Path, default=os.environ.get("LLAMA_CPP_DIR"), help="llama.cpp checkout with build/bin/llama-quantize")
+    ap.add_argument(
+        "--llama-cpp",
+        type=Path,
+        default=os.environ.get("LLAMA_CPP_DIR"),
+        help="llama.cpp checkout with build/bin/llama-quantize",
+    )
     args = ap.parse_args()
     if args.llama_cpp is None:
         ap.error("give --llama-cpp or set LLAMA_CPP_DIR")

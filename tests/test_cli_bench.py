@@ -32,7 +32,8 @@ def test_bench_json_rows() -> None:
 def test_bench_table_and_errors() -> None:
     r = cli("-p", "8", "-n", "2", "-t", "1", "-r", "1")
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    kernels, *lines = r.stdout.strip().splitlines()
+    assert kernels.startswith("kernels: ")  # which instruction set ran (test_kernel_levels.py)
     assert lines[0].split()[:4] == ["model", "type", "threads", "test"]
     assert "pp8" in lines[1] and "tg2" in lines[2] and "±" in lines[1]
     bad = cli("-t", "0")

@@ -330,6 +330,7 @@ def write_vocab(w, v: Vocab) -> None:
         w.add_add_space_prefix(v.add_space_prefix)
         w.add_remove_extra_whitespaces(v.remove_extra_whitespaces)
 
+
 def add_vocab(w, v: AnyVocab) -> None:
     """The `tokenizer.ggml.*` keys of either kind of vocab, on a `gguf.GGUFWriter`."""
     if isinstance(v, BpeVocab):
