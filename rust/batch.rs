@@ -22,6 +22,8 @@ pub struct Event {
     pub piece: Option<String>,
     /// Set on the sequence's last event; its slot is free again.
     pub finish: Option<FinishReason>,
+    /// Tokens generated so far (end-of-generation tokens not counted).
+    pub tokens: usize,
 }
 
 struct Job {
@@ -191,6 +193,7 @@ impl Batch {
                             id: job.id,
                             piece,
                             finish: gen.finish,
+                            tokens: gen.generated,
                         });
                         slot.job = None;
                     }
@@ -282,6 +285,7 @@ impl Batch {
                 id: job.id,
                 piece,
                 finish,
+                tokens: gen.generated,
             });
             if finish.is_some() {
                 slot.job = None;

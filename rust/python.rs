@@ -1,6 +1,7 @@
 //! The PyO3 surface (`llama_rs._core`): converts arguments and errors, releases the GIL,
 //! and stops every Rust panic at the boundary. No logic of its own.
 
+use crate::batch::Batch;
 use crate::error::Error;
 use crate::gguf::{GgufFile, TensorSpec, Value, ValueType};
 use crate::model::{KvType, Model};
@@ -191,8 +192,136 @@ struct Engine {
     seed: Seed,
 }
 
+fn parse_kv_type(kv_type: &str) -> PyResult<KvType> {
+    match kv_type {
+        "f16" => Ok(KvType::F16),
+        "f32" => Ok(KvType::F32),
+        other => Err(PyValueError::new_err(format!(
+            "kv_type must be \"f16\" or \"f32\", got {other:?}"
+        ))),
+    }
+}
+
+/// Several generations on the engine's model, stepped together (`batch.rs`).
+#[pyclass(module = "llama_rs._core")]
+struct BatchEngine {
+    batch: Mutex<Batch>,
+    model: Arc<Model>,
+    seed: Seed,
+}
+
+#[pymethods]
+impl BatchEngine {
+    /// Start a generation (the parameters of `Engine.start`); its id tags its events.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (
+        prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, bos=true,
+        presence_penalty=FloatArg(Arg::Val(0.0)), frequency_penalty=FloatArg(Arg::Val(0.0)), logit_bias=None,
+    ))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        prompt: PyPromptArg,
+        max_tokens: IntArg,
+        top_k: IntArg,
+        top_p: FloatArg,
+        temp: FloatArg,
+        repeat_penalty: FloatArg,
+        repeat_lastn: IntArg,
+        seed: Option<IntArg>,
+        stop: StopArg,
+        bos: bool,
+        presence_penalty: FloatArg,
+        frequency_penalty: FloatArg,
+        logit_bias: Option<BiasArg>,
+    ) -> PyResult<u64> {
+        let args = generate_args(
+            max_tokens,
+            top_k,
+            top_p,
+            temp,
+            repeat_penalty,
+            repeat_lastn,
+            seed,
+            stop,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+            None,
+        );
+        let mut params = args
+            .validate(Some(self.model.config.n_vocab))
+            .map_err(|e| to_py(py, e))?;
+        params.seed.get_or_insert(self.seed);
+        let ids = match prompt {
+            PyPromptArg::Text(t) => self.model.tokenizer.encode(&t, bos),
+            PyPromptArg::Ids(ids) => ids,
+        };
+        let batch = &self.batch;
+        run(py, move || lock_batch(batch).add(&ids, params))
+    }
+
+    /// One forward pass over every running sequence: `[(id, piece or None, finish or None,
+    /// tokens generated)]`.
+    #[allow(clippy::type_complexity)]
+    fn step(
+        &self,
+        py: Python<'_>,
+    ) -> PyResult<Vec<(u64, Option<String>, Option<&'static str>, usize)>> {
+        let batch = &self.batch;
+        let events = run(py, move || lock_batch(batch).step())?;
+        Ok(events
+            .into_iter()
+            .map(|e| (e.id, e.piece, e.finish.map(|f| f.as_str()), e.tokens))
+            .collect())
+    }
+
+    /// Stop sequence `id`; False if it is not running.
+    fn cancel(&self, id: u64) -> bool {
+        lock_batch(&self.batch).cancel(id)
+    }
+
+    #[getter]
+    fn active(&self) -> usize {
+        lock_batch(&self.batch).active()
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        lock_batch(&self.batch).capacity()
+    }
+}
+
+fn lock_batch(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[pymethods]
 impl Engine {
+    /// A batch engine over this engine's model (shared, not loaded again): `n_parallel`
+    /// sequences of `n_ctx` positions each, on `n_threads` threads.
+    #[pyo3(signature = (n_parallel, n_ctx, n_threads, kv_type="f16", prefill_chunk=crate::batch::DEFAULT_PREFILL_CHUNK))]
+    fn batch(
+        &self,
+        py: Python<'_>,
+        n_parallel: usize,
+        n_ctx: usize,
+        n_threads: usize,
+        kv_type: &str,
+        prefill_chunk: usize,
+    ) -> PyResult<BatchEngine> {
+        let kv = parse_kv_type(kv_type)?;
+        let model = self.model.clone();
+        let batch = run(py, move || {
+            Batch::new(model, n_ctx, n_threads, kv, n_parallel, prefill_chunk)
+        })?;
+        Ok(BatchEngine {
+            batch: Mutex::new(batch),
+            model: self.model.clone(),
+            seed: self.seed,
+        })
+    }
+
     #[new]
     fn new(
         py: Python<'_>,
@@ -203,15 +332,7 @@ impl Engine {
         kv_type: &str,
     ) -> PyResult<Engine> {
         let seed = parse_seed(&seed.0).map_err(|e| to_py(py, e))?;
-        let kv = match kv_type {
-            "f16" => KvType::F16,
-            "f32" => KvType::F32,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "kv_type must be \"f16\" or \"f32\", got {other:?}"
-                )))
-            }
-        };
+        let kv = parse_kv_type(kv_type)?;
         let model = run(py, || Model::load(&path).map(Arc::new))?;
         let session = run(py, || Session::new(model.clone(), n_ctx, n_threads, kv))?;
         Ok(Engine {
@@ -1081,6 +1202,7 @@ impl QuantizeJob {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
+    m.add_class::<BatchEngine>()?;
     m.add_class::<GenerationIter>()?;
     m.add_class::<TokenizerFile>()?;
     m.add_class::<QuantizeJob>()?;

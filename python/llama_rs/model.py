@@ -82,6 +82,7 @@ class Model:
         if threads < 1:
             raise ValueError(f"n_threads must be at least 1, got {threads}")
         self._engine = _core.Engine(Path(path), n_ctx, threads, seed, kv_type)
+        self._kv_type = kv_type
 
     @classmethod
     def demo(
@@ -333,6 +334,92 @@ class Model:
         )
 
     # -- chat -------------------------------------------------------------------------------
+    def _run_many(self, prompts, n_parallel, params, extra) -> Iterator[tuple[int, str | None, str | None, int]]:
+        """(prompt index, piece or None, finish reason or None, tokens so far) per event."""
+        if not prompts:
+            return
+        n = min(len(prompts), 16) if n_parallel is None else n_parallel
+        batch = self._engine.batch(n, self.n_ctx, self.n_threads, self._kv_type)
+        index: dict[int, int] = {}
+        waiting = list(enumerate(prompts))
+        done = 0
+        while done < len(prompts):
+            while waiting and batch.active < batch.capacity:
+                i, p = waiting.pop(0)
+                index[batch.add(p, *params, **extra)] = i
+            for sid, piece, finish, tokens in batch.step():
+                done += finish is not None
+                yield index[sid], piece, finish, tokens
+
+    def generate_many(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        n_parallel: int | None = None,
+        max_tokens: int = DEFAULTS.max_tokens,
+        top_k: int = DEFAULTS.top_k,
+        top_p: float = DEFAULTS.top_p,
+        temp: float = DEFAULTS.temp,
+        repeat_penalty: float = DEFAULTS.repeat_penalty,
+        repeat_lastn: int = DEFAULTS.repeat_lastn,
+        seed: int | None = DEFAULTS.seed,
+        stop: str | Sequence[str] = DEFAULTS.stop,
+        presence_penalty: float = DEFAULTS.presence_penalty,
+        frequency_penalty: float = DEFAULTS.frequency_penalty,
+        logit_bias: Mapping[int, float] | None = DEFAULTS.logit_bias,
+    ) -> Iterator[tuple[int, str]]:
+        """Generate after every prompt at once, yielding `(index of the prompt, piece)` as
+        pieces are produced (continuous batching: each forward pass reads the weights once for
+        all running sequences; `n_parallel` of them at a time, default all up to 16, the
+        others join as slots free up). Each sequence gets exactly the tokens it gets alone
+        with the same seed (`seed` None: the model's seed; the same seed for every prompt).
+        Parameters as `generate` (no `logprobs`). Each slot has its own KV cache of `n_ctx`
+        positions; this model's own cache is untouched.
+
+        Raises:
+            ParamError: a parameter out of its range (`.param` names it).
+            ValueError: a prompt does not fit the context, or `n_parallel` is out of 1..256.
+        """
+        for i, piece, _, _ in self._many(
+            prompts, n_parallel, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+            presence_penalty, frequency_penalty, logit_bias,
+        ):  # fmt: skip
+            if piece:
+                yield i, piece
+
+    def _many(self, prompts, n_parallel, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
+              presence_penalty, frequency_penalty, logit_bias):  # fmt: skip
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        params = (max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
+        extra = dict(presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias)
+        return self._run_many(prompts, n_parallel, params, extra)
+
+    def complete_many(
+        self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None = None, **params: Any
+    ) -> list[Completion]:
+        """`complete` for every prompt at once (see `generate_many`), in prompt order."""
+        keys = ["max_tokens", "top_k", "top_p", "temp", "repeat_penalty", "repeat_lastn", "seed", "stop",
+                "presence_penalty", "frequency_penalty", "logit_bias"]  # fmt: skip
+        unknown = set(params) - set(keys)
+        if unknown:
+            raise TypeError(f"complete_many() got unexpected keyword arguments {sorted(unknown)}")
+        args = [params.get(k, getattr(DEFAULTS, k)) for k in keys]
+        texts, counts, reasons = [""] * len(prompts), [0] * len(prompts), [None] * len(prompts)
+        for i, piece, finish, tokens in self._many(prompts, n_parallel, *args):
+            texts[i] += piece or ""
+            counts[i] = tokens
+            if finish is not None:
+                reasons[i] = finish
+        return [
+            Completion(
+                text=t,
+                tokens=n,
+                prompt_tokens=len(self.tokenize(p)) if isinstance(p, str) else len(p),
+                finish_reason=r,
+            )
+            for t, n, r, p in zip(texts, counts, reasons, prompts)
+        ]
+
     @cached_property
     def chat_template(self) -> str | None:
         """The file's chat template (GGUF `tokenizer.chat_template`), or None: then chat

@@ -1,0 +1,60 @@
+"""Continuous batching from Python: `Model.generate_many` / `complete_many` give each prompt
+exactly what `complete` gives it alone, whatever runs beside it."""
+
+from __future__ import annotations
+
+import pytest
+
+import llama_rs
+from llama_rs import ParamError
+
+PROMPTS = [
+    "Never trust a computer",
+    "The meaning of life is",
+    "Q: Why did the chicken cross the road?\nA:",
+    "A",
+    "Never trust a computer you can't throw out a window, and never",
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> llama_rs.Model:
+    return llama_rs.Model.demo(n_ctx=128, n_threads=2)
+
+
+@pytest.mark.parametrize("n_parallel", [None, 2, 1])
+def test_each_prompt_gets_what_it_gets_alone(model: llama_rs.Model, n_parallel: int | None) -> None:
+    params = dict(max_tokens=24, temp=0.9, seed=7, stop=["\n\n"])
+    alone = []
+    for p in PROMPTS:
+        model.reset()
+        alone.append(model.complete(p, **params))
+    many = model.complete_many(PROMPTS, n_parallel=n_parallel, **params)
+    assert [(c.text, c.tokens, c.prompt_tokens, c.finish_reason) for c in many] == [
+        (c.text, c.tokens, c.prompt_tokens, c.finish_reason) for c in alone
+    ]
+    assert any(c.tokens > 0 for c in many)
+
+
+def test_generate_many_tags_pieces_by_prompt(model: llama_rs.Model) -> None:
+    texts = [""] * len(PROMPTS)
+    seen = set()
+    for i, piece in model.generate_many(PROMPTS, max_tokens=12, temp=0, seed=1):
+        texts[i] += piece
+        seen.add(i)
+    assert seen == set(range(len(PROMPTS)))
+    greedy = model.complete_many(PROMPTS, max_tokens=12, temp=0, seed=1)
+    assert texts == [c.text for c in greedy]
+
+
+def test_bad_requests_are_clear_errors(model: llama_rs.Model) -> None:
+    with pytest.raises(ParamError) as e:
+        list(model.generate_many(PROMPTS, top_p=2.0))
+    assert e.value.param == "top_p"
+    with pytest.raises(ValueError, match="longer than the context"):
+        model.complete_many(["word " * 400])
+    with pytest.raises(ValueError, match="n_parallel"):
+        model.complete_many(PROMPTS, n_parallel=0)
+    with pytest.raises(TypeError, match="logprobs"):
+        model.complete_many(PROMPTS, logprobs=2)
+    assert model.complete_many([]) == []
