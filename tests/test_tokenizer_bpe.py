@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import os
 import random
 from pathlib import Path
@@ -293,3 +295,52 @@ def test_chat_template_control_tokens_are_parsed(llama3_model, monkeypatch) -> N
     gen = m.chat_stream([{"role": "user", "content": "This is a test sentence."}], max_tokens=1, temp=0)
     list(gen)
     assert gen.prompt_tokens == 1 + 11 + 4  # BOS, the user turn (llama_models' ids), the header
+
+
+# Meta-Llama-3-8B-Instruct's chat template (its tokenizer_config.json).
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def test_llama3_chat_ids_equal_transformers(tmp_path, meta) -> None:
+    """The Llama 3 template rendered by `Model.chat_tokens` gives the ids transformers'
+    `apply_chat_template` gives, control tokens and the single BOS included."""
+    need_module("transformers")
+    import numpy as np
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from llama_rs.convert.writer import Hparams, Plan, Tensor, expected_shapes, write_gguf
+
+    v = read_tiktoken(meta_tokenizer_model())
+    h = Hparams(name="tiny-llama3-chat", context_length=256, dim=16, n_layer=1, n_head=2, n_head_kv=1, ffn=32, eps=1e-5)
+    rng = np.random.default_rng(0)
+    out = tmp_path / "chat.gguf"
+    tensors = [
+        Tensor(name, shape, lambda a=rng.standard_normal(shape).astype(np.float32): a, source=out)
+        for name, shape in expected_shapes(h, len(v), with_output=True).items()
+    ]
+    write_gguf(Plan(h, v, tensors, [], out, chat_templates={"": LLAMA3_TEMPLATE}), out, "f32")
+    m = llama_rs.Model(out, n_ctx=256)
+    hf = TikTokenConverter(vocab_file=str(meta_tokenizer_model()), extra_special_tokens=list(meta.special_tokens))
+    tok = PreTrainedTokenizerFast(tokenizer_object=hf.converted(), bos_token="<|begin_of_text|>")
+    tok.chat_template = LLAMA3_TEMPLATE
+    for messages in [
+        [{"role": "user", "content": "Hello!"}],
+        [
+            {"role": "system", "content": "You are terse.  "},
+            {"role": "user", "content": "What is 2+2?\n"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "Ünïcödé 🦙 and <|eot_id|> typed by a user"},
+        ],
+    ]:
+        want = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        want = want["input_ids"] if isinstance(want, Mapping) else want  # a dict in transformers 5
+        got, _ = m.chat_tokens(messages)
+        assert got == list(want), messages
+        assert got.count(128000) == 1

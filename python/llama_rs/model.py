@@ -437,13 +437,19 @@ class Model:
             ValueError: malformed messages, or the model's chat template failed.
             ParamError: a parameter out of its range.
         """
-        prompt = render_chat(check_messages(messages), self.chat_template)
+        ids, format_stops = self.chat_tokens(messages)
         stop = params.pop("stop", DEFAULTS.stop)
         stop = [stop] if isinstance(stop, str) else list(stop)
+        return self.generate(ids, stop=[*stop, *format_stops], **params)
+
+    def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
+        """The prompt ids of the assistant's next turn after `messages` (what `chat_stream`
+        evaluates; `tokenizer.apply_chat_template(..., add_generation_prompt=True)` of
+        transformers for the same template), and the format's own stop strings."""
+        prompt = render_chat(check_messages(messages), self.chat_template)
         # A template writes the model's control tokens (`<|start_header_id|>`, `[INST]`) as
         # text: they are parsed as tokens, as llama.cpp does for a rendered chat.
-        ids = self.tokenize(prompt.text, bos=True, special=self.chat_template is not None)
-        return self.generate(ids, stop=[*stop, *prompt.stop], **params)
+        return self.tokenize(prompt.text, bos=True, special=self.chat_template is not None), list(prompt.stop)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> Completion:
         """Like `chat_stream`, but returns the whole reply (as llama-cpp-python's
