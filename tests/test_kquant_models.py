@@ -66,3 +66,43 @@ def test_our_quantize_writes_llama_cpps_tensors(tmp_path: Path, ftype: str) -> N
         o = ours[name]
         assert o.tensor_type == t.tensor_type, f"{name}: {o.tensor_type.name} vs llama.cpp's {t.tensor_type.name}"
         assert np.array_equal(np.asarray(o.data).view(np.uint8), np.asarray(t.data).view(np.uint8)), name
+
+
+def _patched_k_quant_file(tmp_path: Path, patch) -> Path:
+    """fortunes-4M-q4_k_m.gguf with `patch(data, reader, tensor)` applied to its first Q4_K tensor."""
+    models = need_data("fortunes-4M-q4_k_m.gguf")
+    src = models / "fortunes-4M-q4_k_m.gguf"
+    r = gguf.GGUFReader(src)
+    t = next(t for t in r.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q4_K)
+    data = bytearray(src.read_bytes())
+    patch(data, r, t)
+    out = tmp_path / "bad.gguf"
+    out.write_bytes(bytes(data))
+    return out, t.name
+
+
+def test_k_quant_row_not_a_multiple_of_256_is_named(tmp_path: Path) -> None:
+    def halve_rows(data, r, t):  # ne0 256 -> 128, ne1 doubled: the same bytes, half rows
+        dims = t.field.parts[3]
+        at = dims.ctypes.data - r.data.ctypes.data
+        ne0, ne1 = int(dims[0]), int(dims[1])
+        data[at : at + 16] = (ne0 // 2).to_bytes(8, "little") + (ne1 * 2).to_bytes(8, "little")
+
+    path, name = _patched_k_quant_file(tmp_path, halve_rows)
+    with pytest.raises(llama_rs.ModelError) as e:
+        llama_rs.Model(path)
+    msg = str(e.value)
+    assert name in msg and "Q4_K" in msg and "256" in msg, msg
+
+
+def test_truncated_k_quant_tensor_is_named(tmp_path: Path) -> None:
+    models = need_data("fortunes-4M-q4_k_m.gguf")
+    data = (models / "fortunes-4M-q4_k_m.gguf").read_bytes()
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(data[: len(data) - 100])  # inside the last tensor's last super-block
+    r = gguf.GGUFReader(models / "fortunes-4M-q4_k_m.gguf")
+    last = max(r.tensors, key=lambda t: t.data_offset)  # the tensor stored last
+    with pytest.raises(llama_rs.ModelError) as e:
+        llama_rs.Model(path)
+    msg = str(e.value)
+    assert f'"{last.name}"' in msg and "truncated" in msg, msg
