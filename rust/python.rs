@@ -9,7 +9,8 @@ use crate::quant::{dequantize_row, quantize_row, GgmlType};
 use crate::quant_policy::FileType;
 use crate::sampling::{Seed, TokenLogprob};
 use crate::session::{
-    check_token_id, check_top_n, parse_seed, Arg, BiasEntries, GenerateArgs, Generation, Session,
+    check_token_id, check_top_n, parse_seed, Arg, BiasEntries, GenerateArgs, GenerateParams,
+    Generation, Session,
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -192,6 +193,29 @@ struct Engine {
     seed: Seed,
 }
 
+/// The one check of a generation's parameters (`GenerateArgs::validate`), with the engine's
+/// seed where the caller gave none.
+fn checked_params(
+    py: Python<'_>,
+    model: &Model,
+    seed: Seed,
+    args: GenerateArgs,
+) -> PyResult<GenerateParams> {
+    let mut params = args
+        .validate(Some(model.config.n_vocab))
+        .map_err(|e| to_py(py, e))?;
+    params.seed.get_or_insert(seed);
+    Ok(params)
+}
+
+/// A prompt as token ids: text is tokenized (with BOS when `bos`), ids pass as they are.
+fn prompt_ids(model: &Model, prompt: PyPromptArg, bos: bool) -> Vec<u32> {
+    match prompt {
+        PyPromptArg::Text(t) => model.tokenizer.encode(&t, bos),
+        PyPromptArg::Ids(ids) => ids,
+    }
+}
+
 fn parse_kv_type(kv_type: &str) -> PyResult<KvType> {
     match kv_type {
         "f16" => Ok(KvType::F16),
@@ -249,16 +273,11 @@ impl BatchEngine {
             logit_bias,
             None,
         );
-        let mut params = args
-            .validate(Some(self.model.config.n_vocab))
-            .map_err(|e| to_py(py, e))?;
-        params.seed.get_or_insert(self.seed);
-        let ids = match prompt {
-            PyPromptArg::Text(t) => self.model.tokenizer.encode(&t, bos),
-            PyPromptArg::Ids(ids) => ids,
-        };
-        let batch = &self.batch;
-        run(py, move || lock_batch(batch).add(&ids, params))
+        let params = checked_params(py, &self.model, self.seed, args)?;
+        let (batch, model) = (&self.batch, &self.model);
+        run(py, move || {
+            lock_batch(batch).add(&prompt_ids(model, prompt, bos), params)
+        })
     }
 
     /// One forward pass over every running sequence: `[(id, piece or None, finish or None,
@@ -514,17 +533,11 @@ impl Engine {
             logit_bias,
             logprobs,
         );
-        let mut params = args
-            .validate(Some(self.model.config.n_vocab))
-            .map_err(|e| to_py(py, e))?;
-        params.seed.get_or_insert(self.seed);
+        let params = checked_params(py, &self.model, self.seed, args)?;
         let session = self.session.clone();
         let model = self.model.clone();
         let generation = run(py, move || {
-            let ids = match prompt {
-                PyPromptArg::Text(t) => model.tokenizer.encode(&t, bos),
-                PyPromptArg::Ids(ids) => ids,
-            };
+            let ids = prompt_ids(&model, prompt, bos);
             let mut s = lock(&session);
             Generation::start(&mut s, &ids, params)
         })?;

@@ -333,23 +333,52 @@ class Model:
             logprobs=gen.take_logprobs() if logprobs is not None else None,
         )
 
-    # -- chat -------------------------------------------------------------------------------
-    def _run_many(self, prompts, n_parallel, params, extra) -> Iterator[tuple[int, str | None, str | None, int]]:
-        """(prompt index, piece or None, finish reason or None, tokens so far) per event."""
-        if not prompts:
-            return
-        n = min(len(prompts), 16) if n_parallel is None else n_parallel
+    # -- batches ----------------------------------------------------------------------------
+    #: The generation parameters a batch takes (`generate`'s, but `logprobs`), in the order
+    #: `BatchEngine.add` takes the first eight.
+    _BATCH_PARAMS = (
+        "max_tokens", "top_k", "top_p", "temp", "repeat_penalty", "repeat_lastn", "seed", "stop",
+        "presence_penalty", "frequency_penalty", "logit_bias",
+    )  # fmt: skip
+
+    def _events(
+        self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None, params: Mapping[str, Any]
+    ) -> Iterator[tuple[int, str | None, str | None, int]]:
+        """Start a batch over `prompts` (checking the parameters and the first prompts now)
+        and return its events: (prompt index, piece or None, finish reason or None, tokens)."""
+        unknown = sorted(set(params) - set(self._BATCH_PARAMS))
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown} (a batch takes {', '.join(self._BATCH_PARAMS)})")
+        args = {k: params.get(k, getattr(DEFAULTS, k)) for k in self._BATCH_PARAMS}
+        stop = args["stop"]
+        if isinstance(stop, str) or not hasattr(stop, "__iter__"):  # not a list: Rust names the error
+            args["stop"] = [stop] if isinstance(stop, str) else stop
+        else:
+            args["stop"] = list(stop)
+        positional = [args.pop(k) for k in self._BATCH_PARAMS[:8]]
+        waiting = [(i, p if isinstance(p, str) else [int(t) for t in p]) for i, p in enumerate(prompts)]
+        if not waiting:
+            return iter(())
+        n = min(len(waiting), 16) if n_parallel is None else n_parallel
         batch = self._engine.batch(n, self.n_ctx, self.n_threads, self._kv_type)
         index: dict[int, int] = {}
-        waiting = list(enumerate(prompts))
-        done = 0
-        while done < len(prompts):
+
+        def admit() -> None:  # as many waiting prompts as there are free slots
             while waiting and batch.active < batch.capacity:
                 i, p = waiting.pop(0)
-                index[batch.add(p, *params, **extra)] = i
-            for sid, piece, finish, tokens in batch.step():
-                done += finish is not None
-                yield index[sid], piece, finish, tokens
+                index[batch.add(p, *positional, **args)] = i
+
+        admit()
+
+        def run() -> Iterator[tuple[int, str | None, str | None, int]]:
+            done = 0
+            while done < len(index) or waiting:
+                for sid, piece, finish, tokens in batch.step():
+                    done += finish is not None
+                    yield index[sid], piece, finish, tokens
+                admit()
+
+        return run()
 
     def generate_many(
         self,
@@ -372,40 +401,31 @@ class Model:
         all running sequences; `n_parallel` of them at a time, default all up to 16, the
         others join as slots free up). Each sequence gets exactly the tokens it gets alone
         with the same seed (`seed` None: the model's seed; the same seed for every prompt).
-        Parameters as `generate` (no `logprobs`). Each slot has its own KV cache of `n_ctx`
-        positions; this model's own cache is untouched.
+        Parameters as `generate` (no `logprobs`), checked when this is called. Each slot has
+        its own KV cache of `n_ctx` positions; this model's own cache is untouched.
 
         Raises:
             ParamError: a parameter out of its range (`.param` names it).
             ValueError: a prompt does not fit the context, or `n_parallel` is out of 1..256.
         """
-        for i, piece, _, _ in self._many(
-            prompts, n_parallel, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
-            presence_penalty, frequency_penalty, logit_bias,
-        ):  # fmt: skip
-            if piece:
-                yield i, piece
-
-    def _many(self, prompts, n_parallel, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop,
-              presence_penalty, frequency_penalty, logit_bias):  # fmt: skip
-        stop = [stop] if isinstance(stop, str) else list(stop)
-        prompts = [p if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-        params = (max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop)
-        extra = dict(presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias)
-        return self._run_many(prompts, n_parallel, params, extra)
+        events = self._events(
+            prompts,
+            n_parallel,
+            dict(
+                max_tokens=max_tokens, top_k=top_k, top_p=top_p, temp=temp, repeat_penalty=repeat_penalty,
+                repeat_lastn=repeat_lastn, seed=seed, stop=stop, presence_penalty=presence_penalty,
+                frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+            ),
+        )  # fmt: skip
+        return ((i, piece) for i, piece, _, _ in events if piece)
 
     def complete_many(
         self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None = None, **params: Any
     ) -> list[Completion]:
         """`complete` for every prompt at once (see `generate_many`), in prompt order."""
-        keys = ["max_tokens", "top_k", "top_p", "temp", "repeat_penalty", "repeat_lastn", "seed", "stop",
-                "presence_penalty", "frequency_penalty", "logit_bias"]  # fmt: skip
-        unknown = set(params) - set(keys)
-        if unknown:
-            raise TypeError(f"complete_many() got unexpected keyword arguments {sorted(unknown)}")
-        args = [params.get(k, getattr(DEFAULTS, k)) for k in keys]
+        events = self._events(prompts, n_parallel, params)
         texts, counts, reasons = [""] * len(prompts), [0] * len(prompts), [None] * len(prompts)
-        for i, piece, finish, tokens in self._many(prompts, n_parallel, *args):
+        for i, piece, finish, tokens in events:
             texts[i] += piece or ""
             counts[i] = tokens
             if finish is not None:
@@ -420,6 +440,7 @@ class Model:
             for t, n, r, p in zip(texts, counts, reasons, prompts)
         ]
 
+    # -- chat -------------------------------------------------------------------------------
     @cached_property
     def chat_template(self) -> str | None:
         """The file's chat template (GGUF `tokenizer.chat_template`), or None: then chat
