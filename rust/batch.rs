@@ -8,7 +8,10 @@
 
 use crate::error::{invalid, Error, Result};
 use crate::model::{BatchRow, KvType, Model};
-use crate::session::{FinishReason, GenerateParams, Generation, Next, Session};
+use crate::sampling::TokenLogprob;
+use crate::session::{
+    check_prompt, common_prefix, FinishReason, GenerateParams, Generation, Next, Session,
+};
 use std::sync::Arc;
 
 /// Prompt tokens evaluated per step, over all prefilling sequences (the rest wait a step).
@@ -24,6 +27,23 @@ pub struct Event {
     pub finish: Option<FinishReason>,
     /// Tokens generated so far (end-of-generation tokens not counted).
     pub tokens: usize,
+    /// Tokens of the prompt (those reused from the prefix cache included).
+    pub prompt_tokens: usize,
+    /// The log-probabilities of the tokens sampled since the last event (when asked for).
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Event {
+    fn of(id: u64, piece: Option<String>, gen: &mut Generation) -> Event {
+        Event {
+            id,
+            piece,
+            finish: gen.finish,
+            tokens: gen.generated,
+            prompt_tokens: gen.prompt_tokens,
+            logprobs: gen.take_logprobs(),
+        }
+    }
 }
 
 struct Job {
@@ -96,6 +116,24 @@ impl Batch {
         self.slots.len()
     }
 
+    /// KV cells holding a token of a running sequence.
+    pub fn kv_used(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.job.is_some())
+            .map(|s| s.session.tokens().len())
+            .sum()
+    }
+
+    /// KV cells holding a token kept for the prefix cache (in free slots).
+    pub fn kv_cached(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.job.is_none())
+            .map(|s| s.session.tokens().len())
+            .sum()
+    }
+
     /// Positions per slot.
     pub fn n_ctx(&self) -> usize {
         self.slots[0].session.n_ctx()
@@ -104,34 +142,9 @@ impl Batch {
     /// Start a generation of `prompt`; its events carry the returned id. An error when every
     /// slot is busy or the prompt does not fit.
     pub fn add(&mut self, prompt: &[u32], params: GenerateParams) -> Result<u64> {
-        if prompt.is_empty() {
-            return invalid("the prompt is empty (no text and no BOS token)");
-        }
-        if prompt.len() > self.n_ctx() {
-            return invalid(format!(
-                "the prompt is {} tokens, longer than the context of {} tokens (n_ctx)",
-                prompt.len(),
-                self.n_ctx()
-            ));
-        }
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= self.model.config.n_vocab)
-        {
-            return invalid(format!(
-                "token id {bad} is outside the vocab (0..{})",
-                self.model.config.n_vocab
-            ));
-        }
+        check_prompt(prompt, self.n_ctx(), self.model.config.n_vocab)?;
         // The free slot that already holds the longest prefix of this prompt.
-        let common = |s: &Slot| {
-            s.session
-                .tokens()
-                .iter()
-                .zip(prompt)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
+        let common = |s: &Slot| common_prefix(s.session.tokens(), prompt);
         let Some(slot) = self
             .slots
             .iter_mut()
@@ -189,12 +202,7 @@ impl Batch {
             if let Some(gen) = job.gen.as_mut() {
                 match gen.next_input(&slot.session)? {
                     Next::Done(piece) => {
-                        events.push(Event {
-                            id: job.id,
-                            piece,
-                            finish: gen.finish,
-                            tokens: gen.generated,
-                        });
+                        events.push(Event::of(job.id, piece, gen));
                         slot.job = None;
                     }
                     Next::Eval(t) => {
@@ -279,14 +287,14 @@ impl Batch {
                     ))
                 }
             };
-            let piece = gen.sample(&slot.session);
+            // A new generation may be over before its first token (max_tokens 0).
+            let piece = match gen.next_input(&slot.session)? {
+                Next::Sample => gen.sample(&slot.session),
+                Next::Done(piece) => piece,
+                Next::Eval(_) => unreachable!("logits were just fed"),
+            };
             let finish = gen.finish;
-            events.push(Event {
-                id: job.id,
-                piece,
-                finish,
-                tokens: gen.generated,
-            });
+            events.push(Event::of(job.id, piece, gen));
             if finish.is_some() {
                 slot.job = None;
             }
@@ -341,7 +349,7 @@ mod tests {
             vec![5],
             (0..30).map(|i| (i * 7 % 47) as u32).chain([9, 9]).collect(),
         ];
-        let lens = [12, 20, 7, 25, 16];
+        let lens = [12, 20, 7, 0, 16]; // 0: over before its first token
         let want: Vec<_> = prompts
             .iter()
             .enumerate()

@@ -241,6 +241,7 @@ impl BatchEngine {
     #[pyo3(signature = (
         prompt, max_tokens, top_k, top_p, temp, repeat_penalty, repeat_lastn, seed, stop, bos=true,
         presence_penalty=FloatArg(Arg::Val(0.0)), frequency_penalty=FloatArg(Arg::Val(0.0)), logit_bias=None,
+        logprobs=None,
     ))]
     fn add(
         &self,
@@ -258,6 +259,7 @@ impl BatchEngine {
         presence_penalty: FloatArg,
         frequency_penalty: FloatArg,
         logit_bias: Option<BiasArg>,
+        logprobs: Option<IntArg>,
     ) -> PyResult<u64> {
         let args = generate_args(
             max_tokens,
@@ -271,7 +273,7 @@ impl BatchEngine {
             presence_penalty,
             frequency_penalty,
             logit_bias,
-            None,
+            logprobs,
         );
         let params = checked_params(py, &self.model, self.seed, args)?;
         let (batch, model) = (&self.batch, &self.model);
@@ -280,18 +282,24 @@ impl BatchEngine {
         })
     }
 
-    /// One forward pass over every running sequence: `[(id, piece or None, finish or None,
-    /// tokens generated)]`.
-    #[allow(clippy::type_complexity)]
-    fn step(
-        &self,
-        py: Python<'_>,
-    ) -> PyResult<Vec<(u64, Option<String>, Option<&'static str>, usize)>> {
+    /// One forward pass over every running sequence: its events, each `(id, piece or None,
+    /// finish or None, tokens generated, prompt tokens, [(id, logprob, top)] of the tokens
+    /// sampled since the last event)`.
+    fn step(&self, py: Python<'_>) -> PyResult<Vec<BatchEvent>> {
         let batch = &self.batch;
         let events = run(py, move || lock_batch(batch).step())?;
         Ok(events
             .into_iter()
-            .map(|e| (e.id, e.piece, e.finish.map(|f| f.as_str()), e.tokens))
+            .map(|e| {
+                (
+                    e.id,
+                    e.piece,
+                    e.finish.map(|f| f.as_str()),
+                    e.tokens,
+                    e.prompt_tokens,
+                    e.logprobs.into_iter().map(logprob_tuple).collect(),
+                )
+            })
             .collect())
     }
 
@@ -309,7 +317,35 @@ impl BatchEngine {
     fn capacity(&self) -> usize {
         lock_batch(&self.batch).capacity()
     }
+
+    /// Positions of each sequence's KV cache.
+    #[getter]
+    fn n_ctx(&self) -> usize {
+        lock_batch(&self.batch).n_ctx()
+    }
+
+    /// KV cells holding tokens of running sequences.
+    #[getter]
+    fn kv_used(&self) -> usize {
+        lock_batch(&self.batch).kv_used()
+    }
+
+    /// KV cells holding tokens kept for the prefix cache (free slots).
+    #[getter]
+    fn kv_cached(&self) -> usize {
+        lock_batch(&self.batch).kv_cached()
+    }
 }
+
+/// `BatchEngine.step`'s event tuple.
+type BatchEvent = (
+    u64,
+    Option<String>,
+    Option<&'static str>,
+    usize,
+    usize,
+    Vec<(u32, f64, Top)>,
+);
 
 fn lock_batch(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

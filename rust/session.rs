@@ -143,28 +143,39 @@ impl Session {
     /// Make the cache hold exactly `prompt` and return the logits after its last token,
     /// reusing the longest prefix already cached (a chat that grows re-evaluates only the end).
     fn load_prompt(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
-        if prompt.is_empty() {
-            return invalid("the prompt is empty (no text and no BOS token)");
-        }
-        if prompt.len() > self.n_ctx() {
-            return invalid(format!(
-                "the prompt is {} tokens, longer than the context of {} tokens (n_ctx)",
-                prompt.len(),
-                self.n_ctx()
-            ));
-        }
-        let common = self
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
+        check_prompt(prompt, self.n_ctx(), self.model.config.n_vocab)?;
+        let common = common_prefix(&self.tokens, prompt);
         // At least the last prompt token is evaluated again: its logits are not kept.
         let keep = common.min(prompt.len() - 1);
         self.tokens.truncate(keep);
         self.epoch += 1;
         self.eval_inner(&prompt[keep..], false)
     }
+}
+
+/// The one check of a prompt before it is evaluated: not empty, within the context, ids in
+/// the vocab.
+pub fn check_prompt(prompt: &[u32], n_ctx: usize, n_vocab: usize) -> Result<()> {
+    if prompt.is_empty() {
+        return invalid("the prompt is empty (no text and no BOS token)");
+    }
+    if prompt.len() > n_ctx {
+        return invalid(format!(
+            "the prompt is {} tokens, longer than the context of {n_ctx} tokens (n_ctx)",
+            prompt.len()
+        ));
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= n_vocab) {
+        return invalid(format!(
+            "token id {bad} is outside the vocab (0..{n_vocab})"
+        ));
+    }
+    Ok(())
+}
+
+/// How many leading tokens `a` and `b` share (the part of a cache a prompt can reuse).
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

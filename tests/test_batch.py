@@ -24,14 +24,14 @@ def model() -> llama_rs.Model:
 
 @pytest.mark.parametrize("n_parallel", [None, 2, 1])
 def test_each_prompt_gets_what_it_gets_alone(model: llama_rs.Model, n_parallel: int | None) -> None:
-    params = dict(max_tokens=24, temp=0.9, seed=7, stop=["\n\n"])
+    params = dict(max_tokens=24, temp=0.9, seed=7, stop=["\n\n"], logprobs=3)
     alone = []
     for p in PROMPTS:
         model.reset()
         alone.append(model.complete(p, **params))
     many = model.complete_many(PROMPTS, n_parallel=n_parallel, **params)
-    assert [(c.text, c.tokens, c.prompt_tokens, c.finish_reason) for c in many] == [
-        (c.text, c.tokens, c.prompt_tokens, c.finish_reason) for c in alone
+    assert [(c.text, c.tokens, c.prompt_tokens, c.finish_reason, c.logprobs) for c in many] == [
+        (c.text, c.tokens, c.prompt_tokens, c.finish_reason, c.logprobs) for c in alone
     ]
     assert any(c.tokens > 0 for c in many)
 
@@ -55,6 +55,9 @@ def test_bad_requests_are_clear_errors(model: llama_rs.Model) -> None:
         model.complete_many(["word " * 400])
     with pytest.raises(ValueError, match="n_parallel"):
         model.complete_many(PROMPTS, n_parallel=0)
-    with pytest.raises(TypeError, match="logprobs"):
-        model.complete_many(PROMPTS, logprobs=2)
+    with pytest.raises(TypeError, match="logprob"):
+        model.complete_many(PROMPTS, logprob=2)
+    with pytest.raises(ParamError) as e:
+        model.complete_many(PROMPTS, logprobs=-1)
+    assert e.value.param == "logprobs"
     assert model.complete_many([]) == []

@@ -36,8 +36,9 @@ def slow_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def slow_server(slow_model: Path):
     s = Server(
-        "-m", str(slow_model), "-w", "2", "-t", "1", "-c", "2048", "--queue", "1", "--api-key", "sekret", key="sekret"
-    )
+        "-m", str(slow_model), "-w", "2", "-t", "1", "-np", "1", "-c", "2048", "--queue", "1", "--api-key", "sekret",
+        key="sekret",
+    )  # fmt: skip
     yield s
     s.stop()
 

@@ -39,8 +39,8 @@ async def scenario(mode: str) -> dict:
     w = pool.workers[0]
     w.proc = subprocess.Popen(["sleep", "120"])  # stands in for the worker process
     server = await fake_worker(str(w.socket), mode, w.proc.pid)
-    w.set("idle")
-    pool.free.put_nowait(w)
+    w.set("ready")
+    pool._free_slot(w)
     pool._watch_task = asyncio.create_task(pool._watch())
     failed = None
     try:
@@ -56,11 +56,11 @@ async def scenario(mode: str) -> dict:
                 failed = "holder raised"
         # Handed back (the fake answers the drain ping) or restarted as a real worker.
         for _ in range(600):
-            if w.state == "idle":
+            if w.display_state == "idle" and not pool.free.empty():
                 break
             await asyncio.sleep(0.1)
         server.close()
-        out = {"failed": failed, "restarts": w.restarts, "state": w.state}
+        out = {"failed": failed, "restarts": w.restarts, "state": w.display_state}
         if w.restarts:  # a real worker now: it must serve
             lease = await asyncio.wait_for(pool.acquire(), 60)
             async with lease:

@@ -17,6 +17,7 @@ from typing import Any, Iterator, List, Literal, Mapping, Sequence, Tuple
 import numpy as np
 
 from . import _core
+from .batch import BatchEngine
 from .chat import check_messages, render_chat
 from .generation import DEFAULTS
 
@@ -334,48 +335,46 @@ class Model:
         )
 
     # -- batches ----------------------------------------------------------------------------
-    #: The generation parameters a batch takes (`generate`'s, but `logprobs`), in the order
-    #: `BatchEngine.add` takes the first eight.
-    _BATCH_PARAMS = (
-        "max_tokens", "top_k", "top_p", "temp", "repeat_penalty", "repeat_lastn", "seed", "stop",
-        "presence_penalty", "frequency_penalty", "logit_bias",
-    )  # fmt: skip
+    def batch_engine(self, n_parallel: int, n_ctx: int | None = None, n_threads: int | None = None) -> "BatchEngine":
+        """A continuous-batching engine over this model's weights (not loaded again):
+        `n_parallel` sequences of `n_ctx` positions each (default: the model's), stepped
+        together on `n_threads` threads. `generate_many` and the server's workers drive one.
+
+        Raises:
+            ValueError: `n_parallel` out of 1..256.
+        """
+        core = self._engine.batch(
+            n_parallel, self.n_ctx if n_ctx is None else n_ctx, n_threads or self.n_threads, self._kv_type
+        )
+        return BatchEngine(core)
 
     def _events(
         self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None, params: Mapping[str, Any]
-    ) -> Iterator[tuple[int, str | None, str | None, int]]:
+    ) -> Iterator[tuple[int, str | None, str | None, int, list]]:
         """Start a batch over `prompts` (checking the parameters and the first prompts now)
-        and return its events: (prompt index, piece or None, finish reason or None, tokens)."""
-        unknown = sorted(set(params) - set(self._BATCH_PARAMS))
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments {unknown} (a batch takes {', '.join(self._BATCH_PARAMS)})")
-        args = {k: params.get(k, getattr(DEFAULTS, k)) for k in self._BATCH_PARAMS}
-        stop = args["stop"]
-        if isinstance(stop, str) or not hasattr(stop, "__iter__"):  # not a list: Rust names the error
-            args["stop"] = [stop] if isinstance(stop, str) else stop
-        else:
-            args["stop"] = list(stop)
-        positional = [args.pop(k) for k in self._BATCH_PARAMS[:8]]
+        and return its events: (prompt index, piece or None, finish reason or None, tokens,
+        log-probabilities)."""
         waiting = [(i, p if isinstance(p, str) else [int(t) for t in p]) for i, p in enumerate(prompts)]
         if not waiting:
+            BatchEngine.arguments(params)  # still checked
             return iter(())
         n = min(len(waiting), 16) if n_parallel is None else n_parallel
-        batch = self._engine.batch(n, self.n_ctx, self.n_threads, self._kv_type)
+        batch = self.batch_engine(n)
         index: dict[int, int] = {}
 
         def admit() -> None:  # as many waiting prompts as there are free slots
             while waiting and batch.active < batch.capacity:
                 i, p = waiting.pop(0)
-                index[batch.add(p, *positional, **args)] = i
+                index[batch.add(p, params)] = i
 
         admit()
 
-        def run() -> Iterator[tuple[int, str | None, str | None, int]]:
+        def run() -> Iterator[tuple[int, str | None, str | None, int, list]]:
             done = 0
             while done < len(index) or waiting:
-                for sid, piece, finish, tokens in batch.step():
-                    done += finish is not None
-                    yield index[sid], piece, finish, tokens
+                for e in batch.step():
+                    done += e.finish is not None
+                    yield index[e.id], e.piece, e.finish, e.tokens, e.logprobs
                 admit()
 
         return run()
@@ -417,17 +416,20 @@ class Model:
                 frequency_penalty=frequency_penalty, logit_bias=logit_bias,
             ),
         )  # fmt: skip
-        return ((i, piece) for i, piece, _, _ in events if piece)
+        return ((i, piece) for i, piece, _, _, _ in events if piece)
 
     def complete_many(
         self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None = None, **params: Any
     ) -> list[Completion]:
-        """`complete` for every prompt at once (see `generate_many`), in prompt order."""
+        """`complete` for every prompt at once (see `generate_many`), in prompt order;
+        `params` are `complete`'s."""
         events = self._events(prompts, n_parallel, params)
         texts, counts, reasons = [""] * len(prompts), [0] * len(prompts), [None] * len(prompts)
-        for i, piece, finish, tokens in events:
+        logprobs: list[list[TokenLogprob]] = [[] for _ in prompts]
+        for i, piece, finish, tokens, lps in events:
             texts[i] += piece or ""
             counts[i] = tokens
+            logprobs[i] += lps
             if finish is not None:
                 reasons[i] = finish
         return [
@@ -436,8 +438,9 @@ class Model:
                 tokens=n,
                 prompt_tokens=len(self.tokenize(p)) if isinstance(p, str) else len(p),
                 finish_reason=r,
+                logprobs=lp if params.get("logprobs") is not None else None,
             )
-            for t, n, r, p in zip(texts, counts, reasons, prompts)
+            for t, n, r, p, lp in zip(texts, counts, reasons, prompts, logprobs)
         ]
 
     # -- chat -------------------------------------------------------------------------------
@@ -458,10 +461,19 @@ class Model:
             ValueError: malformed messages, or the model's chat template failed.
             ParamError: a parameter out of its range.
         """
+        ids, params = self.chat_request(messages, params)
+        return self.generate(ids, **params)
+
+    def chat_request(
+        self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]
+    ) -> tuple[list[int], dict[str, Any]]:
+        """The prompt ids of the assistant's next turn after `messages` and `params` with the
+        format's own stop strings added to `stop` (what `chat_stream` generates from)."""
         ids, format_stops = self.chat_tokens(messages)
+        params = dict(params)
         stop = params.pop("stop", DEFAULTS.stop)
         stop = [stop] if isinstance(stop, str) else list(stop)
-        return self.generate(ids, stop=[*stop, *format_stops], **params)
+        return ids, {**params, "stop": [*stop, *format_stops]}
 
     def chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[str]]:
         """The prompt ids of the assistant's next turn after `messages` (what `chat_stream`

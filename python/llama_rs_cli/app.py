@@ -42,9 +42,11 @@ def _root(
 from . import bench, convert, info, perplexity, quantize, run, serve  # noqa: E402
 
 app.command("run", help="Chat with a model at an interactive prompt, or generate once with -p.")(run.run)
-app.command("serve", help="Serve the model over HTTP (OpenAI-compatible API, web page) with worker processes.")(
-    serve.serve
-)
+app.command(
+    "serve",
+    help="Serve the model over HTTP (OpenAI-compatible API, web page, /health, /metrics) with worker processes. "
+    "Memory: each of the -w workers holds the weights once and --parallel x --ctx-size KV cells.",
+)(serve.serve)
 app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(convert.convert)
 app.command(
     "quantize",

@@ -18,6 +18,10 @@ from .common import (
 )
 
 
+#: Requests per worker at once, by default (bench/batch.py on a 2-core Xeon: see BENCHMARKS.md).
+DEFAULT_PARALLEL = 4
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep:
@@ -37,7 +41,23 @@ def serve(
         show_default=False,
     ),
     workers: int = typer.Option(
-        1, "-w", "--workers", min=1, max=64, help="Worker processes; each answers one request at a time."
+        1,
+        "-w",
+        "--workers",
+        min=1,
+        max=64,
+        help="Worker processes. Each loads the weights once and generates up to --parallel requests at once; "
+        "more than one buys isolation (a crash fails only its own requests), not speed.",
+    ),
+    parallel: int = typer.Option(
+        DEFAULT_PARALLEL,
+        "-np",
+        "--parallel",
+        min=1,
+        max=256,
+        help="Requests each worker generates at once (continuous batching: one pass over the weights per token "
+        "for all of them). Each has its own KV cache of --ctx-size tokens, so a worker's KV memory is "
+        "parallel x ctx-size cells (printed at start); further requests wait in the --queue.",
     ),
     threads: Optional[int] = typer.Option(
         None,
@@ -47,9 +67,13 @@ def serve(
         help="Threads per worker. Default: physical cores / workers.",
         show_default=False,
     ),
-    ctx_size: int = typer.Option(512, "-c", "--ctx-size", min=1, help="Context size of each worker, in tokens."),
+    ctx_size: int = typer.Option(
+        512, "-c", "--ctx-size", min=1, help="Context of each request (prompt and reply), in tokens."
+    ),
     listen: str = typer.Option("127.0.0.1:4000", "-l", "--listen", help="Address to listen on, HOST:PORT."),
-    queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a free worker; beyond this: 503."),
+    queue: int = typer.Option(
+        16, "--queue", min=0, help="Requests that may wait for a free sequence slot; beyond this: 503."
+    ),
     max_body: int = typer.Option(1 << 20, "--max-body", min=1, help="Largest request body in bytes; beyond this: 413."),
     timeout: float = typer.Option(
         600.0,
@@ -72,7 +96,11 @@ def serve(
     ),
 ) -> None:
     """Serve the model over HTTP: the seed's POST /api/completion, OpenAI-compatible
-    /v1/completions and /v1/chat/completions, /health, a web page at / and the API docs at /docs."""
+    /v1/completions and /v1/chat/completions, /health, Prometheus /metrics, a web page at /
+    and the API docs at /docs.
+
+    Memory: each of the -w workers holds the weights and --parallel x --ctx-size KV cells.
+    """
     host, port = parse_listen(listen)
     if model is not None and not model.exists():
         fail(missing_model_hint(model))
@@ -91,6 +119,7 @@ def serve(
         if given(ctx, "ctx_size"):
             warn_if_beyond_training(probe, ctx_size)
         n_vocab = probe.n_vocab
+        kv_bytes = kv_cell_bytes(probe.config) * parallel * ctx_size
         del probe
         per_worker = threads or max(1, physical_cores() // workers)
         cfg = ServerConfig(
@@ -99,6 +128,7 @@ def serve(
             n_vocab=n_vocab,
             workers=workers,
             threads=per_worker,
+            parallel=parallel,
             n_ctx=ctx_size,
             queue_limit=queue,
             max_body=max_body,
@@ -108,7 +138,8 @@ def serve(
         setup_logging(quiet)
         port_free(host, port)
         typer.echo(
-            f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), context {ctx_size}, "
+            f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), {parallel} request(s) at once "
+            f"per worker, context {ctx_size} each (KV cache {kv_bytes / 2**20:.0f} MiB per worker), "
             f"http://{host}:{port}/",
             err=True,
         )
@@ -120,6 +151,12 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=grace,
         )
+
+
+def kv_cell_bytes(config: dict) -> int:
+    """Bytes of one f16 KV cell: a key and a value of every KV head in every layer."""
+    head_dim = config["dim"] // config["n_head"]
+    return config["n_layer"] * 2 * config["n_head_kv"] * head_dim * 2
 
 
 def setup_logging(quiet: bool) -> None:

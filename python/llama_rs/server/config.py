@@ -14,6 +14,8 @@ class ServerConfig:
     n_vocab: int
     workers: int = 1
     threads: int = 1
+    #: Sequences each worker generates at once (--parallel).
+    parallel: int = 1
     n_ctx: int = 512
     queue_limit: int = 16
     max_body: int = 1 << 20

@@ -9,12 +9,12 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import llama_rs
 
-from . import api_openai, api_seed, docs, schemas
+from . import api_openai, api_seed, docs, metrics, schemas
 from .config import ServerConfig
 from .edge import ERRORS, ApiError, ClientGone, error_body
 from .page import render as render_page
@@ -27,7 +27,11 @@ log = logging.getLogger("llama_rs.serve")
 
 
 def create_app(cfg: ServerConfig) -> FastAPI:
-    pool = Pool(PoolConfig(cfg.model, cfg.workers, cfg.threads, cfg.n_ctx, cfg.queue_limit, timeout=cfg.timeout))
+    pool = Pool(
+        PoolConfig(
+            cfg.model, cfg.workers, cfg.threads, cfg.n_ctx, cfg.queue_limit, parallel=cfg.parallel, timeout=cfg.timeout
+        )
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -100,6 +104,17 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def health():
         h = pool.health()
         return {**h, "model": cfg.model_name, "n_ctx": cfg.n_ctx, "recent": pool.recent[-16:]}
+
+    @app.get(
+        "/metrics",
+        tags=["server"],
+        summary="Prometheus metrics: sequences, queue, KV cells, tokens",
+        response_class=PlainTextResponse,
+    )
+    async def metrics_route():
+        return PlainTextResponse(
+            metrics.render(pool.health(), await pool.worker_stats(), pool.counters), media_type=metrics.CONTENT_TYPE
+        )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():

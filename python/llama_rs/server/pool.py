@@ -1,12 +1,16 @@
-"""The worker processes behind the front: start them, lease them out one request at a
-time in FIFO order with a bounded queue, and never lose one.
+"""The worker processes behind the front: start them, lease out their sequence slots
+(`--parallel` per worker, one request each) in FIFO order with a bounded queue, and never
+lose one.
 
-Every way a lease can end is handled in `Lease.close`: a clean end hands the worker back at
-once; anything else (a cancelled or abandoned request, a deadline passed, garbage or a
-closed socket from the worker, an exception in the front's own code) closes the connection,
-which makes the worker stop at its next token, and a drain check then pings it on a fresh
-connection: it answers and goes back to the pool, or it is killed and restarted. A watchdog
-enforces deadlines even on leases whose holder has gone away, and replaces dead workers.
+A lease is one slot of one worker over one connection. Every way a lease can end is handled
+in `Lease.close`: a clean end hands the slot back at once; anything else (a cancelled or
+abandoned request, a deadline passed, garbage or a closed socket from the worker, an
+exception in the front's own code) closes the connection, which makes the worker stop that
+sequence at its next token, and a drain check then pings the worker on a fresh connection:
+it answers and the slot goes back to the pool, or the worker is killed and restarted (which
+fails the other sequences it was running, and only those). A watchdog enforces deadlines
+even on leases whose holder has gone away, and replaces dead workers. Each worker process
+has an incarnation number: slots and leases of a process that was replaced are ignored.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
@@ -46,6 +50,8 @@ class PoolConfig:
     threads: int
     n_ctx: int
     queue_limit: int
+    #: Sequences each worker generates at once (its batch).
+    parallel: int = 1
     #: Seconds a request may hold a worker, waiting in the queue not included.
     timeout: float = 600.0
     start_timeout: float = 120.0
@@ -59,11 +65,15 @@ class Worker:
     index: int
     socket: Path
     proc: Optional[subprocess.Popen] = None
-    #: starting | idle | busy | draining | restarting
+    #: starting | ready | restarting (what it is doing is `display_state`)
     state: str = "starting"
     since: float = 0.0
     restarts: int = 0
-    lease: Optional["Lease"] = None
+    #: Which process this is: slots and leases of an earlier one are void.
+    incarnation: int = 0
+    leases: set = field(default_factory=set)
+    #: When each drain check still running began.
+    drains: list = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -72,12 +82,21 @@ class Worker:
     def set(self, state: str) -> None:
         self.state, self.since = state, time.monotonic()
 
+    @property
+    def display_state(self) -> str:
+        """idle | busy (running a request) | draining (checking after a cancelled one) |
+        starting | restarting."""
+        if self.state != "ready":
+            return self.state
+        return "busy" if self.leases else ("draining" if self.drains else "idle")
+
 
 class Lease:
     """One worker, held by one request, over one connection."""
 
     def __init__(self, pool: "Pool", worker: Worker, deadline: float):
         self.pool, self.worker, self.deadline = pool, worker, deadline
+        self.incarnation = worker.incarnation
         self._reader: Optional[asyncio.StreamReader] = None
         self._writer: Optional[asyncio.StreamWriter] = None
         self._clean = True  # nothing sent that has not been answered in full
@@ -140,7 +159,7 @@ class Lease:
         self._closed = True
         if self._writer is not None:
             self._writer.transport.abort() if not self._clean else self._writer.close()
-        self.pool._return(self.worker, clean=self._clean and not self.expired, broken=self.broken)
+        self.pool._return(self, clean=self._clean and not self.expired, broken=self.broken)
 
     async def __aenter__(self) -> "Lease":
         return self
@@ -157,10 +176,13 @@ class Pool:
         self.socket_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         os.chmod(self.socket_dir, 0o700)
         self.workers = [Worker(i, self.socket_dir / f"worker-{i}.sock") for i in range(cfg.workers)]
-        self.free: asyncio.Queue[Worker] = asyncio.Queue()
+        #: Free slots: (worker, incarnation).
+        self.free: asyncio.Queue[tuple[Worker, int]] = asyncio.Queue()
         self.waiting = 0
         self.stopping = False
         self.recent: list[dict] = []
+        #: Totals over the server's life (the workers' own counts restart with them).
+        self.counters = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0}
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: Optional[asyncio.Task] = None
 
@@ -176,6 +198,8 @@ class Pool:
             str(self.cfg.n_ctx),
             "-t",
             str(self.cfg.threads),
+            "--parallel",
+            str(self.cfg.parallel),
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -219,8 +243,10 @@ class Pool:
             self._spawn(w)
         await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
         for w in self.workers:
-            w.set("idle")
-            self.free.put_nowait(w)
+            w.set("ready")
+        for _ in range(self.cfg.parallel):  # interleaved: requests spread over the workers
+            for w in self.workers:
+                self._free_slot(w)
         self._watch_task = asyncio.create_task(self._watch())
 
     def _background(self, coro) -> None:
@@ -233,27 +259,35 @@ class Pool:
         while not self.stopping:
             now = time.monotonic()
             for w in self.workers:
-                if w.state == "busy" and w.lease is not None and now > w.lease.deadline and not w.lease.expired:
-                    log.warning(
-                        "worker %d: request ran past the deadline of %g s; reclaiming it", w.index, self.cfg.timeout
-                    )
-                    lease = w.lease
-                    lease.expire()
-                    await lease.close()  # whether or not its holder is still there to do it
-                if w.state in ("idle", "busy") and not w.alive:
-                    log.error(
-                        "worker %d (pid %d) died (%s)%s",
-                        w.index,
-                        w.proc.pid,
-                        exit_text(w.proc.returncode),
-                        "" if w.state == "idle" else " while serving a request",
-                    )
-                    if w.state == "idle":
-                        self._restart_later(w)
+                for lease in list(w.leases):
+                    if now > lease.deadline and not lease.expired:
+                        log.warning(
+                            "worker %d: request ran past the deadline of %g s; reclaiming it", w.index, self.cfg.timeout
+                        )
+                        lease.expire()
+                        await lease.close()  # whether or not its holder is still there to do it
+                if w.state == "ready" and not w.alive:
+                    self._died(w)
             await asyncio.sleep(0.1)
 
+    def _died(self, w: Worker) -> None:
+        n = sum(lease.incarnation == w.incarnation for lease in w.leases)
+        log.error(
+            "worker %d (pid %d) died (%s)%s",
+            w.index,
+            w.proc.pid,
+            exit_text(w.proc.returncode),
+            f" while serving {n} request{'s' * (n != 1)}" if n else "",
+        )
+        self._restart_later(w)
+
     def _restart_later(self, w: Worker) -> None:
+        """Replace the process (once, however many of its leases report it)."""
+        if w.state == "restarting":
+            return
         w.set("restarting")
+        w.incarnation += 1
+        w.drains.clear()
         self._background(self._restart(w))
 
     async def _restart(self, w: Worker) -> None:
@@ -273,13 +307,21 @@ class Pool:
                 await asyncio.sleep(1.0)
                 continue
             log.warning("worker %d restarted (pid %d) in %.1f s", w.index, w.proc.pid, time.monotonic() - t0)
-            self._make_free(w)
+            w.set("ready")
+            for _ in range(self.cfg.parallel):
+                self._free_slot(w)
             return
 
-    async def _drain(self, w: Worker) -> None:
+    async def _drain(self, w: Worker, incarnation: int) -> None:
         """After an unclean lease: the worker must answer a ping soon, or be restarted."""
-        if await self._ping(w, self.cfg.drain_timeout):
-            self._make_free(w)
+        began = time.monotonic()
+        w.drains.append(began)
+        answered = await self._ping(w, self.cfg.drain_timeout)
+        if w.incarnation != incarnation:  # replaced meanwhile, with fresh slots
+            return
+        w.drains.remove(began)
+        if answered:
+            self._free_slot(w)
         else:
             if w.alive:
                 log.warning(
@@ -289,9 +331,8 @@ class Pool:
                 )
             self._restart_later(w)
 
-    def _make_free(self, w: Worker) -> None:
-        w.set("idle")
-        self.free.put_nowait(w)
+    def _free_slot(self, w: Worker) -> None:
+        self.free.put_nowait((w, w.incarnation))
 
     async def stop(self, grace: float = 5.0) -> None:
         self.stopping = True
@@ -319,29 +360,36 @@ class Pool:
         self.waiting += 1
         try:
             while True:
-                w = await self.free.get()
-                if w.alive and w.state == "idle":
+                w, incarnation = await self.free.get()
+                # A slot of a process since replaced, or of one that died: the restart adds new ones.
+                if incarnation == w.incarnation and w.state == "ready" and w.alive:
                     break
-                if w.state == "idle":  # died while idle: the watcher restarts it
-                    continue
         finally:
             self.waiting -= 1
-        w.set("busy")
-        w.lease = Lease(self, w, time.monotonic() + self.cfg.timeout)
-        return w.lease
+        lease = Lease(self, w, time.monotonic() + self.cfg.timeout)
+        w.leases.add(lease)
+        return lease
 
-    def _return(self, w: Worker, clean: bool, broken: Optional[str] = None) -> None:
-        w.lease = None
+    def _return(self, lease: Lease, clean: bool, broken: Optional[str] = None) -> None:
+        w = lease.worker
+        w.leases.discard(lease)
+        if lease.incarnation != w.incarnation or w.state != "ready":
+            return  # that process is gone or going; its replacement brings its own slots
         if not w.alive:
-            self._restart_later(w)
+            self._died(w)
         elif broken:  # answers pings, maybe, but not requests: a new process is the safe bet
             log.warning("worker %d %s; restarting it", w.index, broken)
             self._restart_later(w)
         elif clean:
-            self._make_free(w)
+            self._free_slot(w)
         else:
-            w.set("draining")
-            self._background(self._drain(w))
+            self._background(self._drain(w, w.incarnation))
+
+    def count(self, done: dict) -> None:
+        """A request's `done` message, into the totals."""
+        self.counters["requests"] += 1
+        self.counters["prompt_tokens"] += done.get("prompt_tokens", 0)
+        self.counters["generated_tokens"] += done.get("tokens", 0)
 
     def record(self, entry: dict) -> None:
         self.recent.append(entry)
@@ -351,8 +399,8 @@ class Pool:
         now = time.monotonic()
 
         def stuck(w: Worker) -> bool:
-            return (w.state == "busy" and w.lease is not None and now > w.lease.deadline) or (
-                w.state == "draining" and now - w.since > self.cfg.drain_timeout / 5
+            return any(now > lease.deadline for lease in w.leases) or any(
+                now - t > self.cfg.drain_timeout / 5 for t in w.drains
             )
 
         workers = [
@@ -360,21 +408,45 @@ class Pool:
                 "index": w.index,
                 "pid": w.proc.pid if w.proc else None,
                 "alive": w.alive,
-                "state": w.state,
-                "busy": w.state == "busy",
+                "state": w.display_state,
+                "busy": bool(w.leases),
+                "sequences": len(w.leases),
+                "parallel": self.cfg.parallel,
                 "seconds_in_state": round(now - w.since, 3),
                 "stuck": stuck(w),
                 "restarts": w.restarts,
             }
             for w in self.workers
         ]
-        serving = sum(w["alive"] and w["state"] in ("idle", "busy") and not w["stuck"] for w in workers)
+        serving = sum(w["alive"] and w["state"] in ("idle", "busy", "draining") and not w["stuck"] for w in workers)
         return {
             "status": "ok" if serving == len(workers) else ("degraded" if serving else "unavailable"),
             "workers": workers,
             "queue": self.waiting,
             "queue_limit": self.cfg.queue_limit,
         }
+
+    async def worker_stats(self, timeout: float = 2.0) -> list[Optional[dict]]:
+        """Each worker's own counters (`{"op": "stats"}`: sequences, KV cells, tokens), or
+        None for one that does not answer in time."""
+
+        async def one(w: Worker) -> Optional[dict]:
+            if w.state != "ready" or not w.alive:
+                return None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(w.socket)), timeout)
+                try:
+                    writer.write(protocol.encode({"op": "stats"}))
+                    await writer.drain()
+                    reply = protocol.decode(await asyncio.wait_for(reader.readline(), timeout))
+                finally:
+                    writer.close()
+            except (OSError, ValueError, asyncio.TimeoutError):
+                return None
+            stats = reply.get("stats")
+            return stats if isinstance(stats, dict) and reply.get("pid") == w.proc.pid else None
+
+        return list(await asyncio.gather(*(one(w) for w in self.workers)))
 
 
 def exit_text(code: Optional[int]) -> str:

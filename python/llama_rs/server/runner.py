@@ -69,7 +69,8 @@ class Runner:
         except QueueFull:
             raise ApiError(
                 503,
-                f"all {self.cfg.workers} workers are busy and {self.cfg.queue_limit} requests are waiting; retry later",
+                f"all {self.cfg.workers * self.cfg.parallel} sequence slots ({self.cfg.workers} worker(s) x "
+                f"{self.cfg.parallel}) are busy and {self.cfg.queue_limit} requests are waiting; retry later",
                 "server_busy",
                 headers={"Retry-After": "1"},
             ) from None
@@ -86,6 +87,7 @@ class Runner:
                     if "error" in msg:
                         raise worker_error(msg, job.names)
                     if msg.get("done"):
+                        self.pool.count(msg)
                         self.pool.record(
                             {
                                 "worker": ls.worker.index,

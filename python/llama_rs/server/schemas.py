@@ -295,6 +295,8 @@ class WorkerHealth(BaseModel):
     alive: bool
     state: Literal["starting", "idle", "busy", "draining", "restarting"]
     busy: bool
+    sequences: int = Field(description="Requests the worker is generating now.")
+    parallel: int = Field(description="Requests it can generate at once (--parallel).")
     seconds_in_state: float
     stuck: bool = Field(description="Busy past the request deadline, or not stopping a cancelled request.")
     restarts: int

@@ -1,17 +1,21 @@
-"""A serving worker: one model, one connection at a time, on a unix socket.
+"""A serving worker: one model, up to `--parallel` generations at once, on a unix socket.
 
 The front (`front.py`, through `pool.py`) starts `-w` of these as
-`python -m llama_rs.server.worker --socket PATH ...` and speaks `protocol.py` to them. The
-worker is deliberately a plain blocking loop: it accepts one connection (a lease), answers
-its request lines in order, and goes back to `accept` when the front hangs up. A request
-that fails in any way is answered with an `error` line; the worker itself keeps serving.
+`python -m llama_rs.server.worker --socket PATH ...` and speaks `protocol.py` to them. Each
+connection (a lease of one of the worker's sequence slots) is served by its own thread in a
+plain blocking loop: it answers its request lines in order, and ends when the front hangs
+up. Generations go to the `Scheduler`, one thread that owns the batch engine and steps every
+running sequence together (one pass over the weights for all of them). A request that fails
+in any way is answered with an `error` line; the worker itself keeps serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import os
+import queue
 import select
 import signal
 import socket
@@ -50,11 +54,130 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+#: Seconds over which the worker's tokens per second are counted.
+RATE_WINDOW = 10.0
+
+
+class Sequence:
+    """One generation as its connection thread sees it: the scheduler's replies, in order."""
+
+    def __init__(self, prompt, params: dict):
+        self.prompt, self.params = prompt, params
+        self.id: Optional[int] = None
+        self.tokens_seen: Optional[int] = None  # the scheduler's count, for its stats
+        #: ("added", None) or ("error", exception) first, then ("event", BatchEvent) until the
+        #: finishing one, or ("error", exception) if the engine failed.
+        self.replies: queue.SimpleQueue = queue.SimpleQueue()
+
+
+class Scheduler:
+    """The batch engine on its own thread. Connection threads `submit` sequences and read
+    their replies; each step advances every running sequence by one token (or a chunk of
+    its prompt), and sleeps when none runs."""
+
+    def __init__(self, model: llama_rs.Model, parallel: int, n_ctx: int, n_threads: int):
+        self.batch = model.batch_engine(parallel, n_ctx, n_threads)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.running: dict[int, Sequence] = {}
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        #: (when, tokens generated) of the steps in the last RATE_WINDOW seconds.
+        self.made: collections.deque[tuple[float, int]] = collections.deque()
+        # Read by other threads (the stats op): plain values, written after each step.
+        self.stats = {"active": 0, "waiting": 0, "capacity": self.batch.capacity, "kv_used": 0, "kv_cached": 0}
+        self.stats.update(kv_cells=self.batch.capacity * self.batch.n_ctx, generated=0, prompt=0, steps=0)
+        threading.Thread(target=self._loop, daemon=True, name="scheduler").start()
+
+    def submit(self, prompt, params: dict) -> Sequence:
+        seq = Sequence(prompt, params)
+        self.inbox.put(("add", seq))
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        self.inbox.put(("cancel", seq))
+
+    def _take(self, msg: tuple) -> None:
+        op, seq = msg
+        if op == "add":
+            self.waiting.append(seq)
+        elif op == "cancel":
+            if seq.id in self.running:
+                self.batch.cancel(seq.id)
+                del self.running[seq.id]
+            elif seq in self.waiting:
+                self.waiting.remove(seq)
+
+    def _admit(self) -> None:
+        """Waiting sequences into free slots. The front leases no more slots than there are,
+        but a cancelled sequence may still hold one for a moment after its lease ended."""
+        while self.waiting and self.batch.active < self.batch.capacity:
+            seq = self.waiting.popleft()
+            try:
+                seq.id = self.batch.add(seq.prompt, seq.params)
+            except Exception as e:  # ParamError, a prompt that does not fit: the request's error
+                seq.replies.put(("error", e))
+                continue
+            self.running[seq.id] = seq
+            seq.replies.put(("added", None))
+
+    def _loop(self) -> None:
+        while True:
+            if not self.running and not self.waiting:  # nothing to do: sleep until a request comes
+                self._take(self.inbox.get())
+            while True:  # take whatever else arrived, then step
+                try:
+                    self._take(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._admit()
+            if self.running:
+                self._step()
+            self._publish()
+
+    def _step(self) -> None:
+        try:
+            events = self.batch.step()
+        except Exception as e:  # the engine itself failed: every running sequence gets it
+            for sid, seq in self.running.items():
+                self.batch.cancel(sid)
+                seq.replies.put(("error", e))
+            self.running.clear()
+            return
+        made = 0
+        for e in events:
+            seq = self.running.get(e.id)
+            if seq is None:
+                continue
+            seq.replies.put(("event", e))
+            if seq.tokens_seen is None:  # its first event: the prompt is in
+                self.stats["prompt"] += e.prompt_tokens
+                seq.tokens_seen = 0
+            made += e.tokens - seq.tokens_seen
+            seq.tokens_seen = e.tokens
+            if e.finish is not None:
+                del self.running[e.id]
+        self.stats["generated"] += made
+        self.stats["steps"] += 1
+        self.made.append((time.monotonic(), made))
+
+    def _publish(self) -> None:
+        b = self.batch
+        now = time.monotonic()
+        while self.made and self.made[0][0] < now - RATE_WINDOW:
+            self.made.popleft()
+        self.stats.update(
+            active=b.active,
+            waiting=len(self.waiting),
+            kv_used=b.kv_used,
+            kv_cached=b.kv_cached,
+            tokens_per_second=sum(n for _, n in self.made) / RATE_WINDOW,
+        )
+
+
 class Lease:
     """One connection from the front."""
 
-    def __init__(self, conn: socket.socket, model: llama_rs.Model):
-        self.conn, self.model = conn, model
+    def __init__(self, conn: socket.socket, model: llama_rs.Model, scheduler: Scheduler):
+        self.conn, self.model, self.scheduler = conn, model, scheduler
         self.reader = conn.makefile("rb")
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -84,6 +207,8 @@ class Lease:
                 req = protocol.decode(line)
                 if req.get("op") == "ping":
                     self.send({"pong": True, "pid": os.getpid()})
+                elif req.get("op") == "stats":
+                    self.send({"stats": dict(self.scheduler.stats), "pid": os.getpid()})
                 elif req.get("op") == "generate":
                     self.generate(req)
                 else:
@@ -129,60 +254,85 @@ class Lease:
         top_n = params.get("logprobs")
         if "messages" in req:  # the library's chat path: the model's template, its stop strings
             try:
-                gen = self.model.chat_stream(req["messages"], **params)
-            except llama_rs.ParamError:
-                raise
+                prompt, params = self.model.chat_request(req["messages"], params)
             except ValueError as e:  # the messages or the template: say which field
                 return self.error(str(e), "invalid_request_error", "messages")
         else:
+            prompt = req["prompt"]
             if req.get("echo"):
-                self.echo(req["prompt"], top_n)
-            gen = self.model.generate(req["prompt"], **params)
-
-        def tokens() -> list:
-            return [self.token(t, lp, top) for t, lp, top in gen.take_logprobs()] if top_n is not None else []
-
-        for piece in gen:
-            msg: dict[str, Any] = {"text": piece}
-            if top_n is not None:
-                msg["logprobs"] = tokens()
-            self.send(msg)
-            if self.peer_closed():
-                raise PeerGone()
-        rest = tokens()  # tokens that added no text (the last one held back, say)
-        if rest:
-            self.send({"text": "", "logprobs": rest})
+                self.echo(prompt, top_n)
+        seq = self.scheduler.submit(prompt, params)
+        kind, err = seq.replies.get()
+        if kind == "error":
+            raise err
+        try:
+            last, first_at = self.stream(seq, top_n)
+        except BaseException:
+            self.scheduler.cancel(seq)  # the front hung up, or sending failed
+            raise
+        ended = time.time()
         self.send(
             {
                 "done": True,
-                "tokens": gen.tokens,
-                "prompt_tokens": gen.prompt_tokens,
-                "finish_reason": gen.finish_reason,
+                "tokens": last.tokens,
+                "prompt_tokens": last.prompt_tokens,
+                "finish_reason": last.finish,
                 "started": started,
-                "ended": time.time(),
-                "prompt_seconds": gen.prompt_seconds,
-                "gen_seconds": gen.gen_seconds,
+                "ended": ended,
+                "prompt_seconds": first_at - started,
+                "gen_seconds": ended - first_at,
                 "pid": os.getpid(),
             }
         )
 
+    def stream(self, seq: Sequence, top_n: Optional[int]):
+        """Send the sequence's pieces as they come; its last event, and when the first came
+        (the prompt was in)."""
+        first_at = None
+        while True:
+            try:
+                kind, e = seq.replies.get(timeout=0.05)
+            except queue.Empty:
+                if self.peer_closed():
+                    raise PeerGone() from None
+                continue
+            if kind == "error":
+                raise e
+            first_at = first_at or time.time()
+            msg: dict[str, Any] = {"text": e.piece or ""}
+            if top_n is not None and e.logprobs:
+                msg["logprobs"] = [self.token(t, lp, top) for t, lp, top in e.logprobs]
+            if msg["text"] or "logprobs" in msg:
+                self.send(msg)
+            if e.finish is not None:
+                return e, first_at
+            if self.peer_closed():
+                raise PeerGone()
 
-def serve(socket_path: Path, model_path: Optional[Path], n_ctx: int, n_threads: int, parent_pid: Optional[int]) -> None:
+
+def serve(
+    socket_path: Path, model_path: Optional[Path], n_ctx: int, n_threads: int, parallel: int, parent_pid: Optional[int]
+) -> None:
     if parent_pid:
         die_with_parent(parent_pid)
     if model_path is None:
         model = llama_rs.Model.demo(n_ctx=n_ctx, n_threads=n_threads)
     else:
         model = llama_rs.Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
+    scheduler = Scheduler(model, parallel, n_ctx, n_threads)
     if socket_path.exists():
         socket_path.unlink()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(socket_path))
-    srv.listen(8)
+    srv.listen(64)
     while True:
         conn, _ = srv.accept()
-        with conn:
-            Lease(conn, model).serve()
+        threading.Thread(target=serve_connection, args=(conn, model, scheduler), daemon=True).start()
+
+
+def serve_connection(conn: socket.socket, model: llama_rs.Model, scheduler: Scheduler) -> None:
+    with conn:
+        Lease(conn, model, scheduler).serve()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -193,11 +343,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("-m", "--model", type=Path)
     ap.add_argument("-c", "--ctx-size", type=int, default=512)
     ap.add_argument("-t", "--threads", type=int, default=1)
+    ap.add_argument("--parallel", type=int, default=1, help="sequences generated at once")
     ap.add_argument("--parent-pid", type=int)
     a = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the front's to handle
     try:
-        serve(a.socket, a.model, a.ctx_size, a.threads, a.parent_pid)
+        serve(a.socket, a.model, a.ctx_size, a.threads, a.parallel, a.parent_pid)
     except (llama_rs.ModelError, ValueError, OSError) as e:
         print(f"llama-rs worker: {e}", file=sys.stderr)
         sys.exit(1)
