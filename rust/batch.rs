@@ -424,6 +424,43 @@ mod tests {
         );
     }
 
+    /// The logits after a prompt whose start was reused from the cache are the bits of a
+    /// prompt evaluated from nothing (all of the vocab's log-probabilities compared).
+    #[test]
+    fn prefix_reuse_gives_the_logits_of_no_reuse() {
+        let model = Arc::new(tiny_model(GgmlType::Q4_0));
+        let n_vocab = model.config.n_vocab;
+        let history: Vec<u32> = (0..27).map(|i| (i * 11 % 45) as u32 + 1).collect();
+        let mut turn = history.clone();
+        turn.extend([7, 8, 9, 10, 11]);
+        let scored = |p: GenerateParams| GenerateParams {
+            logprobs: Some(n_vocab),
+            ..p
+        };
+        let first_logprobs = |b: &mut Batch, prompt: &[u32]| {
+            b.add(prompt, scored(params(5, 1))).unwrap();
+            let mut got = Vec::new();
+            while b.active() > 0 {
+                for e in b.step().unwrap() {
+                    got.extend(e.logprobs);
+                }
+            }
+            got
+        };
+        for chunk in [3, 256] {
+            let mut fresh = Batch::new(model.clone(), 64, 1, KvType::F16, 1, chunk).unwrap();
+            let want = first_logprobs(&mut fresh, &turn);
+            let mut reused = Batch::new(model.clone(), 64, 1, KvType::F16, 1, chunk).unwrap();
+            first_logprobs(&mut reused, &history);
+            let before = reused.kv_cached();
+            let got = first_logprobs(&mut reused, &turn);
+            assert!(before >= history.len(), "the history stayed cached");
+            assert_eq!(want.len(), 1);
+            assert_eq!(want[0].top.len(), n_vocab);
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
     #[test]
     fn full_and_bad_requests_are_errors() {
         let model = Arc::new(tiny_model(GgmlType::Q8_0));

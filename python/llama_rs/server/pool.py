@@ -267,35 +267,40 @@ class Pool:
                         lease.expire()
                         await lease.close()  # whether or not its holder is still there to do it
                 if w.state == "ready" and not w.alive:
-                    self._died(w)
+                    self._restart_later(w)
             await asyncio.sleep(0.1)
 
-    def _died(self, w: Worker) -> None:
-        n = sum(lease.incarnation == w.incarnation for lease in w.leases)
-        log.error(
-            "worker %d (pid %d) died (%s)%s",
-            w.index,
-            w.proc.pid,
-            exit_text(w.proc.returncode),
-            f" while serving {n} request{'s' * (n != 1)}" if n else "",
-        )
-        self._restart_later(w)
-
-    def _restart_later(self, w: Worker) -> None:
-        """Replace the process (once, however many of its leases report it)."""
+    def _restart_later(self, w: Worker, why: Optional[str] = None) -> None:
+        """Replace the process (once, however many of its leases report it); `why` is what
+        the front saw, logged unless the process turns out to have died by itself."""
         if w.state == "restarting":
             return
+        serving = sum(lease.incarnation == w.incarnation for lease in w.leases)
         w.set("restarting")
         w.incarnation += 1
         w.drains.clear()
-        self._background(self._restart(w))
+        self._background(self._restart(w, why, serving))
 
-    async def _restart(self, w: Worker) -> None:
+    async def _restart(self, w: Worker, why: Optional[str], serving: int) -> None:
+        # A broken connection is often a death the kernel has not reported yet: wait a moment
+        # so the log says which it was.
+        loop = asyncio.get_running_loop()
+        code = await loop.run_in_executor(None, wait_exit, w.proc, 0.5 if why else 0.0)
+        if code is not None:
+            log.error(
+                "worker %d (pid %d) died (%s)%s",
+                w.index,
+                w.proc.pid,
+                exit_text(code),
+                f" while serving {serving} request{'s' * (serving != 1)}" if serving else "",
+            )
+        elif why:
+            log.warning("worker %d %s; restarting it", w.index, why)
         while not self.stopping:
             if w.alive:
                 w.proc.kill()
             if w.proc is not None:
-                await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
+                await loop.run_in_executor(None, w.proc.wait)
             w.restarts += 1
             t0 = time.monotonic()
             self._spawn(w)
@@ -372,18 +377,17 @@ class Pool:
 
     def _return(self, lease: Lease, clean: bool, broken: Optional[str] = None) -> None:
         w = lease.worker
-        w.leases.discard(lease)
-        if lease.incarnation != w.incarnation or w.state != "ready":
-            return  # that process is gone or going; its replacement brings its own slots
-        if not w.alive:
-            self._died(w)
-        elif broken:  # answers pings, maybe, but not requests: a new process is the safe bet
-            log.warning("worker %d %s; restarting it", w.index, broken)
-            self._restart_later(w)
-        elif clean:
+        current = lease.incarnation == w.incarnation and w.state == "ready"
+        if current and not w.alive:
+            self._restart_later(w)  # (it counts this lease among the requests the death failed)
+        elif current and broken:  # answers pings, maybe, but not requests: a new process is the safe bet
+            self._restart_later(w, broken)
+        elif current and clean:
             self._free_slot(w)
-        else:
+        elif current:
             self._background(self._drain(w, w.incarnation))
+        # Otherwise that process is gone or going; its replacement brings its own slots.
+        w.leases.discard(lease)
 
     def count(self, done: dict) -> None:
         """A request's `done` message, into the totals."""
@@ -447,6 +451,16 @@ class Pool:
             return stats if isinstance(stats, dict) and reply.get("pid") == w.proc.pid else None
 
         return list(await asyncio.gather(*(one(w) for w in self.workers)))
+
+
+def wait_exit(proc: Optional[subprocess.Popen], timeout: float) -> Optional[int]:
+    """The process's exit status once it has exited (waiting up to `timeout`), else None."""
+    if proc is None:
+        return None
+    try:
+        return proc.wait(timeout=timeout) if timeout > 0 else proc.poll()
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def exit_text(code: Optional[int]) -> str:
