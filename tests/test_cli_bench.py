@@ -42,6 +42,19 @@ def test_bench_table_and_errors() -> None:
     assert missing.returncode == 1 and "no such model file" in missing.stderr
 
 
+def test_bench_parallel_rows_per_batch_size() -> None:
+    r = cli("--parallel", "1,3", "-n", "6", "-t", "1", "-r", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(row["threads"], row["parallel"]) for row in rows] == [(1, 1), (1, 3)]
+    assert all(row["tg_tokens_per_second"] > 0 and "pp_tokens_per_second" not in row for row in rows)
+    table = cli("--parallel", "2", "-n", "3", "-t", "1", "-r", "1")
+    assert table.returncode == 0 and "parallel" in table.stdout.splitlines()[1] and "tg3" in table.stdout
+    for bad in (["--parallel", "0"], ["--parallel", "2,x"], ["--parallel", "2", "-n", "1"]):
+        r = cli(*bad)
+        assert r.returncode in (1, 2) and r.stderr.startswith("error:") and "parallel" in r.stderr, (bad, r.stderr)
+
+
 @pytest.mark.parametrize("ftype", ["q4_1", "q8_0", "f16", "f32"])
 def test_bench_takes_every_quantize_type(tmp_path, ftype: str) -> None:
     """A file `llama-rs quantize` wrote in each type this build computes is benchmarked, and the

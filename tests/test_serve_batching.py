@@ -233,7 +233,9 @@ def test_a_killed_worker_fails_only_its_own_requests(slow_batch_server: Server) 
     wait_until(lambda: all(w["state"] == "idle" for w in s.health()["workers"]), timeout=60)
     for i, r in out.items():
         if r.status_code == 200:
-            again = s.post("/api/completion", {"prompt": f"t{i} t{i + 1}", "tokens": n, "temp": 0, "repeat_penalty": 1.0})
+            again = s.post(
+                "/api/completion", {"prompt": f"t{i} t{i + 1}", "tokens": n, "temp": 0, "repeat_penalty": 1.0}
+            )
             assert r.json()["Tokens"] == n and again.json()["Text"] == r.json()["Text"]
     log = s.log()
     assert f"(pid {victim['pid']}) died (killed by SIGKILL) while serving 2 requests" in log, log

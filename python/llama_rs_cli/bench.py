@@ -16,14 +16,39 @@ import llama_rs
 from .common import errors_as_messages, fail, given, missing_model_hint, warn_if_beyond_training
 
 
-def parse_threads(spec: str) -> list[int]:
+#: Prompt tokens of each sequence in `bench --parallel`.
+BATCH_PROMPT = 16
+
+
+def parse_counts(spec: str, hint: str, what: str, top: int = 1 << 16) -> list[int]:
     try:
         out = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{spec!r} is not a comma-separated list of numbers", param_hint="'-t'") from None
-    if not out or any(t < 1 for t in out):
-        raise typer.BadParameter("thread counts must be >= 1", param_hint="'-t'")
+        raise typer.BadParameter(f"{spec!r} is not a comma-separated list of numbers", param_hint=hint) from None
+    if not out or any(not 1 <= t <= top for t in out):
+        raise typer.BadParameter(f"{what} must be from 1 to {top}", param_hint=hint)
     return out
+
+
+def run_batch(m: llama_rs.Model, n: int, prompt_len: int, n_gen: int, seed: int) -> tuple[int, float]:
+    """Tokens generated after the first and the seconds they took, for `n` sequences of
+    random `prompt_len`-token prompts decoded together (greedy) by one batch engine."""
+    b = m.batch_engine(n, n_ctx=prompt_len + n_gen + 1)
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        b.add(
+            [m.bos_token or 1] + rng.integers(3, m.n_vocab, prompt_len - 1).tolist(), {"max_tokens": n_gen, "temp": 0}
+        )
+    seen: dict[int, int] = {}  # tokens each sequence had at its last event
+    while len(seen) < n:  # prefill (not timed): until every sequence has its first token
+        for e in b.step():
+            seen[e.id] = e.tokens
+    made, t0 = 0, time.perf_counter()
+    while b.active:
+        for e in b.step():
+            made += e.tokens - seen[e.id]
+            seen[e.id] = e.tokens
+    return made, time.perf_counter() - t0
 
 
 def run_once(m: llama_rs.Model, prompt: list[int], n_gen: int) -> tuple[float, float]:
@@ -50,13 +75,24 @@ def bench(
     threads: str = typer.Option("1,2", "-t", "--threads", help="Comma-separated thread counts, one row each."),
     reps: int = typer.Option(3, "-r", "--repetitions", min=1, help="Repetitions per row (mean ± standard deviation)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    parallel: Optional[str] = typer.Option(
+        None,
+        "--parallel",
+        help="Comma-separated batch sizes, e.g. 1,2,4,8,16: instead of pp/tg, the batch engine (what `serve "
+        "--parallel` runs) decoding that many sequences at once; aggregate tokens/s over all of them "
+        f"(prompts of {BATCH_PROMPT} random tokens, not timed).",
+        show_default=False,
+    ),
 ) -> None:
     """Measure prompt processing and generation speed in tokens per second.
 
     The first line says which kernels run: the best instruction set this CPU has (portable,
     avx2, avx512), or the lower one forced by LLAMA_RS_ISA=portable|avx2|avx512 for comparison.
     """
-    counts = parse_threads(threads)
+    counts = parse_counts(threads, "'-t'", "thread counts")
+    batches = parse_counts(parallel, "'--parallel'", "--parallel sizes", 256) if parallel else []
+    if batches and n_gen < 2:
+        fail("--parallel needs -n/--n-gen of at least 2 (the first token of each sequence is not timed)")
     if model is not None and not model.exists():
         fail(missing_model_hint(model))
     rows = []
@@ -65,7 +101,7 @@ def bench(
         if not as_json:
             why = "forced by LLAMA_RS_ISA" if forced else "the best this CPU has"
             typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level})")
-        n_ctx = n_prompt + n_gen + 1
+        n_ctx = (BATCH_PROMPT if batches else n_prompt) + n_gen + 1
         for t in counts:
             m = (
                 llama_rs.Model.demo(n_ctx=n_ctx, n_threads=t)
@@ -77,6 +113,9 @@ def bench(
             rng = np.random.default_rng(0)
             prompt = [m.bos_token or 1] + rng.integers(3, m.n_vocab, max(0, n_prompt - 1)).tolist() if n_prompt else []
             run_once(m, prompt[: min(8, len(prompt))], 1)  # warm up: page in the weights, start the threads
+            if batches:
+                rows += batch_rows(m, t, batches, n_gen, reps, level, as_json, first=not rows)
+                continue
             pp, tg = [], []
             for _ in range(reps):
                 t_pp, t_tg = run_once(m, prompt, n_gen)
@@ -109,3 +148,34 @@ def bench(
                         )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
+
+
+def batch_rows(
+    m: llama_rs.Model, t: int, batches: list[int], n_gen: int, reps: int, level: str, as_json: bool, first: bool
+) -> list[dict]:
+    rows = []
+    for n in batches:
+        rates = []
+        for r in range(reps):
+            made, secs = run_batch(m, n, BATCH_PROMPT, n_gen, seed=r)
+            rates.append(made / secs)
+        row = {
+            "model": str(m.path.name),
+            "type": m._engine.file_type,
+            "threads": t,
+            "parallel": n,
+            "n_gen": n_gen,
+            "repetitions": reps,
+            "kernels": level,
+            "tg_tokens_per_second": round(statistics.mean(rates), 2),
+            "tg_stdev": round(statistics.stdev(rates), 2) if len(rates) > 1 else 0.0,
+        }
+        rows.append(row)
+        if not as_json:
+            if first and len(rows) == 1:
+                typer.echo(f"{'model':<28} {'type':<6} {'threads':>7} {'parallel':>8} {'test':>6} {'tokens/s':>18}")
+            typer.echo(
+                f"{row['model'][:28]:<28} {row['type']:<6} {t:>7} {n:>8} {'tg' + str(n_gen):>6} "
+                f"{row['tg_tokens_per_second']:>10.2f} ± {row['tg_stdev']:<6.2f}"
+            )
+    return rows
