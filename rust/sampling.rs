@@ -170,16 +170,19 @@ pub fn sample(
     if p.temp <= 0.0 {
         return argmax(&logits);
     }
-    // Candidates sorted by logit, highest first; ties keep the lower id first (stable sort).
+    // Candidates sorted by logit, highest first; ties keep the lower id first. With top-k,
+    // only the k best are sorted (a 128k vocab would otherwise be sorted for every token).
     let mut cand: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
         .map(|(i, &l)| (i as u32, l))
         .collect();
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if p.top_k > 0 && p.top_k < cand.len() {
+        cand.select_nth_unstable_by(p.top_k - 1, order);
         cand.truncate(p.top_k);
     }
+    cand.sort_unstable_by(order);
     // top-p on the probabilities at temperature 1: the smallest prefix reaching top_p.
     if p.top_p < 1.0 {
         let probs = softmax_of(&cand, 1.0);
@@ -290,6 +293,51 @@ mod tests {
         // The penalty on token 1 (2.0 / 1.3 < 1.9) hands the lead to token 3, in both modes.
         assert_eq!(sample(&logits, &[1], &[], &g, &mut rng), 3);
         assert_eq!(sample(&logits, &[1], &[], &k1, &mut rng), 3);
+    }
+
+    /// Selecting the top k before sorting draws what a stable sort of the whole vocab then
+    /// truncation draws: logits with many ties, every k, many draws.
+    #[test]
+    fn top_k_selection_equals_a_full_stable_sort() {
+        let logits: Vec<f32> = (0..500).map(|i| ((i * 37) % 23) as f32 * 0.25).collect();
+        let reference = |p: &SamplingParams, rng: &mut Rng| {
+            let mut cand: Vec<(u32, f32)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l))
+                .collect();
+            cand.sort_by(|a, b| b.1.total_cmp(&a.1)); // stable: lower id first among ties
+            if p.top_k > 0 && p.top_k < cand.len() {
+                cand.truncate(p.top_k);
+            }
+            let probs = softmax_of(&cand, p.temp);
+            let r = rng.next_f64();
+            let mut cum = 0.0;
+            for (i, pr) in probs.iter().enumerate() {
+                cum += pr;
+                if r < cum {
+                    return cand[i].0;
+                }
+            }
+            cand[cand.len() - 1].0
+        };
+        for top_k in [0, 1, 2, 5, 21, 22, 23, 40, 499, 500, 600] {
+            let p = SamplingParams {
+                top_k,
+                top_p: 1.0,
+                temp: 0.7,
+                repeat_penalty: 1.0,
+                ..Default::default()
+            };
+            let (mut a, mut b) = (Rng::new(9), Rng::new(9));
+            for _ in 0..200 {
+                assert_eq!(
+                    sample(&logits, &[], &[], &p, &mut a),
+                    reference(&p, &mut b),
+                    "top_k {top_k}"
+                );
+            }
+        }
     }
 
     #[test]

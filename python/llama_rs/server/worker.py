@@ -319,6 +319,10 @@ def serve(
         model = llama_rs.Model.demo(n_ctx=n_ctx, n_threads=n_threads)
     else:
         model = llama_rs.Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
+    # Warm up before taking requests (as llama-server does): one token reads every weight, so
+    # the first client does not wait for the file to be paged in.
+    model.eval([model.bos_token if model.bos_token is not None else 0])
+    model.reset()
     scheduler = Scheduler(model, parallel, n_ctx, n_threads)
     if socket_path.exists():
         socket_path.unlink()

@@ -1,0 +1,185 @@
+"""Concurrent streaming clients against `llama-rs serve` and llama.cpp's `llama-server`, on
+the same model file and thread count, alternating by level in one run: aggregate tokens/s,
+p50/p99 request latency and p50 time to first token for each number of clients C.
+
+    python bench/serve_load.py MODEL [--llama-cpp DIR] [-c 1 2 4 8 16 32] [--tokens 48]
+        [-t 2] [--parallel 16] [--rounds 2]
+
+Each of the C clients sends `--rounds` streaming /v1/completions requests one after another
+(a different prompt each, `--tokens` tokens, temperature 0.8, end of generation banned so
+every request makes exactly that many tokens). Aggregate = all tokens / wall time of the
+level. Without --llama-cpp (or LLAMA_CPP_DIR) only llama-rs runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import find_llama_bench  # noqa: E402  (one way to find llama.cpp's binaries)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], port: int):
+        self.name, self.url = name, f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-load-{name}-", suffix=".log")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{name} exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{name} did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, float, int]:
+    """(latency, time to first token, tokens) of one streaming request."""
+    t0 = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("choices") and event["choices"][0].get("text"):
+                tokens += 1
+                first = first or time.perf_counter()
+    end = time.perf_counter()
+    return end - t0, (first or end) - t0, tokens
+
+
+async def level(server: Server, clients: int, rounds: int, tokens: int, ban: dict, extra: dict) -> dict:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 4)) as client:
+
+        async def user(i: int) -> list[tuple[float, float, int]]:
+            out = []
+            for r in range(rounds):
+                body = {
+                    "prompt": f"Client {i} asks question {r}: tell me a story about the number {i * 31 + r}.",
+                    "max_tokens": tokens,
+                    "temperature": 0.8,
+                    "seed": i * 1000 + r,
+                    "stream": True,
+                    "logit_bias": ban,
+                    **extra,
+                }
+                out.append(await one_request(client, server.url, body))
+            return out
+
+        t0 = time.perf_counter()
+        results = [x for per in await asyncio.gather(*(user(i) for i in range(clients))) for x in per]
+        wall = time.perf_counter() - t0
+    lat = sorted(r[0] for r in results)
+    made = sum(r[2] for r in results)
+    return {
+        "server": server.name,
+        "clients": clients,
+        "tokens": made,
+        "aggregate": made / wall,
+        "p50": statistics.median(lat),
+        "p99": lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))],
+        "ttft_p50": statistics.median(r[1] for r in results),
+    }
+
+
+def eog_ids(model: Path) -> list[int]:
+    import llama_rs
+
+    return llama_rs.Tokenizer(model).eog_tokens
+
+
+def cpu_line() -> str:
+    try:
+        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cpus"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp checkout with build/bin/llama-server (or LLAMA_CPP_DIR)")
+    ap.add_argument("-c", "--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=16, help="sequences at once, both servers (-np)")
+    ap.add_argument("--ctx", type=int, default=512, help="context per sequence")
+    a = ap.parse_args()
+
+    ban = {str(t): -100 for t in eog_ids(a.model)}
+    port = free_port()
+    ours = Server(
+        "llama-rs",
+        [sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", str(a.model), "-w", "1", "-t", str(a.threads),
+         "-np", str(a.parallel), "-c", str(a.ctx), "--queue", "256", "-q", "-l", f"127.0.0.1:{port}"],
+        port,
+    )  # fmt: skip
+    servers = [(ours, {})]
+    bench_bin = find_llama_bench(a.llama_cpp)
+    if bench_bin is not None:
+        server_bin = bench_bin.parent / "llama-server"
+        if not server_bin.exists():
+            raise SystemExit(f"{server_bin} is missing: cmake --build build --target llama-server")
+        port = free_port()
+        peer = Server(
+            "llama.cpp",
+            [str(server_bin), "-m", str(a.model), "-t", str(a.threads), "-np", str(a.parallel),
+             "-c", str(a.ctx * a.parallel), "-cb", "--port", str(port), "--host", "127.0.0.1"],
+            port,
+        )  # fmt: skip
+        servers.append((peer, {"ignore_eos": True}))
+    print(f"# {time.strftime('%Y-%m-%d')}  {cpu_line()}; {a.model.name}; -t {a.threads} -np {a.parallel}")
+    print(f"# {' '.join(sys.argv)}")
+    print("| C | server | tok/s (aggregate) | p50 latency | p99 latency | TTFT p50 |")
+    print("|---|---|---|---|---|---|")
+    try:
+        for c in a.clients:
+            for server, extra in servers:  # alternating: the same moment of the machine for both
+                r = asyncio.run(level(server, c, a.rounds, a.tokens, ban, extra))
+                print(
+                    f"| {c} | {r['server']} | {r['aggregate']:.1f} | {r['p50']:.2f} s | {r['p99']:.2f} s "
+                    f"| {r['ttft_p50']:.2f} s |",
+                    flush=True,
+                )
+    finally:
+        for server, _ in servers:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
