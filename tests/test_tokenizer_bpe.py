@@ -134,6 +134,19 @@ def test_long_runs_equal_tiktoken(tok, meta) -> None:
         assert tok.encode(text) == tiktoken_ids(meta, text), repr(text[:40])
 
 
+def test_fortunes_heldout_equals_tiktoken(tok, meta) -> None:
+    """Real English prose (quotes, tabs, blank lines): every line, each with its newline, and
+    the whole file at once (where whitespace runs across lines meet the look-ahead)."""
+    text = (need_data("fortunes-heldout.txt") / "fortunes-heldout.txt").read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    assert len(lines) > 1000
+    for line in lines:
+        assert tok.encode(line) == tiktoken_ids(meta, line), repr(line)
+    ids = tok.encode(text)
+    assert ids == tiktoken_ids(meta, text)
+    assert tok.decode(ids) == text
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=80))
 def test_generated_strings_equal_tiktoken(tok, meta, text: str) -> None:
