@@ -455,6 +455,12 @@ impl Engine {
         run(py, || Ok(tok.encode_with(text, bos, special)))
     }
 
+    /// A rendered chat template's ids (`Tokenizer::encode_template`).
+    fn tokenize_template(&self, py: Python<'_>, text: &str, bos: bool) -> PyResult<Vec<u32>> {
+        let tok = &self.model.tokenizer;
+        run(py, || Ok(tok.encode_template(text, bos)))
+    }
+
     /// End-of-generation token ids (eos, eot, eom, ...), sorted.
     #[getter]
     fn eog(&self) -> Vec<u32> {

@@ -216,6 +216,123 @@ def test_meta_without_scaled_rope_has_no_rope_freqs(tokenizer, tmp_path) -> None
     assert "rope_freqs.weight" not in [t.name for t in gguf.GGUFReader(out).tensors]
 
 
+def hf_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """transformers' convert_llama_weights_to_hf `permute`: Meta's interleaved rotary pairs
+    (2i, 2i+1) of each head to rotate-half order (i, i + head_dim / 2)."""
+    t = torch.from_numpy(w)
+    rows, cols = t.shape
+    return t.view(n_head, rows // n_head // 2, 2, cols).transpose(1, 2).reshape(rows, cols).numpy()
+
+
+# GGUF (= Meta) name -> transformers' name
+HF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    **{
+        f"blk.{i}.{g}.weight": f"model.layers.{i}.{h}.weight"
+        for i in range(2)
+        for g, h in {
+            "attn_norm": "input_layernorm",
+            "attn_q": "self_attn.q_proj",
+            "attn_k": "self_attn.k_proj",
+            "attn_v": "self_attn.v_proj",
+            "attn_output": "self_attn.o_proj",
+            "ffn_norm": "post_attention_layernorm",
+            "ffn_gate": "mlp.gate_proj",
+            "ffn_up": "mlp.up_proj",
+            "ffn_down": "mlp.down_proj",
+        }.items()
+    },
+}
+
+
+def gguf_dump(path: Path) -> tuple[dict, dict]:
+    """({key: (GGUF value type, value)}, {tensor name: (dims, type, bytes)}), read with our own
+    reader (the `gguf` package takes 20 s over a 128256-token vocab; test_gguf checks ours
+    against it)."""
+    from llama_rs import _core
+
+    _, _, meta, tensors = _core.gguf_read(path)
+    return meta, {name: (tuple(dims), ty, _core.gguf_tensor_bytes(path, name)) for name, dims, ty, _, _ in tensors}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_meta_and_hf_layouts_of_the_same_weights_convert_alike(tmp_path, tie) -> None:
+    """One random Llama-3.1-configured model (Meta's tokenizer.model, scaled rope, GQA)
+    written as Meta's release (consolidated.00.pth + params.json + tokenizer.model) and as
+    transformers' save_pretrained (q/k permuted to rotate-half, tokenizer.json from the same
+    tokenizer.model): both converts give the same tensors, byte for byte, and metadata."""
+    import llama_models
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tok = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    s = replace(L3, vocab=128256)
+    w = random_weights(s, seed=21)
+    if tie:  # Meta's checkpoints of tied models (Llama 3.2 1B/3B) still hold output.weight
+        w["output.weight"] = w["token_embd.weight"].copy()
+    meta_src = write_meta(
+        tmp_path / "meta" / "tiny-llama3", s, w, 1, tok, max_seq_len=131072, extra_params={"use_scaled_rope": True}
+    )
+
+    cfg = LlamaConfig(
+        vocab_size=s.vocab,
+        hidden_size=s.dim,
+        intermediate_size=s.ffn,
+        num_hidden_layers=s.n_layer,
+        num_attention_heads=s.n_head,
+        num_key_value_heads=s.n_head_kv,
+        rms_norm_eps=s.eps,
+        max_position_embeddings=131072,
+        rope_parameters={**LLAMA3, "original_max_position_embeddings": 8192, "rope_theta": s.rope_base},
+        tie_word_embeddings=tie,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    sd = {}
+    for g, a in w.items():
+        if g.endswith("attn_q.weight"):
+            a = hf_permute(a, s.n_head)
+        elif g.endswith("attn_k.weight"):
+            a = hf_permute(a, s.n_head_kv)
+        sd[HF_NAMES[g]] = torch.from_numpy(np.ascontiguousarray(a))
+    model.load_state_dict(sd, strict=True)
+    hf_src = tmp_path / "hf" / "tiny-llama3"
+    model.save_pretrained(hf_src)
+    specials = list(read_meta_specials(tok))
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=TikTokenConverter(vocab_file=str(tok), extra_special_tokens=specials).converted(),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|finetune_right_pad_id|>",  # Meta's Tokenizer.pad_id
+    )
+    hf_tok.save_pretrained(hf_src)
+    # The permutation is transformers' own: its forward equals Meta's on these weights.
+    ids = [128000, 9906, 1917, 11, 358, 1097, 264, 94776, 13]
+    s_scaled = replace(s, rope_factors=tuple(float(f) for f in llama3_rope_factors(s.rope_base, s.head_dim)))
+    assert rel(hf_logits(model, ids), reference_logits(s_scaled, w, ids)) < 1e-5  # its rotary tables are float32
+
+    convert(meta_src, tmp_path / "meta.gguf", "f16")
+    convert(hf_src, tmp_path / "hf.gguf", "f16")
+    meta_kv, meta_t = gguf_dump(tmp_path / "meta.gguf")
+    hf_kv, hf_t = gguf_dump(tmp_path / "hf.gguf")
+    assert sorted(meta_t) == sorted(hf_t)  # the order is the writers' (HF: shard by shard)
+    assert "rope_freqs.weight" in meta_t and ("output.weight" in meta_t) == (not tie)
+    for name in meta_t:
+        assert meta_t[name] == hf_t[name], name
+    assert {k: v for k, v in meta_kv.items() if meta_kv.get(k) != hf_kv.get(k)} == {}
+    assert set(hf_kv) - set(meta_kv) <= {"tokenizer.chat_template"}
+
+
+def read_meta_specials(tok: Path) -> list[str]:
+    from llama_rs.convert.bpe_vocab import read_tiktoken
+
+    v = read_tiktoken(tok)
+    return [p for p, t in zip(v.tokens, v.types) if t == gguf.TokenType.CONTROL]
+
+
 @pytest.mark.parametrize(
     "dim, mult, multiple_of, ffn",
     [

@@ -134,6 +134,19 @@ def test_long_runs_equal_tiktoken(tok, meta) -> None:
         assert tok.encode(text) == tiktoken_ids(meta, text), repr(text[:40])
 
 
+def test_fortunes_heldout_equals_tiktoken(tok, meta) -> None:
+    """Real English prose (quotes, tabs, blank lines): every line, each with its newline, and
+    the whole file at once (where whitespace runs across lines meet the look-ahead)."""
+    text = (need_data("fortunes-heldout.txt") / "fortunes-heldout.txt").read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    assert len(lines) > 1000
+    for line in lines:
+        assert tok.encode(line) == tiktoken_ids(meta, line), repr(line)
+    ids = tok.encode(text)
+    assert ids == tiktoken_ids(meta, text)
+    assert tok.decode(ids) == text
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=80))
 def test_generated_strings_equal_tiktoken(tok, meta, text: str) -> None:
@@ -198,13 +211,16 @@ def test_tokenizer_properties(tok) -> None:
     assert tok.piece(220) == "Ġ"
 
 
-def bpe_vocab_file(path: Path, pre: str | None, model: str = "gpt2") -> Path:
+def bpe_vocab_file(
+    path: Path, pre: str | None, model: str = "gpt2", merges: "list[str] | tuple[str, ...] | None" = ("a b",)
+) -> Path:
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_tokenizer_model(model)
     if pre is not None:
         w.add_tokenizer_pre(pre)
     w.add_token_list(["a", "b", "ab"])
-    w.add_token_merges(["a b"])
+    if merges is not None:
+        w.add_token_merges(list(merges))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -219,6 +235,17 @@ def test_unknown_pre_is_a_clear_error(tmp_path) -> None:
         llama_rs.Tokenizer(bpe_vocab_file(tmp_path / "w.gguf", None, model="t5"))
     t = llama_rs.Tokenizer(bpe_vocab_file(tmp_path / "x.gguf", None))  # no pre: GPT-2's
     assert t.encode("abab a") == [2, 2, 0] and t.bos_token is None
+
+
+def test_missing_or_bad_merges_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(llama_rs.ModelError, match=r"has no merges \(tokenizer.ggml.merges\)"):
+        llama_rs.Tokenizer(bpe_vocab_file(tmp_path / "v.gguf", "llama-bpe", merges=None))
+    for merges, bad in [(["a b", "a c"], '"c"'), (["a b", "b a"], '"ba"')]:
+        with pytest.raises(llama_rs.ModelError) as e:
+            llama_rs.Tokenizer(bpe_vocab_file(tmp_path / "w.gguf", "llama-bpe", merges=merges))
+        assert f"merge 1 ({merges[1]!r}) names {bad}, which is not a token of the vocab".replace("'", '"') in str(
+            e.value
+        )
 
 
 def test_hf_tokenizer_json_equals_tiktoken_vocab(tmp_path, meta) -> None:

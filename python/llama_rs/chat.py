@@ -45,8 +45,10 @@ def render_transcript(messages: list[dict]) -> ChatPrompt:
     return ChatPrompt("\n".join(lines), stop=("\nUser:", "\nSystem:"))
 
 
-def render_chat(messages: list[dict], template: Optional[str]) -> ChatPrompt:
-    """`messages` (checked by `check_messages`) as the prompt for a model with `template`."""
+def render_chat(messages: list[dict], template: Optional[str], bos_token: str = "", eos_token: str = "") -> ChatPrompt:
+    """`messages` (checked by `check_messages`) as the prompt for a model with `template`;
+    `bos_token` / `eos_token` are the texts of the model's BOS and EOS (templates write
+    them: Mistral's `</s>` after each answer, Llama 2's `<s>` before each turn)."""
     if not template:
         return render_transcript(messages)
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -58,10 +60,11 @@ def render_chat(messages: list[dict], template: Optional[str]) -> ChatPrompt:
 
     env.globals["raise_exception"] = raise_exception
     try:
-        # The engine adds BOS itself; the control tokens the template writes are parsed by
-        # `Model.chat_stream`.
+        # The control tokens the template writes are parsed by `Model.chat_tokens`.
         return ChatPrompt(
-            env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
+            env.from_string(template).render(
+                messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+            )
         )
     except Exception as e:  # a broken template in a file should not take the endpoint down
         raise ValueError(f"the model's chat template failed: {e}") from None

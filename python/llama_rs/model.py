@@ -479,10 +479,17 @@ class Model:
         """The prompt ids of the assistant's next turn after `messages` (what `chat_stream`
         evaluates; `tokenizer.apply_chat_template(..., add_generation_prompt=True)` of
         transformers for the same template), and the format's own stop strings."""
-        prompt = render_chat(check_messages(messages), self.chat_template)
-        # A template writes the model's control tokens (`<|start_header_id|>`, `[INST]`) as
-        # text: they are parsed as tokens, as llama.cpp does for a rendered chat.
-        return self.tokenize(prompt.text, bos=True, special=self.chat_template is not None), list(prompt.stop)
+        messages = check_messages(messages)
+        if self.chat_template is None:
+            prompt = render_chat(messages, None)
+            return self.tokenize(prompt.text, bos=True), list(prompt.stop)
+        bos, eos = (self.token_piece(t) or "" if t is not None else "" for t in (self.bos_token, self.eos_token))
+        prompt = render_chat(messages, self.chat_template, bos_token=bos, eos_token=eos)
+        # A template writes the model's control tokens (`<|start_header_id|>`, `[INST]`, `</s>`)
+        # as text: they are parsed as tokens. A BOS it writes first is the BOS; if it writes
+        # none, the vocab's add_bos_token decides.
+        wrote_bos = bool(bos) and prompt.text.startswith(bos)
+        return self._engine.tokenize_template(prompt.text, not wrote_bos), list(prompt.stop)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], **params: Any) -> Completion:
         """Like `chat_stream`, but returns the whole reply (as llama-cpp-python's

@@ -15,8 +15,9 @@
 //! Decoding: a normal token is its bytes, joined with its neighbours into UTF-8 by the shared
 //! stream decoder; a user-defined token is its text as stored; control tokens are invisible.
 //!
-//! Not covered: a merge whose result is not a token of the vocab is dropped (llama.cpp would
-//! keep the merged symbol and spell it out byte by byte at the end).
+//! A merge that names a piece the vocab lacks (either side, or the joined result) is an
+//! error, as in Hugging Face's `tokenizers` (llama.cpp loads it and would spell such a
+//! symbol out byte by byte): a vocab and merges that disagree mean a broken convert.
 
 use super::byte_level::{is_mapped, piece_to_bytes};
 use super::pretokenize::{Pre, Pretokenizer};
@@ -83,6 +84,8 @@ impl Bpe {
         let n = v.pieces.len();
         let mut by_piece: Map<&str, u32> = Map::default();
         by_piece.reserve(n);
+        // Every piece, of any type: a merge naming anything else is an error.
+        let known: rustc_hash::FxHashSet<&str> = v.pieces.iter().map(String::as_str).collect();
         let mut by_bytes: Map<Box<[u8]>, u32> = Map::default();
         by_bytes.reserve(n);
         let mut byte_ids = [None; 256];
@@ -122,12 +125,22 @@ impl Bpe {
                 )));
             };
             let (l, r) = (&line[..k], &line[k + 1..]);
-            let (Some(&li), Some(&ri)) = (by_piece.get(l), by_piece.get(r)) else {
-                // A merge of pieces the vocab lacks can never apply.
-                continue;
-            };
             let joined = [l, r].concat();
-            let Some(&id) = by_piece.get(joined.as_str()) else {
+            if let Some(missing) = [l, r, joined.as_str()]
+                .into_iter()
+                .find(|p| !known.contains(p))
+            {
+                return Err(Error::Format(format!(
+                    "merge {rank} ({line:?}) names {missing:?}, which is not a token of the vocab"
+                )));
+            }
+            // Pieces that are control or added tokens never come out of the byte mapping: such a
+            // merge can never apply.
+            let (Some(&li), Some(&ri), Some(&id)) = (
+                by_piece.get(l),
+                by_piece.get(r),
+                by_piece.get(joined.as_str()),
+            ) else {
                 continue;
             };
             // The first line of a pair counts (as llama.cpp's `bpe_ranks.emplace`).

@@ -180,12 +180,15 @@ fn bad_merges_are_errors() {
     let bad = Vocab::byte_pair(pieces.clone(), vec!["ab".into()], Pre::Gpt2);
     let err = Tokenizer::new(bad).unwrap_err().to_string();
     assert!(err.contains("merge 0 (\"ab\")"), "{err}");
-    // Merges of pieces the vocab lacks are ignored.
-    let t = Tokenizer::new(Vocab::byte_pair(
-        pieces,
-        vec!["x y".into(), "a b".into()],
-        Pre::Gpt2,
-    ))
-    .unwrap();
+    // A merge naming a piece the vocab lacks (either side, or the result) is an error that
+    // names the piece.
+    for (line, missing) in [("x b", "x"), ("a y", "y"), ("b a", "ba")] {
+        let v = Vocab::byte_pair(pieces.clone(), vec!["a b".into(), line.into()], Pre::Gpt2);
+        let err = Tokenizer::new(v).unwrap_err().to_string();
+        let want =
+            format!("merge 1 ({line:?}) names {missing:?}, which is not a token of the vocab");
+        assert!(err.contains(&want), "{err}");
+    }
+    let t = Tokenizer::new(Vocab::byte_pair(pieces, vec!["a b".into()], Pre::Gpt2)).unwrap();
     assert_eq!(t.encode("ab", false), [2]);
 }

@@ -482,6 +482,25 @@ impl Tokenizer {
     /// they are ordinary text. (User-defined tokens are always matched: SentencePiece and
     /// Hugging Face do so.)
     pub fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_fragments(text, add_special, parse_special, false)
+    }
+
+    /// Token ids of a rendered chat template: control tokens parsed, and (SentencePiece) the
+    /// text after one gets the space prefix only if it does not start with a space already.
+    /// Templates are written for transformers' tokenizers, which add no second space there:
+    /// `"[INST] " + content` is `[INST]` then `▁content`, as mistral-common encodes it, where
+    /// llama.cpp's rule would give `▁▁content`; Llama 2's `"<s>[INST]"` still gets `▁[`.
+    pub fn encode_template(&self, text: &str, add_special: bool) -> Vec<u32> {
+        self.encode_fragments(text, add_special, true, true)
+    }
+
+    fn encode_fragments(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        template: bool,
+    ) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.vocab.add_bos {
             out.extend(self.vocab.bos);
@@ -502,7 +521,8 @@ impl Tokenizer {
                 for f in fragments {
                     match f {
                         Fragment::Text(t) => {
-                            self.encode_text(t, after_special, &mut out);
+                            let prefix = after_special && !(template && t.starts_with(' '));
+                            self.encode_text(t, prefix, &mut out);
                             after_special = false;
                         }
                         Fragment::Token(id) => {

@@ -156,6 +156,9 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
             raise ConvertError(f"{parts[0]}: tensor {name} has shape {list(t0.shape)}, expected a matrix")
         tensors.append(Tensor(gname, tuple(shape), _loader(pieces, cat), parts[0], tuple(parts), name))
 
+    if _output_is_embedding(dicts):
+        # Tied embeddings (Llama 3.2 1B/3B): as the Hugging Face convert, no output.weight.
+        tensors = [t for t in tensors if t.name != "output.weight"]
     n_head = params["n_heads"]
     n_head_kv = params.get("n_kv_heads") or n_head
     by_name = {t.name: t for t in tensors}
@@ -201,6 +204,20 @@ def plan(src: Path, vocab_path: Optional[Path] = None) -> Plan:
         dicts.clear()
 
     return Plan(h, vocab, tensors, parts + [params_path, vocab.path], params_path, close)
+
+
+def _output_is_embedding(dicts: list[dict]) -> bool:
+    """Whether `output.weight` is a copy of `tok_embeddings.weight`, as in Meta's checkpoints of
+    models with tied embeddings (its Transformer always has an output layer). The parts split
+    them differently (rows and columns), so the first row is compared before the whole."""
+    outs = [d.get("output.weight") for d in dicts]
+    embs = [d.get("tok_embeddings.weight") for d in dicts]
+    if any(t is None or t.ndim != 2 for t in outs + embs):
+        return False
+    if outs[0].dtype != embs[0].dtype or not torch.equal(outs[0][0], torch.cat([e[0] for e in embs])):
+        return False
+    out, emb = torch.cat(outs, dim=0), torch.cat(embs, dim=1)
+    return out.shape == emb.shape and torch.equal(out, emb)
 
 
 def _loader(pieces: list[torch.Tensor], cat: Optional[int]):
