@@ -2,7 +2,7 @@
 convert writes from Meta's `tokenizer.model`) against tiktoken with the same file (Meta's
 reference, through `llama_models`), on the same ~1 MB of text, runs alternating.
 
-    python bench/tokenize.py [--text FILE] [--repeat 20] [--runs 7]
+    python bench/tokenize_speed.py [--text FILE] [--repeat 20] [--runs 7]
 
 The text is `../shared/models/fortunes-heldout.txt` repeated `--repeat` times (x20: 1.02 MB).
 Two ways: the whole text in one call, and line by line (27,761 short calls: the per-call
@@ -11,22 +11,15 @@ cost). Both give tokens/s (ids out per second) and ours / tiktoken; the ids are 
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import statistics
+import subprocess
+import time
+from pathlib import Path
 
-# This file's name is the standard library's `tokenize` (which linecache, inspect, ... import):
-# take bench/ off the path before anything imports it, or this file would be imported instead.
-sys.path = [p for p in sys.path if os.path.realpath(p or ".") != os.path.dirname(os.path.realpath(__file__))]
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import llama_rs  # noqa: E402
-from llama_rs.convert.bpe_vocab import read_tiktoken  # noqa: E402
-from llama_rs.convert.writer import write_vocab_gguf  # noqa: E402
+import llama_rs
+from llama_rs.convert.bpe_vocab import read_tiktoken
+from llama_rs.convert.writer import write_vocab_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 
