@@ -42,7 +42,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, name: str, cmd: list[str], port: int):
         self.name, self.url = name, f"http://127.0.0.1:{port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-load-{name}-", suffix=".log")
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-load-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -159,7 +159,9 @@ def main() -> None:
         peer = Server(
             "llama.cpp",
             [str(server_bin), "-m", str(a.model), "-t", str(a.threads), "-np", str(a.parallel),
-             "-c", str(a.ctx * a.parallel), "-cb", "--port", str(port), "--host", "127.0.0.1"],
+             "-c", str(a.ctx * a.parallel), "-cb", "--port", str(port), "--host", "127.0.0.1",
+             # One HTTP thread per client: its default (cores - 1) drops connections beyond that.
+             "--threads-http", str(max(a.clients) + 4)],
             port,
         )  # fmt: skip
         servers.append((peer, {"ignore_eos": True}))
@@ -170,7 +172,10 @@ def main() -> None:
     try:
         for c in a.clients:
             for server, extra in servers:  # alternating: the same moment of the machine for both
-                r = asyncio.run(level(server, c, a.rounds, a.tokens, ban, extra))
+                try:
+                    r = asyncio.run(level(server, c, a.rounds, a.tokens, ban, extra))
+                except httpx.HTTPError as e:
+                    raise SystemExit(f"{server.name} failed at C={c}: {e!r}; its log: {server.log.name}") from None
                 print(
                     f"| {c} | {r['server']} | {r['aggregate']:.1f} | {r['p50']:.2f} s | {r['p99']:.2f} s "
                     f"| {r['ttft_p50']:.2f} s |",

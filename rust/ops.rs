@@ -215,19 +215,20 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         }
         // Tokens outermost within a chunk: the activation rows of one call and the chunk's
         // weight rows stay in cache together. Eight tokens per call (each weight block
-        // unpacked once for eight), then four, then one by one; every element gets the bits
-        // of the one-row kernel.
+        // unpacked once for eight), then four, then the last three, two or one; every element
+        // gets the bits of the one-row kernel.
         while t < n {
-            let step = if n - t >= XN {
-                XN
-            } else if n - t >= 4 {
-                4
-            } else {
-                1
+            // (2 and 3 matter to a decode batch of two or three sequences.)
+            let step = match n - t {
+                k if k >= XN => XN,
+                k if k >= 4 => 4,
+                k => k,
             };
             match step {
                 XN => tile::<XN>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
                 4 => tile::<4>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                3 => tile::<3>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                2 => tile::<2>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
                 _ => tile::<1>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
             }
             t += step;
@@ -317,10 +318,10 @@ mod tests {
     #[test]
     fn matmul_same_with_one_and_two_threads() {
         let mut s = 7u64;
-        // 13 tokens: one call of 8, one of 4, one of 1. 45 tokens: two AMX groups of 16 where
-        // the CPU has AMX (rows 0..48 in chunks of 16; the last 5 rows take the other kernels),
-        // then 8, 4 and 1.
-        let shapes = [(37, 64, 13), (53, 256, 45)];
+        // 13 tokens: one call of 8, one of 4, one of 1; 6 and 7: 4 then 2 or 3. 45 tokens: two
+        // AMX groups of 16 where the CPU has AMX (rows 0..48 in chunks of 16; the last 5 rows
+        // take the other kernels), then 8, 4 and 1.
+        let shapes = [(37, 64, 13), (21, 64, 6), (21, 64, 7), (53, 256, 45)];
         eprintln!(
             "matmul: AMX tiles {}",
             if crate::quant::simd::has_amx() {
