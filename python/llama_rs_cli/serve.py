@@ -19,7 +19,7 @@ from .common import (
 
 
 #: Requests per worker at once, by default (bench/batch.py on a 2-core Xeon: see BENCHMARKS.md).
-DEFAULT_PARALLEL = 4
+DEFAULT_PARALLEL = 8
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

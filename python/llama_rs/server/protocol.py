@@ -1,11 +1,12 @@
 """The wire between the front and a worker: newline-delimited JSON over a unix socket.
 
-One connection is one lease of the worker. The front sends request lines one at a time;
-the worker answers each with zero or more message lines and then exactly one `done` or
-`error` line. Closing the connection cancels whatever the worker is doing (it notices
+One connection is one lease of one of the worker's sequence slots (several run at once). The
+front sends request lines one at a time; the worker answers each with zero or more message
+lines and then exactly one `done` or `error` line. Closing the connection cancels whatever the worker is doing (it notices
 before its next token). Requests (front -> worker):
 
     {"op": "ping"}
+    {"op": "stats"}                                        the worker's counters (for /metrics)
     {"op": "generate", "prompt": "text" | [ids], "params": {...}, "echo": false}   Model.generate
     {"op": "generate", "messages": [{"role": ..., "content": ...}], "params": {...}}  Model.chat_stream
 
@@ -13,6 +14,7 @@ before its next token). Requests (front -> worker):
 Messages (worker -> front):
 
     {"pong": true, "pid": 123}                                   answer to {"op": "ping"}
+    {"stats": {"active": 2, "kv_used": 300, ...}, "pid": 123}    answer to {"op": "stats"}
     {"echo": "prompt text", "logprobs": [TOKEN, ...]?}          first, when echo was asked
     {"text": "piece", "logprobs": [TOKEN, ...]?}                a piece of the generation
     {"done": true, "tokens": 12, "prompt_tokens": 3, "finish_reason": "length", ...}
