@@ -85,6 +85,23 @@ impl<'py> FromPyObject<'py> for IntArg {
     }
 }
 
+/// A sequence of token ids: any Python integers, checked against the vocab by `checked`
+/// (so -1, 2**40 or 1.5 are a ValueError naming the id, not an OverflowError or a truncation).
+struct IdsArg(Vec<Arg<i128>>);
+
+impl<'py> FromPyObject<'py> for IdsArg {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let items: Vec<IntArg> = ob.extract()?;
+        Ok(IdsArg(items.into_iter().map(|a| a.0).collect()))
+    }
+}
+
+impl IdsArg {
+    fn checked(&self, n_vocab: usize) -> Result<Vec<u32>, Error> {
+        self.0.iter().map(|a| check_token_id(a, n_vocab)).collect()
+    }
+}
+
 /// Any Python number convertible to float.
 struct FloatArg(Arg<f64>);
 
@@ -209,10 +226,10 @@ fn checked_params(
 }
 
 /// A prompt as token ids: text is tokenized (with BOS when `bos`), ids pass as they are.
-fn prompt_ids(model: &Model, prompt: PyPromptArg, bos: bool) -> Vec<u32> {
+fn prompt_ids(model: &Model, prompt: PyPromptArg, bos: bool) -> Result<Vec<u32>, Error> {
     match prompt {
-        PyPromptArg::Text(t) => model.tokenizer.encode(&t, bos),
-        PyPromptArg::Ids(ids) => ids,
+        PyPromptArg::Text(t) => Ok(model.tokenizer.encode(&t, bos)),
+        PyPromptArg::Ids(ids) => ids.checked(model.config.n_vocab),
     }
 }
 
@@ -278,7 +295,7 @@ impl BatchEngine {
         let params = checked_params(py, &self.model, self.seed, args)?;
         let (batch, model) = (&self.batch, &self.model);
         run(py, move || {
-            lock_batch(batch).add(&prompt_ids(model, prompt, bos), params)
+            lock_batch(batch).add(&prompt_ids(model, prompt, bos)?, params)
         })
     }
 
@@ -467,13 +484,15 @@ impl Engine {
         self.model.tokenizer.eog().to_vec()
     }
 
-    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
+    fn detokenize(&self, py: Python<'_>, ids: IdsArg) -> PyResult<String> {
         let tok = &self.model.tokenizer;
-        run(py, || tok.decode(&ids))
+        run(py, || tok.decode(&ids.checked(tok.n_vocab())?))
     }
 
-    fn token_piece(&self, id: u32) -> Option<String> {
-        self.model.tokenizer.piece(id).map(str::to_owned)
+    fn token_piece(&self, py: Python<'_>, id: IntArg) -> PyResult<Option<String>> {
+        let tok = &self.model.tokenizer;
+        let id = check_token_id(&id.0, tok.n_vocab()).map_err(|e| to_py(py, e))?;
+        Ok(tok.piece(id).map(str::to_owned))
     }
 
     /// The bytes a token stands for in the middle of a text (`▁` as a space, `<0x0A>` as a
@@ -486,14 +505,10 @@ impl Engine {
 
     /// [(logprob of ids[i + 1] after ids[..=i], [(id, logprob)] of the top_n alternatives)]
     /// for i in 0..len(ids)-1; empties the cache first and leaves it holding ids.
-    fn score(&self, py: Python<'_>, ids: Vec<IntArg>, top_n: IntArg) -> PyResult<Vec<(f64, Top)>> {
+    fn score(&self, py: Python<'_>, ids: IdsArg, top_n: IntArg) -> PyResult<Vec<(f64, Top)>> {
         let n_vocab = self.model.config.n_vocab;
         let checked = || -> Result<(Vec<u32>, usize), Error> {
-            let ids = ids
-                .iter()
-                .map(|a| check_token_id(&a.0, n_vocab))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((ids, check_top_n(&top_n.0, n_vocab)?))
+            Ok((ids.checked(n_vocab)?, check_top_n(&top_n.0, n_vocab)?))
         };
         let (ids, top_n) = checked().map_err(|e| to_py(py, e))?;
         let session = self.session.clone();
@@ -505,10 +520,13 @@ impl Engine {
     fn eval<'py>(
         &self,
         py: Python<'py>,
-        ids: Vec<u32>,
+        ids: IdsArg,
         all_logits: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
         let session = self.session.clone();
+        let ids = ids
+            .checked(self.model.config.n_vocab)
+            .map_err(|e| to_py(py, e))?;
         let logits = run(py, move || {
             let mut s = lock(&session);
             if all_logits {
@@ -527,8 +545,11 @@ impl Engine {
     }
 
     /// Perplexity of one chunk (llama.cpp's method): (sum of NLL, tokens scored). Empties the cache.
-    fn perplexity_chunk(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<(f64, usize)> {
+    fn perplexity_chunk(&self, py: Python<'_>, ids: IdsArg) -> PyResult<(f64, usize)> {
         let session = self.session.clone();
+        let ids = ids
+            .checked(self.model.config.n_vocab)
+            .map_err(|e| to_py(py, e))?;
         run(py, move || {
             crate::perplexity::score_chunk(&mut lock(&session), &ids)
         })
@@ -579,7 +600,7 @@ impl Engine {
         let session = self.session.clone();
         let model = self.model.clone();
         let generation = run(py, move || {
-            let ids = prompt_ids(&model, prompt, bos);
+            let ids = prompt_ids(&model, prompt, bos)?;
             let mut s = lock(&session);
             Generation::start(&mut s, &ids, params)
         })?;
@@ -608,7 +629,7 @@ impl Engine {
 #[derive(FromPyObject)]
 enum PyPromptArg {
     Text(String),
-    Ids(Vec<u32>),
+    Ids(IdsArg),
 }
 
 /// Iterator of text pieces; `step()` computes one token without the GIL.
@@ -716,13 +737,14 @@ impl TokenizerFile {
         }
     }
 
-    fn decode(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
-        run(py, || self.tok.decode(&ids))
+    fn decode(&self, py: Python<'_>, ids: IdsArg) -> PyResult<String> {
+        run(py, || self.tok.decode(&ids.checked(self.tok.n_vocab())?))
     }
 
     /// The pieces the streaming decoder emits for `ids`, one per id, then the final flush.
-    fn stream_decode(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<Vec<String>> {
+    fn stream_decode(&self, py: Python<'_>, ids: IdsArg) -> PyResult<Vec<String>> {
         run(py, || {
+            let ids = ids.checked(self.tok.n_vocab())?;
             let mut d = crate::tokenizer::StreamDecoder::new();
             let mut out: Vec<String> = ids.iter().map(|&i| d.push(&self.tok, i)).collect();
             out.push(d.finish(&self.tok));
@@ -730,8 +752,9 @@ impl TokenizerFile {
         })
     }
 
-    fn piece(&self, id: u32) -> Option<String> {
-        self.tok.piece(id).map(str::to_owned)
+    fn piece(&self, py: Python<'_>, id: IntArg) -> PyResult<Option<String>> {
+        let id = check_token_id(&id.0, self.tok.n_vocab()).map_err(|e| to_py(py, e))?;
+        Ok(self.tok.piece(id).map(str::to_owned))
     }
 }
 

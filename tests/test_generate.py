@@ -185,3 +185,25 @@ def test_ctrl_c_interrupts_complete() -> None:
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=30)
     assert "interrupted" in out
+
+
+@pytest.mark.parametrize("bad", [-1, 2**40, 10**30, 1.5, "7", None])
+def test_bad_token_ids_are_value_errors_naming_the_id(demo, bad) -> None:
+    """Every entry point that takes ids checks them against the vocab: a ValueError naming
+    the id, never an OverflowError from the conversion or a float silently truncated."""
+    calls = [
+        lambda: demo.generate([1, bad]),
+        lambda: demo.complete_many([[1, bad]]),
+        lambda: demo.eval([bad]),
+        lambda: demo.detokenize([bad]),
+        lambda: demo.score([1, bad]),
+        lambda: demo.token_bytes(bad),
+        lambda: demo.token_piece(bad),
+        lambda: llama_rs.Tokenizer(demo.path).decode([bad]),
+    ]
+    for call in calls:
+        with pytest.raises((ValueError, TypeError)) as e:
+            call()
+        assert "token id" in str(e.value) and "vocab" in str(e.value), str(e.value)
+    # numpy integers are integers
+    assert demo.detokenize(np.array([5, 6])) == demo.detokenize([5, 6])

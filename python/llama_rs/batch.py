@@ -66,7 +66,7 @@ class BatchEngine:
         """
         positional, kw = self.arguments(params)
         if not isinstance(prompt, str):
-            prompt = [int(t) for t in prompt]
+            prompt = list(prompt)  # ids are checked by the engine (a ValueError naming a bad one)
         return self._core.add(prompt, *positional, **kw)
 
     def step(self) -> list[BatchEvent]:

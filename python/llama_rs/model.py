@@ -219,7 +219,7 @@ class Model:
             except TypeError:
                 pass
         if not isinstance(prompt, str):
-            prompt = [int(t) for t in prompt]
+            prompt = list(prompt)  # ids are checked by the engine (a ValueError naming a bad one)
         t0 = time.perf_counter()
         core = self._engine.start(
             prompt,
@@ -354,7 +354,7 @@ class Model:
         """Start a batch over `prompts` (checking the parameters and the first prompts now)
         and return its events: (prompt index, piece or None, finish reason or None, tokens,
         log-probabilities)."""
-        waiting = [(i, p if isinstance(p, str) else [int(t) for t in p]) for i, p in enumerate(prompts)]
+        waiting = [(i, p if isinstance(p, str) else list(p)) for i, p in enumerate(prompts)]
         if not waiting:
             BatchEngine.arguments(params)  # still checked
             return iter(())
