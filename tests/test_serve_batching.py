@@ -17,17 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 from serve_helpers import Server, wait_until, write_slow_model
+from test_batch import PROMPTS as BATCH_PROMPTS
 
-PROMPTS = [
-    "Never trust a computer",
-    "The meaning of life is",
-    "Q: Why did the chicken cross the road?\nA:",
-    "A",
-    "Never trust a computer you can't throw out a window, and never",
-    "To be, or not to be",
-    "Fortune favours",
-    "It is a truth universally acknowledged, that",
-]
+PROMPTS = [*BATCH_PROMPTS, "To be, or not to be", "Fortune favours", "It is a truth universally acknowledged, that"]
 
 
 def body(i: int, **kw) -> dict:
@@ -171,6 +163,8 @@ def test_metrics_declare_every_sample(batch_server: Server) -> None:
     assert metrics(batch_server)["llama_rs_tokens_per_second"] > 0  # generated within the last 10 s
     h = batch_server.health()
     assert h["workers"][0]["parallel"] == 8 and h["workers"][0]["sequences"] == 0
+    assert h["workers"][0]["kv_cells"] == 8 * 256 and h["workers"][0]["kv_cells_used"] == 0
+    assert h["workers"][0]["tokens_per_second"] > 0
 
 
 # -- full server, killed workers ------------------------------------------------------------------

@@ -16,6 +16,18 @@ import llama_rs
 from .common import errors_as_messages, fail, given, missing_model_hint, warn_if_beyond_training
 
 
+def base_row(m: llama_rs.Model, threads: int, reps: int, level: str, **test) -> dict:
+    """A result row's identity: file, type, threads, what was measured, kernels."""
+    return {"model": str(m.path.name), "type": m._engine.file_type, "threads": threads, **test,
+            "repetitions": reps, "kernels": level}  # fmt: skip
+
+
+def rate_fields(name: str, rates: list[float]) -> dict:
+    """`{name}_tokens_per_second` (mean) and `{name}_stdev` of the repetitions."""
+    sd = statistics.stdev(rates) if len(rates) > 1 else 0.0
+    return {f"{name}_tokens_per_second": round(statistics.mean(rates), 2), f"{name}_stdev": round(sd, 2)}
+
+
 #: Prompt tokens of each sequence in `bench --parallel`.
 BATCH_PROMPT = 16
 
@@ -123,19 +135,10 @@ def bench(
                     pp.append(n_prompt / t_pp)
                 if n_gen:
                     tg.append(n_gen / t_tg)
-            row = {
-                "model": str(m.path.name),
-                "type": m._engine.file_type,
-                "threads": t,
-                "n_prompt": n_prompt,
-                "n_gen": n_gen,
-                "repetitions": reps,
-                "kernels": level,
-            }
+            row = base_row(m, t, reps, level, n_prompt=n_prompt, n_gen=n_gen)
             for name, vals in (("pp", pp), ("tg", tg)):
                 if vals:
-                    row[f"{name}_tokens_per_second"] = round(statistics.mean(vals), 2)
-                    row[f"{name}_stdev"] = round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0
+                    row.update(rate_fields(name, vals))
             rows.append(row)
             if not as_json:
                 if len(rows) == 1:
@@ -159,17 +162,7 @@ def batch_rows(
         for r in range(reps):
             made, secs = run_batch(m, n, BATCH_PROMPT, n_gen, seed=r)
             rates.append(made / secs)
-        row = {
-            "model": str(m.path.name),
-            "type": m._engine.file_type,
-            "threads": t,
-            "parallel": n,
-            "n_gen": n_gen,
-            "repetitions": reps,
-            "kernels": level,
-            "tg_tokens_per_second": round(statistics.mean(rates), 2),
-            "tg_stdev": round(statistics.stdev(rates), 2) if len(rates) > 1 else 0.0,
-        }
+        row = {**base_row(m, t, reps, level, parallel=n, n_gen=n_gen), **rate_fields("tg", rates)}
         rows.append(row)
         if not as_json:
             if first and len(rows) == 1:

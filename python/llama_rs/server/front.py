@@ -103,6 +103,12 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.get("/health", tags=["server"], summary="Workers, queue and model", response_model=schemas.Health)
     async def health():
         h = pool.health()
+        # Each worker's own view (KV cells, tokens/s); a worker that does not answer at once
+        # (busy starting, stopped) shows nulls rather than slowing /health down.
+        for w, st in zip(h["workers"], await pool.worker_stats(timeout=0.25)):
+            st = st or {}
+            w.update(kv_cells_used=st.get("kv_used"), kv_cells=st.get("kv_cells"))
+            w["tokens_per_second"] = st.get("tokens_per_second")
         return {**h, "model": cfg.model_name, "n_ctx": cfg.n_ctx, "recent": pool.recent[-16:]}
 
     @app.get(

@@ -297,6 +297,9 @@ class WorkerHealth(BaseModel):
     busy: bool
     sequences: int = Field(description="Requests the worker is generating now.")
     parallel: int = Field(description="Requests it can generate at once (--parallel).")
+    kv_cells_used: Optional[int] = Field(None, description="KV cache cells holding tokens of its running requests.")
+    kv_cells: Optional[int] = Field(None, description="Its KV cache cells in all.")
+    tokens_per_second: Optional[float] = Field(None, description="Tokens it generated per second, last 10 s.")
     seconds_in_state: float
     stuck: bool = Field(description="Busy past the request deadline, or not stopping a cancelled request.")
     restarts: int
