@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args: str, key: str | None = None):
+    def __init__(self, *args: str, key: str | None = None, own_group: bool = False):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -37,6 +37,7 @@ class Server:
             stderr=self.log_file,
             text=True,
             env=env,
+            start_new_session=own_group,  # its own process group, for signals sent to a whole group
         )
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         deadline = time.monotonic() + 90
@@ -63,6 +64,10 @@ class Server:
         if isinstance(body, (bytes, str)):
             return httpx.post(self.url + path, content=body, headers=headers, **kw)
         return httpx.post(self.url + path, json=body, headers=headers, **kw)
+
+    def stop_group(self, sig: int = signal.SIGTERM) -> None:
+        """`sig` to the server and its workers at once, as systemd or `timeout` send it."""
+        os.killpg(self.proc.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:

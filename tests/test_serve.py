@@ -282,3 +282,21 @@ def test_serve_usage_errors() -> None:
         [sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", "/no/model.gguf"], capture_output=True, text=True
     )
     assert r.returncode == 1 and "no such model file" in r.stderr
+
+
+def test_sigterm_to_the_whole_group_lets_running_requests_finish(slow_model: Path) -> None:
+    """systemd (and `timeout`) send SIGTERM to every process of the service at once: the
+    workers leave stopping to the front, so a running request still finishes within --grace
+    and no worker death is reported."""
+    s = Server("-m", str(slow_model), "-w", "1", "-t", "1", "--grace", "30", own_group=True)
+    pid = s.health()["workers"][0]["pid"]
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", s.post("/api/completion", {**LONG, "tokens": 120})))
+    t.start()
+    wait_until(lambda: busy_workers(s) == 1)
+    s.stop_group(signal.SIGTERM)
+    t.join(timeout=60)
+    assert out["r"].status_code == 200 and out["r"].json()["Tokens"] == 120, out["r"].text
+    assert s.proc.wait(timeout=30) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid), timeout=10)
+    assert "died" not in s.log() and "Traceback" not in s.log(), s.log()

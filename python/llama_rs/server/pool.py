@@ -339,22 +339,18 @@ class Pool:
     def _free_slot(self, w: Worker) -> None:
         self.free.put_nowait((w, w.incarnation))
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self) -> None:
         self.stopping = True
         for t in [self._watch_task, *self._tasks]:
             if t is not None:
                 t.cancel()
+        # Requests have finished or been given up (uvicorn's --grace came first), and a worker
+        # keeps nothing worth saving: it ignores SIGTERM (see worker.main), so it is killed.
         for w in self.workers:
             if w.alive:
-                w.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for w in self.workers:
-            if w.proc is None:
-                continue
-            try:
-                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
                 w.proc.kill()
+        for w in self.workers:
+            if w.proc is not None:
                 w.proc.wait()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 

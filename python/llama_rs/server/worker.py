@@ -350,7 +350,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--parallel", type=int, default=1, help="sequences generated at once")
     ap.add_argument("--parent-pid", type=int)
     a = ap.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the front's to handle
+    # Ctrl+C in the terminal, or a SIGTERM sent to the whole process group (systemd, `timeout`),
+    # is the front's to handle: it lets running requests finish (--grace), then stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         serve(a.socket, a.model, a.ctx_size, a.threads, a.parallel, a.parent_pid)
     except (llama_rs.ModelError, ValueError, OSError) as e:
