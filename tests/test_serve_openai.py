@@ -277,3 +277,18 @@ def test_openapi_is_whole_and_docs_work_offline(server: Server) -> None:
     assert len(assets) >= 2
     for a in assets:
         assert httpx.get(server.url + a).status_code == 200, a
+
+
+def test_completion_prompts_parse_control_tokens_as_llama_server(client: openai.OpenAI, demo: llama_rs.Model) -> None:
+    """A prompt formatted by hand for an instruct model: control tokens written in it are those
+    tokens (as llama-server reads a prompt), and a BOS it starts with is the one BOS."""
+    plain = client.completions.create(model="m", prompt="Q: hi", max_tokens=8, seed=3, temperature=0.8)
+    with_bos = client.completions.create(model="m", prompt="<s>Q: hi", max_tokens=8, seed=3, temperature=0.8)
+    assert with_bos.usage.prompt_tokens == plain.usage.prompt_tokens == len(demo.tokenize("Q: hi"))
+    assert with_bos.choices[0].text == plain.choices[0].text
+    marked = "Q: hi</s>A:"
+    r = client.completions.create(model="m", prompt=marked, max_tokens=4, seed=3, temperature=0.8)
+    ids = demo.tokenize(marked, special=True)
+    assert demo.eos_token in ids and r.usage.prompt_tokens == len(ids) != len(demo.tokenize(marked))
+    demo.reset()
+    assert r.choices[0].text == demo.complete(ids, max_tokens=4, seed=3, temp=0.8).text

@@ -235,8 +235,19 @@ class Lease:
             "top": None if top is None else [[t, list(b(t)), lp] for t, lp in top],
         }
 
+    def prompt_ids(self, prompt) -> list:
+        """A completion prompt as ids, read as llama-server reads one: control tokens written
+        in the text (`<|begin_of_text|>`, `<|start_header_id|>`, `[INST]`) are those tokens, so
+        a prompt formatted by hand for an instruct model works; BOS as the vocab asks, once
+        even when the text starts with it. Ids pass as they are."""
+        if not isinstance(prompt, str):
+            return list(prompt)
+        ids = self.model.tokenize(prompt, bos=True, special=True)
+        bos = self.model.bos_token
+        return ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
+
     def echo(self, prompt, top_n: Optional[int]) -> None:
-        ids = self.model.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        ids = self.prompt_ids(prompt)
         msg: dict[str, Any] = {"echo": prompt if isinstance(prompt, str) else self.model.detokenize(ids)}
         if top_n is not None and ids:
             scored = self.model.score(ids, top_n) if len(ids) > 1 else []
@@ -258,9 +269,9 @@ class Lease:
             except ValueError as e:  # the messages or the template: say which field
                 return self.error(str(e), "invalid_request_error", "messages")
         else:
-            prompt = req["prompt"]
+            prompt = self.prompt_ids(req["prompt"])
             if req.get("echo"):
-                self.echo(prompt, top_n)
+                self.echo(req["prompt"], top_n)
         seq = self.scheduler.submit(prompt, params)
         kind, err = seq.replies.get()
         if kind == "error":
