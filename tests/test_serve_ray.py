@@ -24,7 +24,7 @@ from ray._private import state as ray_state  # noqa: E402
 
 import serve_checks  # noqa: E402
 from llama_rs.server import ray_serve  # noqa: E402
-from serve_helpers import Endpoint, free_port, pid_alive, wait_until, write_slow_model  # noqa: E402
+from serve_helpers import LONG, Endpoint, free_port, pid_alive, wait_until, write_slow_model  # noqa: E402
 
 SLOW_STREAM = {"prompt": "t5 t6 t7", "repeat_penalty": 1.0, "temperature": 0, "stream": True}
 
@@ -48,12 +48,12 @@ class Ray:
         self.replica_pids: set[str] = set()
         self.up = self.serve_up = True
 
-    def deploy(self, name: str, spec: ray_serve.ReplicaSpec, replicas: int = 2) -> Endpoint:
+    def deploy(self, name: str, app) -> Endpoint:
         if self.app != name:
             if self.app is not None:
                 serve.delete(ray_serve.APP_NAME)
             self.app = None
-            ray_serve.deploy(ray_serve.application(spec, replicas))
+            ray_serve.deploy(app)
             self.app = name
         return self.endpoint
 
@@ -98,19 +98,20 @@ DEMO = ray_serve.ReplicaSpec(model=None, threads=1, parallel=4, max_body=20000)
 
 @pytest.fixture
 def demo(cluster: Ray) -> Endpoint:
-    return cluster.deploy("demo", DEMO)
+    return cluster.deploy("demo", ray_serve.application(DEMO, replicas=2))
 
 
 @pytest.fixture(scope="module")
-def slow_spec(tmp_path_factory) -> ray_serve.ReplicaSpec:
-    # One sequence per replica: Serve must send a second request to the other one.
-    path = write_slow_model(tmp_path_factory.mktemp("ray") / "slow.gguf")
-    return ray_serve.ReplicaSpec(model=str(path), threads=1, parallel=1, n_ctx=2048)
+def slow_model(tmp_path_factory) -> Path:
+    return write_slow_model(tmp_path_factory.mktemp("ray") / "slow.gguf")
 
 
 @pytest.fixture
-def slow(cluster: Ray, slow_spec: ray_serve.ReplicaSpec) -> Endpoint:
-    return cluster.deploy("slow", slow_spec)
+def slow(cluster: Ray, slow_model: Path) -> Endpoint:
+    # Built from text, as `serve run llama_rs.server.ray_serve:build ...` and a Serve config
+    # file give it. One sequence per replica: Serve must send a second request to the other.
+    args = {"model": str(slow_model), "threads": "1", "parallel": "1", "n_ctx": "2048", "replicas": "2"}
+    return cluster.deploy("slow", ray_serve.build(args))
 
 
 # -- the same answers as `serve` ----------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_unreadable_model_fails_the_health_check(cluster: Ray, tmp_path: Path) -
     bad.write_bytes(b"GGUF but not really")
     spec = ray_serve.ReplicaSpec(model=str(bad), threads=1, parallel=1)
     with pytest.raises(RuntimeError, match="cannot open the model .*not-a-model.gguf.*unsupported GGUF version"):
-        cluster.deploy("bad", spec, replicas=1)
+        cluster.deploy("bad", ray_serve.application(spec))
     cluster.app = "bad"  # deployed, failed: the next deploy replaces it
 
 
@@ -221,26 +222,58 @@ def test_killed_worker_fails_its_request_and_comes_back(cluster: Ray, slow: Endp
         assert slow.post("/api/completion", {"prompt": "t5", "tokens": 3}).status_code == 200
 
 
+def replaced(cluster: Ray, dead: dict, dead_id: str) -> None:
+    """The dead replica's worker went with it (it dies with its parent), and Serve has a new
+    replica in its place, with its worker."""
+    wait_until(lambda: not pid_alive(dead["worker"]), timeout=30)
+    wait_until(lambda: dead_id not in cluster.replicas() and len(cluster.replicas()) == 2, timeout=180)
+    wait_until(lambda: all(r["worker"] for r in cluster.replicas().values()), timeout=120)
+
+
 def test_killed_replica_fails_its_request_and_serve_replaces_it(cluster: Ray, slow: Endpoint) -> None:
+    # A stream that has begun: Serve's proxy cuts it (no [DONE]: a transport error for the client).
     victim, other = two_streams(cluster, slow)
     dead = cluster.replicas()[victim.replica]
     os.kill(dead["pid"], signal.SIGKILL)
     events = victim.finish()
-    # Serve's proxy cuts the stream: no [DONE], a transport error for the client.
     assert events[-1] != "[DONE]" and isinstance(victim.error, httpx.RemoteProtocolError), (events[-1], victim.error)
     done = other.finish()
     assert done[-1] == "[DONE]" and other.error is None
-    # Its worker went with it (it dies with its parent), and Serve starts a new replica.
-    wait_until(lambda: not pid_alive(dead["worker"]), timeout=30)
-    wait_until(lambda: victim.replica not in cluster.replicas() and len(cluster.replicas()) == 2, timeout=180)
-    wait_until(lambda: all(r["worker"] for r in cluster.replicas().values()), timeout=120)
+    replaced(cluster, dead, victim.replica)
     assert other.replica in cluster.replicas()
+
+    # A request still waiting for its answer: Serve's proxy answers 500.
+    other = Stream(slow, 300)
+    victim_id = next(i for i in cluster.replicas() if i != other.replica)
+    dead = cluster.replicas()[victim_id]
+    out: dict = {}
+    request = threading.Thread(target=lambda: out.update(r=slow.post("/api/completion", {**LONG, "tokens": 2000})))
+    ticks = cpu_ticks(dead["worker"])
+    request.start()
+    wait_until(lambda: cpu_ticks(dead["worker"]) > ticks + 20, timeout=60)  # it is generating there
+    os.kill(dead["pid"], signal.SIGKILL)
+    request.join(timeout=120)
+    assert out["r"].status_code == 500, out["r"].text
+    done = other.finish()
+    assert done[-1] == "[DONE]" and other.error is None
+    replaced(cluster, dead, victim_id)
     served = set()
     for _ in range(6):
         r = slow.post("/api/completion", {"prompt": "t5", "tokens": 3})
         assert r.status_code == 200
         served.add(r.headers["x-llama-rs-replica"])
     assert served <= set(cluster.replicas())
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time a process has used (user + system, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_build_refuses_unknown_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown argument.*thread"):
+        ray_serve.build({"thread": "2"})
 
 
 def test_cli_usage_errors() -> None:
@@ -278,15 +311,63 @@ def test_shutdown_leaves_no_processes(cluster: Ray, slow: Endpoint) -> None:
     wait_until(lambda: not [a for a in cmdlines() if any(session in arg for arg in a)], timeout=60)
 
 
+def test_cli_serve_ray_local_and_its_shutdown(tmp_path: Path) -> None:
+    """`llama-rs serve --ray local`: a Ray instance of its own, the app, and on SIGTERM none of
+    its processes left (after the cluster above is gone: one Ray at a time on two cores)."""
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "llama_rs_cli.app", "serve", "--ray", "local", "-t", "1", "-l", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    endpoint = Endpoint(f"http://127.0.0.1:{port}")
+    try:
+        wait_until(lambda: b"ready at" in Path(log.name).read_bytes() or cli.poll() is not None, timeout=180)
+        assert cli.poll() is None, Path(log.name).read_text()
+        serve_checks.check_seed_completion(endpoint)
+        family = descendants(cli.pid)
+        h = endpoint.health()
+        assert {h["replica"]["pid"], h["workers"][0]["pid"]} <= family  # Ray, the replica, its worker
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        code = cli.wait(timeout=120)
+    assert code == 0, Path(log.name).read_text()[-3000:]
+    wait_until(lambda: not any(pid_alive(p) for p in family), timeout=60)
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for child, parent in parents().items():
+        children.setdefault(parent, []).append(child)
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit():
+                out[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def worker_pids(parent: int) -> list[int]:
     """The llama-rs worker processes whose parent is `parent`."""
     out = []
-    for p in Path("/proc").iterdir():
+    for pid, ppid in parents().items():
         try:
-            if p.name.isdigit() and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                if b"llama_rs.server.worker" in (p / "cmdline").read_bytes() and pid_alive(int(p.name)):
-                    out.append(int(p.name))
-        except (OSError, ValueError, IndexError):
+            if ppid == parent and b"llama_rs.server.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid) if pid_alive(pid) else None
+        except OSError:
             continue
     return out
 
