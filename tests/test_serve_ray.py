@@ -165,6 +165,15 @@ def test_unreadable_model_fails_the_health_check(cluster: Ray, tmp_path: Path) -
     cluster.app = "bad"  # deployed, failed: the next deploy replaces it
 
 
+def test_autoscaling_starts_at_its_least(cluster: Ray) -> None:
+    app = ray_serve.application(DEMO, min_replicas=1, max_replicas=2)
+    endpoint = cluster.deploy("autoscaled", app)
+    assert len(cluster.replicas()) == 1
+    config = serve.status().applications[ray_serve.APP_NAME].deployments[ray_serve.APP_NAME]
+    assert config.status == "HEALTHY"
+    serve_checks.check_seed_completion(endpoint)
+
+
 # -- faults ----------------------------------------------------------------------------------------
 
 
