@@ -56,10 +56,10 @@ class Server:
             time.sleep(0.2)
         raise SystemExit(f"{name} did not start")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20) -> None:
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.proc.kill()
 

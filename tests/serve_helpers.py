@@ -23,10 +23,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
+class Endpoint:
+    """Where a server answers, and the requests the tests make of it (a `Server` here, or
+    Ray Serve's proxy in front of replicas)."""
+
+    def __init__(self, url: str, key: str | None = None):
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=5).json()
+
+    def post(self, path: str, body, **kw) -> httpx.Response:
+        kw.setdefault("timeout", 120)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        if isinstance(body, (bytes, str)):
+            return httpx.post(self.url + path, content=body, headers=headers, **kw)
+        return httpx.post(self.url + path, json=body, headers=headers, **kw)
+
+
+class Server(Endpoint):
     def __init__(self, *args: str, key: str | None = None, own_group: bool = False):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}", key)
         env = dict(os.environ)
         env.pop("LLAMA_RS_API_KEY", None)
         # The log goes to a file: a pipe nobody reads would fill up and stall the server.
@@ -39,7 +58,6 @@ class Server:
             env=env,
             start_new_session=own_group,  # its own process group, for signals sent to a whole group
         )
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -54,16 +72,6 @@ class Server:
     def log(self) -> str:
         """Everything the server wrote on stderr so far."""
         return Path(self.log_file.name).read_text(errors="replace")
-
-    def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=5).json()
-
-    def post(self, path: str, body, **kw) -> httpx.Response:
-        kw.setdefault("timeout", 120)
-        headers = {**self.headers, **kw.pop("headers", {})}
-        if isinstance(body, (bytes, str)):
-            return httpx.post(self.url + path, content=body, headers=headers, **kw)
-        return httpx.post(self.url + path, json=body, headers=headers, **kw)
 
     def stop_group(self, sig: int = signal.SIGTERM) -> None:
         """`sig` to the server and its workers at once, as systemd or `timeout` send it."""

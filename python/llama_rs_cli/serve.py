@@ -64,7 +64,7 @@ def serve(
         "-t",
         "--threads",
         min=1,
-        help="Threads per worker. Default: physical cores / workers.",
+        help="Threads per worker. Default: physical cores / workers (with --ray: 1 per replica).",
         show_default=False,
     ),
     ctx_size: int = typer.Option(
@@ -94,6 +94,31 @@ def serve(
     quiet: bool = typer.Option(
         False, "-q", "--quiet", help="No access log (one line per request on stderr); warnings and errors still show."
     ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Deploy on a Ray cluster with Ray Serve instead (pip install 'llama-rs[ray]' on every node): "
+        "ADDRESS as ray.init takes it ('auto' for the cluster `ray start` runs here, HOST:6379, ray://HOST:10001), "
+        "or 'local' for a Ray instance of its own. Each replica runs one worker of -t threads (and reserves -t "
+        "CPUs); the model path must be readable on every node; Serve's proxy listens on --listen.",
+        show_default=False,
+    ),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="With --ray: replicas (when not autoscaling)."),
+    min_replicas: Optional[int] = typer.Option(
+        None,
+        "--min-replicas",
+        min=0,
+        help="With --ray and --max-replicas: the fewest replicas (default 1).",
+        show_default=False,
+    ),
+    max_replicas: Optional[int] = typer.Option(
+        None,
+        "--max-replicas",
+        min=1,
+        help="With --ray: autoscale up to this many replicas, aiming at --parallel ongoing requests on each.",
+        show_default=False,
+    ),
 ) -> None:
     """Serve the model over HTTP: the seed's POST /api/completion, OpenAI-compatible
     /v1/completions and /v1/chat/completions, /health, Prometheus /metrics, a web page at /
@@ -102,25 +127,33 @@ def serve(
     Memory: each of the -w workers holds the weights and --parallel x --ctx-size KV cells.
     """
     host, port = parse_listen(listen)
+    if ray_address is not None:
+        check_ray_options(ctx, workers, min_replicas, max_replicas)
+        if model is not None:
+            model = model.resolve()  # the replicas' working folder is not ours
     if model is not None and not model.exists():
-        fail(missing_model_hint(model))
+        if ray_address is None:
+            fail(missing_model_hint(model))
+        typer.echo(f"warning: {model} is not on this machine; every replica must find it on its own node", err=True)
     with errors_as_messages():
         import uvicorn
 
-        import llama_rs
+        from llama_rs.server.config import model_name, open_probe
         from llama_rs.server.front import ServerConfig, create_app
 
-        # Load once here so a bad file is one clear error before any worker starts.
-        probe = (
-            llama_rs.Model.demo(n_ctx=8, n_threads=1) if model is None else llama_rs.Model(model, n_ctx=8, n_threads=1)
-        )
-        meta = probe.metadata
-        name = str(meta.get("general.name") or probe.path.stem)
-        if given(ctx, "ctx_size"):
-            warn_if_beyond_training(probe, ctx_size)
-        n_vocab = probe.n_vocab
-        kv_bytes = kv_cell_bytes(probe.config) * parallel * ctx_size
-        del probe
+        if model is None or model.exists():  # under --ray, each replica opens it too
+            probe = open_probe(model)
+            name = model_name(probe)
+            if given(ctx, "ctx_size"):
+                warn_if_beyond_training(probe, ctx_size)
+            n_vocab = probe.n_vocab
+            kv_bytes = kv_cell_bytes(probe.config) * parallel * ctx_size
+            del probe
+        if ray_address is not None:
+            return serve_on_ray(
+                ray_address, model, threads or 1, parallel, ctx_size, queue, max_body, api_key, timeout, quiet,
+                host, port, replicas, min_replicas, max_replicas,
+            )  # fmt: skip
         per_worker = threads or max(1, physical_cores() // workers)
         cfg = ServerConfig(
             model=model,
@@ -151,6 +184,59 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=grace,
         )
+
+
+def check_ray_options(ctx: typer.Context, workers: int, min_replicas, max_replicas) -> None:
+    if workers != 1:
+        raise typer.BadParameter(
+            "with --ray each replica runs one worker: scale with --replicas", param_hint="'-w' / '--workers'"
+        )
+    if min_replicas is not None and max_replicas is None:
+        raise typer.BadParameter("needs --max-replicas (autoscaling)", param_hint="'--min-replicas'")
+    if max_replicas is not None and given(ctx, "replicas"):
+        raise typer.BadParameter("either a fixed --replicas or --max-replicas", param_hint="'--replicas'")
+    if None not in (min_replicas, max_replicas) and min_replicas > max_replicas:
+        raise typer.BadParameter("more than --max-replicas", param_hint="'--min-replicas'")
+
+
+def serve_on_ray(
+    address, model, threads, parallel, ctx_size, queue, max_body, api_key, timeout, quiet,
+    host, port, replicas, min_replicas, max_replicas,
+) -> None:  # fmt: skip
+    """`serve --ray`: deploy the replicas and serve until Ctrl+C / SIGTERM."""
+    try:
+        from llama_rs.server import ray_serve
+    except ImportError as e:
+        raise CliError(f"--ray needs Ray Serve ({e}): pip install 'llama-rs[ray]'") from None
+    spec = ray_serve.ReplicaSpec(
+        model=None if model is None else str(model),
+        threads=threads,
+        parallel=parallel,
+        n_ctx=ctx_size,
+        queue_limit=queue,
+        max_body=max_body,
+        api_key=api_key,
+        timeout=timeout,
+        quiet=quiet,
+    )
+    count = (
+        f"{1 if min_replicas is None else min_replicas} to {max_replicas}"
+        if max_replicas is not None
+        else str(replicas)
+    )
+    typer.echo(
+        f"llama-rs serve --ray {address}: {count} replica(s) x {threads} thread(s), {parallel} request(s) at once "
+        f"each, context {ctx_size}; deploying...",
+        err=True,
+    )
+
+    def ready() -> None:
+        typer.echo(f"llama-rs serve --ray: ready at http://{host}:{port}/ (Ctrl+C removes the application)", err=True)
+
+    try:
+        ray_serve.run(spec, address, host, port, replicas, min_replicas, max_replicas, on_ready=ready)
+    except (RuntimeError, ConnectionError) as e:  # a deployment that failed, a cluster not found
+        raise CliError(f"Ray Serve: {e}") from None
 
 
 def kv_cell_bytes(config: dict) -> int:

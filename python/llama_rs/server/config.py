@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import llama_rs
 
 
 @dataclass
@@ -22,3 +25,18 @@ class ServerConfig:
     api_key: Optional[str] = None
     #: Seconds a request may hold a worker (--timeout).
     timeout: float = 600.0
+
+
+def open_probe(model: Optional[Path]) -> "llama_rs.Model":
+    """The model with a tiny context: opened once by whoever starts the workers (the CLI, or
+    a Ray replica on its own node), so a bad file is one clear error before any worker starts."""
+    import llama_rs
+
+    if model is None:
+        return llama_rs.Model.demo(n_ctx=8, n_threads=1)
+    return llama_rs.Model(model, n_ctx=8, n_threads=1)
+
+
+def model_name(probe: "llama_rs.Model") -> str:
+    """What /v1/models and /health call the model."""
+    return str(probe.metadata.get("general.name") or probe.path.stem)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -26,7 +27,10 @@ __all__ = ["ServerConfig", "create_app"]
 log = logging.getLogger("llama_rs.serve")
 
 
-def create_app(cfg: ServerConfig) -> FastAPI:
+def create_app(cfg: ServerConfig, replica: Optional[dict] = None) -> FastAPI:
+    """The whole server; the pool's workers start with the app's lifespan (uvicorn's, or Ray
+    Serve's in a replica). `replica` (id, node, pid) names a Ray Serve replica in /health and
+    in an x-llama-rs-replica header on every answer."""
     pool = Pool(
         PoolConfig(
             cfg.model, cfg.workers, cfg.threads, cfg.n_ctx, cfg.queue_limit, parallel=cfg.parallel, timeout=cfg.timeout
@@ -51,6 +55,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     docs.install(app, schemas.REQUEST_MODELS)
     app.add_middleware(BodyLimit, limit=cfg.max_body)
     app.add_middleware(AccessLog)
+    if replica is not None:
+        app.add_middleware(ReplicaHeader, replica_id=replica["id"])
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
@@ -100,7 +106,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             "data": [{"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "llama-rs"}],
         }
 
-    @app.get("/health", tags=["server"], summary="Workers, queue and model", response_model=schemas.Health)
+    @app.get(
+        "/health",
+        tags=["server"],
+        summary="Workers, queue and model",
+        response_model=schemas.Health,
+        response_model_exclude_unset=True,  # `replica` only under Ray
+    )
     async def health():
         h = pool.health()
         # Each worker's own view (KV cells, tokens/s); a worker that does not answer at once
@@ -109,7 +121,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             st = st or {}
             w.update(kv_cells_used=st.get("kv_used"), kv_cells=st.get("kv_cells"))
             w["tokens_per_second"] = st.get("tokens_per_second")
-        return {**h, "model": cfg.model_name, "n_ctx": cfg.n_ctx, "recent": pool.recent[-16:]}
+        extra = {} if replica is None else {"replica": replica}
+        return {**h, "model": cfg.model_name, "n_ctx": cfg.n_ctx, "recent": pool.recent[-16:], **extra}
 
     @app.get(
         "/metrics",
@@ -158,6 +171,24 @@ class AccessLog:
                 st.get("gen_tokens", 0),
                 (time.perf_counter() - t0) * 1000,
             )
+
+
+class ReplicaHeader:
+    """x-llama-rs-replica on every answer: which Ray Serve replica served it."""
+
+    def __init__(self, app, replica_id: str):
+        self.app, self.header = app, (b"x-llama-rs-replica", replica_id.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def sending(msg):
+            if msg["type"] == "http.response.start":
+                msg = {**msg, "headers": [*msg.get("headers", []), self.header]}
+            await send(msg)
+
+        await self.app(scope, receive, sending)
 
 
 class BodyLimit:

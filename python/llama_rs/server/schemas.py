@@ -305,6 +305,12 @@ class WorkerHealth(BaseModel):
     restarts: int
 
 
+class ReplicaHealth(BaseModel):
+    id: str = Field(description="The Ray Serve replica answering (also the x-llama-rs-replica header).")
+    node: str = Field(description="The Ray node it runs on.")
+    pid: int = Field(description="The replica's process.")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded", "unavailable"]
     model: str
@@ -313,6 +319,7 @@ class Health(BaseModel):
     queue: int
     queue_limit: int
     recent: list[dict[str, Any]]
+    replica: Optional[ReplicaHealth] = Field(None, description="Only under `serve --ray`: which replica this is.")
 
 
 REQUEST_MODELS = [SeedCompletionRequest, CompletionRequest, ChatRequest]
