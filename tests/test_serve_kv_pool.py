@@ -82,3 +82,19 @@ def test_a_prompt_longer_than_the_pool_is_a_clear_error(pool_server: Server) -> 
     assert r.status_code == 400, r.text
     assert re.search(r"more than the 512 KV cells of the whole pool", r.json()["error"]["message"])
     assert text(pool_server.post("/v1/completions", greedy(0, 3)))  # and the worker serves on
+
+
+def test_the_worker_flag_and_variable_are_checked(monkeypatch, capsys) -> None:
+    from llama_rs.server import worker
+
+    monkeypatch.setenv("LLAMA_RS_KV_CELLS", "300")
+    assert worker.kv_cells_from_env() == 300
+    monkeypatch.setenv("LLAMA_RS_KV_CELLS", "many")
+    with pytest.raises(SystemExit):
+        worker.kv_cells_from_env()
+    assert "LLAMA_RS_KV_CELLS must be a number" in capsys.readouterr().err
+    monkeypatch.delenv("LLAMA_RS_KV_CELLS")
+    assert worker.kv_cells_from_env() is None
+    with pytest.raises(SystemExit):
+        worker.main(["--socket", "/nonexistent/w.sock", "--kv-cells", "0"])
+    assert "--kv-cells must be at least 1" in capsys.readouterr().err
