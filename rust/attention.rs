@@ -6,8 +6,11 @@
 //! - values, per layer: one row of `kv_dim` per position, so a probability times a value row is
 //!   a run of vector loads.
 //!
-//! `cap` is `n_ctx` rounded up to 8: a tile of 8 positions never reads past the buffer. Lanes
-//! past the current length hold stale or zero values; they are computed and dropped.
+//! `cap` is the positions the cache holds now (`cells`, at most `n_ctx`) rounded up to 8: a
+//! tile of 8 positions never reads past the buffer. Lanes past the current length hold stale
+//! or zero values; they are computed and dropped. A batch grows a sequence's cache on demand
+//! ([`KvCache::try_resize`]): only the stride `cap` changes, never the order of any sum, so
+//! a sequence's bits do not depend on how its cache grew.
 //!
 //! Numerics (the one-position-at-a-time loops of [`reference`], bit for bit): each score is
 //! the plain left-to-right sum `((-0 + q0*k0) + q1*k1) + ...` times `1/sqrt(head_dim)`, as
@@ -20,6 +23,7 @@
 //! key and value vector loaded serves all of them.
 
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::ops::softmax;
 use crate::quant::simd::f16_to_f32_portable;
 use crate::quant::{f16_bits_to_f32, f32_to_f16_bits};
@@ -47,6 +51,58 @@ impl Store {
         }
     }
 
+    /// Make room for `n` values in all, without changing any (false: the allocation failed).
+    fn try_reserve_total(&mut self, n: usize) -> bool {
+        fn go<T>(b: &mut Vec<T>, n: usize) -> bool {
+            b.try_reserve_exact(n.saturating_sub(b.len())).is_ok()
+        }
+        match self {
+            Store::F32(b) => go(b, n),
+            Store::F16(b) => go(b, n),
+        }
+    }
+
+    /// Restride `rows` rows of `keep` values from `old` to `new` values apart and make the
+    /// buffer `rows * new` long (room reserved before: no allocation when growing).
+    fn restride(&mut self, rows: usize, old: usize, new: usize, keep: usize) {
+        fn go<T: Copy + Default>(b: &mut Vec<T>, rows: usize, old: usize, new: usize, keep: usize) {
+            if new > old {
+                b.resize(rows * new, T::default());
+                // Last row first: a row's new place is at or after its old one.
+                for r in (1..rows).rev() {
+                    b.copy_within(r * old..r * old + keep, r * new);
+                }
+            } else {
+                // First row first: a row's new place is at or before its old one.
+                for r in 1..rows {
+                    b.copy_within(r * old..r * old + keep, r * new);
+                }
+                b.truncate(rows * new);
+                b.shrink_to_fit();
+            }
+        }
+        match self {
+            Store::F32(b) => go(b, rows, old, new, keep),
+            Store::F16(b) => go(b, rows, old, new, keep),
+        }
+    }
+
+    /// Give back room reserved beyond the values held.
+    fn release_spare(&mut self) {
+        match self {
+            Store::F32(b) => b.shrink_to_fit(),
+            Store::F16(b) => b.shrink_to_fit(),
+        }
+    }
+
+    /// The buffer's allocation in bytes.
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(b) => b.capacity() * 4,
+            Store::F16(b) => b.capacity() * 2,
+        }
+    }
+
     fn put(&mut self, values: impl Iterator<Item = (usize, f32)>) {
         match self {
             Store::F32(b) => values.for_each(|(i, x)| b[i] = x),
@@ -57,9 +113,13 @@ impl Store {
 
 /// Keys and values of every position evaluated so far, per layer.
 pub struct KvCache {
+    /// Positions this cache may ever hold.
     pub n_ctx: usize,
     pub ty: KvType,
-    /// Positions per key row: `n_ctx` rounded up to 8.
+    /// Positions it can hold now (at most `n_ctx`): all of them for [`KvCache::new`], grown
+    /// on demand from [`KvCache::empty`].
+    cells: usize,
+    /// Positions per key row: `cells` rounded up to 8.
     cap: usize,
     kv_dim: usize,
     k: Vec<Store>,
@@ -67,8 +127,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// A cache holding all `n_ctx` positions from the start.
     pub fn new(config: &Config, n_ctx: usize, ty: KvType) -> KvCache {
-        let (cap, kv_dim) = (n_ctx.next_multiple_of(8), config.kv_dim());
+        Self::with_cells(config, n_ctx, ty, n_ctx)
+    }
+
+    /// A cache of up to `n_ctx` positions that holds none yet (no memory): grow it with
+    /// [`KvCache::try_resize`].
+    pub fn empty(config: &Config, n_ctx: usize, ty: KvType) -> KvCache {
+        Self::with_cells(config, n_ctx, ty, 0)
+    }
+
+    fn with_cells(config: &Config, n_ctx: usize, ty: KvType, cells: usize) -> KvCache {
+        let (cap, kv_dim) = (cells.next_multiple_of(8), config.kv_dim());
         let mk = || {
             (0..config.n_layer)
                 .map(|_| Store::new(ty, cap * kv_dim))
@@ -77,11 +148,89 @@ impl KvCache {
         KvCache {
             n_ctx,
             ty,
+            cells,
             cap,
             kv_dim,
             k: mk(),
             v: mk(),
         }
+    }
+
+    /// Positions the cache can hold now.
+    pub fn cells(&self) -> usize {
+        self.cells
+    }
+
+    /// Bytes its buffers hold allocated.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(Store::bytes).sum()
+    }
+
+    /// Bytes of one position's keys and values over all layers.
+    pub fn bytes_per_cell(config: &Config, ty: KvType) -> usize {
+        2 * config.n_layer * config.kv_dim() * Self::bytes_per_value(ty)
+    }
+
+    /// Hold `cells` positions (at most `n_ctx`), keeping the keys and values of the first
+    /// `keep` (at most the cells held before and after). Growing allocates fallibly: on
+    /// failure the cache is unchanged and the error says so; shrinking gives memory back.
+    pub fn try_resize(&mut self, cells: usize, keep: usize) -> Result<()> {
+        assert!(
+            cells <= self.n_ctx && keep <= cells.min(self.cells),
+            "KV resize: {keep} kept of {} into {cells} of {}",
+            self.cells,
+            self.n_ctx
+        );
+        let (old, new) = (self.cap, cells.next_multiple_of(8));
+        if new > old {
+            let n = new * self.kv_dim;
+            // Every buffer's room first, so a failure leaves every layer as it was.
+            if !self
+                .k
+                .iter_mut()
+                .chain(&mut self.v)
+                .all(|b| b.try_reserve_total(n))
+            {
+                self.k
+                    .iter_mut()
+                    .chain(&mut self.v)
+                    .for_each(Store::release_spare);
+                return Err(Error::Invalid(format!(
+                    "out of memory: cannot grow a KV cache to {cells} positions ({} bytes)",
+                    n as u128 * 2 * self.k.len() as u128 * Self::bytes_per_value(self.ty) as u128
+                )));
+            }
+        }
+        self.restride(cells, keep);
+        Ok(())
+    }
+
+    /// Hold `cells` positions, fewer than now, keeping the first `keep`; gives memory back.
+    pub fn shrink(&mut self, cells: usize, keep: usize) {
+        assert!(
+            cells <= self.cells && keep <= cells,
+            "KV shrink: {keep} kept of {} into {cells}",
+            self.cells
+        );
+        self.restride(cells, keep)
+    }
+
+    /// Move to the stride of `cells` positions (room reserved before when growing).
+    fn restride(&mut self, cells: usize, keep: usize) {
+        let (old, new) = (self.cap, cells.next_multiple_of(8));
+        if new != old {
+            let kv_dim = self.kv_dim;
+            for b in &mut self.k {
+                // Transposed keys: `kv_dim` rows of `cap`.
+                b.restride(kv_dim, old, new, keep);
+            }
+            for b in &mut self.v {
+                // One row per position: the first `keep` rows stay where they are.
+                b.restride(1, old * kv_dim, new * kv_dim, keep * kv_dim);
+            }
+            self.cap = new;
+        }
+        self.cells = cells;
     }
 
     pub fn bytes_per_value(ty: KvType) -> usize {
@@ -96,7 +245,7 @@ impl KvCache {
         let (cap, kv_dim) = (self.cap, self.kv_dim);
         let n = k.len() / kv_dim;
         assert!(
-            k.len() == n * kv_dim && v.len() == k.len() && pos + n <= self.n_ctx,
+            k.len() == n * kv_dim && v.len() == k.len() && pos + n <= self.cells,
             "KV write shape"
         );
         self.k[layer].put(elements(k, kv_dim).map(|(t, j, x)| (j * cap + pos + t, x)));
@@ -147,7 +296,7 @@ pub fn attention_rows(
             && out.len() == q.len()
             && rows
                 .iter()
-                .all(|&(s, pos)| s < caches.len() && pos < caches[s].n_ctx),
+                .all(|&(s, pos)| s < caches.len() && pos < caches[s].cells),
         "attention shape"
     );
     let scale = 1.0 / (hd as f32).sqrt();
@@ -637,6 +786,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A cache grown (and shrunk) on demand, with the keys and values written between
+    /// resizes, attends with the bits of a cache that held every position from the start.
+    #[test]
+    fn resized_cache_equals_full_cache() {
+        let mut s = 13u64;
+        let c = config(96, 8, 2);
+        let kv_dim = c.kv_dim();
+        let n_ctx = 70;
+        for ty in [KvType::F32, KvType::F16] {
+            let k: Vec<f32> = (0..n_ctx * kv_dim).map(|_| lcg(&mut s)).collect();
+            let v: Vec<f32> = (0..n_ctx * kv_dim).map(|_| lcg(&mut s)).collect();
+            let mut full = KvCache::new(&c, n_ctx, ty);
+            full.write(0, 0, &k, &v);
+            let mut grown = KvCache::empty(&c, n_ctx, ty);
+            assert_eq!((grown.cells(), grown.bytes()), (0, 0));
+            // (cells to hold, positions kept, positions held after writing)
+            let mut held = 0;
+            for (cells, keep, upto) in [
+                (3, 0, 3),
+                (11, 3, 9),
+                (40, 9, 33),
+                (20, 17, 20),
+                (70, 20, 70),
+            ] {
+                grown.try_resize(cells, keep).unwrap();
+                assert_eq!(grown.cells(), cells);
+                assert!(grown.bytes() >= cells * KvCache::bytes_per_cell(&c, ty));
+                held = held.min(keep);
+                let r = held * kv_dim..upto * kv_dim;
+                grown.write(0, held, &k[r.clone()], &v[r]);
+                held = upto;
+                let q: Vec<f32> = (0..c.dim).map(|_| lcg(&mut s)).collect();
+                let (mut want, mut got) = (vec![0f32; c.dim], vec![0f32; c.dim]);
+                attention(&c, &full, 0, &q, held - 1, &mut want);
+                attention(&c, &grown, 0, &q, held - 1, &mut got);
+                let bits = |x: &[f32]| x.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{ty:?} at {cells} cells");
+            }
+            grown.try_resize(0, 0).unwrap();
+            assert_eq!(grown.bytes(), 0, "an emptied cache gives its memory back");
+        }
+    }
+
+    /// An allocation that cannot succeed is an error, and the cache is left as it was.
+    #[test]
+    fn impossible_growth_is_an_error() {
+        let mut c = config(64, 4, 4);
+        c.n_layer = 2;
+        let mut cache = KvCache::empty(&c, usize::MAX / 64, KvType::F16);
+        cache.try_resize(5, 0).unwrap();
+        let err = cache.try_resize(usize::MAX / 128, 5).unwrap_err();
+        assert!(err.to_string().contains("out of memory"), "{err}");
+        assert_eq!(cache.cells(), 5);
+        assert_eq!(cache.bytes(), 8 * c.kv_dim() * 2 * 2 * 2);
     }
 
     /// The portable kernels (what runs without AVX2) equal the reference too.

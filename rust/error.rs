@@ -11,14 +11,19 @@ pub enum Error {
     Invalid(String),
     /// A generation parameter out of its range; `name` is the parameter, `msg` says the range.
     Param { name: &'static str, msg: String },
+    /// A batch's KV cells are held or reserved by running sequences: the request fits once
+    /// one of them finishes (a server keeps it waiting).
+    KvFull(String),
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io(m) | Error::Format(m) | Error::Invalid(m) | Error::Param { msg: m, .. } => {
-                f.write_str(m)
-            }
+            Error::Io(m)
+            | Error::Format(m)
+            | Error::Invalid(m)
+            | Error::KvFull(m)
+            | Error::Param { msg: m, .. } => f.write_str(m),
         }
     }
 }

@@ -77,8 +77,9 @@ struct Run {
 }
 
 /// Checks a batch and finds its runs: each sequence's rows must be consecutive in the batch,
-/// at consecutive positions, inside its context; tokens inside the vocab.
-fn runs_of(rows: &[BatchRow], n_ctx: &[usize], n_vocab: usize) -> Result<Vec<Run>> {
+/// at consecutive positions, inside its context and the cells its cache holds now (`limits`:
+/// (n_ctx, cells) per sequence); tokens inside the vocab.
+fn runs_of(rows: &[BatchRow], limits: &[(usize, usize)], n_vocab: usize) -> Result<Vec<Run>> {
     if rows.is_empty() {
         return Err(Error::Invalid("no tokens to evaluate".into()));
     }
@@ -90,16 +91,22 @@ fn runs_of(rows: &[BatchRow], n_ctx: &[usize], n_vocab: usize) -> Result<Vec<Run
                 r.token
             )));
         }
-        let Some(&ctx) = n_ctx.get(r.seq) else {
+        let Some(&(ctx, cells)) = limits.get(r.seq) else {
             return Err(Error::Invalid(format!(
                 "batch row {i}: sequence {} has no cache ({} given)",
                 r.seq,
-                n_ctx.len()
+                limits.len()
             )));
         };
         if r.pos >= ctx {
             return Err(Error::Invalid(format!(
                 "sequence {}: position {} is outside the context of {ctx} tokens",
+                r.seq, r.pos
+            )));
+        }
+        if r.pos >= cells {
+            return Err(Error::Invalid(format!(
+                "sequence {}: position {} is past the {cells} cells its KV cache holds (grow it first)",
                 r.seq, r.pos
             )));
         }
@@ -167,8 +174,8 @@ impl Model {
         rows: &[BatchRow],
     ) -> Result<Vec<f32>> {
         let c = &self.config;
-        let n_ctx: Vec<usize> = caches.iter().map(|k| k.n_ctx).collect();
-        let runs = runs_of(rows, &n_ctx, c.n_vocab)?;
+        let limits: Vec<(usize, usize)> = caches.iter().map(|k| (k.n_ctx, k.cells())).collect();
+        let runs = runs_of(rows, &limits, c.n_vocab)?;
         let n = rows.len();
         let (dim, hd, kv_dim, ff) = (c.dim, c.head_dim(), c.kv_dim(), c.ffn_dim);
         let mut s = Scratch {

@@ -47,6 +47,13 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         },
         Error::Invalid(m) if m.starts_with("internal error") => PyRuntimeError::new_err(m),
         Error::Invalid(m) => PyValueError::new_err(m),
+        Error::KvFull(m) => match py
+            .import("llama_rs.errors")
+            .and_then(|m| m.getattr("KvFull"))
+        {
+            Ok(ty) => PyErr::from_type(ty.downcast_into().unwrap(), m),
+            Err(_) => PyRuntimeError::new_err(m),
+        },
         Error::Param { name, msg } => match py
             .import("llama_rs.errors")
             .and_then(|m| m.getattr("ParamError"))
@@ -301,7 +308,8 @@ impl BatchEngine {
 
     /// One forward pass over every running sequence: its events, each `(id, piece or None,
     /// finish or None, tokens generated, prompt tokens, [(id, logprob, top)] of the tokens
-    /// sampled since the last event)`.
+    /// sampled since the last event, error or None)`; an error (finish None) ends that
+    /// sequence alone.
     fn step(&self, py: Python<'_>) -> PyResult<Vec<BatchEvent>> {
         let batch = &self.batch;
         let events = run(py, move || lock_batch(batch).step())?;
@@ -315,6 +323,7 @@ impl BatchEngine {
                     e.tokens,
                     e.prompt_tokens,
                     e.logprobs.into_iter().map(logprob_tuple).collect(),
+                    e.error,
                 )
             })
             .collect())
@@ -352,6 +361,24 @@ impl BatchEngine {
     fn kv_cached(&self) -> usize {
         lock_batch(&self.batch).kv_cached()
     }
+
+    /// The KV pool: cells the sequences' caches may hold together.
+    #[getter]
+    fn kv_cells(&self) -> usize {
+        lock_batch(&self.batch).kv_cells()
+    }
+
+    /// KV cells allocated now (caches grow on demand).
+    #[getter]
+    fn kv_allocated(&self) -> usize {
+        lock_batch(&self.batch).kv_allocated()
+    }
+
+    /// Bytes of KV cache allocated now.
+    #[getter]
+    fn kv_bytes(&self) -> usize {
+        lock_batch(&self.batch).kv_bytes()
+    }
 }
 
 /// `BatchEngine.step`'s event tuple.
@@ -362,6 +389,7 @@ type BatchEvent = (
     usize,
     usize,
     Vec<(u32, f64, Top)>,
+    Option<String>,
 );
 
 fn lock_batch(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
@@ -371,8 +399,10 @@ fn lock_batch(m: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
 #[pymethods]
 impl Engine {
     /// A batch engine over this engine's model (shared, not loaded again): `n_parallel`
-    /// sequences of `n_ctx` positions each, on `n_threads` threads.
-    #[pyo3(signature = (n_parallel, n_ctx, n_threads, kv_type="f16", prefill_chunk=crate::batch::DEFAULT_PREFILL_CHUNK))]
+    /// sequences of up to `n_ctx` positions each sharing `kv_cells` KV cells (None: room
+    /// for all of them), on `n_threads` threads.
+    #[pyo3(signature = (n_parallel, n_ctx, n_threads, kv_type="f16", prefill_chunk=crate::batch::DEFAULT_PREFILL_CHUNK, kv_cells=None))]
+    #[allow(clippy::too_many_arguments)]
     fn batch(
         &self,
         py: Python<'_>,
@@ -381,11 +411,20 @@ impl Engine {
         n_threads: usize,
         kv_type: &str,
         prefill_chunk: usize,
+        kv_cells: Option<usize>,
     ) -> PyResult<BatchEngine> {
         let kv = parse_kv_type(kv_type)?;
         let model = self.model.clone();
         let batch = run(py, move || {
-            Batch::new(model, n_ctx, n_threads, kv, n_parallel, prefill_chunk)
+            Batch::new(
+                model,
+                n_ctx,
+                n_threads,
+                kv,
+                n_parallel,
+                prefill_chunk,
+                kv_cells,
+            )
         })?;
         Ok(BatchEngine {
             batch: Mutex::new(batch),

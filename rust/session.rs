@@ -45,12 +45,21 @@ impl Session {
                 "n_ctx {n_ctx} needs a {bytes}-byte KV cache; choose a smaller context"
             ));
         }
+        let cache = KvCache::new(&model.config, n_ctx, kv_type);
+        Self::with_cache(model, cache, n_threads)
+    }
+
+    /// A session over `cache` (a batch's slots start with empty caches that grow).
+    pub(crate) fn with_cache(
+        model: Arc<Model>,
+        cache: KvCache,
+        n_threads: usize,
+    ) -> Result<Session> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n_threads)
             .thread_name(|i| format!("llama-rs-{i}"))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start {n_threads} threads: {e}")))?;
-        let cache = KvCache::new(&model.config, n_ctx, kv_type);
         Ok(Session {
             model,
             cache,
@@ -88,6 +97,10 @@ impl Session {
     /// The cache alone, for a generation's own steps driven by a batch (no epoch change).
     pub(crate) fn cache_mut(&mut self) -> &mut KvCache {
         &mut self.cache
+    }
+
+    pub(crate) fn cache(&self) -> &KvCache {
+        &self.cache
     }
 
     /// Evaluate `ids` after what is already cached; logits of the last (or every) position.

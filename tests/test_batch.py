@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import llama_rs
-from llama_rs import ParamError
+from llama_rs import KvFull, ParamError
 
 PROMPTS = [
     "Never trust a computer",
@@ -61,3 +61,29 @@ def test_bad_requests_are_clear_errors(model: llama_rs.Model) -> None:
         model.complete_many(PROMPTS, logprobs=-1)
     assert e.value.param == "logprobs"
     assert model.complete_many([]) == []
+
+
+def test_a_full_kv_pool_refuses_until_a_sequence_finishes(model: llama_rs.Model) -> None:
+    b = model.batch_engine(3, n_ctx=128, kv_cells=64)
+    assert (b.kv_cells, b.kv_allocated, b.kv_bytes, b.n_ctx) == (64, 0, 0, 64)
+    params = dict(max_tokens=30, temp=0.9, seed=3)
+    first = b.add("Never trust a computer", params)
+    with pytest.raises(KvFull, match="KV cache is full"):
+        b.add("The meaning of life is", params)  # a slot is free, the cells are not
+    assert b.active == 1
+    with pytest.raises(ValueError, match="whole pool"):
+        b.add(list(range(1, 70)), params)  # can never fit
+    texts: dict[int, str] = {first: ""}
+    second = None
+    while b.active or second is None:
+        for e in b.step():
+            assert e.error is None
+            texts[e.id] += e.piece or ""
+        if second is None and not b.active:
+            second = b.add("The meaning of life is", params)
+            texts[second] = ""
+        assert 0 < b.kv_allocated <= 64 and b.kv_bytes > 0
+    model.reset()
+    assert texts[first] == model.complete("Never trust a computer", **params).text
+    model.reset()
+    assert texts[second] == model.complete("The meaning of life is", **params).text

@@ -7,7 +7,7 @@ Quick start::
     print(model.complete("Never trust a computer", max_tokens=40).text)
 """
 
-from .errors import ModelError, ParamError
+from .errors import KvFull, ModelError, ParamError
 from .generation import GenerationConfig, check_generation
 from .info import file_info
 from .model import Completion, Generation, Model, Tokenizer
@@ -19,6 +19,7 @@ __all__ = [
     "Completion",
     "Generation",
     "ModelError",
+    "KvFull",
     "ParamError",
     "Tokenizer",
     "GenerationConfig",

@@ -33,6 +33,9 @@ class BatchEvent:
     prompt_tokens: int
     #: (id, logprob, top) of the tokens sampled since the sequence's last event.
     logprobs: List[Tuple[int, float, List[Tuple[int, float]]]]
+    #: Set (and `finish` None) when the sequence failed, e.g. the machine had no memory to
+    #: grow its KV cache: its last event; the others run on.
+    error: Optional[str] = None
 
 
 class BatchEngine:
@@ -62,7 +65,10 @@ class BatchEngine:
 
         Raises:
             ParamError: a parameter out of its range.
-            ValueError: the prompt does not fit the context, or every slot is busy.
+            KvFull: the KV pool cannot hold what this sequence may need (prompt + max_tokens,
+                at most n_ctx) beside the running ones; try again when one finishes.
+            ValueError: the prompt can never fit (the context or the whole pool), or every
+                slot is busy.
         """
         positional, kw = self.arguments(params)
         if not isinstance(prompt, str):
@@ -89,8 +95,23 @@ class BatchEngine:
 
     @property
     def n_ctx(self) -> int:
-        """Positions of each sequence's KV cache."""
+        """Positions a sequence may hold (the context, or the whole pool if smaller)."""
         return self._core.n_ctx
+
+    @property
+    def kv_cells(self) -> int:
+        """The KV pool: cells all sequences' caches may hold together."""
+        return self._core.kv_cells
+
+    @property
+    def kv_allocated(self) -> int:
+        """KV cells allocated now (each cache grows as its sequence needs)."""
+        return self._core.kv_allocated
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache allocated now."""
+        return self._core.kv_bytes
 
     @property
     def kv_used(self) -> int:

@@ -23,3 +23,10 @@ class ParamError(ValueError):
 
     def __reduce__(self):  # pickles (e.g. across worker processes) with both arguments
         return (type(self), (self.param, str(self)))
+
+
+class KvFull(RuntimeError):
+    """A batch engine's KV cells are held or reserved by running sequences, so a new one
+    cannot be admitted now; it can once some of them finish (a server keeps the request
+    waiting). A prompt that could never fit is a ``ValueError`` instead.
+    """

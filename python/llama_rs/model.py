@@ -335,16 +335,27 @@ class Model:
         )
 
     # -- batches ----------------------------------------------------------------------------
-    def batch_engine(self, n_parallel: int, n_ctx: int | None = None, n_threads: int | None = None) -> "BatchEngine":
+    def batch_engine(
+        self, n_parallel: int, n_ctx: int | None = None, n_threads: int | None = None, kv_cells: int | None = None
+    ) -> "BatchEngine":
         """A continuous-batching engine over this model's weights (not loaded again):
-        `n_parallel` sequences of `n_ctx` positions each (default: the model's), stepped
+        `n_parallel` sequences of up to `n_ctx` positions each (default: the model's), stepped
         together on `n_threads` threads. `generate_many` and the server's workers drive one.
 
+        The sequences share one pool of `kv_cells` KV cells (default `n_parallel * n_ctx`,
+        room for every one's whole context); each cache grows as its sequence needs, so
+        memory follows the tokens held. A sequence is admitted only if the pool can hold
+        all it may need (prompt + max_tokens, at most `n_ctx`), else `add` raises `KvFull`.
+
         Raises:
-            ValueError: `n_parallel` out of 1..256.
+            ValueError: `n_parallel` out of 1..256, `kv_cells` 0, or a pool too large.
         """
         core = self._engine.batch(
-            n_parallel, self.n_ctx if n_ctx is None else n_ctx, n_threads or self.n_threads, self._kv_type
+            n_parallel,
+            self.n_ctx if n_ctx is None else n_ctx,
+            n_threads or self.n_threads,
+            self._kv_type,
+            kv_cells=kv_cells,
         )
         return BatchEngine(core)
 
@@ -373,6 +384,8 @@ class Model:
             done = 0
             while done < len(index) or waiting:
                 for e in batch.step():
+                    if e.error is not None:  # its cache could not grow: no text to give
+                        raise MemoryError(e.error)
                     done += e.finish is not None
                     yield index[e.id], e.piece, e.finish, e.tokens, e.logprobs
                 admit()

@@ -45,7 +45,8 @@ app.command("run", help="Chat with a model at an interactive prompt, or generate
 app.command(
     "serve",
     help="Serve the model over HTTP (OpenAI-compatible API, web page, /health, /metrics) with worker processes. "
-    "Memory: each of the -w workers holds the weights once and --parallel x --ctx-size KV cells.",
+    "Memory: each of the -w workers holds the weights once and at most --kv-cells KV cells "
+    "(default --parallel x --ctx-size).",
 )(serve.serve)
 app.command("convert", help="Convert a Meta (.pth), Hugging Face or llama2.c checkpoint to GGUF.")(convert.convert)
 app.command(

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from llama_rs.server.config import DEFAULT_PARALLEL
+
 from .common import (
     CliError,
     errors_as_messages,
@@ -16,10 +18,6 @@ from .common import (
     physical_cores,
     warn_if_beyond_training,
 )
-
-
-#: Requests per worker at once, by default (bench/batch.py on a 2-core Xeon: see BENCHMARKS.md).
-DEFAULT_PARALLEL = 8
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -56,8 +54,17 @@ def serve(
         min=1,
         max=256,
         help="Requests each worker generates at once (continuous batching: one pass over the weights per token "
-        "for all of them). Each has its own KV cache of --ctx-size tokens, so a worker's KV memory is "
-        "parallel x ctx-size cells (printed at start); further requests wait in the --queue.",
+        "for all of them). Each may use up to --ctx-size tokens of KV cache; the worker's sequences share "
+        "--kv-cells cells (default parallel x ctx-size; printed at start); further requests wait in the --queue.",
+    ),
+    kv_cells: Optional[int] = typer.Option(
+        None,
+        "--kv-cells",
+        min=1,
+        help="KV cache cells each worker's sequences share (default --parallel x --ctx-size). Caches grow as "
+        "requests use them; a request waits in its worker until the cells it may need (prompt + max_tokens, "
+        "at most --ctx-size) are free.",
+        show_default=False,
     ),
     threads: Optional[int] = typer.Option(
         None,
@@ -124,7 +131,8 @@ def serve(
     /v1/completions and /v1/chat/completions, /health, Prometheus /metrics, a web page at /
     and the API docs at /docs.
 
-    Memory: each of the -w workers holds the weights and --parallel x --ctx-size KV cells.
+    Memory: each of the -w workers holds the weights and at most --kv-cells KV cells
+    (default --parallel x --ctx-size).
     """
     host, port = parse_listen(listen)
     if ray_address is not None:
@@ -147,11 +155,11 @@ def serve(
             if given(ctx, "ctx_size"):
                 warn_if_beyond_training(probe, ctx_size)
             n_vocab = probe.n_vocab
-            kv_bytes = kv_cell_bytes(probe.config) * parallel * ctx_size
+            kv_bytes = kv_cell_bytes(probe.config) * (kv_cells or parallel * ctx_size)
             del probe
         if ray_address is not None:
             return serve_on_ray(
-                ray_address, model, threads or 1, parallel, ctx_size, queue, max_body, api_key, timeout, quiet,
+                ray_address, model, threads or 1, parallel, kv_cells, ctx_size, queue, max_body, api_key, timeout, quiet,
                 host, port, replicas, min_replicas, max_replicas,
             )  # fmt: skip
         per_worker = threads or max(1, physical_cores() // workers)
@@ -162,6 +170,7 @@ def serve(
             workers=workers,
             threads=per_worker,
             parallel=parallel,
+            kv_cells=kv_cells,
             n_ctx=ctx_size,
             queue_limit=queue,
             max_body=max_body,
@@ -172,7 +181,7 @@ def serve(
         port_free(host, port)
         typer.echo(
             f"llama-rs serve: {name}, {workers} worker(s) x {per_worker} thread(s), {parallel} request(s) at once "
-            f"per worker, context {ctx_size} each (KV cache {kv_bytes / 2**20:.0f} MiB per worker), "
+            f"per worker, context {ctx_size} each (KV cache at most {kv_bytes / 2**20:.0f} MiB per worker), "
             f"http://{host}:{port}/",
             err=True,
         )
@@ -200,7 +209,7 @@ def check_ray_options(ctx: typer.Context, workers: int, min_replicas, max_replic
 
 
 def serve_on_ray(
-    address, model, threads, parallel, ctx_size, queue, max_body, api_key, timeout, quiet,
+    address, model, threads, parallel, kv_cells, ctx_size, queue, max_body, api_key, timeout, quiet,
     host, port, replicas, min_replicas, max_replicas,
 ) -> None:  # fmt: skip
     """`serve --ray`: deploy the replicas and serve until Ctrl+C / SIGTERM."""
@@ -212,6 +221,7 @@ def serve_on_ray(
         model=None if model is None else str(model),
         threads=threads,
         parallel=parallel,
+        kv_cells=kv_cells,
         n_ctx=ctx_size,
         queue_limit=queue,
         max_body=max_body,

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     import llama_rs
 
 
+#: Requests per worker at once, by default (`bench --parallel` on a 2-core Xeon: 16 gains about
+#: 13% over 8 and doubles the KV memory; BENCHMARKS.md).
+DEFAULT_PARALLEL = 8
+
+
 @dataclass
 class ServerConfig:
     model: Optional[Path]
@@ -18,7 +23,9 @@ class ServerConfig:
     workers: int = 1
     threads: int = 1
     #: Sequences each worker generates at once (--parallel).
-    parallel: int = 1
+    parallel: int = DEFAULT_PARALLEL
+    #: KV cells each worker's sequences share (--kv-cells; None: parallel x n_ctx).
+    kv_cells: Optional[int] = None
     n_ctx: int = 512
     queue_limit: int = 16
     max_body: int = 1 << 20

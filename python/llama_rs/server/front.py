@@ -33,7 +33,14 @@ def create_app(cfg: ServerConfig, replica: Optional[dict] = None) -> FastAPI:
     in an x-llama-rs-replica header on every answer."""
     pool = Pool(
         PoolConfig(
-            cfg.model, cfg.workers, cfg.threads, cfg.n_ctx, cfg.queue_limit, parallel=cfg.parallel, timeout=cfg.timeout
+            cfg.model,
+            cfg.workers,
+            cfg.threads,
+            cfg.n_ctx,
+            cfg.queue_limit,
+            parallel=cfg.parallel,
+            kv_cells=cfg.kv_cells,
+            timeout=cfg.timeout,
         )
     )
 

@@ -15,9 +15,12 @@ METRICS = {
     "llama_rs_sequences_capacity": ("gauge", "Requests that can be generated at once (workers x --parallel)."),
     "llama_rs_queue_waiting": ("gauge", "Requests waiting for a free sequence slot."),
     "llama_rs_queue_limit": ("gauge", "Requests that may wait (--queue); beyond it: 503."),
+    "llama_rs_sequences_waiting_kv": ("gauge", "Requests a worker holds until the KV cells they may need are free."),
     "llama_rs_kv_cells_used": ("gauge", "KV cache cells holding tokens of running requests."),
     "llama_rs_kv_cells_cached": ("gauge", "KV cache cells kept for prompts that start the same way (prefix cache)."),
-    "llama_rs_kv_cells_total": ("gauge", "KV cache cells (workers x --parallel x --ctx-size)."),
+    "llama_rs_kv_cells_total": ("gauge", "KV cache cells of the pool (--kv-cells, default --parallel x --ctx-size)."),
+    "llama_rs_kv_cells_allocated": ("gauge", "KV cache cells allocated now (caches grow as their sequences need)."),
+    "llama_rs_kv_bytes": ("gauge", "Bytes of KV cache allocated now."),
     "llama_rs_tokens_per_second": ("gauge", "Tokens generated per second over the last 10 seconds."),
     "llama_rs_requests_total": ("counter", "Requests that finished generating."),
     "llama_rs_prompt_tokens_total": ("counter", "Prompt tokens of finished requests."),
@@ -44,9 +47,12 @@ def render(health: dict, stats: list[Optional[dict]], counters: dict) -> str:
         put("llama_rs_sequences_active", w["sequences"], label)
         if st is None:  # starting, restarting or not answering: no cells of its own to report
             continue
+        put("llama_rs_sequences_waiting_kv", st.get("waiting", 0), label)
         put("llama_rs_kv_cells_used", st.get("kv_used", 0), label)
         put("llama_rs_kv_cells_cached", st.get("kv_cached", 0), label)
         put("llama_rs_kv_cells_total", st.get("kv_cells", 0), label)
+        put("llama_rs_kv_cells_allocated", st.get("kv_allocated", 0), label)
+        put("llama_rs_kv_bytes", st.get("kv_bytes", 0), label)
         put("llama_rs_tokens_per_second", st.get("tokens_per_second", 0.0), label)
     put("llama_rs_requests_total", counters["requests"])
     put("llama_rs_prompt_tokens_total", counters["prompt_tokens"])

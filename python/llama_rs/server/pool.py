@@ -52,6 +52,8 @@ class PoolConfig:
     queue_limit: int
     #: Sequences each worker generates at once (its batch).
     parallel: int = 1
+    #: KV cells each worker's sequences share (None: parallel x n_ctx).
+    kv_cells: Optional[int] = None
     #: Seconds a request may hold a worker, waiting in the queue not included.
     timeout: float = 600.0
     start_timeout: float = 120.0
@@ -205,6 +207,8 @@ class Pool:
         ]
         if self.cfg.model is not None:
             cmd += ["-m", str(self.cfg.model)]
+        if self.cfg.kv_cells is not None:
+            cmd += ["--kv-cells", str(self.cfg.kv_cells)]
         w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         w.set("starting")
 

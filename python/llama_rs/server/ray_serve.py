@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from .config import ServerConfig, model_name, open_probe
+from .config import DEFAULT_PARALLEL, ServerConfig, model_name, open_probe
 from .edge import error_body
 from .front import create_app
 
@@ -40,7 +40,8 @@ class ReplicaSpec:
     #: An absolute path every node can read; None: the demo model shipped in the wheel.
     model: Optional[str] = None
     threads: int = 1
-    parallel: int = 8
+    parallel: int = DEFAULT_PARALLEL
+    kv_cells: Optional[int] = None
     n_ctx: int = 512
     queue_limit: int = 16
     max_body: int = 1 << 20
@@ -71,6 +72,7 @@ class Replica:
                 workers=1,
                 threads=spec.threads,
                 parallel=spec.parallel,
+                kv_cells=spec.kv_cells,
                 n_ctx=spec.n_ctx,
                 queue_limit=spec.queue_limit,
                 max_body=spec.max_body,
@@ -154,7 +156,8 @@ def build(args: dict):
     llama_rs.server.ray_serve:build model=/shared/m.gguf threads=4 replicas=2`, or a config
     file's (and KubeRay's RayService's) `import_path` with `args`. Keys: ReplicaSpec's fields,
     and replicas, min_replicas, max_replicas."""
-    kinds = {"threads": int, "parallel": int, "n_ctx": int, "queue_limit": int, "max_body": int, "timeout": float}
+    kinds = {"threads": int, "parallel": int, "kv_cells": int, "n_ctx": int, "queue_limit": int, "max_body": int}
+    kinds["timeout"] = float
     kinds.update(model=str, api_key=str, quiet=lambda v: str(v).lower() in ("1", "true", "yes"))
     counts = {k: int(args[k]) for k in ("replicas", "min_replicas", "max_replicas") if args.get(k) is not None}
     unknown = set(args) - set(kinds) - {"replicas", "min_replicas", "max_replicas"}

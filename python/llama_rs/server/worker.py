@@ -75,8 +75,10 @@ class Scheduler:
     their replies; each step advances every running sequence by one token (or a chunk of
     its prompt), and sleeps when none runs."""
 
-    def __init__(self, model: llama_rs.Model, parallel: int, n_ctx: int, n_threads: int):
-        self.batch = model.batch_engine(parallel, n_ctx, n_threads)
+    def __init__(
+        self, model: llama_rs.Model, parallel: int, n_ctx: int, n_threads: int, kv_cells: Optional[int] = None
+    ):
+        self.batch = model.batch_engine(parallel, n_ctx, n_threads, kv_cells=kv_cells)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.running: dict[int, Sequence] = {}
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -84,7 +86,7 @@ class Scheduler:
         self.made: collections.deque[tuple[float, int]] = collections.deque()
         # Read by other threads (the stats op): plain values, written after each step.
         self.stats = {"active": 0, "waiting": 0, "capacity": self.batch.capacity, "kv_used": 0, "kv_cached": 0}
-        self.stats.update(kv_cells=self.batch.capacity * self.batch.n_ctx, generated=0, prompt=0, steps=0)
+        self.stats.update(kv_cells=self.batch.kv_cells, kv_allocated=0, kv_bytes=0, generated=0, prompt=0, steps=0)
         threading.Thread(target=self._loop, daemon=True, name="scheduler").start()
 
     def submit(self, prompt, params: dict) -> Sequence:
@@ -107,15 +109,26 @@ class Scheduler:
                 self.waiting.remove(seq)
 
     def _admit(self) -> None:
-        """Waiting sequences into free slots. The front leases no more slots than there are,
-        but a cancelled sequence may still hold one for a moment after its lease ended."""
+        """Waiting sequences into free slots, in order, while the KV pool holds what each
+        may need (else the first waits, and those behind it, until running ones finish).
+        The front leases no more slots than there are, but a cancelled sequence may still
+        hold one for a moment after its lease ended."""
         while self.waiting and self.batch.active < self.batch.capacity:
-            seq = self.waiting.popleft()
+            seq = self.waiting[0]
             try:
                 seq.id = self.batch.add(seq.prompt, seq.params)
-            except Exception as e:  # ParamError, a prompt that does not fit: the request's error
+            except llama_rs.KvFull as e:
+                if self.running:  # it fits once some finish
+                    return
+                # Cannot happen (an empty pool holds any sequence that fits it): never wait forever.
+                self.waiting.popleft()
                 seq.replies.put(("error", e))
                 continue
+            except Exception as e:  # ParamError, a prompt that does not fit: the request's error
+                self.waiting.popleft()
+                seq.replies.put(("error", e))
+                continue
+            self.waiting.popleft()
             self.running[seq.id] = seq
             seq.replies.put(("added", None))
 
@@ -147,6 +160,10 @@ class Scheduler:
             seq = self.running.get(e.id)
             if seq is None:
                 continue
+            if e.error is not None:  # this sequence alone failed (its KV cache could not grow)
+                seq.replies.put(("error", MemoryError(e.error)))
+                del self.running[e.id]
+                continue
             seq.replies.put(("event", e))
             if seq.tokens_seen is None:  # its first event: the prompt is in
                 self.stats["prompt"] += e.prompt_tokens
@@ -169,6 +186,8 @@ class Scheduler:
             waiting=len(self.waiting),
             kv_used=b.kv_used,
             kv_cached=b.kv_cached,
+            kv_allocated=b.kv_allocated,
+            kv_bytes=b.kv_bytes,
             tokens_per_second=sum(n for _, n in self.made) / RATE_WINDOW,
         )
 
@@ -322,7 +341,13 @@ class Lease:
 
 
 def serve(
-    socket_path: Path, model_path: Optional[Path], n_ctx: int, n_threads: int, parallel: int, parent_pid: Optional[int]
+    socket_path: Path,
+    model_path: Optional[Path],
+    n_ctx: int,
+    n_threads: int,
+    parallel: int,
+    parent_pid: Optional[int],
+    kv_cells: Optional[int] = None,
 ) -> None:
     if parent_pid:
         die_with_parent(parent_pid)
@@ -334,7 +359,7 @@ def serve(
     # the first client does not wait for the file to be paged in.
     model.eval([model.bos_token if model.bos_token is not None else 0])
     model.reset()
-    scheduler = Scheduler(model, parallel, n_ctx, n_threads)
+    scheduler = Scheduler(model, parallel, n_ctx, n_threads, kv_cells)
     if socket_path.exists():
         socket_path.unlink()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -350,6 +375,22 @@ def serve_connection(conn: socket.socket, model: llama_rs.Model, scheduler: Sche
         Lease(conn, model, scheduler).serve()
 
 
+#: The environment variable a worker takes its KV pool size from when `--kv-cells` is not
+#: given (so `LLAMA_RS_KV_CELLS=4096 llama-rs serve ...` sets it for every worker).
+KV_CELLS_ENV = "LLAMA_RS_KV_CELLS"
+
+
+def kv_cells_from_env() -> Optional[int]:
+    value = os.environ.get(KV_CELLS_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        print(f"llama-rs worker: {KV_CELLS_ENV} must be a number of KV cells, got {value!r}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m llama_rs.server.worker", description="One serving worker (started by `llama-rs serve`)."
@@ -359,14 +400,23 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("-c", "--ctx-size", type=int, default=512)
     ap.add_argument("-t", "--threads", type=int, default=1)
     ap.add_argument("--parallel", type=int, default=1, help="sequences generated at once")
+    ap.add_argument(
+        "--kv-cells",
+        type=int,
+        default=kv_cells_from_env(),
+        help=f"KV cache cells shared by the sequences (default ${KV_CELLS_ENV}, else --parallel x -c); "
+        "a request waits until the cells it may need (prompt + max_tokens, at most -c) are free",
+    )
     ap.add_argument("--parent-pid", type=int)
     a = ap.parse_args(argv)
+    if a.kv_cells is not None and a.kv_cells < 1:
+        ap.error(f"--kv-cells must be at least 1, got {a.kv_cells}")
     # Ctrl+C in the terminal, or a SIGTERM sent to the whole process group (systemd, `timeout`),
     # is the front's to handle: it lets running requests finish (--grace), then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        serve(a.socket, a.model, a.ctx_size, a.threads, a.parallel, a.parent_pid)
+        serve(a.socket, a.model, a.ctx_size, a.threads, a.parallel, a.parent_pid, a.kv_cells)
     except (llama_rs.ModelError, ValueError, OSError) as e:
         print(f"llama-rs worker: {e}", file=sys.stderr)
         sys.exit(1)
