@@ -38,7 +38,8 @@ class Ray:
     def __init__(self):
         self.cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
         self.cluster.add_node(**NODE)
-        ray.init(address=self.cluster.address, logging_level="WARNING")
+        # Replicas log to their own files (Ray's session logs): not into the test output.
+        ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         self.endpoint = Endpoint(f"http://127.0.0.1:{port}")
