@@ -196,8 +196,8 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         let dst = &dst;
         let (r0, r1) = (c * CHUNK, rows.min((c + 1) * CHUNK));
         let w_rows = &data[r0 * row_bytes..r1 * row_bytes];
-        // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 blocks
-        // unpacked once per chunk), then the other kernels for the rest.
+        // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 and
+        // K-quant blocks unpacked once per chunk), then the other kernels for the rest.
         let mut t = 0;
         if r1 - r0 == TILE && !amx.is_empty() && has_amx_kernel(ty) {
             let groups: Vec<&AmxActs> = amx.iter().collect();
@@ -320,8 +320,15 @@ mod tests {
         let mut s = 7u64;
         // 13 tokens: one call of 8, one of 4, one of 1; 6 and 7: 4 then 2 or 3. 45 tokens: two
         // AMX groups of 16 where the CPU has AMX (rows 0..48 in chunks of 16; the last 5 rows
-        // take the other kernels), then 8, 4 and 1.
-        let shapes = [(37, 64, 13), (21, 64, 6), (21, 64, 7), (53, 256, 45)];
+        // take the other kernels), then 8, 4 and 1. 32 tokens of 2304 columns: one pass of
+        // two groups over 9 super-blocks (every accumulation lane, one twice) for the K-quants.
+        let shapes = [
+            (37, 64, 13),
+            (21, 64, 6),
+            (21, 64, 7),
+            (53, 256, 45),
+            (34, 2304, 32),
+        ];
         eprintln!(
             "matmul: AMX tiles {}",
             if crate::quant::simd::has_amx() {
