@@ -204,12 +204,8 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
             let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
             vec_dot_tiles(ty, w_rows, &groups, &mut res);
             for (g, tile) in res.iter().enumerate() {
-                for (j, r) in tile.iter().enumerate() {
-                    for (k, &v) in r.iter().enumerate() {
-                        // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
-                        unsafe { dst.set((g * TILE + k) * rows + r0 + j, v) };
-                    }
-                }
+                // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
+                unsafe { dst.set_columns(tile, g * TILE, r0, rows) };
             }
             t = groups.len() * TILE;
         }
@@ -260,12 +256,8 @@ fn tile<const N: usize>(
         std::array::from_fn(|k| &aux[t + k]),
         res,
     );
-    for (j, r) in res.iter().enumerate() {
-        for (k, &v) in r.iter().enumerate() {
-            // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
-            unsafe { dst.set((t + k) * rows + r0 + j, v) };
-        }
-    }
+    // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
+    unsafe { dst.set_columns(res, t, r0, rows) };
 }
 
 /// An output buffer that parallel tasks write at disjoint indices.
@@ -274,11 +266,31 @@ struct Disjoint(*mut f32, usize);
 unsafe impl Sync for Disjoint {}
 
 impl Disjoint {
+    /// `res[j][k]` (weight row `r0 + j`, token `t + k`) into `out[(t + k) * rows + r0 + j]`:
+    /// token by token, each token's rows contiguous.
+    ///
     /// # Safety
-    /// No other thread may access index `i` during the parallel section.
-    unsafe fn set(&self, i: usize, v: f32) {
-        assert!(i < self.1, "matmul output index");
-        *self.0.add(i) = v;
+    /// No other thread may access those indices during the parallel section.
+    unsafe fn set_columns<const N: usize>(
+        &self,
+        res: &[[f32; N]],
+        t: usize,
+        r0: usize,
+        rows: usize,
+    ) {
+        if res.is_empty() || N == 0 {
+            return;
+        }
+        assert!(
+            r0 + res.len() <= rows && (t + N - 1) * rows + r0 + res.len() <= self.1,
+            "matmul output index"
+        );
+        for k in 0..N {
+            let o = self.0.add((t + k) * rows + r0);
+            for (j, r) in res.iter().enumerate() {
+                *o.add(j) = r[k];
+            }
+        }
     }
 }
 

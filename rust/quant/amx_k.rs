@@ -39,7 +39,9 @@ pub(crate) trait AmxK: Family<Act = BlockQ8K> {
 
 /// 16 weight rows unpacked for the tiles: `lo`/`hi[(b * 16 + r) * 256 + i]` of weight `i` of
 /// super-block `b` of row `r` (an A tile is 16 rows of 64 bytes, 256 apart), and per
-/// super-block and row `d`, `dmin` and the minimum pairs `m_2p | m_2p+1 << 16`.
+/// super-block and row `d`, `dmin` and the minimum pairs `m_2p | m_2p+1 << 16`. One per
+/// thread, reused chunk after chunk (every byte a chunk reads is rewritten first).
+#[derive(Default)]
 struct Planes {
     lo: Vec<u8>,
     hi: Vec<i8>,
@@ -48,34 +50,38 @@ struct Planes {
     mins: Vec<[[i32; 4]; TILE]>,
 }
 
+thread_local! {
+    static PLANES: std::cell::Cell<Planes> = std::cell::Cell::new(Planes::default());
+}
+
 impl Planes {
     #[inline(always)]
-    fn new<B: AmxK>(w: &[B], nb: usize) -> Planes {
-        let mut p = Planes {
-            lo: vec![0; w.len() * QK_K],
-            hi: vec![0; w.len() * QK_K],
-            d: vec![[0.0; TILE]; nb],
-            dmin: vec![[0.0; TILE]; nb],
-            mins: vec![[[0; 4]; TILE]; nb],
-        };
+    fn fill<B: AmxK>(&mut self, w: &[B], nb: usize) {
+        self.lo.resize(w.len() * QK_K, 0);
+        self.hi.resize(w.len() * QK_K, 0);
+        self.d.resize(nb, [0.0; TILE]);
+        self.dmin.resize(nb, [0.0; TILE]);
+        self.mins.resize(nb, [[0; 4]; TILE]);
         for (r, row) in w.chunks_exact(nb).enumerate() {
             for (b, wb) in row.iter().enumerate() {
                 let o = (b * TILE + r) * QK_K;
                 for (j, m) in wb.multipliers().into_iter().enumerate() {
                     // The low byte, and the rest with its sign (|w| <= 4096: |hi| <= 16).
-                    m.cast::<u8>().copy_to_slice(&mut p.lo[o + 32 * j..]);
-                    (m >> 8).cast::<i8>().copy_to_slice(&mut p.hi[o + 32 * j..]);
+                    m.cast::<u8>().copy_to_slice(&mut self.lo[o + 32 * j..]);
+                    (m >> 8)
+                        .cast::<i8>()
+                        .copy_to_slice(&mut self.hi[o + 32 * j..]);
                 }
-                p.d[b][r] = wb.scale();
+                self.d[b][r] = wb.scale();
                 if B::MINS {
                     let (dmin, m) = wb.mins();
-                    p.dmin[b][r] = dmin;
-                    p.mins[b][r] =
-                        std::array::from_fn(|q| m[2 * q] as i32 | (m[2 * q + 1] as i32) << 16);
+                    self.dmin[b][r] = dmin;
+                    for q in 0..4 {
+                        self.mins[b][r][q] = m[2 * q] as i32 | (m[2 * q + 1] as i32) << 16;
+                    }
                 }
             }
         }
-        p
     }
 
     /// The A tiles (lo, hi) of K bytes `64 k ..` of super-block `b`.
@@ -122,7 +128,8 @@ pub(crate) unsafe fn tiles<B: AmxK>(
         out.iter_mut().for_each(|o| *o = [[0.0; TILE]; TILE]);
         return;
     }
-    let p = Planes::new(w, row_len);
+    let mut p = PLANES.take();
+    p.fill(w, row_len);
     CONFIG.load();
     // C tiles stored here, two super-blocks' worth, so one super-block's float half can run
     // while the next one's tiles are computed.
@@ -189,4 +196,61 @@ pub(crate) unsafe fn tiles<B: AmxK>(
         }
     }
     _tile_release();
+    PLANES.set(p);
+}
+
+/// Tile kernel speed per family (a report, not a check: `cargo test --release
+/// bench_amx_k_tiles -- --ignored --nocapture`): 16 rows x `cols` against 4 and 32 groups of
+/// 16 tokens (pp64, pp512), in G multiply-adds per second, best of the passes.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bench {
+    use super::super::tests_util::Rng;
+    use super::super::{prepare_activation, quantize_row, vec_dot_tiles, AmxActs, GgmlType};
+    use super::TILE;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn bench_amx_k_tiles() {
+        if !super::super::simd::has_amx() {
+            return eprintln!("no AMX here");
+        }
+        let mut rng = Rng::new(3);
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0] {
+            for cols in [2048, 8192] {
+                let wf: Vec<f32> = (0..TILE * cols).map(|_| rng.normal() * 0.02).collect();
+                let mut w = vec![0u8; ty.row_bytes(TILE * cols).unwrap()];
+                quantize_row(ty, &wf, &mut w);
+                let acts: Vec<AmxActs> = (0..32)
+                    .map(|_| {
+                        let rows: Vec<_> = (0..TILE)
+                            .map(|_| {
+                                let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+                                prepare_activation(ty, &x)
+                            })
+                            .collect();
+                        AmxActs::from_prepared(std::array::from_fn(|t| &rows[t])).unwrap()
+                    })
+                    .collect();
+                for ng in [4, 32] {
+                    let refs: Vec<&AmxActs> = acts[..ng].iter().collect();
+                    let mut out = vec![[[0f32; TILE]; TILE]; ng];
+                    let reps = 2048 / ng;
+                    let mut best = f64::MAX;
+                    for _ in 0..5 {
+                        let t = Instant::now();
+                        for _ in 0..reps {
+                            vec_dot_tiles(ty, &w, &refs, &mut out);
+                        }
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                    let macs = (reps * ng * TILE * TILE * cols) as f64;
+                    eprintln!(
+                        "{ty} cols {cols} groups {ng}: {:.0} GMAC/s",
+                        macs / best / 1e9
+                    );
+                }
+            }
+        }
+    }
 }
