@@ -196,20 +196,16 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         let dst = &dst;
         let (r0, r1) = (c * CHUNK, rows.min((c + 1) * CHUNK));
         let w_rows = &data[r0 * row_bytes..r1 * row_bytes];
-        // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 blocks
-        // unpacked once per chunk), then the other kernels for the rest.
+        // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 and
+        // K-quant blocks unpacked once per chunk), then the other kernels for the rest.
         let mut t = 0;
         if r1 - r0 == TILE && !amx.is_empty() && has_amx_kernel(ty) {
             let groups: Vec<&AmxActs> = amx.iter().collect();
             let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
             vec_dot_tiles(ty, w_rows, &groups, &mut res);
             for (g, tile) in res.iter().enumerate() {
-                for (j, r) in tile.iter().enumerate() {
-                    for (k, &v) in r.iter().enumerate() {
-                        // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
-                        unsafe { dst.set((g * TILE + k) * rows + r0 + j, v) };
-                    }
-                }
+                // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
+                unsafe { dst.set_columns(tile, g * TILE, r0, rows) };
             }
             t = groups.len() * TILE;
         }
@@ -260,12 +256,8 @@ fn tile<const N: usize>(
         std::array::from_fn(|k| &aux[t + k]),
         res,
     );
-    for (j, r) in res.iter().enumerate() {
-        for (k, &v) in r.iter().enumerate() {
-            // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
-            unsafe { dst.set((t + k) * rows + r0 + j, v) };
-        }
-    }
+    // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
+    unsafe { dst.set_columns(res, t, r0, rows) };
 }
 
 /// An output buffer that parallel tasks write at disjoint indices.
@@ -274,11 +266,31 @@ struct Disjoint(*mut f32, usize);
 unsafe impl Sync for Disjoint {}
 
 impl Disjoint {
+    /// `res[j][k]` (weight row `r0 + j`, token `t + k`) into `out[(t + k) * rows + r0 + j]`:
+    /// token by token, each token's rows contiguous.
+    ///
     /// # Safety
-    /// No other thread may access index `i` during the parallel section.
-    unsafe fn set(&self, i: usize, v: f32) {
-        assert!(i < self.1, "matmul output index");
-        *self.0.add(i) = v;
+    /// No other thread may access those indices during the parallel section.
+    unsafe fn set_columns<const N: usize>(
+        &self,
+        res: &[[f32; N]],
+        t: usize,
+        r0: usize,
+        rows: usize,
+    ) {
+        if res.is_empty() || N == 0 {
+            return;
+        }
+        assert!(
+            r0 + res.len() <= rows && (t + N - 1) * rows + r0 + res.len() <= self.1,
+            "matmul output index"
+        );
+        for k in 0..N {
+            let o = self.0.add((t + k) * rows + r0);
+            for (j, r) in res.iter().enumerate() {
+                *o.add(j) = r[k];
+            }
+        }
     }
 }
 
@@ -320,8 +332,15 @@ mod tests {
         let mut s = 7u64;
         // 13 tokens: one call of 8, one of 4, one of 1; 6 and 7: 4 then 2 or 3. 45 tokens: two
         // AMX groups of 16 where the CPU has AMX (rows 0..48 in chunks of 16; the last 5 rows
-        // take the other kernels), then 8, 4 and 1.
-        let shapes = [(37, 64, 13), (21, 64, 6), (21, 64, 7), (53, 256, 45)];
+        // take the other kernels), then 8, 4 and 1. 32 tokens of 2304 columns: one pass of
+        // two groups over 9 super-blocks (every accumulation lane, one twice) for the K-quants.
+        let shapes = [
+            (37, 64, 13),
+            (21, 64, 6),
+            (21, 64, 7),
+            (53, 256, 45),
+            (34, 2304, 32),
+        ];
         eprintln!(
             "matmul: AMX tiles {}",
             if crate::quant::simd::has_amx() {

@@ -47,8 +47,10 @@ def available_levels() -> list[str]:
 
 
 def test_every_level_gives_the_same_logits() -> None:
-    models = need_data("fortunes-1M-q4_0.gguf", "fortunes-1M-f32.gguf")
-    files = ["demo", str(models / "fortunes-1M-q4_0.gguf"), str(models / "fortunes-1M-f32.gguf")]
+    # Q4_0 and the K-quants (Q4_K_M: Q4_K with Q6_K; Q6_K) take the AMX tiles at that level.
+    names = ["fortunes-1M-q4_0.gguf", "fortunes-1M-f32.gguf", "fortunes-4M-q4_k_m.gguf", "fortunes-4M-q6_k.gguf"]
+    models = need_data(*names)
+    files = ["demo", *(str(models / n) for n in names)]
     levels = available_levels()
     print(f"kernel levels checked here: {levels}; not available on this CPU: {LEVELS[len(levels) :]}")
     results = {}

@@ -1,5 +1,7 @@
 //! AMX-INT8 tiles for matrix x matrix products (prompts): 16 weight rows against 16 tokens at
-//! a time, for the families whose blocks are 32 signed bytes against q8_0 (Q8_0, Q4_0).
+//! a time. This file: what every tile kernel shares (the CPU check, the tokens' tile layout
+//! [`AmxActs`], the tile configuration, the final reduction) and the kernel of the families
+//! whose blocks are 32 signed bytes against q8_0 (Q8_0, Q4_0); `amx_k.rs` has the K-quants'.
 //!
 //! Per block `b`, one `tdpbssd` gives the exact i32 block sums of all 16 x 16 (row, token)
 //! pairs: A = the 16 weight rows' 32 quants (int8), B = the 16 tokens' 32 quants in the
@@ -16,13 +18,12 @@
 use super::block::Scale;
 use super::q4_0::BlockQ4_0;
 use super::q8_0::{BlockQ8_0, QK};
+use super::q8_k::{BlockQ8K, QK_K};
 use super::simd::BLOCK_LANES;
 use std::simd::prelude::*;
 
 /// Weight rows and tokens per tile.
 pub const TILE: usize = 16;
-/// Bytes of one block's B tile (8 rows of 16 tokens x 4 bytes).
-const B_BYTES: usize = QK * TILE;
 
 /// Whether the CPU has AMX-INT8 and the kernel lets this process use the tile data (asked
 /// once; a refusal is quiet: the AVX-512 kernels run instead).
@@ -69,48 +70,160 @@ fn request_tile_permission() -> bool {
     false
 }
 
-/// 16 tokens' q8_0 activation rows in the B-tile layout, block by block, with their scales.
+/// 16 tokens' quantized activation rows (q8_0 or q8_K) in the B-tile layout, with their
+/// scales: token `t`'s quant `k` at `tiles[64 (k / 4) + 4 t + k % 4]`, so the 32 (q8_0) or
+/// 64 (q8_K) bytes of K of one tile op are one contiguous B tile of 64-byte rows.
 pub struct AmxActs {
-    /// `tiles[b * B_BYTES + 64 j + 4 t + i] = x_t[b][4 j + i]`.
     tiles: Vec<i8>,
-    /// `d[b * 16 + t]`: token `t`'s scale of block `b`.
+    /// `d[u * 16 + t]`: token `t`'s scale of unit `u` (a q8_0 block, a q8_K super-block).
     d: Vec<f32>,
+    /// q8_K only: per super-block `u` and pair `p` of 32-value sub-blocks, 32 words
+    /// `sums[(4 u + p) * 32 + 2 t + h] = bsum_{4p + 2h} + bsum_{4p + 2h + 1}` of token `t`
+    /// (sub-block `2p + h`'s sum from `bsums`, as the scalar reference takes it), the
+    /// word pairs `vpdpwssd` multiplies by a row's two minimums.
+    sums: Vec<i16>,
+    /// Values per unit: 32 (q8_0) or 256 (q8_K).
+    unit: usize,
 }
 
 impl AmxActs {
-    /// The tile layout of 16 rows of equal length.
-    pub fn new(rows: [&[BlockQ8_0]; TILE]) -> AmxActs {
+    /// Token `t`'s quants `x` from element `k0` on (`k0`, `x.len()` multiples of 4).
+    fn interleave(tiles: &mut [i8], t: usize, k0: usize, x: &[i8]) {
+        for (j, q) in x.chunks_exact(4).enumerate() {
+            let o = 64 * (k0 / 4 + j) + 4 * t;
+            tiles[o..o + 4].copy_from_slice(q);
+        }
+    }
+
+    /// The tile layout of 16 q8_0 rows of equal length.
+    pub fn from_q8_0(rows: [&[BlockQ8_0]; TILE]) -> AmxActs {
         let nb = rows[0].len();
         assert!(rows.iter().all(|r| r.len() == nb), "AmxActs: rows differ");
-        let mut tiles = vec![0i8; nb * B_BYTES];
+        let mut tiles = vec![0i8; nb * QK * TILE];
         let mut d = vec![0f32; nb * TILE];
         for (t, row) in rows.iter().enumerate() {
             for (b, yb) in row.iter().enumerate() {
                 d[b * TILE + t] = yb.d.get();
-                let tile = &mut tiles[b * B_BYTES..(b + 1) * B_BYTES];
-                for j in 0..QK / 4 {
-                    tile[64 * j + 4 * t..64 * j + 4 * t + 4]
-                        .copy_from_slice(&yb.qs[4 * j..4 * j + 4]);
+                Self::interleave(&mut tiles, t, b * QK, &yb.qs);
+            }
+        }
+        AmxActs {
+            tiles,
+            d,
+            sums: Vec::new(),
+            unit: QK,
+        }
+    }
+
+    /// The tile layout of 16 q8_K rows of equal length, with their sub-block sums.
+    pub fn from_q8_k(rows: [&[BlockQ8K]; TILE]) -> AmxActs {
+        let nb = rows[0].len();
+        assert!(rows.iter().all(|r| r.len() == nb), "AmxActs: rows differ");
+        let mut tiles = vec![0i8; nb * QK_K * TILE];
+        let mut d = vec![0f32; nb * TILE];
+        let mut sums = vec![0i16; nb * 4 * 2 * TILE];
+        for (t, row) in rows.iter().enumerate() {
+            for (b, yb) in row.iter().enumerate() {
+                d[b * TILE + t] = yb.d.get();
+                Self::interleave(&mut tiles, t, b * QK_K, &yb.qs);
+                for s in 0..QK_K / 32 {
+                    // |bsum| <= 16 * 128: the pair fits an i16.
+                    let v = yb.bsum(2 * s) + yb.bsum(2 * s + 1);
+                    sums[(4 * b + s / 2) * 2 * TILE + 2 * t + s % 2] = v;
                 }
             }
         }
-        AmxActs { tiles, d }
+        AmxActs {
+            tiles,
+            d,
+            sums,
+            unit: QK_K,
+        }
     }
 
-    /// Blocks per row.
+    /// Units (q8_0 blocks or q8_K super-blocks) per row.
     pub fn blocks(&self) -> usize {
         self.d.len() / TILE
+    }
+
+    /// Values per unit: the activation type's block size.
+    pub fn unit(&self) -> usize {
+        self.unit
+    }
+
+    /// Values per row.
+    pub fn len(&self) -> usize {
+        self.blocks() * self.unit
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.d.is_empty()
+    }
+
+    /// The B tile of K bytes `k0 ..` (rows 64 bytes apart).
+    pub(crate) fn b_tile(&self, k0: usize) -> *const i8 {
+        self.tiles[64 * (k0 / 4)..].as_ptr()
+    }
+
+    /// The 16 tokens' scales of unit `u`.
+    pub(crate) fn scales(&self, u: usize) -> f32x16 {
+        f32x16::from_slice(&self.d[u * TILE..(u + 1) * TILE])
+    }
+
+    /// Super-block `u`'s sums of sub-block pair `p` (see the field); q8_K only.
+    pub(crate) fn pair_sums(&self, u: usize, p: usize) -> &[i16] {
+        &self.sums[(4 * u + p) * 2 * TILE..(4 * u + p + 1) * 2 * TILE]
     }
 }
 
 /// `ldtilecfg`'s 64-byte operand (palette 1).
 #[repr(C, align(64))]
-struct TileConfig {
+pub(crate) struct TileConfig {
     palette: u8,
     start_row: u8,
     reserved: [u8; 14],
     colsb: [u16; 16],
     rows: [u8; 16],
+}
+
+impl TileConfig {
+    /// Tile register `i` as `shapes[i]` = (rows, bytes per row); the rest unused.
+    pub(crate) const fn new(shapes: &[(u8, u16)]) -> TileConfig {
+        let mut c = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        let mut i = 0;
+        while i < shapes.len() {
+            c.rows[i] = shapes[i].0;
+            c.colsb[i] = shapes[i].1;
+            i += 1;
+        }
+        c
+    }
+
+    /// Loads this configuration.
+    ///
+    /// # Safety
+    /// As [`tiles`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "amx-tile")]
+    pub(crate) unsafe fn load(&self) {
+        std::arch::x86_64::_tile_loadconfig((self as *const TileConfig).cast());
+    }
+}
+
+/// Per group and row, `simd::reduce8` over the 8 block lanes, for 16 tokens at once.
+#[inline(always)]
+pub(crate) fn reduce_lanes(acc: &[[f32x16; TILE]; BLOCK_LANES], out: &mut [[f32; TILE]; TILE]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let v = |l: usize| acc[l][r];
+        let (a0, a1, a2, a3) = (v(0) + v(4), v(1) + v(5), v(2) + v(6), v(3) + v(7));
+        *o = ((a0 + a2) + (a1 + a3)).to_array();
+    }
 }
 
 /// Token groups per pass: the tile registers hold one A (the weights' block), and a B and a C
@@ -119,26 +232,10 @@ const GROUPS_PER_PASS: usize = 3;
 
 /// The tile registers: 1 = A (16 rows x 32 bytes), 2..=4 = B (8 rows x 64 bytes),
 /// 5..=7 = C (16 x 16 i32).
-const fn config() -> TileConfig {
-    let mut c = TileConfig {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        colsb: [0; 16],
-        rows: [0; 16],
-    };
-    c.colsb[1] = QK as u16;
-    c.rows[1] = 16;
-    let mut k = 0;
-    while k < GROUPS_PER_PASS {
-        c.colsb[2 + k] = 64;
-        c.rows[2 + k] = (QK / 4) as u8;
-        c.colsb[5 + k] = 64;
-        c.rows[5 + k] = 16;
-        k += 1;
-    }
-    c
-}
+const CONFIG: TileConfig = {
+    let (a, b, c) = ((16, QK as u16), ((QK / 4) as u8, 64), (16, 64));
+    TileConfig::new(&[(0, 0), a, b, b, b, c, c, c])
+};
 
 /// One weight chunk's view for [`tiles`]: where row `r`'s 32 quants of block `b` start, and
 /// its scale there.
@@ -170,8 +267,11 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
         groups.iter().all(|g| g.blocks() == nb),
         "tiles: row lengths differ"
     );
-    let cfg = config();
-    _tile_loadconfig((&cfg as *const TileConfig).cast());
+    assert!(
+        groups.iter().all(|g| g.unit() == QK),
+        "tiles: q8_0 activations"
+    );
+    CONFIG.load();
     // Row scales once per chunk: `dw[b][r]`.
     let dw: Vec<[f32; TILE]> = (0..nb)
         .map(|b| std::array::from_fn(|r| w.scale(r, b)))
@@ -194,7 +294,7 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
                 ($k:literal, $bt:literal, $ct:literal) => {
                     if $k < ng {
                         _tile_zero::<$ct>();
-                        _tile_loadd::<$bt>(gs[$k].tiles[b * B_BYTES..].as_ptr().cast(), 64);
+                        _tile_loadd::<$bt>(gs[$k].b_tile(b * QK).cast(), 64);
                         _tile_dpbssd::<$ct, 1, $bt>();
                         _tile_stored::<$ct>(cb[$k].as_mut_ptr().cast(), 64);
                     }
@@ -204,7 +304,7 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
             group!(1, 3, 6);
             group!(2, 4, 7);
             for k in 0..ng {
-                let dx = f32x16::from_slice(&gs[k].d[b * TILE..(b + 1) * TILE]);
+                let dx = gs[k].scales(b);
                 let lane = &mut acc[k][b % BLOCK_LANES];
                 for r in 0..TILE {
                     let isum = i32x16::from_array(cb[k][r]).cast::<f32>();
@@ -212,13 +312,8 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
                 }
             }
         }
-        // simd::reduce8 over the lanes, for 16 tokens at once.
         for (k, o) in os.iter_mut().enumerate() {
-            for r in 0..TILE {
-                let v = |l: usize| acc[k][l][r];
-                let (a0, a1, a2, a3) = (v(0) + v(4), v(1) + v(5), v(2) + v(6), v(3) + v(7));
-                o[r] = ((a0 + a2) + (a1 + a3)).to_array();
-            }
+            reduce_lanes(&acc[k], o);
         }
     }
     _tile_release();
@@ -324,14 +419,46 @@ pub(crate) unsafe fn q4_0_tiles<S: Scale>(
 mod tests {
     use super::*;
     use crate::quant::tests_util::{Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::view_mut;
     use crate::quant::{
         has_amx_kernel, prepare_activation, quantize_row, vec_dot_scalar, vec_dot_tiles, GgmlType,
         PreparedRow,
     };
 
-    /// Random rows, or rows of the extreme bytes and scales (raw blocks, any nibble/int8).
+    /// The families with tile kernels.
+    const TYPES: [GgmlType; 7] = [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q8_0F32,
+        GgmlType::Q4_0F32,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
+    /// Writes a raw block's scale(s): the f16 `d` (and `dmin`) where each family keeps them;
+    /// the f32-scale twins get the f16's value.
+    fn set_scales(ty: GgmlType, blk: &mut [u8], rng: &mut Rng) {
+        let mut h = || EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes();
+        match ty {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => blk[..2].copy_from_slice(&h()),
+            GgmlType::Q8_0F32 | GgmlType::Q4_0F32 => {
+                let v = crate::quant::f16_bits_to_f32(u16::from_le_bytes(h()));
+                blk[..4].copy_from_slice(&v.to_le_bytes());
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                blk[..2].copy_from_slice(&h());
+                blk[2..4].copy_from_slice(&h());
+            }
+            GgmlType::Q6_K => blk[208..210].copy_from_slice(&h()),
+            _ => unreachable!("{ty}"),
+        }
+    }
+
+    /// 16 random rows, or rows of the extreme bytes and scales (raw blocks: any nibble,
+    /// int8, packed 6-bit scale or minimum).
     fn weights(ty: GgmlType, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<u8> {
-        let n = nb * QK;
+        let n = nb * ty.block_size();
         if !extreme {
             let wf: Vec<f32> = (0..TILE * n).map(|_| rng.normal() * 0.05).collect();
             let mut w = vec![0u8; ty.row_bytes(TILE * n).unwrap()];
@@ -343,19 +470,14 @@ mod tests {
             .map(|_| EXTREME_BYTES[(rng.next_u64() % 10) as usize])
             .collect();
         for blk in w.chunks_exact_mut(bb) {
-            // f16 scales first in every family here; f32-scale twins get the f16's value.
-            let h = EXTREME_HALVES[(rng.next_u64() % 9) as usize];
-            if bb == 34 || bb == 18 {
-                blk[..2].copy_from_slice(&h.to_le_bytes());
-            } else {
-                let v = crate::quant::f16_bits_to_f32(h);
-                blk[..4].copy_from_slice(&v.to_le_bytes());
-            }
+            set_scales(ty, blk, rng);
         }
         w
     }
 
-    fn tokens(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<PreparedRow> {
+    /// 16 tokens' rows prepared for `ty`; extreme: scales 1e-3 .. 1e3, runs of equal values,
+    /// and a -128 quant (which no quantizer makes; q8_K's `bsums` kept true) in every third.
+    fn tokens(ty: GgmlType, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<PreparedRow> {
         (0..TILE)
             .map(|t| {
                 let scale = if extreme {
@@ -363,7 +485,7 @@ mod tests {
                 } else {
                     1.0
                 };
-                let x: Vec<f32> = (0..nb * QK)
+                let x: Vec<f32> = (0..nb * ty.block_size())
                     .map(|i| {
                         if extreme && i % 5 == 0 {
                             -scale
@@ -372,7 +494,20 @@ mod tests {
                         }
                     })
                     .collect();
-                prepare_activation(GgmlType::Q8_0, &x)
+                let mut p = prepare_activation(ty, &x);
+                if extreme && t % 3 == 0 {
+                    match &mut p {
+                        PreparedRow::Q8_0(q) => view_mut::<BlockQ8_0>(q)[nb - 1].qs[7] = -128,
+                        PreparedRow::Q8K(q) => {
+                            let y = &mut view_mut::<BlockQ8K>(q)[nb - 1];
+                            let old = y.qs[37] as i16;
+                            y.qs[37] = -128;
+                            y.bsums[2] = (y.bsum(2) - old - 128).to_le_bytes();
+                        }
+                        PreparedRow::F32(_) => unreachable!(),
+                    }
+                }
+                p
             })
             .collect()
     }
@@ -386,39 +521,41 @@ mod tests {
             return;
         }
         let mut rng = Rng::new(77);
-        let types = [
-            GgmlType::Q8_0,
-            GgmlType::Q4_0,
-            GgmlType::Q8_0F32,
-            GgmlType::Q4_0F32,
-        ];
-        for ty in types {
+        for ty in TYPES {
             assert!(has_amx_kernel(ty), "{ty}");
-            for nb in [1, 2, 7, 8, 9, 17, 40, 128] {
+            let sizes: &[usize] = if ty.block_size() == QK_K {
+                &[1, 2, 7, 8, 9, 17]
+            } else {
+                &[1, 2, 7, 8, 9, 17, 40, 128]
+            };
+            for &nb in sizes {
                 for extreme in [false, true] {
                     let w = weights(ty, nb, &mut rng, extreme);
+                    // Three groups: a pass of two (K-quants) or three, and a lone one.
                     let g: Vec<Vec<PreparedRow>> =
-                        (0..3).map(|_| tokens(nb, &mut rng, extreme)).collect();
+                        (0..3).map(|_| tokens(ty, nb, &mut rng, extreme)).collect();
                     let acts: Vec<AmxActs> = g
                         .iter()
                         .map(|rows| {
                             AmxActs::from_prepared(std::array::from_fn(|t| &rows[t])).unwrap()
                         })
                         .collect();
-                    let refs: Vec<&AmxActs> = acts.iter().collect();
-                    let mut out = vec![[[0f32; TILE]; TILE]; acts.len()];
-                    vec_dot_tiles(ty, &w, &refs, &mut out);
-                    let rb = w.len() / TILE;
-                    for (gi, rows) in g.iter().enumerate() {
-                        for r in 0..TILE {
-                            for (t, x) in rows.iter().enumerate() {
-                                let want = vec_dot_scalar(ty, &w[r * rb..(r + 1) * rb], x);
-                                assert_eq!(
-                                    out[gi][r][t].to_bits(),
-                                    want.to_bits(),
-                                    "{ty} nb={nb} extreme={extreme} g={gi} r={r} t={t}: {} vs {want}",
-                                    out[gi][r][t]
-                                );
+                    for n_groups in [3, 1] {
+                        let refs: Vec<&AmxActs> = acts[..n_groups].iter().collect();
+                        let mut out = vec![[[0f32; TILE]; TILE]; n_groups];
+                        vec_dot_tiles(ty, &w, &refs, &mut out);
+                        let rb = w.len() / TILE;
+                        for (gi, rows) in g[..n_groups].iter().enumerate() {
+                            for r in 0..TILE {
+                                for (t, x) in rows.iter().enumerate() {
+                                    let want = vec_dot_scalar(ty, &w[r * rb..(r + 1) * rb], x);
+                                    assert_eq!(
+                                        out[gi][r][t].to_bits(),
+                                        want.to_bits(),
+                                        "{ty} nb={nb} extreme={extreme} g={gi} r={r} t={t}: {} vs {want}",
+                                        out[gi][r][t]
+                                    );
+                                }
                             }
                         }
                     }
@@ -428,14 +565,45 @@ mod tests {
     }
 
     #[test]
-    fn only_q8_0_rows_of_one_length_make_tiles() {
-        let q: Vec<PreparedRow> = (0..TILE)
-            .map(|_| prepare_activation(GgmlType::Q8_0, &[0.5; 64]))
+    fn q8_0_tiles_do_not_serve_k_quants() {
+        if !crate::quant::simd::has_amx() {
+            eprintln!("note: AMX-INT8 not available here; activation kind check not run");
+            return;
+        }
+        // 256 values: as q8_0, 8 blocks, the length in values of one q8_K block.
+        let rows: Vec<PreparedRow> = (0..TILE)
+            .map(|_| prepare_activation(GgmlType::Q8_0, &[0.5; 256]))
             .collect();
-        assert!(AmxActs::from_prepared(std::array::from_fn(|t| &q[t])).is_some());
-        let mut mixed = q.clone();
-        mixed[3] = prepare_activation(GgmlType::Q8_0, &[0.5; 32]);
-        assert!(AmxActs::from_prepared(std::array::from_fn(|t| &mixed[t])).is_none());
+        let acts = AmxActs::from_prepared(std::array::from_fn(|t| &rows[t])).unwrap();
+        let w = vec![0u8; TILE * 144];
+        let err = std::panic::catch_unwind(|| {
+            vec_dot_tiles(GgmlType::Q4_K, &w, &[&acts], &mut [[[0f32; TILE]; TILE]])
+        })
+        .unwrap_err();
+        let msg = err.downcast_ref::<&str>().map(|s| s.to_string());
+        let msg = msg
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap();
+        assert!(msg.contains("not prepared for these weights"), "{msg}");
+    }
+
+    #[test]
+    fn only_quantized_rows_of_one_kind_and_length_make_tiles() {
+        for (ty, n) in [(GgmlType::Q8_0, 64), (GgmlType::Q4_K, 512)] {
+            let q: Vec<PreparedRow> = (0..TILE)
+                .map(|_| prepare_activation(ty, &vec![0.5; n]))
+                .collect();
+            let a = AmxActs::from_prepared(std::array::from_fn(|t| &q[t])).unwrap();
+            assert_eq!(a.len(), n);
+            let mut mixed = q.clone();
+            mixed[3] = prepare_activation(ty, &vec![0.5; n / 2]);
+            assert!(AmxActs::from_prepared(std::array::from_fn(|t| &mixed[t])).is_none());
+        }
+        let mut kinds: Vec<PreparedRow> = (0..TILE)
+            .map(|_| prepare_activation(GgmlType::Q8_0, &[0.5; 256]))
+            .collect();
+        kinds[5] = prepare_activation(GgmlType::Q4_K, &[0.5; 256]);
+        assert!(AmxActs::from_prepared(std::array::from_fn(|t| &kinds[t])).is_none());
         let f: Vec<PreparedRow> = (0..TILE)
             .map(|_| prepare_activation(GgmlType::F32, &[0.5; 64]))
             .collect();

@@ -204,8 +204,8 @@ pub trait Family: Pod {
         Self::chunk_avx2(acc, w, x)
     }
 
-    /// The AMX-INT8 tile kernel, for families of 32 signed bytes per block against q8_0
-    /// (`amx.rs`); `None` for the others.
+    /// The AMX-INT8 tile kernel: the families of 32 signed bytes per block against q8_0
+    /// (`amx.rs`) and Q4_K, Q5_K, Q6_K against q8_K (`amx_k.rs`); `None` for the others.
     const TILES_AMX: Option<TilesAmx<Self>> = None;
 
     /// Whether there is a multi-row kernel (then [`Family::row_aux`] gives side data).

@@ -73,6 +73,26 @@ pub(crate) fn dequantize_k32<B: K32>(b: &B, y: &mut [f32]) {
     }
 }
 
+/// The AMX tiles' multipliers of a K32 super-block (`amx_k::AmxK`): `sc_s * q_i`, at most
+/// 63 * 31, so that `isum = sum_i w_i y_i` is [`dot_scalar_k32`]'s.
+#[inline(always)]
+pub(crate) fn k32_multipliers<B: K32>(b: &B) -> [i16x32; 8] {
+    let (sc, _) = unpack_scales_mins(b.scales());
+    let mut w = [i16x32::splat(0); 8];
+    for c in 0..4 {
+        let (lo, hi) = b.levels_portable(c);
+        w[2 * c] = lo.cast::<i16>() * i16x32::splat(sc[2 * c] as i16);
+        w[2 * c + 1] = hi.cast::<i16>() * i16x32::splat(sc[2 * c + 1] as i16);
+    }
+    w
+}
+
+/// The AMX tiles' `dmin` and minimums of a K32 super-block.
+#[inline(always)]
+pub(crate) fn k32_mins<B: K32>(b: &B) -> (f32, [u8; 8]) {
+    (b.dmin().get(), unpack_scales_mins(b.scales()).1)
+}
+
 /// The scalar reference: per super-block the exact `isum` and `msum`, then
 /// `acc[b % 8] += combine1(..)`, fixed reduction. Bound: |q y| <= 31 * 128, 32 per sub-block,
 /// sc <= 63, 8 sub-blocks: |isum| <= 64M < 2^31 (Q4_K: 31M).

@@ -14,6 +14,7 @@
 //! references (`vec_dot_scalar`) bit for bit on every CPU.
 
 pub mod amx;
+mod amx_k;
 pub mod bf16;
 pub mod block;
 pub mod dispatch;
@@ -368,16 +369,21 @@ pub fn has_amx_kernel(weight_type: GgmlType) -> bool {
 pub use amx::{AmxActs, TILE};
 
 impl AmxActs {
-    /// 16 prepared rows in the tile layout, if they are q8_0 rows of one length.
+    /// 16 prepared rows in the tile layout, if they are quantized rows of one kind (q8_0 or
+    /// q8_K) and one length.
     pub fn from_prepared(rows: [&PreparedRow; TILE]) -> Option<AmxActs> {
-        let q: Vec<&[q8_0::BlockQ8_0]> = rows
-            .iter()
-            .map(|r| <q8_0::BlockQ8_0 as Activation>::view(r))
-            .collect::<Option<_>>()?;
-        if q.iter().any(|r| r.len() != q[0].len()) {
-            return None;
+        fn all<'a, A: Activation>(rows: &[&'a PreparedRow; TILE]) -> Option<[&'a [A]; TILE]> {
+            let q: Vec<&[A]> = rows.iter().map(|r| A::view(r)).collect::<Option<_>>()?;
+            if q.iter().any(|r| r.len() != q[0].len()) {
+                return None;
+            }
+            Some(std::array::from_fn(|t| q[t]))
         }
-        Some(AmxActs::new(std::array::from_fn(|t| q[t])))
+        match rows[0] {
+            PreparedRow::Q8_0(_) => all(&rows).map(AmxActs::from_q8_0),
+            PreparedRow::Q8K(_) => all(&rows).map(AmxActs::from_q8_k),
+            PreparedRow::F32(_) => None,
+        }
     }
 }
 
@@ -396,13 +402,19 @@ pub fn vec_dot_tiles(
     let row_bytes = w_rows.len() / TILE;
     assert_eq!(row_bytes * TILE, w_rows.len(), "vec_dot_tiles: 16 rows");
     for g in groups {
-        check_lengths(weight_type, row_bytes, g.blocks() * q8_0::QK);
+        check_lengths(weight_type, row_bytes, g.len());
     }
     struct T<'a, 'o>(&'a [u8], &'a [&'a AmxActs], &'o mut [[[f32; TILE]; TILE]]);
     impl Visit for T<'_, '_> {
         type Out = ();
         fn visit<B: Family>(self) {
             let w = view::<B>(self.0);
+            assert!(
+                self.1
+                    .iter()
+                    .all(|g| g.unit() == <B::Act as Activation>::QK),
+                "vec_dot_tiles: activations not prepared for these weights"
+            );
             let f = B::TILES_AMX.expect("checked by has_amx_kernel");
             // SAFETY: has_amx_kernel checked that the CPU has AMX (and AVX-512) with the
             // tile permission.

@@ -82,10 +82,28 @@ impl K32 for BlockQ4K {
     }
 }
 
+impl super::amx_k::AmxK for BlockQ4K {
+    const MINS: bool = true;
+    #[inline(always)]
+    fn multipliers(&self) -> [i16x32; 8] {
+        super::kquant_dot::k32_multipliers(self)
+    }
+    #[inline(always)]
+    fn scale(&self) -> f32 {
+        super::block::Scale::get(self.d)
+    }
+    #[inline(always)]
+    fn mins(&self) -> (f32, [u8; 8]) {
+        super::kquant_dot::k32_mins(self)
+    }
+}
+
 impl Family for BlockQ4K {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
     type Aux = K8Aux;
+    #[cfg(target_arch = "x86_64")]
+    const TILES_AMX: Option<super::block::TilesAmx<Self>> = Some(super::amx_k::tiles::<Self>);
 
     /// llama.cpp's `quantize_row_q4_K_ref` (what `llama-quantize` runs without an imatrix).
     fn quantize(x: &[f32], out: &mut Self) {

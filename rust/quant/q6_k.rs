@@ -71,10 +71,30 @@ impl BlockQ6K {
     }
 }
 
+impl super::amx_k::AmxK for BlockQ6K {
+    const MINS: bool = false;
+    /// `scale_j * (q_i - 32)`: the reference's per-weight integer (|.| <= 128 * 32).
+    #[inline(always)]
+    fn multipliers(&self) -> [i16x32; 8] {
+        let q = quants_portable(self);
+        std::array::from_fn(|v| {
+            let (s0, s1) = (self.scales[2 * v] as i16, self.scales[2 * v + 1] as i16);
+            let sc = i16x32::from_array(std::array::from_fn(|i| if i < 16 { s0 } else { s1 }));
+            (q[v].cast::<i16>() - i16x32::splat(32)) * sc
+        })
+    }
+    #[inline(always)]
+    fn scale(&self) -> f32 {
+        self.d.get()
+    }
+}
+
 impl Family for BlockQ6K {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
     type Aux = Q8KRows;
+    #[cfg(target_arch = "x86_64")]
+    const TILES_AMX: Option<super::block::TilesAmx<Self>> = Some(super::amx_k::tiles::<Self>);
 
     /// llama.cpp's `quantize_row_q6_K_ref` for one super-block: `make_qx_quants(16, 32, ..,
     /// rmse_type 1)` per sub-block, the scales quantized to int8 against the one of largest
