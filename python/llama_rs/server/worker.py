@@ -265,8 +265,9 @@ class Lease:
         bos = self.model.bos_token
         return ids[1:] if bos is not None and ids[:2] == [bos, bos] else ids
 
-    def echo(self, prompt, top_n: Optional[int]) -> None:
-        ids = self.prompt_ids(prompt)
+    def echo(self, prompt, ids: list, top_n: Optional[int]) -> None:
+        """The prompt (as text) first, scored when log-probabilities are asked; `ids` are its
+        tokens (`prompt_ids`)."""
         msg: dict[str, Any] = {"echo": prompt if isinstance(prompt, str) else self.model.detokenize(ids)}
         if top_n is not None and ids:
             scored = self.model.score(ids, top_n) if len(ids) > 1 else []
@@ -290,7 +291,7 @@ class Lease:
         else:
             prompt = self.prompt_ids(req["prompt"])
             if req.get("echo"):
-                self.echo(req["prompt"], top_n)
+                self.echo(req["prompt"], prompt, top_n)
         seq = self.scheduler.submit(prompt, params)
         kind, err = seq.replies.get()
         if kind == "error":
