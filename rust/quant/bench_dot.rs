@@ -67,6 +67,16 @@ fn bench<B: Family>(name: &str, x: &[B::Act]) {
         }
         std::hint::black_box(&out);
         line += &format!("  8 rows {:6.1} GB/s/token", gbs(best / 8.0));
+        // One activation row through the same entry point: the generation path.
+        let mut out = vec![[0f32; 1]; N];
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let t = Instant::now();
+            dispatch::dot_rows::<B, 1>(view(&w), per_row, [x], Some([&aux]), &mut out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        std::hint::black_box(&out);
+        line += &format!("  1 row {:6.1} GB/s", gbs(best));
     }
     eprintln!("{line}");
 }
@@ -83,6 +93,7 @@ fn dot_levels_4096x4096() {
     let xk = act::<super::q8_k::BlockQ8K>(&mut rng);
     let xf: Vec<f32> = (0..N).map(|_| rng.normal()).collect();
     bench::<q4_0::BlockQ4_0>("Q4_0", &x8);
+    bench::<super::q8_0::BlockQ8_0>("Q8_0", &x8);
     bench::<q5_0::BlockQ5_0>("Q5_0", &x8);
     bench::<q5_1::BlockQ5_1>("Q5_1", &x8);
     bench::<iq4_nl::BlockIq4Nl>("IQ4_NL", &x8);

@@ -102,11 +102,11 @@ pub(crate) fn read_strided<T: Pod>(bytes: &[u8], stride: usize) -> [T; 8] {
     })
 }
 
-/// The bytes of an array of blocks.
+/// The bytes of blocks.
 #[inline(always)]
-pub(crate) fn bytes_of<B: Pod, const N: usize>(b: &[B; N]) -> &[u8] {
-    // SAFETY: Pod: no padding, alignment 1, so the array is exactly its `N * size` bytes.
-    unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), N * std::mem::size_of::<B>()) }
+pub(crate) fn bytes_of<B: Pod>(b: &[B]) -> &[u8] {
+    // SAFETY: Pod: no padding, alignment 1, so the slice is exactly its `len * size` bytes.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), std::mem::size_of_val(b)) }
 }
 
 /// What a family's weight rows are multiplied with, and the accumulation order that goes with

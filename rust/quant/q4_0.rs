@@ -176,13 +176,21 @@ impl<S: Scale> Family for BlockQ4_0<S> {
         row_xn::<Self, N, false>(w, aux)
     }
 
-    /// [`Family::row_xn_avx2`] with `vpdpbusd` for the nibble products.
+    /// [`Family::row_xn_avx2`] with `vpdpbusd` for the nibble products; one activation row
+    /// (generation) with VBMI's byte permutes where the CPU has them ([`row_1_vbmi`]).
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q4Aux; N]) -> [f32; N] {
+        #[cfg(target_arch = "x86_64")]
+        if N == 1 && std::mem::size_of::<Self>() == BLOCK_BYTES && simd::has_avx512_vbmi() {
+            return [row_1_vbmi(bytes_of(w), aux[0]); N];
+        }
         row_xn::<Self, N, true>(w, aux)
     }
 }
+
+/// Bytes of a GGUF Q4_0 block (f16 scale).
+const BLOCK_BYTES: usize = std::mem::size_of::<BlockQ4_0>();
 
 /// Whether `aux` is `x4_aux` of a row of `y`'s length.
 pub(crate) fn x4_aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
@@ -190,6 +198,7 @@ pub(crate) fn x4_aux_fits(aux: &Q4Aux, y: &[BlockQ8_0]) -> bool {
     aux.d.len() == groups * BLOCK_LANES
         && aux.s8.len() == groups * BLOCK_LANES
         && aux.yt.len() == groups * YT_GROUP
+        && aux.y1.len() == groups * YT_GROUP
 }
 
 /// One group's slices of each activation row's side data: (quants, scales, 8 * sums).
@@ -285,6 +294,9 @@ pub struct Q4Aux {
     d: Vec<f32>,
     s8: Vec<i32>,
     yt: Vec<u8>,
+    /// The quants again for [`row_1_vbmi`], per group of 8 blocks: the first 16 of blocks
+    /// 0..4, their last 16, the first 16 of blocks 4..8, their last 16 (block order).
+    y1: Vec<u8>,
 }
 
 pub(crate) fn x4_aux(y: &[BlockQ8_0]) -> Q4Aux {
@@ -293,6 +305,14 @@ pub(crate) fn x4_aux(y: &[BlockQ8_0]) -> Q4Aux {
     let mut d = vec![0f32; groups * BLOCK_LANES];
     let mut s8 = vec![0i32; groups * BLOCK_LANES];
     let mut yt = vec![0u8; groups * YT_GROUP];
+    let mut y1 = vec![0u8; groups * YT_GROUP];
+    for (b, yb) in y.iter().enumerate() {
+        let (g, k) = (b / BLOCK_LANES, b % BLOCK_LANES);
+        let at = g * YT_GROUP + (k / 4) * 128 + (k % 4) * 16;
+        let qs = i8_bytes(&yb.qs);
+        y1[at..at + 16].copy_from_slice(&qs[..16]);
+        y1[at + 64..at + 80].copy_from_slice(&qs[16..]);
+    }
     for g in 0..groups {
         for (l, &lb) in LANE_BLOCK.iter().enumerate() {
             let b = g * BLOCK_LANES + lb;
@@ -310,7 +330,132 @@ pub(crate) fn x4_aux(y: &[BlockQ8_0]) -> Q4Aux {
             }
         }
     }
-    Q4Aux { d, s8, yt }
+    Q4Aux { d, s8, yt, y1 }
+}
+
+/// A GGUF Q4_0 weight row (`w`: 18-byte blocks) against one activation row, eight blocks per
+/// step, for generation. The multi-row kernel transposes each group's nibbles with a dozen
+/// shuffles, which one token cannot amortize; here three VBMI byte permutes over the group's
+/// 144 bytes pick the 8 scales (in `LANE_BLOCK` order) and the quants of blocks 0..4 and 4..8,
+/// one block per 128-bit lane, to meet `aux.y1`. `vpdpbusd` leaves four partial sums per block;
+/// two unpack-adds and a shuffle-add finish each block's exact integer, and a dword permute puts
+/// them in `LANE_BLOCK` order. From there the float steps are [`group_xn_avx2`]'s, so every lane
+/// accumulates the bits of the single-row reference.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and VBMI; `aux` must be `x4_aux` of a row of
+/// `w.len() / 18` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+unsafe fn row_1_vbmi(w: &[u8], aux: &Q4Aux) -> f32 {
+    let nb = w.len() / BLOCK_BYTES;
+    let groups = nb.div_ceil(BLOCK_LANES);
+    assert!(
+        w.len() == nb * BLOCK_BYTES
+            && aux.d.len() == groups * BLOCK_LANES
+            && aux.s8.len() == groups * BLOCK_LANES
+            && aux.y1.len() == groups * YT_GROUP,
+        "row_1_vbmi lengths"
+    );
+    let k = Vbmi1::new();
+    let mut acc = f32x8::splat(0.0);
+    let full = nb / BLOCK_LANES;
+    for g in 0..full {
+        let p = w.as_ptr().add(g * VBMI_GROUP);
+        simd::prefetch_ahead(p, VBMI_GROUP);
+        acc += k.group(p, aux, g);
+    }
+    if full < groups {
+        // Zero blocks pad the last group, as in `row_xn`: they add (0 * 0) * 0 = +0.0.
+        let mut pad = [0u8; VBMI_GROUP];
+        pad[..w.len() - full * VBMI_GROUP].copy_from_slice(&w[full * VBMI_GROUP..]);
+        acc += k.group(pad.as_ptr(), aux, full);
+    }
+    let a = acc.to_array();
+    let mut lanes = [0f32; BLOCK_LANES];
+    for (l, &b) in LANE_BLOCK.iter().enumerate() {
+        lanes[b] = a[l];
+    }
+    simd::reduce8(lanes)
+}
+
+/// Bytes of one group of 8 blocks.
+const VBMI_GROUP: usize = BLOCK_LANES * BLOCK_BYTES;
+
+/// [`row_1_vbmi`]'s constant registers.
+#[cfg(target_arch = "x86_64")]
+struct Vbmi1 {
+    idx_a: simd::x86::__m512i,
+    idx_b: simd::x86::__m512i,
+    idx_s: simd::x86::__m512i,
+    idx_d: simd::x86::__m512i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Vbmi1 {
+    #[inline(always)]
+    unsafe fn new() -> Vbmi1 {
+        use std::arch::x86_64::*;
+        // Byte indices into a pair of 64-byte registers (bit 6 picks the second).
+        let table = |f: &dyn Fn(usize) -> usize| -> __m512i {
+            let i: [u8; 64] = std::array::from_fn(|k| f(k) as u8);
+            _mm512_loadu_si512(i.as_ptr().cast())
+        };
+        // After the reduction dword 4j holds block j's sum, dword 4j + 1 block j + 4's.
+        let lane_of = |b: usize| if b < 4 { 4 * b } else { 4 * (b - 4) + 1 };
+        let d: [i32; 16] = std::array::from_fn(|l| lane_of(LANE_BLOCK[l % 8]) as i32);
+        Vbmi1 {
+            // Quants of blocks 0..4 from bytes 0..128; of blocks 4..8 from bytes 64..192.
+            idx_a: table(&|k| BLOCK_BYTES * (k / 16) + 2 + k % 16),
+            idx_b: table(&|k| BLOCK_BYTES * (4 + k / 16) + 2 + k % 16 - 64),
+            // Scale bytes in LANE_BLOCK order, in the low 16 bytes.
+            idx_s: table(&|k| {
+                if k < 16 {
+                    BLOCK_BYTES * LANE_BLOCK[k / 2] + k % 2
+                } else {
+                    0
+                }
+            }),
+            idx_d: _mm512_loadu_si512(d.as_ptr().cast()),
+        }
+    }
+
+    /// The float terms of group `g` (its 144 bytes at `p`), lanes in `LANE_BLOCK` order.
+    #[inline(always)]
+    unsafe fn group(&self, p: *const u8, aux: &Q4Aux, g: usize) -> f32x8 {
+        use std::arch::x86_64::*;
+        let w0 = _mm512_loadu_si512(p.cast());
+        let w1 = _mm512_loadu_si512(p.add(64).cast());
+        // Only the group's last 16 bytes: nothing past the row (or the mapping) is read.
+        let w2 = _mm512_maskz_loadu_epi8(0xffff, p.add(128).cast());
+        let qa = _mm512_permutex2var_epi8(w0, self.idx_a, w1);
+        let qb = _mm512_permutex2var_epi8(w1, self.idx_b, w2);
+        let y = aux.y1[g * YT_GROUP..][..YT_GROUP].as_ptr();
+        let (sa, sb) = (nibble_dot(qa, y), nibble_dot(qb, y.add(128)));
+        let t = _mm512_add_epi32(_mm512_unpacklo_epi32(sa, sb), _mm512_unpackhi_epi32(sa, sb));
+        let t = _mm512_add_epi32(t, _mm512_shuffle_epi32::<0b01_00_11_10>(t));
+        let isum = i32x8::from(_mm512_castsi512_si256(_mm512_permutexvar_epi32(
+            self.idx_d, t,
+        )));
+        let isum = isum - i32x8::from_slice(&aux.s8[g * BLOCK_LANES..][..BLOCK_LANES]);
+        let sc = _mm512_permutex2var_epi8(w0, self.idx_s, w1);
+        let dw = f32x8::from(_mm256_cvtph_ps(_mm512_castsi512_si128(sc)));
+        let dx = f32x8::from_slice(&aux.d[g * BLOCK_LANES..][..BLOCK_LANES]);
+        combine(dw, dx, isum)
+    }
+}
+
+/// Four blocks' quants (one per 128-bit lane) against their activations (`y`: the 64 first
+/// halves, then the 64 second halves): four dword partial sums per block.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn nibble_dot(q: simd::x86::__m512i, y: *const u8) -> simd::x86::__m512i {
+    use std::arch::x86_64::*;
+    let m4 = _mm512_set1_epi8(0x0f);
+    let lo = _mm512_and_si512(q, m4);
+    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+    let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(y.cast()));
+    _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(y.add(64).cast()))
 }
 
 /// Group `g`'s slices of each activation row's side data: (quants, scales, 8 * sums).

@@ -163,6 +163,21 @@ pub(crate) fn has_avx512() -> bool {
     Level::active() >= Level::Avx512
 }
 
+/// Whether the AVX-512 kernels may also use VBMI's byte permutes (`vpermt2b`): Ice Lake and
+/// later Xeons, Zen 4 and later. Part of the AVX-512 level, not a level of its own: the
+/// kernels that use it give the bits of those that do not.
+#[inline(always)]
+pub(crate) fn has_avx512_vbmi() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static VBMI: OnceLock<bool> = OnceLock::new();
+        has_avx512() && *VBMI.get_or_init(|| is_x86_feature_detected!("avx512vbmi"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// How far ahead of the current read position the row kernels prefetch weights. Generation
 /// streams every weight once from memory, and without the hint the cores left part of their
 /// read bandwidth unused (measured in BENCHMARKS.md, issue 7: 2 KiB ahead was best).
