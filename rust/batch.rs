@@ -138,7 +138,7 @@ impl Slot {
 
 pub struct Batch {
     model: Arc<Model>,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     slots: Vec<Slot>,
     prefill_chunk: usize,
     next_id: u64,
@@ -190,19 +190,21 @@ impl Batch {
             .thread_name(|i| format!("llama-rs-batch-{i}"))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start {n_threads} threads: {e}")))?;
+        let pool = Arc::new(pool);
         // No sequence can hold more than the whole pool.
         let slot_ctx = n_ctx.min(kv_cells);
         let slots = (0..n_parallel)
             .map(|_| {
                 let cache = KvCache::empty(&model.config, slot_ctx, kv_type);
-                // Each slot's own pool is never used for the batch's passes: one thread.
-                Session::with_cache(model.clone(), cache, 1).map(|session| Slot {
+                // The slots' sessions hold the batch's threads: no idle pool per slot.
+                let session = Session::with_pool(model.clone(), cache, pool.clone());
+                Slot {
                     session,
                     job: None,
                     used: 0,
-                })
+                }
             })
-            .collect::<Result<_>>()?;
+            .collect();
         Ok(Batch {
             model,
             pool,

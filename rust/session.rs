@@ -12,7 +12,8 @@ pub struct Session {
     cache: KvCache,
     /// The tokens whose keys and values are in the cache, in order.
     tokens: Vec<u32>,
-    pool: rayon::ThreadPool,
+    /// Runs the passes; a batch's slots share the batch's own.
+    pool: Arc<rayon::ThreadPool>,
     n_threads: usize,
     /// Bumped whenever the cache is changed by anything but the current generation, so a
     /// stale generation notices instead of continuing on someone else's context.
@@ -60,14 +61,23 @@ impl Session {
             .thread_name(|i| format!("llama-rs-{i}"))
             .build()
             .map_err(|e| Error::Invalid(format!("cannot start {n_threads} threads: {e}")))?;
-        Ok(Session {
+        Ok(Self::with_pool(model, cache, Arc::new(pool)))
+    }
+
+    /// A session over `cache` whose passes run on `pool` (shared, not started anew).
+    pub(crate) fn with_pool(
+        model: Arc<Model>,
+        cache: KvCache,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Session {
+        Session {
             model,
             cache,
             tokens: Vec::new(),
+            n_threads: pool.current_num_threads(),
             pool,
-            n_threads,
             epoch: 0,
-        })
+        }
     }
 
     pub fn n_ctx(&self) -> usize {

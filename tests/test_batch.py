@@ -87,3 +87,16 @@ def test_a_full_kv_pool_refuses_until_a_sequence_finishes(model: llama_rs.Model)
     assert texts[first] == model.complete("Never trust a computer", **params).text
     model.reset()
     assert texts[second] == model.complete("The meaning of life is", **params).text
+
+
+def _threads() -> int:
+    return int(open("/proc/self/status").read().split("Threads:")[1].split()[0])
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_a_batch_engine_starts_only_its_own_threads(model: llama_rs.Model) -> None:
+    # Its slots share the engine's threads: 16 slots on 2 threads add 2, not 18.
+    before = _threads()
+    engine = model.batch_engine(16, n_ctx=32, n_threads=2)
+    assert _threads() - before == 2
+    del engine
