@@ -1,7 +1,8 @@
 """`llama-rs serve --ray`: a real Ray cluster of two nodes (one CPU each) on this machine,
-Ray Serve's proxy in front of two replicas, one per node. The routes answer as `serve` does
-(the same checks as test_serve.py), requests spread over both replicas, a killed worker or
-replica fails only its own request and comes back, and shutdown leaves no process behind."""
+Ray Serve's proxy and our ingress in front of two replicas, one per node. The routes answer
+as `serve` does (the same checks as test_serve.py), requests spread over both replicas, a
+killed worker or replica fails only its own request, with our errors, and comes back, a full
+queue is refused with our 503, and shutdown leaves no process behind."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ class Ray:
 
     def replicas(self) -> dict[str, dict]:
         """replica id -> {pid, node, worker} of each live replica, from Ray's actor table (Serve's
-        proxy sends /health to a replica of its choice, so HTTP cannot list them)."""
+        ingress sends /health to a replica of its choice, so HTTP cannot list them)."""
         out = {}
         for a in ray_state.actors().values():  # (GCS's table: no dashboard needed)
             if a["State"] == "ALIVE" and a["ActorClassName"] == MODEL_REPLICA and a["Pid"]:
