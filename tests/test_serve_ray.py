@@ -1,7 +1,8 @@
 """`llama-rs serve --ray`: a real Ray cluster of two nodes (one CPU each) on this machine,
-Ray Serve's proxy in front of two replicas, one per node. The routes answer as `serve` does
-(the same checks as test_serve.py), requests spread over both replicas, a killed worker or
-replica fails only its own request and comes back, and shutdown leaves no process behind."""
+Ray Serve's proxy and our ingress in front of two replicas, one per node. The routes answer
+as `serve` does (the same checks as test_serve.py), requests spread over both replicas, a
+killed worker or replica fails only its own request, with our errors, and comes back, a full
+queue is refused with our 503, and shutdown leaves no process behind."""
 
 from __future__ import annotations
 
@@ -24,9 +25,27 @@ from ray._private import state as ray_state  # noqa: E402
 
 import serve_checks  # noqa: E402
 from llama_rs.server import ray_serve  # noqa: E402
-from serve_helpers import LONG, Endpoint, free_port, pid_alive, wait_until, write_slow_model  # noqa: E402
+from serve_helpers import Endpoint, free_port, pid_alive, wait_until, write_slow_model  # noqa: E402
 
-SLOW_STREAM = {"prompt": "t5 t6 t7", "repeat_penalty": 1.0, "temperature": 0, "stream": True}
+#: Greedy requests that run for tens of seconds on the slow model, on each generating route
+#: (the token limit is the route's own field).
+SLOW = {
+    "/v1/completions": ({"prompt": "t5 t6 t7", "repeat_penalty": 1.0, "temperature": 0}, "max_tokens"),
+    "/v1/chat/completions": (
+        {"messages": [{"role": "user", "content": "t5 t6 t7"}], "repeat_penalty": 1.0, "temperature": 0},
+        "max_tokens",
+    ),
+    "/api/completion": ({"prompt": "t5 t6 t7", "repeat_penalty": 1.0, "temp": 0}, "tokens"),
+}
+
+
+def slow_body(path: str, tokens: int, stream: bool = False) -> dict:
+    body, limit = SLOW[path]
+    return {**body, limit: tokens, **({"stream": True} if stream else {})}
+
+
+#: The actor class of the model deployment's replicas (not the ingress's).
+MODEL_REPLICA = f"ServeReplica:{ray_serve.APP_NAME}:{ray_serve.APP_NAME}"
 
 #: Ray's own processes are spread over the nodes; keep their memory small.
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
@@ -60,10 +79,10 @@ class Ray:
 
     def replicas(self) -> dict[str, dict]:
         """replica id -> {pid, node, worker} of each live replica, from Ray's actor table (Serve's
-        proxy sends /health to a replica of its choice, so HTTP cannot list them)."""
+        ingress sends /health to a replica of its choice, so HTTP cannot list them)."""
         out = {}
         for a in ray_state.actors().values():  # (GCS's table: no dashboard needed)
-            if a["State"] == "ALIVE" and a["ActorClassName"].startswith("ServeReplica:") and a["Pid"]:
+            if a["State"] == "ALIVE" and a["ActorClassName"] == MODEL_REPLICA and a["Pid"]:
                 pid, workers = a["Pid"], worker_pids(a["Pid"])
                 out[a["Name"].rsplit("#", 1)[-1]] = {
                     "pid": pid,
@@ -110,8 +129,10 @@ def slow_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def slow(cluster: Ray, slow_model: Path) -> Endpoint:
     # Built from text, as `serve run llama_rs.server.ray_serve:build ...` and a Serve config
-    # file give it. One sequence per replica: Serve must send a second request to the other.
+    # file give it. One sequence per replica: Serve must send a second request to the other;
+    # one request waits for a free replica, the next one is refused.
     args = {"model": str(slow_model), "threads": "1", "parallel": "1", "n_ctx": "2048", "replicas": "2"}
+    args["queue_limit"] = "1"
     return cluster.deploy("slow", ray_serve.build(args))
 
 
@@ -181,11 +202,9 @@ def test_autoscaling_starts_at_its_least(cluster: Ray) -> None:
 class Stream:
     """A streaming completion that has begun: its replica is known from the header."""
 
-    def __init__(self, endpoint: Endpoint, tokens: int):
+    def __init__(self, endpoint: Endpoint, tokens: int, path: str = "/v1/completions"):
         self.client = httpx.Client(timeout=120)
-        self.cm = self.client.stream(
-            "POST", endpoint.url + "/v1/completions", json={**SLOW_STREAM, "max_tokens": tokens}
-        )
+        self.cm = self.client.stream("POST", endpoint.url + path, json=slow_body(path, tokens, stream=True))
         r = self.cm.__enter__()
         assert r.status_code == 200
         self.replica = r.headers["x-llama-rs-replica"]
@@ -208,10 +227,18 @@ class Stream:
         self.thread.join(timeout=120)
         return [e[6:] if e == "data: [DONE]" else json.loads(e[6:]) for e in self.events]
 
+    def completed(self) -> None:
+        """It ran to its end: [DONE], no transport error, text in its events."""
+        done = self.finish()
+        assert done[-1] == "[DONE]" and self.error is None, (done[-1], self.error)
+        assert any(e["choices"] for e in done[:-1])
 
-def two_streams(cluster: Ray, slow: Endpoint) -> tuple[Stream, Stream]:
+
+def two_streams(
+    cluster: Ray, slow: Endpoint, path: str = "/v1/completions", tokens: int = 2000
+) -> tuple[Stream, Stream]:
     """A long stream on one replica (the victim), a shorter one on the other."""
-    victim = Stream(slow, 2000)
+    victim = Stream(slow, tokens, path)
     other = Stream(slow, 300)  # one sequence per replica: Serve sends it to the other one
     assert {victim.replica, other.replica} == set(cluster.replicas())
     return victim, other
@@ -232,47 +259,104 @@ def test_killed_worker_fails_its_request_and_comes_back(cluster: Ray, slow: Endp
         assert slow.post("/api/completion", {"prompt": "t5", "tokens": 3}).status_code == 200
 
 
-def replaced(cluster: Ray, dead: dict, dead_id: str) -> None:
-    """The dead replica's worker went with it (it dies with its parent), and Serve has a new
-    replica in its place, with its worker."""
+def replaced(cluster: Ray, slow: Endpoint, dead: dict, dead_id: str) -> None:
+    """The dead replica's worker went with it (it dies with its parent), Serve has a new
+    replica in its place, with its worker, and the new one serves (two streams at once, one
+    sequence per replica: one on each)."""
     wait_until(lambda: not pid_alive(dead["worker"]), timeout=30)
     wait_until(lambda: dead_id not in cluster.replicas() and len(cluster.replicas()) == 2, timeout=180)
     wait_until(lambda: all(r["worker"] for r in cluster.replicas().values()), timeout=120)
 
+    def both_serve() -> bool:
+        # (Serve tells the ingress of the new replica a moment after it runs: until then
+        # both streams go to the old one, one after the other.)
+        first, second = Stream(slow, 60), Stream(slow, 60)
+        first.completed()
+        second.completed()
+        return {first.replica, second.replica} == set(cluster.replicas())
 
-def test_killed_replica_fails_its_request_and_serve_replaces_it(cluster: Ray, slow: Endpoint) -> None:
-    # A stream that has begun: Serve's proxy cuts it (no [DONE]: a transport error for the client).
-    victim, other = two_streams(cluster, slow)
+    wait_until(both_serve, timeout=120)
+
+
+def died_error(err: dict) -> None:
+    """Our error body for a request whose replica died: `serve`'s shape for a dead worker."""
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["type"] == "worker_error" and "replica" in err["message"] and "retry" in err["message"], err
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_killed_replica_ends_its_stream_with_our_error_event(cluster: Ray, slow: Endpoint, path: str) -> None:
+    # A stream that has begun: it ends with our error event (as a dead worker's under
+    # `serve`), not cut off; the other replica's stream runs to its end.
+    victim, other = two_streams(cluster, slow, path)
     dead = cluster.replicas()[victim.replica]
     os.kill(dead["pid"], signal.SIGKILL)
     events = victim.finish()
-    assert events[-1] != "[DONE]" and isinstance(victim.error, httpx.RemoteProtocolError), (events[-1], victim.error)
-    done = other.finish()
-    assert done[-1] == "[DONE]" and other.error is None
-    replaced(cluster, dead, victim.replica)
-    assert other.replica in cluster.replicas()
+    assert victim.error is None, victim.error
+    died_error(events[-1]["error"])
+    assert "[DONE]" not in events and all("choices" in e for e in events[:-1])
+    other.completed()
+    replaced(cluster, slow, dead, victim.replica)
 
-    # A request still waiting for its answer: Serve's proxy answers 500.
+
+@pytest.mark.parametrize("path", list(SLOW))
+def test_killed_replica_answers_its_waiting_request_with_our_json(cluster: Ray, slow: Endpoint, path: str) -> None:
+    # A request still waiting for its answer: 502 with our JSON error body.
     other = Stream(slow, 300)
     victim_id = next(i for i in cluster.replicas() if i != other.replica)
     dead = cluster.replicas()[victim_id]
     out: dict = {}
-    request = threading.Thread(target=lambda: out.update(r=slow.post("/api/completion", {**LONG, "tokens": 2000})))
+    request = threading.Thread(target=lambda: out.update(r=slow.post(path, slow_body(path, 2000))))
     ticks = cpu_ticks(dead["worker"])
     request.start()
     wait_until(lambda: cpu_ticks(dead["worker"]) > ticks + 20, timeout=60)  # it is generating there
     os.kill(dead["pid"], signal.SIGKILL)
     request.join(timeout=120)
-    assert out["r"].status_code == 500, out["r"].text
-    done = other.finish()
-    assert done[-1] == "[DONE]" and other.error is None
-    replaced(cluster, dead, victim_id)
-    served = set()
-    for _ in range(6):
-        r = slow.post("/api/completion", {"prompt": "t5", "tokens": 3})
-        assert r.status_code == 200
-        served.add(r.headers["x-llama-rs-replica"])
-    assert served <= set(cluster.replicas())
+    assert out["r"].status_code == 502, out["r"].text
+    assert out["r"].headers["content-type"] == "application/json"
+    died_error(out["r"].json()["error"])
+    other.completed()
+    replaced(cluster, slow, dead, victim_id)
+
+
+def test_client_that_leaves_frees_its_replica(cluster: Ray, slow: Endpoint) -> None:
+    # Through the ingress as directly: a client that closes its stream cancels the
+    # generation on the replica, whose one sequence slot serves the next request at once.
+    other = Stream(slow, 2000)
+    with httpx.Client(timeout=120) as client:
+        with client.stream("POST", slow.url + "/v1/completions", json=slow_body("/v1/completions", 2000, True)) as r:
+            left = r.headers["x-llama-rs-replica"]  # (the other replica: one sequence each)
+            next(line for line in r.iter_lines() if line.startswith("data:"))
+    assert left != other.replica
+    r = slow.post("/api/completion", slow_body("/api/completion", 3))
+    assert r.status_code == 200 and r.headers["x-llama-rs-replica"] == left
+    # Had the generation gone on, the request would have waited for it, which began after
+    # the other one and is as long.
+    assert other.thread.is_alive()
+    other.completed()
+
+
+def test_full_queue_is_refused_with_our_json(cluster: Ray, slow: Endpoint) -> None:
+    # Both replicas busy (one sequence each) and --queue 1: of two more requests, one waits
+    # for a free replica and the other is refused at once, with `serve`'s 503.
+    first, second = two_streams(cluster, slow, tokens=300)
+    answers: list[httpx.Response] = []
+    waiting = [
+        threading.Thread(target=lambda: answers.append(slow.post("/api/completion", slow_body("/api/completion", 3))))
+        for _ in range(2)
+    ]
+    for t in waiting:
+        t.start()
+    for t in waiting:
+        t.join(timeout=120)
+    assert sorted(r.status_code for r in answers) == [200, 503], [r.text for r in answers]
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["content-type"] == "application/json" and refused.headers["retry-after"]
+    err = refused.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "server_busy", err
+    assert "retry" in err["message"], err
+    first.completed()
+    second.completed()
 
 
 def cpu_ticks(pid: int) -> int:

@@ -7,6 +7,7 @@ import json
 from typing import Any, Optional
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 import llama_rs
@@ -34,6 +35,19 @@ class ClientGone(Exception):
 
 def error_body(message: str, type: str, param: Optional[str] = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": None}}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(e.message, e.type, e.param), status_code=e.status, headers=e.headers)
+
+
+def internal_error(e: Exception) -> ApiError:
+    return ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error")
+
+
+def busy(message: str) -> ApiError:
+    """Every sequence slot taken and the queue full: come back in a second."""
+    return ApiError(503, f"{message}; retry later", "server_busy", headers={"Retry-After": "1"})
 
 
 ERRORS = {  # documented on every API route

@@ -17,7 +17,7 @@ import llama_rs
 
 from . import api_openai, api_seed, docs, metrics, schemas
 from .config import ServerConfig
-from .edge import ERRORS, ApiError, ClientGone, error_body
+from .edge import ERRORS, ApiError, ClientGone, error_body, error_response, internal_error
 from .page import render as render_page
 from .pool import Pool, PoolConfig
 from .runner import Runner
@@ -67,7 +67,7 @@ def create_app(cfg: ServerConfig, replica: Optional[dict] = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
-        return JSONResponse(error_body(e.message, e.type, e.param), status_code=e.status, headers=e.headers)
+        return error_response(e)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
@@ -81,7 +81,7 @@ def create_app(cfg: ServerConfig, replica: Optional[dict] = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception):  # Starlette logs the traceback after this
-        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+        return error_response(internal_error(e))
 
     def check_key(request: Request) -> None:
         if cfg.api_key is None:

@@ -2,10 +2,14 @@
 
 Each replica is the app of `llama-rs serve` (front.create_app: the same routes, answers and
 errors, the same pool) over one worker process that generates `--parallel` sequences at once
-with `-t` threads, on the node Ray placed the replica (it reserves `-t` CPUs there). Serve's
-HTTP proxy spreads requests over the replicas, scales their number between bounds on ongoing
-requests, and replaces a replica that dies or fails its health check. Each replica opens the
-model file itself: the path must be readable on every node (shared storage or a copy each).
+with `-t` threads, on the node Ray placed the replica (it reserves `-t` CPUs there). In front
+of them, with Serve's HTTP proxy on the head node, a thin ingress (no CPU reserved) passes each
+request on to a replica over a DeploymentHandle and the answer back (ray_relay.py), and
+answers in our JSON what Serve would answer in its own words: a replica that died with the
+request, the replicas' queue full. Serve spreads requests over the replicas, scales their
+number between bounds on ongoing requests, and replaces a replica that dies or fails its
+health check. Each replica opens the model file itself: the path must be readable on every
+node (shared storage or a copy each).
 """
 
 from __future__ import annotations
@@ -16,21 +20,32 @@ import signal
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import AsyncIterator, Optional
 
 import ray
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from .config import DEFAULT_PARALLEL, ServerConfig, model_name, open_probe
 from .edge import error_body
-from .front import create_app
+from .front import BodyLimit, create_app
+from .ray_relay import Relay, answer_with
 
 log = logging.getLogger("llama_rs.serve")
 
-#: The Serve application's name (`serve status`, `serve.delete`).
+#: The Serve application's name (`serve status`, `serve.delete`), and its replicas' deployment's.
 APP_NAME = "llama-rs"
+INGRESS_NAME = "llama-rs-ingress"
+
+#: The resource only the head node has (Serve pins its controller with it): the ingress goes
+#: where the proxy is.
+HEAD_NODE = "node:__internal_head__"
+
+#: Requests the ingress holds at once (each waiting for a replica, or streaming from one):
+#: beyond any queue, so that Serve's limit is the replicas' --queue, answered in our JSON.
+INGRESS_ONGOING = 100_000
 
 
 @dataclass(frozen=True)
@@ -51,9 +66,8 @@ class ReplicaSpec:
 
 
 @serve.deployment
-@serve.ingress()
 class Replica:
-    def __init__(self, spec: ReplicaSpec):
+    async def __init__(self, spec: ReplicaSpec):
         log_like_serve(spec.quiet)
         self.identity = {
             "id": serve.get_replica_context().replica_id.unique_id,
@@ -86,11 +100,22 @@ class Replica:
                 f"{spec.model or '(demo)'}: {type(e).__name__}: {e}"
             )
             log.error("%s", self.failure)
+        self.app = create_app(self.cfg, replica=self.identity) if self.cfg else unavailable_app(self.failure)
+        # The app's lifespan (the pool starts its worker) runs as under uvicorn; Serve runs a
+        # first health check before routing anything here. (An application has one HTTP
+        # ingress, the relay's: this app is not one for Serve, so its lifespan is ours to run.)
+        self.lifespan = self.app.router.lifespan_context(self.app)
+        await self.lifespan.__aenter__()
 
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        """Serve runs the app's lifespan next (the pool starts its worker), then a first
-        health check before routing anything here. (Serve's wrapper keeps it as `self.app`.)"""
-        return create_app(self.cfg, replica=self.identity) if self.cfg else unavailable_app(self.failure)
+    async def __del__(self):
+        """Serve's graceful stop: the pool stops its worker."""
+        if hasattr(self, "lifespan"):
+            await self.lifespan.__aexit__(None, None, None)
+
+    async def answer(self, request: dict, body: bytes) -> AsyncIterator[dict]:
+        """A request the ingress forwards: the ASGI messages this replica's app answers with."""
+        async for msg in answer_with(self.app, request, body):
+            yield msg
 
     def check_health(self) -> None:
         if self.failure:
@@ -103,6 +128,19 @@ class Replica:
                 why = f"its worker has been {w['state']} for {w['seconds_in_state']:.0f} s"
                 log.error("replica %s: %s", self.identity["id"], why)
                 raise RuntimeError(why)
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    """Where Serve's proxy sends every request: on to a replica through `replicas`."""
+
+    def __init__(self, replicas: DeploymentHandle, max_body: int):
+        self.replicas, self.max_body = replicas, max_body
+
+    def __serve_build_asgi_app__(self):
+        # The body is read whole before it goes on: the same limit as the replica's, here too.
+        return BodyLimit(Relay(self.replicas), limit=self.max_body)
 
 
 def unavailable_app(reason: str) -> FastAPI:
@@ -134,9 +172,9 @@ def application(
     opts: dict = {
         "name": APP_NAME,
         "ray_actor_options": {"num_cpus": spec.threads},
-        # A replica takes as many requests as it has sequence slots; the rest wait in Serve's
-        # proxy for whichever replica frees one first (the proxy prefers a replica on its own
-        # node while that one has room), and beyond --queue of them the proxy answers 503.
+        # A replica takes as many requests as it has sequence slots; the rest wait in the
+        # ingress's handle for whichever replica frees one first (it prefers a replica on its
+        # own node while that one has room), and beyond --queue of them the ingress answers 503.
         "max_ongoing_requests": spec.parallel,
         "max_queued_requests": max(1, spec.queue_limit),  # (Serve's least)
     }
@@ -148,7 +186,13 @@ def application(
         }
     else:
         opts["num_replicas"] = replicas
-    return Replica.options(**opts).bind(spec)
+    ingress = Ingress.options(
+        name=INGRESS_NAME,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE: 0.001}},
+        max_ongoing_requests=INGRESS_ONGOING,
+    )
+    return ingress.bind(Replica.options(**opts).bind(spec), spec.max_body)
 
 
 def build(args: dict):

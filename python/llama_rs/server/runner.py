@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from .config import ServerConfig
-from .edge import ApiError, ClientGone, error_body, worker_error
+from .edge import ApiError, ClientGone, busy, error_body, internal_error, worker_error
 from .pool import Lease, Pool, QueueFull, WorkerFailed
 from .shapes import Choice
 
@@ -67,12 +67,9 @@ class Runner:
         try:
             return await self.pool.acquire()
         except QueueFull:
-            raise ApiError(
-                503,
+            raise busy(
                 f"all {self.cfg.workers * self.cfg.parallel} sequence slots ({self.cfg.workers} worker(s) x "
-                f"{self.cfg.parallel}) are busy and {self.cfg.queue_limit} requests are waiting; retry later",
-                "server_busy",
-                headers={"Retry-After": "1"},
+                f"{self.cfg.parallel}) are busy and {self.cfg.queue_limit} requests are waiting"
             ) from None
 
     def failed(self, e: WorkerFailed, lease: Lease) -> ApiError:
@@ -138,10 +135,10 @@ class Runner:
                     yield sse_line(e)
                 yield b"data: [DONE]\n\n"
             except ApiError as e:
-                yield sse_line(error_body(e.message, e.type, e.param))
+                yield error_event(e)
             except Exception as e:  # headers are sent: the error can only be an event now
                 log.exception("internal error while streaming %s", request.url.path)
-                yield sse_line(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+                yield error_event(internal_error(e))
             finally:
                 await end()
 
@@ -188,3 +185,8 @@ async def unless_disconnected(request: Request, coro):
 
 def sse_line(event: dict) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+
+
+def error_event(e: ApiError) -> bytes:
+    """An error once a stream has begun: an event with the error body (no [DONE] after it)."""
+    return sse_line(error_body(e.message, e.type, e.param))
