@@ -382,6 +382,40 @@ unsafe fn row_1_vbmi(w: &[u8], aux: &Q4Aux) -> f32 {
 /// Bytes of one group of 8 blocks.
 const VBMI_GROUP: usize = BLOCK_LANES * BLOCK_BYTES;
 
+/// [`row_1_vbmi`]'s permutes, as constants (built once, not per row): byte indices into a pair
+/// of 64-byte registers (bit 6 picks the second).
+const fn vbmi_table(kind: u8) -> [u8; 64] {
+    let mut t = [0u8; 64];
+    let mut k = 0;
+    while k < 64 {
+        t[k] = match kind {
+            // Quants of blocks 0..4 from bytes 0..128; of blocks 4..8 from bytes 64..192.
+            0 => BLOCK_BYTES * (k / 16) + 2 + k % 16,
+            1 => BLOCK_BYTES * (4 + k / 16) + 2 + k % 16 - 64,
+            // Scale bytes in LANE_BLOCK order, in the low 16 bytes.
+            _ if k < 16 => BLOCK_BYTES * LANE_BLOCK[k / 2] + k % 2,
+            _ => 0,
+        } as u8;
+        k += 1;
+    }
+    t
+}
+const VBMI_IDX_A: [u8; 64] = vbmi_table(0);
+const VBMI_IDX_B: [u8; 64] = vbmi_table(1);
+const VBMI_IDX_S: [u8; 64] = vbmi_table(2);
+/// Dword permute: after the reduction dword 4j holds block j's sum, dword 4j + 1 block j + 4's;
+/// lane l takes block LANE_BLOCK[l % 8]'s.
+const VBMI_IDX_D: [u8; 64] = {
+    let mut t = [0u8; 64];
+    let mut l = 0;
+    while l < 16 {
+        let b = LANE_BLOCK[l % 8];
+        t[4 * l] = if b < 4 { 4 * b } else { 4 * (b - 4) + 1 } as u8;
+        l += 1;
+    }
+    t
+};
+
 /// [`row_1_vbmi`]'s constant registers.
 #[cfg(target_arch = "x86_64")]
 struct Vbmi1 {
@@ -396,27 +430,12 @@ impl Vbmi1 {
     #[inline(always)]
     unsafe fn new() -> Vbmi1 {
         use std::arch::x86_64::*;
-        // Byte indices into a pair of 64-byte registers (bit 6 picks the second).
-        let table = |f: &dyn Fn(usize) -> usize| -> __m512i {
-            let i: [u8; 64] = std::array::from_fn(|k| f(k) as u8);
-            _mm512_loadu_si512(i.as_ptr().cast())
-        };
-        // After the reduction dword 4j holds block j's sum, dword 4j + 1 block j + 4's.
-        let lane_of = |b: usize| if b < 4 { 4 * b } else { 4 * (b - 4) + 1 };
-        let d: [i32; 16] = std::array::from_fn(|l| lane_of(LANE_BLOCK[l % 8]) as i32);
+        let load = |t: &[u8; 64]| _mm512_loadu_si512(t.as_ptr().cast());
         Vbmi1 {
-            // Quants of blocks 0..4 from bytes 0..128; of blocks 4..8 from bytes 64..192.
-            idx_a: table(&|k| BLOCK_BYTES * (k / 16) + 2 + k % 16),
-            idx_b: table(&|k| BLOCK_BYTES * (4 + k / 16) + 2 + k % 16 - 64),
-            // Scale bytes in LANE_BLOCK order, in the low 16 bytes.
-            idx_s: table(&|k| {
-                if k < 16 {
-                    BLOCK_BYTES * LANE_BLOCK[k / 2] + k % 2
-                } else {
-                    0
-                }
-            }),
-            idx_d: _mm512_loadu_si512(d.as_ptr().cast()),
+            idx_a: load(&VBMI_IDX_A),
+            idx_b: load(&VBMI_IDX_B),
+            idx_s: load(&VBMI_IDX_S),
+            idx_d: load(&VBMI_IDX_D),
         }
     }
 
