@@ -1,13 +1,16 @@
 """Time to first token over a 10-turn chat, with the prefix cache and without it.
 
-    python bench/chat_ttft.py MODEL [--turns 10] [--tokens 32] [-t 2] [-c 2048]
+    python bench/chat_ttft.py MODEL [--turns 10] [--tokens 32] [-t 2] [-c 2048] [-w 1] [-np 1]
+                                    [--reuse-only]
 
-One `llama-rs serve -np 1` (one sequence slot, so what the slot holds is known). Each turn
+One `llama-rs serve -np 1` (one sequence slot, so what the slot holds is known; `-w` and
+`-np` for more workers and slots, where routing decides which cache a turn finds). Each turn
 sends the whole conversation so far to /v1/chat/completions (streaming) and appends the
 reply. "reuse": the turns one after another, so the slot still holds the previous turn's
 tokens and only the new ones are evaluated. "no reuse": the same conversation, with an
 unrelated request between turns that takes the slot's cache, so every turn evaluates its
-whole prompt. Prints each turn's prompt tokens and TTFT both ways.
+whole prompt (with -w 2 the unrelated request may go to the other worker). Prints each
+turn's prompt tokens, TTFT and the worker that served it, both ways (or only "reuse").
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def turn(url: str, messages: list[dict], tokens: int) -> tuple[float, str, int]:
     return (first or time.perf_counter()) - t0, reply, prompt_tokens
 
 
-def conversation(url: str, turns: int, tokens: int, evict: bool) -> list[tuple[int, float]]:
+def conversation(url: str, turns: int, tokens: int, evict: bool) -> list[tuple[int, float, int]]:
     messages: list[dict] = [{"role": "system", "content": "You are a helpful assistant who answers briefly."}]
     out = []
     for k in range(turns):
@@ -69,7 +72,8 @@ def conversation(url: str, turns: int, tokens: int, evict: bool) -> list[tuple[i
         messages.append({"role": "user", "content": QUESTIONS[k % len(QUESTIONS)]})
         ttft, reply, n = turn(url, messages, tokens)
         messages.append({"role": "assistant", "content": reply})
-        out.append((n, ttft))
+        worker = httpx.get(url + "/health", timeout=60).json()["recent"][-1]["worker"]
+        out.append((n, ttft, worker))
     return out
 
 
@@ -80,23 +84,34 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-c", "--ctx", type=int, default=2048)
+    ap.add_argument("-w", "--workers", type=int, default=1)
+    ap.add_argument("-np", "--parallel", type=int, default=1)
+    ap.add_argument("--reuse-only", action="store_true", help="only the conversation without unrelated requests")
     a = ap.parse_args()
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", str(a.model), "-w", "1", "-t", str(a.threads)]
-    cmd += ["-np", "1", "-c", str(a.ctx), "-q", "-l", f"127.0.0.1:{port}"]
+    cmd = [sys.executable, "-m", "llama_rs_cli.app", "serve", "-m", str(a.model), "-w", str(a.workers)]
+    cmd += ["-t", str(a.threads), "-np", str(a.parallel), "-c", str(a.ctx), "-q", "-l", f"127.0.0.1:{port}"]
     server = Server("llama-rs", cmd, port)
     try:
         reuse = conversation(server.url, a.turns, a.tokens, evict=False)
-        fresh = conversation(server.url, a.turns, a.tokens, evict=True)
+        fresh = [] if a.reuse_only else conversation(server.url, a.turns, a.tokens, evict=True)
     finally:
         server.stop()
-    print(f"# {time.strftime('%Y-%m-%d')}  {cpu_line()}; {a.model.name}; -t {a.threads}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')}  {cpu_line()}; {a.model.name}; -w {a.workers} -t {a.threads} -np {a.parallel}"
+    )
     print(f"# {' '.join(sys.argv)}")
-    print("| turn | prompt tokens | TTFT with the prefix cache | TTFT without | ratio |")
-    print("|---|---|---|---|---|")
-    for k, ((n, t_reuse), (n2, t_fresh)) in enumerate(zip(reuse, fresh), 1):
+    if a.reuse_only:
+        print("| turn | prompt tokens | TTFT | worker |")
+        print("|---|---|---|---|")
+        for k, (n, t, w) in enumerate(reuse, 1):
+            print(f"| {k} | {n} | {t:.2f} s | {w} |")
+        return
+    print("| turn | prompt tokens | TTFT with the prefix cache | worker | TTFT without | worker | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for k, ((n, t_reuse, w), (n2, t_fresh, w2)) in enumerate(zip(reuse, fresh), 1):
         shown = n if n == n2 else f"{n} / {n2}"
-        print(f"| {k} | {shown} | {t_reuse:.2f} s | {t_fresh:.2f} s | {t_fresh / t_reuse:.1f}x |")
+        print(f"| {k} | {shown} | {t_reuse:.2f} s | {w} | {t_fresh:.2f} s | {w2} | {t_fresh / t_reuse:.1f}x |")
 
 
 if __name__ == "__main__":

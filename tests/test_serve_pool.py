@@ -56,7 +56,7 @@ async def scenario(mode: str) -> dict:
                 failed = "holder raised"
         # Handed back (the fake answers the drain ping) or restarted as a real worker.
         for _ in range(600):
-            if w.display_state == "idle" and not pool.free.empty():
+            if w.display_state == "idle" and w.free > 0:
                 break
             await asyncio.sleep(0.1)
         server.close()

@@ -45,7 +45,9 @@ def serve(
         min=1,
         max=64,
         help="Worker processes. Each loads the weights once and generates up to --parallel requests at once; "
-        "more than one buys isolation (a crash fails only its own requests), not speed.",
+        "more than one buys isolation (a crash fails only its own requests), not speed. A request goes to the "
+        "worker that last served the start of its prompt while it has a free slot (its prefix cache: a chat's "
+        "next turn finds its history there), else to the worker with the most free slots.",
     ),
     parallel: int = typer.Option(
         DEFAULT_PARALLEL,

@@ -2,6 +2,10 @@
 (`--parallel` per worker, one request each) in FIFO order with a bounded queue, and never
 lose one.
 
+Which worker: among those with a free slot, the one that most likely holds the start of the
+request's prompt in its prefix cache (`route.py`), else the one with the most free slots
+(the least recently leased among equals). A request never waits while any slot is free.
+
 A lease is one slot of one worker over one connection. Every way a lease can end is handled
 in `Lease.close`: a clean end hands the slot back at once; anything else (a cancelled or
 abandoned request, a deadline passed, garbage or a closed socket from the worker, an
@@ -24,11 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Optional, Sequence
 
 from . import protocol
+from .route import PrefixRouter
 
 log = logging.getLogger("llama_rs.serve")
 
@@ -76,6 +82,12 @@ class Worker:
     leases: set = field(default_factory=set)
     #: When each drain check still running began.
     drains: list = field(default_factory=list)
+    #: Sequence slots of this incarnation not leased now.
+    free: int = 0
+    #: When it was last leased (the pool's lease count then): equals go least recent first.
+    leased_at: int = 0
+    #: Requests sent here because the longest remembered start of their prompt was here.
+    route_hits: int = 0
 
     @property
     def alive(self) -> bool:
@@ -178,13 +190,17 @@ class Pool:
         self.socket_dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         os.chmod(self.socket_dir, 0o700)
         self.workers = [Worker(i, self.socket_dir / f"worker-{i}.sock") for i in range(cfg.workers)]
-        #: Free slots: (worker, incarnation).
-        self.free: asyncio.Queue[tuple[Worker, int]] = asyncio.Queue()
-        self.waiting = 0
+        #: Requests waiting for a slot, first come first served: (future of (worker,
+        #: incarnation), the request's prefix keys).
+        self.waiters: deque[tuple[asyncio.Future, Sequence[bytes]]] = deque()
+        self.router = PrefixRouter()
+        self.leased = 0
         self.stopping = False
         self.recent: list[dict] = []
         #: Totals over the server's life (the workers' own counts restart with them).
-        self.counters = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0}
+        #: route_fallbacks: requests whose prompt start was remembered on a worker with no
+        #: free slot (or since replaced), sent to another.
+        self.counters = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "route_fallbacks": 0}
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: Optional[asyncio.Task] = None
 
@@ -248,8 +264,8 @@ class Pool:
         await asyncio.gather(*(self._wait_ready(w) for w in self.workers))
         for w in self.workers:
             w.set("ready")
-        for _ in range(self.cfg.parallel):  # interleaved: requests spread over the workers
-            for w in self.workers:
+        for w in self.workers:
+            for _ in range(self.cfg.parallel):
                 self._free_slot(w)
         self._watch_task = asyncio.create_task(self._watch())
 
@@ -283,6 +299,8 @@ class Pool:
         w.set("restarting")
         w.incarnation += 1
         w.drains.clear()
+        w.free = 0
+        self.router.forget(w.index)  # its caches died with it
         self._background(self._restart(w, why, serving))
 
     async def _restart(self, w: Worker, why: Optional[str], serving: int) -> None:
@@ -341,7 +359,48 @@ class Pool:
             self._restart_later(w)
 
     def _free_slot(self, w: Worker) -> None:
-        self.free.put_nowait((w, w.incarnation))
+        w.free += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Free slots to the waiting requests, in order."""
+        while self.waiters:
+            fut, keys = self.waiters[0]
+            if fut.done():  # given up (cancelled)
+                self.waiters.popleft()
+                continue
+            w = self._take(keys)
+            if w is None:
+                return
+            self.waiters.popleft()
+            fut.set_result((w, w.incarnation))
+
+    def _has_slot(self, w: Worker) -> bool:
+        return w.free > 0 and w.state == "ready" and w.alive
+
+    def _take(self, keys: Sequence[bytes]) -> Optional[Worker]:
+        """Take a free slot for a request with these prefix keys: on the worker that last
+        served the longest of them if it has one free (else the next longest's, ...), else on
+        the worker with the most free slots. None when no worker has one."""
+        free = [w for w in self.workers if self._has_slot(w)]
+        if not free:
+            return None
+        known = [self.workers[i] for i, inc in self.router.candidates(keys) if inc == self.workers[i].incarnation]
+        w = next((c for c in known if self._has_slot(c)), None)
+        if w is not None and w is known[0]:
+            w.route_hits += 1
+        elif known:
+            self.counters["route_fallbacks"] += 1
+        if w is None:
+            w = max(free, key=lambda c: (c.free, -c.leased_at))
+        w.free -= 1
+        self.leased += 1
+        w.leased_at = self.leased
+        return w
+
+    @property
+    def waiting(self) -> int:
+        return sum(not fut.done() for fut, _ in self.waiters)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -359,21 +418,42 @@ class Pool:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     # -- leases -----------------------------------------------------------------------------
-    async def acquire(self) -> Lease:
-        if self.free.empty() and self.waiting >= self.cfg.queue_limit:
-            raise QueueFull()
-        self.waiting += 1
-        try:
-            while True:
-                w, incarnation = await self.free.get()
-                # A slot of a process since replaced, or of one that died: the restart adds new ones.
-                if incarnation == w.incarnation and w.state == "ready" and w.alive:
-                    break
-        finally:
-            self.waiting -= 1
+    async def acquire(self, keys: Sequence[bytes] = ()) -> Lease:
+        """A slot for a request whose prompt starts as `keys` say (`route.prefix_keys`)."""
+        w = self._take(keys) if not self.waiting else None
+        if w is None:
+            if self.waiting >= self.cfg.queue_limit:
+                raise QueueFull()
+            w = await self._wait(keys)
+        self.router.remember(keys, w.index, w.incarnation)
         lease = Lease(self, w, time.monotonic() + self.cfg.timeout)
         w.leases.add(lease)
         return lease
+
+    async def _wait(self, keys: Sequence[bytes]) -> Worker:
+        first = True
+        while True:
+            fut = asyncio.get_running_loop().create_future()
+            entry = (fut, keys)
+            if first:
+                self.waiters.append(entry)
+            else:
+                self.waiters.appendleft(entry)
+            first = False
+            self._wake()  # (after a stale slot: another may be free already)
+            try:
+                w, incarnation = await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():  # a slot came as we were cancelled: hand it on
+                    w, incarnation = fut.result()
+                    if incarnation == w.incarnation and w.state == "ready":
+                        self._free_slot(w)
+                elif entry in self.waiters:
+                    self.waiters.remove(entry)
+                raise
+            # A slot of a process that died since (its restart brings new ones): wait on, first in line.
+            if incarnation == w.incarnation and w.state == "ready" and w.alive:
+                return w
 
     def _return(self, lease: Lease, clean: bool, broken: Optional[str] = None) -> None:
         w = lease.worker
@@ -419,6 +499,7 @@ class Pool:
                 "seconds_in_state": round(now - w.since, 3),
                 "stuck": stuck(w),
                 "restarts": w.restarts,
+                "route_hits": w.route_hits,
             }
             for w in self.workers
         ]

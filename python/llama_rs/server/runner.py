@@ -17,6 +17,7 @@ from starlette.background import BackgroundTask
 from .config import ServerConfig
 from .edge import ApiError, ClientGone, busy, error_body, internal_error, worker_error
 from .pool import Lease, Pool, QueueFull, WorkerFailed
+from .route import prefix_keys, prompt_text
 from .shapes import Choice
 
 log = logging.getLogger("llama_rs.serve")
@@ -34,6 +35,10 @@ class Job:
     names: dict = field(default_factory=dict)  # engine parameter -> the request's field name
     #: A chat: the worker renders these with the model's template (then `prompt` is unused).
     messages: Optional[list[dict]] = None
+
+    def route_keys(self) -> list[bytes]:
+        """Where its prompt's start may be cached (`route.py`)."""
+        return prefix_keys(prompt_text(self.prompt, self.messages))
 
     def wire(self) -> dict:
         if self.messages is not None:
@@ -63,9 +68,11 @@ class Runner:
             raise ApiError(400, f"{name}: {value} is beyond the context of {self.cfg.n_ctx} tokens", param=name)
         return value
 
-    async def lease(self) -> Lease:
+    async def lease(self, jobs: list[Job]) -> Lease:
+        """A slot for the request's choices (all run on it, one after another), preferably
+        on the worker that holds the start of their prompt."""
         try:
-            return await self.pool.acquire()
+            return await self.pool.acquire(jobs[0].route_keys() if jobs else ())
         except QueueFull:
             raise busy(
                 f"all {self.cfg.workers * self.cfg.parallel} sequence slots ({self.cfg.workers} worker(s) x "
@@ -101,7 +108,7 @@ class Runner:
 
     async def collect(self, request: Request, jobs: list[Job]) -> list[Choice]:
         async def work() -> list[Choice]:
-            async with await self.lease() as ls:
+            async with await self.lease(jobs) as ls:
                 out = {j.index: Choice(j.index, j.prompt_index) for j in jobs}
                 async for job, msg in self.events(ls, jobs, request):
                     out[job.index].add(msg)
@@ -111,7 +118,7 @@ class Runner:
 
     async def stream(self, request: Request, jobs: list[Job], frame: Frame) -> StreamingResponse:
         """Errors before the first message are HTTP errors; after it, an error event."""
-        ls = await unless_disconnected(request, self.lease())
+        ls = await unless_disconnected(request, self.lease(jobs))
         it = self.events(ls, jobs, request)
         try:
             first = await unless_disconnected(request, it.__anext__())

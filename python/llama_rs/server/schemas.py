@@ -303,6 +303,9 @@ class WorkerHealth(BaseModel):
     seconds_in_state: float
     stuck: bool = Field(description="Busy past the request deadline, or not stopping a cancelled request.")
     restarts: int
+    route_hits: int = Field(
+        description="Requests sent to this worker because it last served the start of their prompt (prefix cache)."
+    )
 
 
 class ReplicaHealth(BaseModel):
