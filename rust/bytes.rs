@@ -26,7 +26,25 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
     }
     // SAFETY: the map is read-only; a file truncated under us by another process would fault,
     // as with every mmap-based loader (llama.cpp included).
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::Io(format!("{shown}: cannot map: {e}")))
+    let map =
+        unsafe { Mmap::map(&file) }.map_err(|e| Error::Io(format!("{shown}: cannot map: {e}")))?;
+    prefer_huge_pages(&map);
+    Ok(map)
+}
+
+/// Ask for 2 MiB pages over the map (Linux, where the file system keeps large folios, as
+/// ext4 does since 6.x): pages read from disk after this come in 2 MiB folios, mapped with one
+/// TLB entry each. Generation streams every weight once per token, and with 4 KiB pages a
+/// part of its time went on page walks (TinyLlama Q4_0 at one thread, Xeon: 13.1 -> 14.5 tok/s
+/// with the page cache in 2 MiB folios, the same file mapped with 4 KiB pages against 2 MiB;
+/// within the noise at two threads and on the 7B shape). Pages already cached in
+/// small folios stay so until the cache drops them. A refusal (another OS, THP off) changes
+/// nothing, so it is ignored.
+fn prefer_huge_pages(map: &Mmap) {
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    #[cfg(not(target_os = "linux"))]
+    let _ = map;
 }
 
 /// The first bytes of a file (empty if it cannot be read: the real open reports why).

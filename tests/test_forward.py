@@ -209,3 +209,18 @@ def test_tied_output_of_any_type(tmp_path: Path, wtype: str) -> None:
     ours = engine_logits(path)
     ref = reference_logits(s, stored, TOKENS, quantized_acts=wtype != "F16")
     assert rel_err(ours, ref) < (1e-5 if wtype == "F16" else 2e-3)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_the_model_map_asks_for_huge_pages() -> None:
+    # Generation streams all weights per token; 2 MiB pages save the page walks (rust/bytes.rs).
+    m = llama_rs.Model.demo(n_ctx=16, n_threads=1)
+    path = str(Path(m.path).resolve())
+    flags, current = [], None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0] and len(line.split()) >= 5:
+            current = line
+        elif line.startswith("VmFlags:") and current and current.endswith(path):
+            flags.append(line.split()[1:])
+    assert flags, f"{path} is not mapped"
+    assert all("hg" in f for f in flags), flags
