@@ -189,3 +189,26 @@ def test_a_busy_preferred_worker_sends_the_request_elsewhere(slow_server: Server
             assert served_by(s) == 1 - w
             assert metrics(s)["llama_rs_route_fallbacks_total"] == fallbacks + 1
     wait_until(lambda: all(x["state"] == "idle" for x in s.health()["workers"]))
+
+
+def test_a_shared_prompt_start_does_not_pile_onto_one_worker(monkeypatch) -> None:
+    # Pool._take alone (no processes): two ready workers of 8 slots, requests sharing one long
+    # system prompt. The worker holding it takes them while it is at most ROUTE_SLACK
+    # sequences busier than the other, then the other does.
+    from llama_rs.server import pool as pool_mod
+    from llama_rs.server.route import ROUTE_SLACK
+
+    monkeypatch.setattr(pool_mod.Worker, "alive", property(lambda w: True))
+    pool = pool_mod.Pool(pool_mod.PoolConfig(model=None, workers=2, threads=1, n_ctx=64, queue_limit=4, parallel=8))
+    for w in pool.workers:
+        w.state, w.free = "ready", 8
+    keys = prefix_keys(prompt_text(messages=[SYSTEM, {"role": "user", "content": QUESTIONS[0]}]))
+    picks = []
+    for _ in range(2 * ROUTE_SLACK + 2):
+        w = pool._take(keys)
+        pool.router.remember(keys, w.index, w.incarnation)
+        picks.append(w.index)
+    first = picks[0]
+    assert picks[: ROUTE_SLACK + 1] == [first] * (ROUTE_SLACK + 1), picks
+    assert 1 - first in picks, picks
+    assert abs(pool.workers[0].free - pool.workers[1].free) <= ROUTE_SLACK + 1

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import AsyncIterator, Optional, Sequence
 
 from . import protocol
-from .route import PrefixRouter
+from .route import ROUTE_SLACK, PrefixRouter
 
 log = logging.getLogger("llama_rs.serve")
 
@@ -380,13 +380,17 @@ class Pool:
 
     def _take(self, keys: Sequence[bytes]) -> Optional[Worker]:
         """Take a free slot for a request with these prefix keys: on the worker that last
-        served the longest of them if it has one free (else the next longest's, ...), else on
-        the worker with the most free slots. None when no worker has one."""
+        served the longest of them if it has one free and is at most ROUTE_SLACK sequences
+        busier than the least busy worker (else the next longest's, ...), else on the worker
+        with the most free slots. None when no worker has one."""
         free = [w for w in self.workers if self._has_slot(w)]
         if not free:
             return None
         known = [self.workers[i] for i, inc in self.router.candidates(keys) if inc == self.workers[i].incarnation]
-        w = next((c for c in known if self._has_slot(c)), None)
+        # A cached start is worth a little imbalance, not a pile: prompts sharing a system
+        # prompt would otherwise all go to one worker while another's cores stay idle.
+        most = max(c.free for c in free)
+        w = next((c for c in known if self._has_slot(c) and c.free >= most - ROUTE_SLACK), None)
         if w is not None and w is known[0]:
             w.route_hits += 1
         elif known:

@@ -20,6 +20,10 @@ from typing import Any, Optional, Sequence
 
 #: The shortest prefix worth routing on, in characters (~16 tokens of English).
 MIN_CHARS = 64
+#: How many more sequences than the least busy worker the worker holding a request's prompt
+#: start may be running and still get it (a cached start saves a prefill; a pile of requests
+#: sharing one system prompt on one worker would leave the others' cores idle).
+ROUTE_SLACK = 2
 #: Keys kept over all workers: about 10 (lengths) per conversation, so ~400 conversations.
 MAX_KEYS = 4096
 
