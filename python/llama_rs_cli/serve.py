@@ -46,8 +46,9 @@ def serve(
         max=64,
         help="Worker processes. Each loads the weights once and generates up to --parallel requests at once; "
         "more than one buys isolation (a crash fails only its own requests), not speed. A request goes to the "
-        "worker that last served the start of its prompt while it has a free slot (its prefix cache: a chat's "
-        "next turn finds its history there), else to the worker with the most free slots.",
+        "worker that last served the start of its prompt while it has a free slot and is at most 2 requests "
+        "busier than the least busy (its prefix cache: a chat's next turn finds its history there), else to "
+        "the worker with the most free slots.",
     ),
     parallel: int = typer.Option(
         DEFAULT_PARALLEL,
