@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from llama_rs.server.config import DEFAULT_PARALLEL
+from llama_rs.server.route import ROUTE_SLACK
 
 from .common import (
     CliError,
@@ -46,7 +47,7 @@ def serve(
         max=64,
         help="Worker processes. Each loads the weights once and generates up to --parallel requests at once; "
         "more than one buys isolation (a crash fails only its own requests), not speed. A request goes to the "
-        "worker that last served the start of its prompt while it has a free slot and is at most 2 requests "
+        f"worker that last served the start of its prompt while it has a free slot and is at most {ROUTE_SLACK} requests "
         "busier than the least busy (its prefix cache: a chat's next turn finds its history there), else to "
         "the worker with the most free slots.",
     ),
