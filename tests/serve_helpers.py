@@ -119,5 +119,11 @@ def write_slow_model(path: Path) -> Path:
     return path
 
 
+def slow_model_server(tmp_path_factory, *args: str) -> Server:
+    """`llama-rs serve` with `args` over a fresh slow model (write_slow_model)."""
+    model = write_slow_model(tmp_path_factory.mktemp("slow") / "slow.gguf")
+    return Server("-m", str(model), *args)
+
+
 #: A greedy request that runs for tens of seconds on the slow model.
 LONG = {"prompt": "t5 t6 t7", "tokens": 2000, "repeat_penalty": 1.0, "temp": 0}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import Server, wait_until, write_slow_model
+from serve_helpers import Server, slow_model_server, wait_until
 from test_batch import PROMPTS as BATCH_PROMPTS
 
 PROMPTS = [*BATCH_PROMPTS, "To be, or not to be", "Fortune favours", "It is a truth universally acknowledged, that"]
@@ -172,8 +172,7 @@ def test_metrics_declare_every_sample(batch_server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def slow_batch_server(tmp_path_factory):
-    model = write_slow_model(tmp_path_factory.mktemp("batching") / "slow.gguf")
-    s = Server("-m", str(model), "-w", "2", "-t", "1", "-np", "2", "-c", "2048", "--queue", "1")
+    s = slow_model_server(tmp_path_factory, "-w", "2", "-t", "1", "-np", "2", "-c", "2048", "--queue", "1")
     yield s
     s.stop()
 

@@ -11,7 +11,7 @@ import threading
 
 import httpx
 import pytest
-from serve_helpers import Server, write_slow_model
+from serve_helpers import Server, slow_model_server
 from test_serve_batching import metrics, worker_rss
 
 PARALLEL, N_CTX, KV_CELLS = 4, 4096, 512
@@ -19,10 +19,9 @@ PARALLEL, N_CTX, KV_CELLS = 4, 4096, 512
 
 @pytest.fixture(scope="module")
 def pool_server(tmp_path_factory):
-    model = write_slow_model(tmp_path_factory.mktemp("kvpool") / "slow.gguf")
-    s = Server(
-        "-m", str(model), "-w", "1", "-t", "2", "-np", str(PARALLEL), "-c", str(N_CTX), "--kv-cells", str(KV_CELLS),
-        "--queue", "16",
+    s = slow_model_server(
+        tmp_path_factory,
+        "-w", "1", "-t", "2", "-np", str(PARALLEL), "-c", str(N_CTX), "--kv-cells", str(KV_CELLS), "--queue", "16",
     )  # fmt: skip
     assert "KV cache at most" in s.log()
     yield s

@@ -11,7 +11,7 @@ import threading
 
 import httpx
 import pytest
-from serve_helpers import LONG, Server, wait_until, write_slow_model
+from serve_helpers import LONG, Server, slow_model_server, wait_until
 from test_serve_batching import metrics
 
 from llama_rs.server.route import MIN_CHARS, PrefixRouter, prefix_keys, prompt_text
@@ -157,8 +157,7 @@ def test_after_a_kill_routing_goes_on(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
-    model = write_slow_model(tmp_path_factory.mktemp("route") / "slow.gguf")
-    s = Server("-m", str(model), "-w", "2", "-t", "1", "-np", "1", "-c", "2048", "--queue", "4")
+    s = slow_model_server(tmp_path_factory, "-w", "2", "-t", "1", "-np", "1", "-c", "2048", "--queue", "4")
     yield s
     s.stop()
 
