@@ -244,8 +244,31 @@ pub(crate) trait AmxWeights {
     fn blocks(&self) -> usize;
     /// Pointer to 16 rows of 32 int8 quants of block `b`, rows `stride` bytes apart.
     fn quants(&self, b: usize) -> (*const i8, usize);
-    /// Row `r`'s scale of block `b` as f32.
-    fn scale(&self, r: usize, b: usize) -> f32;
+    /// The 16 rows' scales of block `b` as f32.
+    fn scales(&self, b: usize) -> &[f32; TILE];
+}
+
+/// What a chunk's weights are converted into before the tiles run: Q4_0's quants unpacked to
+/// bytes, and every family's scales as f32 (`d[b][r]`). One per thread, reused chunk after
+/// chunk (every value a chunk reads is rewritten first).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    q: Vec<i8>,
+    d: Vec<[f32; TILE]>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+/// `f` with this thread's [`Scratch`].
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|c| {
+        let mut s = c.take();
+        let r = f(&mut s);
+        c.set(s);
+        r
+    })
 }
 
 /// `out[g][r][t]` = the dot product of weight row `r` with token `t` of group `g`, for the 16
@@ -272,12 +295,9 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
         "tiles: q8_0 activations"
     );
     CONFIG.load();
-    // Row scales once per chunk: `dw[b][r]`.
-    let dw: Vec<[f32; TILE]> = (0..nb)
-        .map(|b| std::array::from_fn(|r| w.scale(r, b)))
-        .collect();
-    // C tiles stored here, two blocks' worth, so one block's float half can run while the
-    // next block's tiles are computed.
+    // C tiles stored here, two blocks' worth: block `b`'s float half runs while block
+    // `b + 1`'s tile products are computed, and reads tiles stored a whole block earlier
+    // (a load right after `tilestored` waits for the store to reach the cache).
     let mut c = [[[[0i32; TILE]; TILE]; GROUPS_PER_PASS]; 2];
     for (gs, os) in groups
         .chunks(GROUPS_PER_PASS)
@@ -285,32 +305,53 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
     {
         let ng = gs.len();
         let mut acc = [[[f32x16::splat(0.0); TILE]; BLOCK_LANES]; GROUPS_PER_PASS];
-        for b in 0..nb {
-            let (a, stride) = w.quants(b);
-            let cb = &mut c[b % 2];
-            _tile_loadd::<1>(a.cast(), stride);
-            // One group per (B, C) pair of tiles; the constant tile numbers need one line each.
-            macro_rules! group {
-                ($k:literal, $bt:literal, $ct:literal) => {
-                    if $k < ng {
-                        _tile_zero::<$ct>();
-                        _tile_loadd::<$bt>(gs[$k].b_tile(b * QK).cast(), 64);
-                        _tile_dpbssd::<$ct, 1, $bt>();
-                        _tile_stored::<$ct>(cb[$k].as_mut_ptr().cast(), 64);
-                    }
-                };
-            }
-            group!(0, 2, 5);
-            group!(1, 3, 6);
-            group!(2, 4, 7);
+        // The scalar reference's float half of block `b`, 16 tokens at a time.
+        let float_half = |acc: &mut [[[f32x16; TILE]; BLOCK_LANES]; GROUPS_PER_PASS],
+                          cb: &[[[i32; TILE]; TILE]; GROUPS_PER_PASS],
+                          b: usize| {
+            let dw = w.scales(b);
             for k in 0..ng {
                 let dx = gs[k].scales(b);
                 let lane = &mut acc[k][b % BLOCK_LANES];
                 for r in 0..TILE {
                     let isum = i32x16::from_array(cb[k][r]).cast::<f32>();
-                    lane[r] += (f32x16::splat(dw[b][r]) * dx) * isum;
+                    lane[r] += (f32x16::splat(dw[r]) * dx) * isum;
                 }
             }
+        };
+        for b in 0..nb {
+            let (a, stride) = w.quants(b);
+            _tile_loadd::<1>(a.cast(), stride);
+            // One group per (B, C) pair of tiles; the constant tile numbers need one line each.
+            macro_rules! product {
+                ($k:literal, $bt:literal, $ct:literal) => {
+                    if $k < ng {
+                        _tile_zero::<$ct>();
+                        _tile_loadd::<$bt>(gs[$k].b_tile(b * QK).cast(), 64);
+                        _tile_dpbssd::<$ct, 1, $bt>();
+                    }
+                };
+            }
+            product!(0, 2, 5);
+            product!(1, 3, 6);
+            product!(2, 4, 7);
+            if b > 0 {
+                float_half(&mut acc, &c[(b - 1) % 2], b - 1);
+            }
+            let cb = &mut c[b % 2];
+            macro_rules! store {
+                ($k:literal, $ct:literal) => {
+                    if $k < ng {
+                        _tile_stored::<$ct>(cb[$k].as_mut_ptr().cast(), 64);
+                    }
+                };
+            }
+            store!(0, 5);
+            store!(1, 6);
+            store!(2, 7);
+        }
+        if nb > 0 {
+            float_half(&mut acc, &c[(nb - 1) % 2], nb - 1);
         }
         for (k, o) in os.iter_mut().enumerate() {
             reduce_lanes(&acc[k], o);
@@ -323,12 +364,23 @@ pub(crate) unsafe fn tiles<W: AmxWeights>(
 pub(crate) struct Q8Rows<'a, S: Scale> {
     w: &'a [BlockQ8_0<S>],
     row_len: usize,
+    d: &'a [[f32; TILE]],
 }
 
 impl<'a, S: Scale> Q8Rows<'a, S> {
-    pub(crate) fn new(w: &'a [BlockQ8_0<S>], row_len: usize) -> Self {
+    pub(crate) fn new(w: &'a [BlockQ8_0<S>], row_len: usize, scratch: &'a mut Scratch) -> Self {
         assert_eq!(w.len(), TILE * row_len, "Q8Rows: 16 rows");
-        Q8Rows { w, row_len }
+        scratch.d.resize(row_len, [0.0; TILE]);
+        for (r, row) in w.chunks_exact(row_len).enumerate() {
+            for (d, wb) in scratch.d.iter_mut().zip(row) {
+                d[r] = wb.d.get();
+            }
+        }
+        Q8Rows {
+            w,
+            row_len,
+            d: &scratch.d,
+        }
     }
 }
 
@@ -342,46 +394,53 @@ impl<S: Scale> AmxWeights for Q8Rows<'_, S> {
             self.row_len * std::mem::size_of::<BlockQ8_0<S>>(),
         )
     }
-    fn scale(&self, r: usize, b: usize) -> f32 {
-        self.w[r * self.row_len + b].d.get()
+    fn scales(&self, b: usize) -> &[f32; TILE] {
+        &self.d[b]
     }
 }
 
 /// Q4_0 weight rows unpacked once per chunk to int8 `q - 8` (AMX has no 4-bit operand):
-/// `q[(b * 16 + r) * 32 + k]`, and their scales `d[r * nb + b]`.
-pub(crate) struct Q4Unpacked {
-    q: Vec<i8>,
-    d: Vec<f32>,
-    nb: usize,
+/// `q[(b * 16 + r) * 32 + k]`, and their scales `d[b][r]`.
+pub(crate) struct Q4Unpacked<'a> {
+    q: &'a [i8],
+    d: &'a [[f32; TILE]],
 }
 
-impl Q4Unpacked {
-    pub(crate) fn new<S: Scale>(w: &[BlockQ4_0<S>], row_len: usize) -> Self {
+impl<'a> Q4Unpacked<'a> {
+    pub(crate) fn new<S: Scale>(
+        w: &[BlockQ4_0<S>],
+        row_len: usize,
+        scratch: &'a mut Scratch,
+    ) -> Self {
         assert_eq!(w.len(), TILE * row_len, "Q4Unpacked: 16 rows");
-        let mut q = vec![0i8; w.len() * QK];
+        scratch.q.resize(w.len() * QK, 0);
+        scratch.d.resize(row_len, [0.0; TILE]);
+        let (low, eight) = (u8x16::splat(0x0f), i8x16::splat(8));
         for (r, row) in w.chunks_exact(row_len).enumerate() {
             for (b, wb) in row.iter().enumerate() {
-                let o = &mut q[(b * TILE + r) * QK..(b * TILE + r + 1) * QK];
-                for j in 0..QK / 2 {
-                    o[j] = (wb.qs[j] & 0x0f) as i8 - 8;
-                    o[j + QK / 2] = (wb.qs[j] >> 4) as i8 - 8;
-                }
+                let o = &mut scratch.q[(b * TILE + r) * QK..(b * TILE + r + 1) * QK];
+                let qs = u8x16::from_array(wb.qs);
+                ((qs & low).cast::<i8>() - eight).copy_to_slice(&mut o[..QK / 2]);
+                ((qs >> 4).cast::<i8>() - eight).copy_to_slice(&mut o[QK / 2..]);
+                scratch.d[b][r] = wb.d.get();
             }
         }
-        let d = w.iter().map(|b| b.d.get()).collect();
-        Q4Unpacked { q, d, nb: row_len }
+        Q4Unpacked {
+            q: &scratch.q,
+            d: &scratch.d,
+        }
     }
 }
 
-impl AmxWeights for Q4Unpacked {
+impl AmxWeights for Q4Unpacked<'_> {
     fn blocks(&self) -> usize {
-        self.nb
+        self.d.len()
     }
     fn quants(&self, b: usize) -> (*const i8, usize) {
         (self.q[b * TILE * QK..].as_ptr(), QK)
     }
-    fn scale(&self, r: usize, b: usize) -> f32 {
-        self.d[r * self.nb + b]
+    fn scales(&self, b: usize) -> &[f32; TILE] {
+        &self.d[b]
     }
 }
 
@@ -397,7 +456,7 @@ pub(crate) unsafe fn q8_0_tiles<S: Scale>(
     groups: &[&AmxActs],
     out: &mut [[[f32; TILE]; TILE]],
 ) {
-    tiles(&Q8Rows::new(w, row_len), groups, out)
+    with_scratch(|s| tiles(&Q8Rows::new(w, row_len, s), groups, out))
 }
 
 /// [`tiles`] for Q4_0 weights (`Family::TILES_AMX`).
@@ -412,7 +471,7 @@ pub(crate) unsafe fn q4_0_tiles<S: Scale>(
     groups: &[&AmxActs],
     out: &mut [[[f32; TILE]; TILE]],
 ) {
-    tiles(&Q4Unpacked::new(w, row_len), groups, out)
+    with_scratch(|s| tiles(&Q4Unpacked::new(w, row_len, s), groups, out))
 }
 
 #[cfg(test)]
