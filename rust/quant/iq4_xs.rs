@@ -5,8 +5,13 @@
 //! Multiplied with Q8_K activations.
 
 use super::block::{i8_bytes, Family, Pod, Scale};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::dispatch;
 use super::fp16::F16;
 use super::iq4::{self, Iq4Out, KVALUES};
+use super::kquant_dot::{k8_aux, k8_aux_fits, K8Aux};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::kquant_dot::{row_xn_k8, GroupK8};
 use super::q4_0::combine;
 use super::q8_k::{BlockQ8K, QK_K};
 use super::simd::{self, BLOCK_LANES};
@@ -43,7 +48,7 @@ impl BlockIq4Xs {
 impl Family for BlockIq4Xs {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
-    type Aux = ();
+    type Aux = K8Aux;
 
     /// llama.cpp's `quantize_iq4_xs` without importance weights: the impl function on one
     /// super-block.
@@ -168,6 +173,104 @@ impl Family for BlockIq4Xs {
         let dx = f32x8::from_array(std::array::from_fn(|b| y[b].d.get()));
         *acc += combine(dw, dx, isum);
     }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8K]) -> Option<K8Aux> {
+        Some(k8_aux(y))
+    }
+
+    fn aux_fits(aux: &K8Aux, y: &[BlockQ8K]) -> bool {
+        k8_aux_fits(aux, y)
+    }
+
+    /// [`GroupK8::group_xn`]'s kernel for several rows; one row (generation) takes the
+    /// single-row kernel, which needs no widening to i16 and is faster alone.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&K8Aux; N]) -> [f32; N] {
+        if N == 1 {
+            return [dispatch::dot_avx2(w, aux[0].row(w.len())); N];
+        }
+        row_xn_k8::<Self, N, false>(w, aux)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&K8Aux; N]) -> [f32; N] {
+        if N == 1 {
+            return [dispatch::dot_avx512(w, aux[0].row(w.len())); N];
+        }
+        row_xn_k8::<Self, N, true>(w, aux)
+    }
+}
+
+/// The multi-row kernel's group: per weight block and 32-weight sub-block, the table values
+/// times the sub-block scale as i16 (at most 127 * 32 = 4064: exact), made once and met by
+/// every activation row's quants widened to i16, `madd` (AVX2) or `vpdpwssd` (AVX-512) into
+/// i32 (pairs at most 2 * 4064 * 128; the whole `isum` within [`Family::dot_scalar`]'s
+/// bound). Same integer, same float step as the single-row kernels.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+impl GroupK8 for BlockIq4Xs {
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const WIDE: bool>(
+        w: &[Self; BLOCK_LANES],
+        ys: [&[BlockQ8K; BLOCK_LANES]; N],
+        acc: &mut [f32x8; N],
+    ) {
+        use simd::x86::*;
+        let mut v = [[_mm256_setzero_si256(); BLOCK_LANES]; N];
+        // Plain loops, no closures: a closure is not built with the caller's target features
+        // unless inlined.
+        for b in 0..BLOCK_LANES {
+            if WIDE {
+                let mut s = [_mm512_setzero_si512(); N];
+                for ib in 0..QK_K / 32 {
+                    let wv = iq4::x86::lookup_avx2(w[b].block_qs(ib));
+                    let ls = _mm512_set1_epi16(w[b].scale(ib) as i16);
+                    let wv = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(wv), ls);
+                    for n in 0..N {
+                        let y = load32(simd::arr(i8_bytes(&ys[n][b].qs), 32 * ib));
+                        s[n] = _mm512_dpwssd_epi32(s[n], wv, _mm512_cvtepi8_epi16(y));
+                    }
+                }
+                for n in 0..N {
+                    v[n][b] = _mm256_add_epi32(
+                        _mm512_castsi512_si256(s[n]),
+                        _mm512_extracti64x4_epi64::<1>(s[n]),
+                    );
+                }
+            } else {
+                let mut s = [_mm256_setzero_si256(); N];
+                for ib in 0..QK_K / 32 {
+                    let wv = iq4::x86::lookup_avx2(w[b].block_qs(ib));
+                    let ls = _mm256_set1_epi16(w[b].scale(ib) as i16);
+                    let lo =
+                        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv)), ls);
+                    let hi = _mm256_mullo_epi16(
+                        _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(wv)),
+                        ls,
+                    );
+                    for n in 0..N {
+                        let y = i8_bytes(&ys[n][b].qs);
+                        let y0 = _mm256_cvtepi8_epi16(load16(simd::arr(y, 32 * ib)));
+                        let y1 = _mm256_cvtepi8_epi16(load16(simd::arr(y, 32 * ib + 16)));
+                        let p =
+                            _mm256_add_epi32(_mm256_madd_epi16(lo, y0), _mm256_madd_epi16(hi, y1));
+                        s[n] = _mm256_add_epi32(s[n], p);
+                    }
+                }
+                for n in 0..N {
+                    v[n][b] = s[n];
+                }
+            }
+        }
+        let dw = F16::lanes_avx2(std::array::from_fn(|b| w[b].d));
+        for n in 0..N {
+            let dx = f32x8::from_array(std::array::from_fn(|b| ys[n][b].d.get()));
+            acc[n] += combine(dw, dx, hsum8_epi32(v[n]));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -259,5 +362,13 @@ mod tests {
     fn dot_paths_agree_exactly() {
         check_block_dot_paths::<BlockIq4Xs>(|b, rng| b.d = finite_half(rng));
         check_extreme_blocks::<BlockIq4Xs>(|b, h| b.d = F16(h.to_le_bytes()));
+    }
+
+    #[test]
+    fn multi_row_equals_single_row_exactly() {
+        crate::quant::kquant_dot::check_multi_row_q8k::<BlockIq4Xs>(
+            crate::quant::GgmlType::IQ4_XS,
+            |b, rng| b.d = finite_half(rng),
+        );
     }
 }

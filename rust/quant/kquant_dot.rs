@@ -230,6 +230,13 @@ pub struct K8Aux {
     y: Vec<BlockQ8K>,
 }
 
+impl K8Aux {
+    /// The first `n` blocks: the row of `n` blocks this was made of.
+    pub(crate) fn row(&self, n: usize) -> &[BlockQ8K] {
+        &self.y[..n]
+    }
+}
+
 pub(crate) fn k8_aux(y: &[BlockQ8K]) -> K8Aux {
     let mut y = y.to_vec();
     y.resize(
@@ -243,17 +250,46 @@ pub(crate) fn k8_aux_fits(aux: &K8Aux, y: &[BlockQ8K]) -> bool {
     aux.y.len() == y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES
 }
 
-/// One K32 weight row against `N` activation rows: per group of 8 super-blocks each weight
-/// block's levels and scale vectors are made once and met by every activation row. Per row
-/// the integers are the single-row kernel's (exact), the float steps `combine` on the same
-/// lanes, the last group zero-padded as the row driver pads it: the single-row bits. `WIDE`:
-/// the AVX-512 form (the caller enables AVX-512 BW/VNNI), else AVX2.
+/// A super-block family whose multi-row kernel meets [`K8Aux`] rows one group of 8 blocks at
+/// a time, [`row_xn_k8`] driving it: the K32 families (Q4_K, Q5_K) and IQ4_XS.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) trait GroupK8: Pod {
+    /// Adds one group's float terms for each of the `N` activation rows into `acc` (lane =
+    /// block), with the single-row chunk kernel's integers and float steps. `WIDE`: the
+    /// AVX-512 form, else AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C (and AVX-512 F/BW/VL/VNNI when `WIDE`).
+    unsafe fn group_xn<const N: usize, const WIDE: bool>(
+        w: &[Self; BLOCK_LANES],
+        ys: [&[BlockQ8K; BLOCK_LANES]; N],
+        acc: &mut [f32x8; N],
+    );
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+impl<B: K32> GroupK8 for B {
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const WIDE: bool>(
+        w: &[Self; BLOCK_LANES],
+        ys: [&[BlockQ8K; BLOCK_LANES]; N],
+        acc: &mut [f32x8; N],
+    ) {
+        group_xn_k32::<B, N, WIDE>(w, ys, acc)
+    }
+}
+
+/// One weight row against `N` activation rows: per group of 8 super-blocks each weight
+/// block is unpacked once and met by every activation row ([`GroupK8::group_xn`]). Per row
+/// the integers are the single-row kernel's (exact), the float steps its `combine` on the
+/// same lanes, the last group zero-padded as the row driver pads it: the single-row bits.
+/// `WIDE`: the AVX-512 form (the caller enables AVX-512 BW/VNNI), else AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (and AVX-512 F/BW/VL/VNNI when `WIDE`).
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-pub(crate) unsafe fn row_xn_k32<B: K32, const N: usize, const WIDE: bool>(
+pub(crate) unsafe fn row_xn_k8<B: GroupK8, const N: usize, const WIDE: bool>(
     w: &[B],
     aux: [&K8Aux; N],
 ) -> [f32; N] {
@@ -272,11 +308,11 @@ pub(crate) unsafe fn row_xn_k32<B: K32, const N: usize, const WIDE: bool>(
         if (g + 1) * BLOCK_LANES <= nb {
             let wg = &w[g * BLOCK_LANES..(g + 1) * BLOCK_LANES];
             simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<B>());
-            group_xn_k32::<B, N, WIDE>(wg.try_into().unwrap(), ys, &mut acc);
+            B::group_xn::<N, WIDE>(wg.try_into().unwrap(), ys, &mut acc);
         } else {
             let mut wp = [super::block::zeroed::<B>(); BLOCK_LANES];
             wp[..nb - g * BLOCK_LANES].copy_from_slice(&w[g * BLOCK_LANES..]);
-            group_xn_k32::<B, N, WIDE>(&wp, ys, &mut acc);
+            B::group_xn::<N, WIDE>(&wp, ys, &mut acc);
         }
     }
     acc.map(|a| simd::reduce8(a.to_array()))
@@ -518,11 +554,11 @@ mod bench {
     }
 }
 
-/// Checks a K32 family's multi-row kernels: `vec_dot_rows` with 8, 4 and 1 activation rows
+/// Checks a Q8_K family's multi-row kernels: `vec_dot_rows` with 8, 4 and 1 activation rows
 /// and each level called directly give the scalar reference's bits, over ragged groups,
 /// quantized and raw random blocks (finite scales), activations with -128.
 #[cfg(test)]
-pub(crate) fn check_multi_row_k32<B: K32 + super::Family<Act = BlockQ8K>>(
+pub(crate) fn check_multi_row_q8k<B: super::Family<Act = BlockQ8K>>(
     ty: super::GgmlType,
     finite: impl Fn(&mut B, &mut super::tests_util::Rng),
 ) {

@@ -1,8 +1,9 @@
-//! Pieces shared by the Q6_K and Q3_K families (16 sub-blocks, each a signed int8 scale
-//! times offset unsigned quants, no minimums): llama.cpp's scale searches, followed operation
-//! for operation; the portable integer core; and, written once over [`SubBlocks16`] (a family
-//! supplies only how it unpacks its quants), the AVX2 / AVX-512 chunk kernels and the
-//! multi-row kernel.
+//! Pieces shared by the families of 16 sub-blocks of 16 weights with one int8 scale each
+//! (Q6_K and Q3_K: offset unsigned quants, no minimums; Q2_K: unsigned quants and a minimum
+//! per sub-block): llama.cpp's scale searches of Q6_K and Q3_K, followed operation for
+//! operation; the portable integer core; and, written once over [`SubBlocks16`] (a family
+//! supplies only how it unpacks its quants, and its [`Offset`]), the AVX2 / AVX-512 chunk
+//! kernels and the multi-row kernel.
 //!
 //! The searches are ggml-quants.c's as `llama-quantize` runs them without an importance
 //! matrix. That file is built without `-march=native`, so there is no FMA contraction: every
@@ -186,14 +187,42 @@ pub(crate) fn scaled_isum_portable(
     acc.reduce_sum()
 }
 
+/// What a [`SubBlocks16`] family subtracts from its unsigned quants `q` (every term against
+/// Q8_K's true per-16 sums `bsums`, so the SIMD kernels multiply `q` itself).
+#[derive(Clone, Copy)]
+pub(crate) enum Offset {
+    /// `q - 2^k` (Q6_K: k = 5, Q3_K: k = 2): `isum = sum_j scales_j * sum_i q_i y_i - 2^k *
+    /// sum_j scales_j * bsums_j`, one integer, then [`combine`].
+    Pow2(i32),
+    /// A minimum per sub-block (Q2_K): value `d * scales_j * q - dmin * m_j`, so a second
+    /// integer `msum = sum_j m_j * bsums_j` with its own float term, `kquant_dot::combine`.
+    Mins,
+}
+
 /// A super-block family of 16 sub-blocks of 16 weights with one int8 scale each and
-/// unsigned quants carrying an offset of `2^OFF_LOG2` (Q6_K: 32, Q3_K: 4): what the shared
-/// SIMD kernels (`x86::chunk`, `x86::row_xn`) need of it.
+/// unsigned quants ([`Offset`]): what the shared SIMD kernels (`x86::chunk`, `x86::row_xn`)
+/// need of it.
 pub(crate) trait SubBlocks16: Family<Act = BlockQ8K> {
-    /// log2 of the quants' offset.
-    const OFF_LOG2: i32;
+    /// What comes off the quants.
+    const OFFSET: Offset;
+    /// Whether every `scale * q` fits a byte (scales 0..=15, quants 0..=3: Q2_K), so the
+    /// AVX-512 kernel multiplies them once per weight block and meets each activation row
+    /// with one `vpdpbusd` per 64 weights.
+    const SCALED_FIT_U8: bool = false;
     /// The super-block scale.
     fn d(&self) -> F16;
+    /// The super-block scale of the minimums ([`Offset::Mins`] only).
+    fn dmin(&self) -> F16 {
+        F16([0; 2])
+    }
+    /// The 16 minimums as i16 lanes ([`Offset::Mins`] only), with AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    unsafe fn mins_avx2(&self) -> simd::x86::__m256i {
+        unreachable!("no minimums")
+    }
     /// The quants (unsigned, at most 63; 8 vectors of 32, weight order) and the 16 scales as
     /// i8, with AVX2.
     ///
@@ -217,7 +246,7 @@ pub struct Q8KRows(pub(crate) Vec<BlockQ8K>);
 pub(crate) mod x86 {
     //! AVX2 / AVX-512 parts of the 16-scale super-block kernels (inlined into the callers'
     //! `#[target_feature]` entry points, as `simd::x86`).
-    use super::SubBlocks16;
+    use super::{Offset, SubBlocks16};
     use crate::quant::block::Scale;
     use crate::quant::fp16::F16;
     use crate::quant::fp32::F32;
@@ -269,19 +298,23 @@ pub(crate) mod x86 {
     pub(crate) trait Width {
         type Prepared: Copy;
         unsafe fn prepare<B: SubBlocks16>(w: &B) -> Self::Prepared;
-        /// The super-block's integer, spread over 8 i32 lanes.
-        unsafe fn isum(p: &Self::Prepared, y: &BlockQ8K, off_log2: i32) -> __m256i;
+        /// The super-block's integer `isum` (with `B`'s power-of-two offset taken off),
+        /// spread over 8 i32 lanes.
+        unsafe fn isum<B: SubBlocks16>(p: &Self::Prepared, y: &BlockQ8K) -> __m256i;
     }
 
     /// AVX2 (llama.cpp's `ggml_vec_dot_q6_K_q8_K` way): `maddubs` takes the quants (0..=63)
     /// as its unsigned operand, so each i16 pair sum is at most `2 * 63 * 128 = 16128` (no
-    /// saturation); `madd` scales the pairs; the offset `2^off_log2` comes off at the end as
-    /// `2^off_log2 * sum_j scales[j] * bsums[j]` (the prepared row's true sums). Each family
+    /// saturation); `madd` scales the pairs; an offset `2^k` ([`Offset::Pow2`]) comes off at the end
+    /// as `2^k * sum_j scales[j] * bsums[j]` (the prepared row's true sums); minimums
+    /// ([`Offset::Mins`]) are a second integer. Each family
     /// bounds every partial sum below 2^31.
     pub(crate) struct W256;
 
     /// 512-bit vectors (the quants as 4 vectors of 64, weight order) and `vpdpwssd` adding
-    /// the scaled pair sums. AVX-512 BW + VNNI.
+    /// the scaled pair sums; with [`SubBlocks16::SCALED_FIT_U8`], the quants times their
+    /// scales as bytes (at most 45) and `vpdpbusd` (4 products of at most 45 * 128 per lane
+    /// and step). AVX-512 BW + VNNI.
     pub(crate) struct W512;
 
     impl Width for W256 {
@@ -300,7 +333,7 @@ pub(crate) mod x86 {
         }
 
         #[inline(always)]
-        unsafe fn isum(p: &Self::Prepared, y: &BlockQ8K, off_log2: i32) -> __m256i {
+        unsafe fn isum<B: SubBlocks16>(p: &Self::Prepared, y: &BlockQ8K) -> __m256i {
             let (q, pairs, scales16) = p;
             let mut s = _mm256_setzero_si256();
             for m in 0..8 {
@@ -308,7 +341,7 @@ pub(crate) mod x86 {
                 let prod = _mm256_maddubs_epi16(q[m], yv);
                 s = _mm256_add_epi32(s, _mm256_madd_epi16(prod, pairs[m]));
             }
-            _mm256_sub_epi32(s, offset(*scales16, y, off_log2))
+            minus_offset::<B>(s, *scales16, y)
         }
     }
 
@@ -317,35 +350,82 @@ pub(crate) mod x86 {
 
         #[inline(always)]
         unsafe fn prepare<B: SubBlocks16>(w: &B) -> Self::Prepared {
-            let (q, scales) = w.unpack_avx512();
+            let (mut q, scales) = w.unpack_avx512();
             let scales16 = _mm256_cvtepi8_epi16(scales);
             let wide = _mm512_castsi256_si512(scales16);
             let mut quads = [_mm512_setzero_si512(); 4];
             for (g, v) in quads.iter_mut().enumerate() {
                 *v = scale_quad(wide, g);
+                if B::SCALED_FIT_U8 {
+                    // Both bytes of a word share the word's scale; each product fits its
+                    // byte, so a 16-bit multiply is two byte multiplies.
+                    q[g] = _mm512_mullo_epi16(q[g], *v);
+                }
             }
             (q, quads, scales16)
         }
 
         #[inline(always)]
-        unsafe fn isum(p: &Self::Prepared, y: &BlockQ8K, off_log2: i32) -> __m256i {
+        unsafe fn isum<B: SubBlocks16>(p: &Self::Prepared, y: &BlockQ8K) -> __m256i {
             let (q, quads, scales16) = p;
             let mut s = _mm512_setzero_si512();
             for g in 0..4 {
                 let yv = _mm512_loadu_si512(y.qs[64 * g..].as_ptr().cast());
-                s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(q[g], yv), quads[g]);
+                s = if B::SCALED_FIT_U8 {
+                    _mm512_dpbusd_epi32(s, q[g], yv)
+                } else {
+                    _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(q[g], yv), quads[g])
+                };
             }
-            _mm256_sub_epi32(fold512(s), offset(*scales16, y, off_log2))
+            minus_offset::<B>(fold512(s), *scales16, y)
         }
     }
 
-    /// `2^off_log2 * sum_j scales[j] * bsums[j]` (`scales16`: the scales as i16), spread
-    /// over 8 i32 lanes.
+    /// `s - 2^k * sum_j scales[j] * bsums[j]` for [`Offset::Pow2`]`(k)` (`scales16`: the
+    /// scales as i16), lane by lane; `s` itself for [`Offset::Mins`] (whose minimums are
+    /// [`min_sums`]).
     #[inline(always)]
-    unsafe fn offset(scales16: __m256i, y: &BlockQ8K, off_log2: i32) -> __m256i {
-        let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
-        let v = _mm256_madd_epi16(scales16, bsums);
-        _mm256_sll_epi32(v, _mm_cvtsi32_si128(off_log2))
+    unsafe fn minus_offset<B: SubBlocks16>(s: __m256i, scales16: __m256i, y: &BlockQ8K) -> __m256i {
+        match B::OFFSET {
+            Offset::Pow2(k) => {
+                let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+                let v = _mm256_madd_epi16(scales16, bsums);
+                _mm256_sub_epi32(s, _mm256_sll_epi32(v, _mm_cvtsi32_si128(k)))
+            }
+            Offset::Mins => s,
+        }
+    }
+
+    /// `msum = sum_j m_j * bsums_j` of [`Offset::Mins`] (`mins16`: [`SubBlocks16::mins_avx2`]),
+    /// spread over 8 i32 lanes (each `madd` pair at most `2 * 15 * 2048`).
+    #[inline(always)]
+    unsafe fn min_sums(mins16: __m256i, y: &BlockQ8K) -> __m256i {
+        _mm256_madd_epi16(mins16, _mm256_loadu_si256(y.bsums.as_ptr().cast()))
+    }
+
+    /// The float half of 8 super-blocks: [`super::combine`], or with minimums
+    /// `kquant_dot::combine` (`msum` unused without them).
+    #[inline(always)]
+    unsafe fn float_half<B: SubBlocks16>(
+        dw: f32x8,
+        dmin: f32x8,
+        dx: f32x8,
+        isum: i32x8,
+        msum: i32x8,
+    ) -> f32x8 {
+        match B::OFFSET {
+            Offset::Pow2(_) => super::combine(dw, dx, isum),
+            Offset::Mins => crate::quant::kquant_dot::combine(dw, dmin, dx, isum, msum),
+        }
+    }
+
+    /// The `dmin` lanes of 8 blocks (zeros without minimums: unused then).
+    #[inline(always)]
+    unsafe fn dmin_lanes<B: SubBlocks16>(w: [&B; BLOCK_LANES]) -> f32x8 {
+        match B::OFFSET {
+            Offset::Pow2(_) => f32x8::splat(0.0),
+            Offset::Mins => F16::lanes_avx2(w.map(|b| b.dmin())),
+        }
     }
 
     /// The chunk kernel of a [`SubBlocks16`] family: 8 super-blocks, one lane each, then
@@ -356,13 +436,17 @@ pub(crate) mod x86 {
         let y: &[BlockQ8K; BLOCK_LANES] = y.try_into().unwrap();
         // A loop, not `array::from_fn`: a closure would not inherit the target features.
         let mut v = [_mm256_setzero_si256(); BLOCK_LANES];
-        for (b, vb) in v.iter_mut().enumerate() {
-            *vb = W::isum(&W::prepare(&w[b]), &y[b], B::OFF_LOG2);
+        let mut vm = [_mm256_setzero_si256(); BLOCK_LANES];
+        for b in 0..BLOCK_LANES {
+            v[b] = W::isum::<B>(&W::prepare(&w[b]), &y[b]);
+            if let Offset::Mins = B::OFFSET {
+                vm[b] = min_sums(w[b].mins_avx2(), &y[b]);
+            }
         }
-        let isum = hsum8_epi32(v);
         let dw = F16::lanes_avx2(std::array::from_fn(|b| w[b].d()));
+        let dmin = dmin_lanes(std::array::from_fn(|b| &w[b]));
         let dx = F32::lanes_portable(std::array::from_fn(|b| y[b].d));
-        *acc += super::combine(dw, dx, isum);
+        *acc += float_half::<B>(dw, dmin, dx, hsum8_epi32(v), hsum8_epi32(vm));
     }
 
     /// One weight row against `N` activation rows: each weight super-block is unpacked once
@@ -386,22 +470,37 @@ pub(crate) mod x86 {
                 BLOCK_LANES * std::mem::size_of::<B>(),
             );
             // Lanes past the row's end stay zero: the row driver's zero blocks give
-            // isum 0, d_w 0, d_x 0 there too.
+            // isum 0, msum 0, d_w 0, dmin 0, d_x 0 there too.
             let mut v = [[_mm256_setzero_si256(); BLOCK_LANES]; N];
+            let mut vm = [[_mm256_setzero_si256(); BLOCK_LANES]; N];
             let mut dw = [F16([0; 2]); BLOCK_LANES];
+            let mut dmin = [F16([0; 2]); BLOCK_LANES];
             let mut dx = [[F32([0; 4]); BLOCK_LANES]; N];
             for (l, b) in blocks.enumerate() {
                 let p = W::prepare(&w[b]);
                 dw[l] = w[b].d();
+                dmin[l] = w[b].dmin();
                 for t in 0..N {
                     let y = &aux[t].0[b];
-                    v[t][l] = W::isum(&p, y, B::OFF_LOG2);
+                    v[t][l] = W::isum::<B>(&p, y);
                     dx[t][l] = y.d;
+                }
+                if let Offset::Mins = B::OFFSET {
+                    let m16 = w[b].mins_avx2();
+                    for t in 0..N {
+                        vm[t][l] = min_sums(m16, &aux[t].0[b]);
+                    }
                 }
             }
             let dwv = F16::lanes_avx2(dw);
+            let dminv = match B::OFFSET {
+                Offset::Pow2(_) => f32x8::splat(0.0),
+                Offset::Mins => F16::lanes_avx2(dmin),
+            };
             for t in 0..N {
-                acc[t] += super::combine(dwv, F32::lanes_portable(dx[t]), hsum8_epi32(v[t]));
+                let dx = F32::lanes_portable(dx[t]);
+                let (isum, msum) = (hsum8_epi32(v[t]), hsum8_epi32(vm[t]));
+                acc[t] += float_half::<B>(dwv, dminv, dx, isum, msum);
             }
         }
         let mut out = [0f32; N];
@@ -519,9 +618,14 @@ mod tests {
 
     #[test]
     fn multi_row_kernels_equal_single_row() {
-        use crate::quant::{q3_k::BlockQ3K, q6_k::BlockQ6K, tests_util::finite_half};
+        use crate::quant::{
+            q2_k::BlockQ2K, q3_k::BlockQ3K, q6_k::BlockQ6K, tests_util::finite_half,
+        };
         multi_row_equals_single_row::<BlockQ6K>(|b, rng| b.d = finite_half(rng));
         multi_row_equals_single_row::<BlockQ3K>(|b, rng| b.d = finite_half(rng));
+        multi_row_equals_single_row::<BlockQ2K>(|b, rng| {
+            (b.d, b.dmin) = (finite_half(rng), finite_half(rng))
+        });
     }
 
     /// Single-row dot speed of each level on a 4096 x 4096 matrix against Q4_0's (weight bytes

@@ -8,9 +8,12 @@ use super::block::{i8_bytes, Family, Pod, Scale};
 use super::fp16::F16;
 use super::fp32::F32;
 use super::kquant_dot::{combine, combine1};
+use super::kquant_qx::{self, Offset, Q8KRows, SubBlocks16};
 use super::kquant_search::{make_qkx2_quants, Qkx2};
 use super::q8_k::{nearest_int, BlockQ8K, QK_K};
 use super::simd::{self, BLOCK_LANES};
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use kquant_qx::x86::{W256, W512};
 use std::simd::prelude::*;
 
 #[repr(C)]
@@ -48,7 +51,7 @@ unsafe fn byte_to_words(lo: usize, hi: usize) -> simd::x86::__m256i {
 impl Family for BlockQ2K {
     const QK: usize = QK_K;
     type Act = BlockQ8K;
-    type Aux = ();
+    type Aux = Q8KRows;
 
     /// llama.cpp's `quantize_row_q2_K_ref` (what `llama-quantize` runs without an imatrix):
     /// `make_qkx2_quants` per 16 values with weights `|x|` and the absolute-error measure,
@@ -225,9 +228,107 @@ impl Family for BlockQ2K {
         *acc += combine(d, dmin, dx, hsum8_epi32(vi), hsum8_epi32(vm));
     }
 
-    // No AVX-512 kernel of its own: a vpdpwssd version (two shifts of 32 bytes per 512-bit
-    // step, four sub-block scales per pshufb) did not beat this AVX2 kernel on the Xeon
-    // (BENCHMARKS.md), so the default, the AVX2 kernel built for AVX-512, runs there.
+    /// The shared 16-sub-block kernel at 512 bits with the levels premultiplied by their
+    /// scales (`SubBlocks16::SCALED_FIT_U8`): one `vpdpbusd` per 64 weights. (A `vpdpwssd`
+    /// version of llama.cpp's scheme did not beat the AVX2 kernel on the Xeon.)
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn chunk_avx512(acc: &mut f32x8, w: &[Self], y: &[BlockQ8K]) {
+        kquant_qx::x86::chunk::<Self, W512>(acc, w, y)
+    }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(y: &[BlockQ8K]) -> Option<Q8KRows> {
+        Some(Q8KRows(y.to_vec()))
+    }
+
+    fn aux_fits(aux: &Q8KRows, y: &[BlockQ8K]) -> bool {
+        aux.0.len() == y.len()
+    }
+
+    /// The shared 16-sub-block kernel (`kquant_qx::x86::row_xn`, [`Offset::Mins`]): each
+    /// super-block's levels and scales unpacked once for all `N` rows.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q8KRows; N]) -> [f32; N] {
+        kquant_qx::x86::row_xn::<Self, W256, N>(w, aux)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&Q8KRows; N]) -> [f32; N] {
+        kquant_qx::x86::row_xn::<Self, W512, N>(w, aux)
+    }
+}
+
+/// Q2_K as a 16-sub-block family for the shared kernels: levels 0..=3 with no offset, the
+/// 4-bit scales (as i8) and 4-bit minimums. Bounds: `maddubs` pairs at most 2 * 3 * 128,
+/// times a scale at most 15; `isum`, `msum` as in [`Family::dot_scalar`].
+impl SubBlocks16 for BlockQ2K {
+    const OFFSET: Offset = Offset::Mins;
+    const SCALED_FIT_U8: bool = true;
+
+    #[inline(always)]
+    fn d(&self) -> F16 {
+        self.d
+    }
+
+    #[inline(always)]
+    fn dmin(&self) -> F16 {
+        self.dmin
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn mins_avx2(&self) -> simd::x86::__m256i {
+        use simd::x86::*;
+        let sc = load16(&self.scales);
+        _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc), _mm_set1_epi8(0x0f)))
+    }
+
+    /// Shift 2 k and mask of each 32 bytes of `qs`: 32 weights per vector, in order.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn unpack_avx2(&self) -> ([simd::x86::__m256i; 8], simd::x86::__m128i) {
+        use simd::x86::*;
+        let m3 = _mm256_set1_epi8(3);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            // 16-bit shifts by 2 keep each byte's bits 0..2 its own (at most 6 bits down).
+            let mut qs = load32(simd::arr(&self.qs, 32 * n));
+            for k in 0..4 {
+                q[4 * n + k] = _mm256_and_si256(qs, m3);
+                qs = _mm256_srli_epi16::<2>(qs);
+            }
+        }
+        (q, scales_x86(self))
+    }
+
+    /// `qs` and `qs >> 2` side by side, then shifts by 4: 64 weights per vector, in order.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn unpack_avx512(&self) -> ([simd::x86::__m512i; 4], simd::x86::__m128i) {
+        use simd::x86::*;
+        let m3 = _mm512_set1_epi8(3);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let qs = load32(simd::arr(&self.qs, 32 * n));
+            let qx =
+                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qs), _mm256_srli_epi16::<2>(qs));
+            q[2 * n] = _mm512_and_si512(qx, m3);
+            q[2 * n + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(qx), m3);
+        }
+        (q, scales_x86(self))
+    }
+}
+
+/// The 16 scales (low nibbles of `scales`) as i8.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn scales_x86(w: &BlockQ2K) -> simd::x86::__m128i {
+    use simd::x86::*;
+    _mm_and_si128(load16(&w.scales), _mm_set1_epi8(0x0f))
 }
 
 #[cfg(test)]
@@ -325,5 +426,13 @@ mod tests {
             b.d = F16(h.to_le_bytes());
             b.dmin = F16(h.to_le_bytes());
         });
+    }
+
+    #[test]
+    fn multi_row_equals_single_row_exactly() {
+        crate::quant::kquant_dot::check_multi_row_q8k::<BlockQ2K>(
+            crate::quant::GgmlType::Q2_K,
+            |b, rng| (b.d, b.dmin) = (finite_half(rng), finite_half(rng)),
+        );
     }
 }

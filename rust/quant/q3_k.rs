@@ -257,7 +257,7 @@ unsafe fn scales_x86(w: &BlockQ3K) -> simd::x86::__m128i {
 
 /// The quants' offset is 4: `q = low bits | 4 * high bit`, 0..=7.
 impl SubBlocks16 for BlockQ3K {
-    const OFF_LOG2: i32 = 2;
+    const OFFSET: kquant_qx::Offset = kquant_qx::Offset::Pow2(2);
 
     #[inline(always)]
     fn d(&self) -> F16 {

@@ -8,7 +8,7 @@ use super::fp16::F16;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::kquant_dot::x86::*;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-use super::kquant_dot::{chunk_avx2_k32, chunk_avx512_k32, row_xn_k32};
+use super::kquant_dot::{chunk_avx2_k32, chunk_avx512_k32, row_xn_k8};
 use super::kquant_dot::{
     chunk_portable_k32, dequantize_k32, dot_scalar_k32, k8_aux, k8_aux_fits, K8Aux, K32,
 };
@@ -175,13 +175,13 @@ impl Family for BlockQ5K {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&K8Aux; N]) -> [f32; N] {
-        row_xn_k32::<Self, N, false>(w, aux)
+        row_xn_k8::<Self, N, false>(w, aux)
     }
 
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx512<const N: usize>(w: &[Self], aux: [&K8Aux; N]) -> [f32; N] {
-        row_xn_k32::<Self, N, true>(w, aux)
+        row_xn_k8::<Self, N, true>(w, aux)
     }
 }
 
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn multi_row_equals_single_row_exactly() {
-        crate::quant::kquant_dot::check_multi_row_k32::<BlockQ5K>(
+        crate::quant::kquant_dot::check_multi_row_q8k::<BlockQ5K>(
             crate::quant::GgmlType::Q5_K,
             |b, rng| (b.d, b.dmin) = (finite_half(rng), finite_half(rng)),
         );

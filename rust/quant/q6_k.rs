@@ -230,7 +230,7 @@ fn isum_portable(w: &BlockQ6K, y: &BlockQ8K) -> i32 {
 /// The quants' offset is 32; `unpack_*` put the two high bits of each quant at bits 4..6 of
 /// its byte (16-bit shifts, then a mask that keeps only bits that came from the same byte).
 impl SubBlocks16 for BlockQ6K {
-    const OFF_LOG2: i32 = 5;
+    const OFFSET: kquant_qx::Offset = kquant_qx::Offset::Pow2(5);
 
     #[inline(always)]
     fn d(&self) -> F16 {

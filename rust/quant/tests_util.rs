@@ -304,7 +304,8 @@ pub(crate) fn bytes_of_units<T: Pod>(u: &[T]) -> Vec<u8> {
 }
 
 /// Asserts that every kernel level this CPU has (portable, AVX2, AVX-512, and the dispatch's
-/// choice) gives the scalar reference's bits for `w` against `y`; returns the reference.
+/// choice; the multi-row kernels too, with one and with three copies of `y`) gives the scalar
+/// reference's bits for `w` against `y`; returns the reference.
 pub(crate) fn check_dot_levels<B: Family>(w: &[B], y: &[B::Act], ctx: &str) -> f32 {
     let r = B::dot_scalar(w, y);
     let mut levels = vec![("portable", dispatch::dot_portable(w, y))];
@@ -317,6 +318,28 @@ pub(crate) fn check_dot_levels<B: Family>(w: &[B], y: &[B::Act], ctx: &str) -> f
         if super::simd::has_avx512() {
             // SAFETY: checked just above.
             levels.push(("avx512", unsafe { dispatch::dot_avx512(w, y) }));
+        }
+        if B::MULTI_ROW {
+            let aux = B::row_aux(y).unwrap();
+            let (mut o1, mut o3) = ([[0f32; 1]], [[0f32; 3]]);
+            if super::simd::has_avx2() {
+                // SAFETY: checked just above.
+                unsafe {
+                    dispatch::rows_avx2::<B, 1>(w, w.len(), [&aux], &mut o1);
+                    dispatch::rows_avx2::<B, 3>(w, w.len(), [&aux; 3], &mut o3);
+                }
+                levels.push(("avx2 1 row", o1[0][0]));
+                levels.extend(o3[0].map(|v| ("avx2 3 rows", v)));
+            }
+            if super::simd::has_avx512() {
+                // SAFETY: checked just above.
+                unsafe {
+                    dispatch::rows_avx512::<B, 1>(w, w.len(), [&aux], &mut o1);
+                    dispatch::rows_avx512::<B, 3>(w, w.len(), [&aux; 3], &mut o3);
+                }
+                levels.push(("avx512 1 row", o1[0][0]));
+                levels.extend(o3[0].map(|v| ("avx512 3 rows", v)));
+            }
         }
     }
     levels.push(("dispatch", dispatch::dot(w, y)));
