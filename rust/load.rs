@@ -25,10 +25,13 @@ impl Model {
         let path = path.as_ref();
         // A bad LLAMA_RS_ISA is refused here, before any kernel runs at a level not asked for.
         crate::quant::Level::requested().map_err(Error::Invalid)?;
-        if is_legacy_magic(&read_head(path)) {
-            return Self::from_legacy(&LegacyFile::open(path)?);
-        }
-        Self::from_gguf(&GgufFile::open(path)?)
+        let mut model = if is_legacy_magic(&read_head(path)) {
+            Self::from_legacy(&LegacyFile::open(path)?)?
+        } else {
+            Self::from_gguf(&GgufFile::open(path)?)?
+        };
+        model.repack_for_kernels();
+        Ok(model)
     }
 
     pub fn from_gguf(f: &GgufFile) -> Result<Model> {

@@ -11,7 +11,7 @@ pub use crate::attention::{KvCache, KvType};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf::Value;
-use crate::ops::{matmul, matmul_with, rmsnorm, rope_with, silu, Prepared, Rope};
+use crate::ops::{matmul, matmul_with, rmsnorm, rope_with, silu, Prepared, Rope, WeightView};
 use crate::tokenizer::Tokenizer;
 use crate::weights::Weight;
 use std::path::PathBuf;
@@ -262,6 +262,42 @@ impl Model {
     }
 
     /// The output projection: `output`, or `token_embd` when they are tied.
+    /// Every matrix in the layout its kernels read fastest on this CPU (see
+    /// `Weight::repack_for_kernels`).
+    pub fn repack_for_kernels(&mut self) {
+        self.token_embd.repack_for_kernels();
+        if let Some(o) = &mut self.output {
+            o.repack_for_kernels();
+        }
+        for l in &mut self.layers {
+            for w in [
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.w_gate,
+                &mut l.w_up,
+                &mut l.w_down,
+            ] {
+                w.repack_for_kernels();
+            }
+        }
+    }
+
+    /// How many matrices [`Model::repack_for_kernels`] repacked.
+    pub fn repacked_matrices(&self) -> usize {
+        let layers = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        [&self.token_embd]
+            .into_iter()
+            .chain(&self.output)
+            .chain(layers)
+            .filter(|w| w.repacked())
+            .count()
+    }
+
     fn output_weight(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }

@@ -5,9 +5,11 @@
 
 use crate::quant::{
     has_amx_kernel, has_multi_row_kernel, prepare_activation, prepared_for, vec_dot_rows,
-    vec_dot_tiles, AmxActs, GgmlType, PreparedRow, RowAux, TILE, XN,
+    vec_dot_rows_x16, vec_dot_tiles, vec_dot_tiles_x16, AmxActs, GgmlType, PreparedRow, RowAux,
+    TokenTiles, TILE, XN,
 };
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// `x / sqrt(mean(x^2) + eps) * weight`, in place.
 pub fn rmsnorm(x: &mut [f32], weight: &[f32], eps: f32) {
@@ -99,6 +101,10 @@ pub trait WeightView: Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     fn bytes(&self) -> &[u8];
+    /// Whether the bytes are Q4_0 rows repacked 16 at a time (`quant::q4_0_x16`), not rows.
+    fn repacked(&self) -> bool {
+        false
+    }
 }
 
 /// Activation rows prepared once for weights of one kind (f32, q8_0 or q8_K: the weight type's
@@ -110,6 +116,9 @@ pub struct Prepared {
     /// The first `16 * amx.len()` rows in AMX tile layout (types with an AMX kernel, on a CPU
     /// that has it); the rest take the other kernels.
     amx: Vec<AmxActs>,
+    /// The same groups as the tile kernel over repacked Q4_0 weights wants them (built at the
+    /// first such weight).
+    token_tiles: OnceLock<Vec<TokenTiles>>,
 }
 
 impl Prepared {
@@ -138,7 +147,12 @@ impl Prepared {
         } else {
             Vec::new()
         };
-        Prepared { rows, aux, amx }
+        Prepared {
+            rows,
+            aux,
+            amx,
+            token_tiles: OnceLock::new(),
+        }
     }
 
     /// Whether these rows serve weights of type `ty` with the fast kernels.
@@ -188,6 +202,24 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         .expect("weight rows are whole blocks");
     let data = w.bytes();
     let ty = w.ty();
+    let repacked = w.repacked();
+    assert!(
+        !repacked || rows % TILE == 0,
+        "repacked weights are whole chunks"
+    );
+    let token_tiles: &[TokenTiles] = if repacked && !amx.is_empty() {
+        p.token_tiles.get_or_init(|| {
+            (0..n / TILE)
+                .into_par_iter()
+                .map(|g| {
+                    TokenTiles::from_prepared(std::array::from_fn(|t| &prepared[g * TILE + t]))
+                })
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default()
+        })
+    } else {
+        &[]
+    };
     // Work in output-row chunks so the chunk's weight rows stay in cache while they meet
     // every token. Each task owns a range of output rows (weight rows) for every token, so it
     // writes `out[t * rows + r]` for its own `r` only: disjoint writes through a shared pointer.
@@ -199,7 +231,16 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 and
         // K-quant blocks unpacked once per chunk), then the other kernels for the rest.
         let mut t = 0;
-        if r1 - r0 == TILE && !amx.is_empty() && has_amx_kernel(ty) {
+        if repacked && !token_tiles.is_empty() {
+            let groups: Vec<&TokenTiles> = token_tiles.iter().collect();
+            let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
+            vec_dot_tiles_x16(w_rows, &groups, &mut res);
+            for (g, tile) in res.iter().enumerate() {
+                // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
+                unsafe { dst.set_columns(tile, g * TILE, r0, rows) };
+            }
+            t = groups.len() * TILE;
+        } else if r1 - r0 == TILE && !amx.is_empty() && has_amx_kernel(ty) {
             let groups: Vec<&AmxActs> = amx.iter().collect();
             let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
             vec_dot_tiles(ty, w_rows, &groups, &mut res);
@@ -220,16 +261,24 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
                 k if k >= 4 => 4,
                 k => k,
             };
+            let k = Kernel { ty, repacked };
             match step {
-                XN => tile::<XN>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
-                4 => tile::<4>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
-                3 => tile::<3>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
-                2 => tile::<2>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
-                _ => tile::<1>(ty, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                XN => tile::<XN>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                4 => tile::<4>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                3 => tile::<3>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                2 => tile::<2>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
+                _ => tile::<1>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
             }
             t += step;
         }
     });
+}
+
+/// Which row kernels a weight takes: its type's, over rows or over repacked chunks.
+#[derive(Clone, Copy)]
+struct Kernel {
+    ty: GgmlType,
+    repacked: bool,
 }
 
 /// The `n_rows` weight rows `r0 ..` (`w_rows`) against tokens `t .. t + N`, into `dst`
@@ -237,7 +286,7 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile<const N: usize>(
-    ty: GgmlType,
+    k: Kernel,
     w_rows: &[u8],
     n_rows: usize,
     xs: &[PreparedRow],
@@ -249,13 +298,13 @@ fn tile<const N: usize>(
 ) {
     let mut res = [[0f32; N]; CHUNK];
     let res = &mut res[..n_rows];
-    vec_dot_rows(
-        ty,
-        w_rows,
-        std::array::from_fn(|k| &xs[t + k]),
-        std::array::from_fn(|k| &aux[t + k]),
-        res,
-    );
+    let x = std::array::from_fn(|j| &xs[t + j]);
+    let a = std::array::from_fn(|j| &aux[t + j]);
+    if k.repacked {
+        vec_dot_rows_x16(w_rows, x, a, res);
+    } else {
+        vec_dot_rows(k.ty, w_rows, x, a, res);
+    }
     // SAFETY: rows r0 .. r0 + n_rows belong to the calling task alone.
     unsafe { dst.set_columns(res, t, r0, rows) };
 }

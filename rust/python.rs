@@ -481,6 +481,11 @@ impl Engine {
     fn file_type(&self) -> String {
         self.model.file_type.clone()
     }
+    /// How many weight matrices were repacked at load for this CPU's kernels.
+    #[getter]
+    fn repacked(&self) -> usize {
+        self.model.repacked_matrices()
+    }
 
     /// Hyperparameters as a dict (dim, n_layer, n_head, n_head_kv, ffn_dim, ...).
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -2,8 +2,10 @@
 //! (the normal case) or in memory (legacy blocks repacked, parts joined).
 
 use crate::ops::WeightView;
-use crate::quant::{dequantize_row, GgmlType};
-use memmap2::Mmap;
+use crate::quant::q4_0::BlockQ4_0;
+use crate::quant::{dequantize_row, q4_0_x16, GgmlType};
+use memmap2::{Mmap, MmapMut};
+use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -11,6 +13,9 @@ use std::sync::Arc;
 pub enum Storage {
     Mapped(Arc<Mmap>, Range<usize>),
     Owned(Vec<u8>),
+    /// Q4_0 rows repacked 16 at a time at load for the AVX-512 kernels (`quant::q4_0_x16`),
+    /// in anonymous memory that asks for 2 MiB pages.
+    Repacked(MmapMut),
 }
 
 /// A `rows x cols` matrix of `ty` blocks, one row per output (ggml order: `ne = [cols, rows]`).
@@ -36,7 +41,11 @@ impl WeightView for Weight {
         match &self.data {
             Storage::Mapped(m, r) => &m[r.clone()],
             Storage::Owned(v) => v,
+            Storage::Repacked(m) => m,
         }
+    }
+    fn repacked(&self) -> bool {
+        matches!(self.data, Storage::Repacked(_))
     }
 }
 
@@ -44,16 +53,71 @@ impl Weight {
     /// One row as f32 (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.ty.row_bytes(self.cols).unwrap();
+        if self.repacked() {
+            let chunk =
+                &self.bytes()[r / q4_0_x16::ROWS * q4_0_x16::ROWS * rb..][..q4_0_x16::ROWS * rb];
+            let mut row = vec![0u8; rb];
+            q4_0_x16::row(
+                chunk,
+                rb / size_of::<BlockQ4_0>(),
+                r % q4_0_x16::ROWS,
+                &mut row,
+            );
+            return dequantize_row(self.ty, &row, out);
+        }
         dequantize_row(self.ty, &self.bytes()[r * rb..(r + 1) * rb], out);
     }
 
     /// The whole tensor as f32 (norm vectors).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
-        let rb = self.ty.row_bytes(self.cols).unwrap();
-        for (r, chunk) in out.chunks_mut(self.cols).enumerate() {
-            dequantize_row(self.ty, &self.bytes()[r * rb..(r + 1) * rb], chunk);
+        for (r, row) in out.chunks_mut(self.cols).enumerate() {
+            self.row_f32(r, row);
         }
         out
     }
+
+    /// Repacks the weight into the layout its kernels read fastest, where there is one for
+    /// its type on this CPU (`q4_0_x16::wanted`), and lets go of the file pages it copied (the
+    /// page cache keeps them; they stop counting in this process's resident memory).
+    pub fn repack_for_kernels(&mut self) {
+        if self.repacked() || !q4_0_x16::wanted(self.ty, self.rows) {
+            return;
+        }
+        let rb = self.ty.row_bytes(self.cols).unwrap();
+        let chunk = q4_0_x16::ROWS * rb;
+        let src = self.bytes();
+        // No memory for the copy: the weight stays as it is, in the file's layout.
+        let Ok(mut dst) = MmapMut::map_anon(src.len()) else {
+            return;
+        };
+        #[cfg(target_os = "linux")]
+        let _ = dst.advise(memmap2::Advice::HugePage);
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| q4_0_x16::repack(s, rb / size_of::<BlockQ4_0>(), d));
+        if let Storage::Mapped(map, range) = &self.data {
+            drop_pages(map, range.clone());
+        }
+        self.data = Storage::Repacked(dst);
+    }
+}
+
+/// Unmaps the whole pages of `range` (the kernel maps them again from the page cache if they
+/// are read later: the map is private and read-only, so its contents cannot change).
+fn drop_pages(map: &Mmap, range: Range<usize>) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let (start, end) = (range.start.div_ceil(PAGE) * PAGE, range.end / PAGE * PAGE);
+        if start < end {
+            // SAFETY: no reference into the map outlives a call to `bytes()`, and what a later
+            // read maps again has the same bytes (a read-only private file map).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, range);
 }

@@ -115,6 +115,12 @@ class Model:
         return Path(self._engine.path)
 
     @property
+    def repacked(self) -> int:
+        """How many weight matrices were repacked at load into the layout this CPU's kernels
+        read fastest (Q4_0 on AVX-512 CPUs; a private copy per process, see LLAMA_RS_REPACK)."""
+        return self._engine.repacked
+
+    @property
     def metadata(self) -> dict[str, object]:
         """The file's GGUF metadata (arrays as lists)."""
         return self._engine.metadata()

@@ -34,6 +34,7 @@ pub(crate) mod kquant_search;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
+pub mod q4_0_x16;
 pub mod q4_1;
 pub mod q4_k;
 pub mod q5_0;
@@ -496,6 +497,64 @@ pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
         }
     }
     weight_type.visit(M)
+}
+
+pub use q4_0_x16::TokenTiles;
+
+impl TokenTiles {
+    /// 16 prepared q8_0 rows of one length, for the tile kernel over repacked Q4_0 weights.
+    pub fn from_prepared(rows: [&PreparedRow; TILE]) -> Option<TokenTiles> {
+        let q: Vec<&[q8_0::BlockQ8_0]> = rows
+            .iter()
+            .map(|r| q8_0::BlockQ8_0::view(r))
+            .collect::<Option<_>>()?;
+        if q.iter().any(|r| r.len() != q[0].len()) {
+            return None;
+        }
+        Some(TokenTiles::new(std::array::from_fn(|t| q[t])))
+    }
+}
+
+/// [`vec_dot_rows`] for a chunk of 16 Q4_0 rows repacked by `q4_0_x16::repack`: `out[r][n]`
+/// with the bits of the row kernels. Needs the AVX-512 level (where weights are repacked).
+pub fn vec_dot_rows_x16<const N: usize>(
+    chunk: &[u8],
+    xs: [&PreparedRow; N],
+    aux: [&RowAux; N],
+    out: &mut [[f32; N]],
+) {
+    assert_eq!(out.len(), q4_0_x16::ROWS, "vec_dot_rows_x16: 16 rows");
+    let x: [&[q8_0::BlockQ8_0]; N] = xs.map(|x| {
+        q8_0::BlockQ8_0::view(x).expect("vec_dot_rows_x16: activations not prepared for Q4_0")
+    });
+    let a: [&q4_0::Q4Aux; N] = std::array::from_fn(|n| {
+        aux[n]
+            .get::<q4_0::BlockQ4_0>()
+            .filter(|a| q4_0::x4_aux_fits(a, x[n]))
+            .expect("vec_dot_rows_x16: side data not prepared for Q4_0")
+    });
+    let nb = x.first().map_or(0, |x| x.len());
+    assert!(
+        simd::has_avx512(),
+        "vec_dot_rows_x16: repacked weights need AVX-512"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: checked just above.
+        let r = unsafe { q4_0_x16::rows_avx512::<N>(chunk, nb, x, a) };
+        out.copy_from_slice(&r);
+    }
+}
+
+/// [`vec_dot_tiles`] for a chunk of 16 repacked Q4_0 rows: `out[g][r][t]`.
+pub fn vec_dot_tiles_x16(chunk: &[u8], groups: &[&TokenTiles], out: &mut [[[f32; TILE]; TILE]]) {
+    assert!(simd::has_amx(), "vec_dot_tiles_x16: no AMX here");
+    let nb = chunk.len() / q4_0_x16::COLUMN;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: checked just above.
+    unsafe {
+        q4_0_x16::tiles(chunk, nb, groups, out)
+    };
 }
 
 /// `out.len()` consecutive weight rows (`w_rows`) against `N` prepared activation rows:

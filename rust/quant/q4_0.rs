@@ -299,6 +299,15 @@ pub struct Q4Aux {
     y1: Vec<u8>,
 }
 
+impl Q4Aux {
+    /// Entry `i` (group `i / 8`, lane `i % 8` in `LANE_BLOCK` order): that block's scale
+    /// and `8 * sum(q)`.
+    #[inline(always)]
+    pub(crate) fn block(&self, i: usize) -> (f32, i32) {
+        (self.d[i], self.s8[i])
+    }
+}
+
 pub(crate) fn x4_aux(y: &[BlockQ8_0]) -> Q4Aux {
     let nb = y.len();
     let groups = nb.div_ceil(BLOCK_LANES);

@@ -1,0 +1,106 @@
+"""Q4_0 weights repacked at load (AVX-512 CPUs, rust/quant/q4_0_x16.rs): the same bits as the
+file's layout, on every path (prompts on AMX tiles, several tokens, one token, embedding
+lookups, tied output), and the copied file pages let go so resident memory stays near the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llama_rs import _core
+from reference import Shape, random_weights, write_model
+
+LEVELS = ["portable", "avx2", "avx512", "amx"]
+CPU_LEVEL = _core.kernel_level()[2]
+REPACKS = "LLAMA_RS_ISA" not in os.environ and LEVELS.index(CPU_LEVEL) >= LEVELS.index("avx512")
+
+PROBE = r"""
+import hashlib, json, sys
+import numpy as np
+import llama_rs
+m = llama_rs.Model(sys.argv[1], n_ctx=96, n_threads=2)
+rows = []
+ids = [1] + [(7 * i) % 990 + 5 for i in range(39)]
+rows.append(m.eval(ids, all_logits=True))          # 2 tile groups + 8 tokens
+for k in (3, 2, 1, 4):                               # several tokens, then one at a time
+    rows.append(m.eval(ids[:k], all_logits=True))
+for t in ids[:5]:
+    rows.append(m.eval([t], all_logits=True))
+h = hashlib.sha256(b"".join(np.ascontiguousarray(r, dtype=np.float32).tobytes() for r in rows))
+print(json.dumps({"repacked": m.repacked, "logits": h.hexdigest()}))
+"""
+
+
+def probe(path: Path, **env: str) -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("LLAMA_RS_REPACK", "LLAMA_RS_ISA")} | env
+    p = subprocess.run([sys.executable, "-c", PROBE, str(path)], env=e, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool) -> None:
+    if not REPACKS:
+        pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
+    # Rows in whole chunks of 16, but for a 1000-token vocabulary (token_embd and output keep the
+    # file's layout); tied to a 1008-token one, token_embd is repacked and is the output.
+    s = Shape(dim=128, n_layer=2, n_head=8, n_head_kv=2, ffn=352, vocab=1008 if tied else 1000)
+    path = tmp_path / "q4_0.gguf"
+    write_model(path, s, random_weights(s, seed=11), "Q4_0", tie_output=tied)
+    rows = probe(path, LLAMA_RS_REPACK="0")
+    assert rows["repacked"] == 0
+    levels = [lv for lv in ("avx512", "amx") if LEVELS.index(lv) <= LEVELS.index(CPU_LEVEL)]
+    print(f"repacked kernels checked at: {levels}")
+    for level in levels:
+        got = probe(path, LLAMA_RS_ISA=level)
+        assert got["repacked"] == 7 * s.n_layer + tied, got
+        assert got["logits"] == rows["logits"], f"repacked weights at {level} differ from the file's layout"
+
+
+def test_other_types_and_lower_levels_keep_the_file_layout(tmp_path: Path) -> None:
+    s = Shape(dim=128, n_layer=1, n_head=8, n_head_kv=2, ffn=352, vocab=1008)
+    q8 = tmp_path / "q8_0.gguf"
+    write_model(q8, s, random_weights(s, seed=12), "Q8_0")
+    assert probe(q8)["repacked"] == 0
+    q4 = tmp_path / "q4_0.gguf"
+    write_model(q4, s, random_weights(s, seed=12), "Q4_0")
+    assert probe(q4, LLAMA_RS_ISA="avx2")["repacked"] == 0
+    assert probe(q4, LLAMA_RS_ISA="portable")["repacked"] == 0
+
+
+MEMORY = r"""
+import json, sys
+def status():
+    f = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+    return {k: int(f[k].split()[0]) * 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
+import llama_rs
+before = status()
+m = llama_rs.Model(sys.argv[1], n_ctx=16, n_threads=2)
+m.eval([1, 2, 3])
+after = status()
+print(json.dumps({"repacked": m.repacked, **{k: after[k] - before[k] for k in after}}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_repack_keeps_resident_memory_near_the_file(tmp_path: Path) -> None:
+    if not REPACKS:
+        pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
+    s = Shape(dim=1024, n_layer=4, n_head=8, n_head_kv=8, ffn=2816, vocab=4096)
+    path = tmp_path / "big.gguf"
+    write_model(path, s, random_weights(s, seed=13), "Q4_0")
+    size = path.stat().st_size
+    p = subprocess.run([sys.executable, "-c", MEMORY, str(path)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)
+    assert m["repacked"] == 7 * s.n_layer + 2
+    # The copy is private memory of about the file's size; the file pages it was made from are
+    # unmapped again, and at no time were both resident (the issue's file + 10%, KV aside).
+    assert m["RssAnon"] > 0.9 * size, m
+    assert m["RssFile"] < 0.1 * size, m
+    assert m["VmHWM"] < 1.1 * size + (8 << 20), (m, size)
