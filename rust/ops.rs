@@ -101,7 +101,7 @@ pub trait WeightView: Sync {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
     fn bytes(&self) -> &[u8];
-    /// Whether the bytes are Q4_0 rows repacked 16 at a time (`quant::q4_0_x16`), not rows.
+    /// Whether the bytes are rows repacked 16 at a time (`quant::x16`), not rows.
     fn repacked(&self) -> bool {
         false
     }
@@ -234,7 +234,7 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         if repacked && !token_tiles.is_empty() {
             let groups: Vec<&TokenTiles> = token_tiles.iter().collect();
             let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
-            vec_dot_tiles_x16(w_rows, &groups, &mut res);
+            vec_dot_tiles_x16(ty, w_rows, &groups, &mut res);
             for (g, tile) in res.iter().enumerate() {
                 // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
                 unsafe { dst.set_columns(tile, g * TILE, r0, rows) };
@@ -301,7 +301,7 @@ fn tile<const N: usize>(
     let x = std::array::from_fn(|j| &xs[t + j]);
     let a = std::array::from_fn(|j| &aux[t + j]);
     if k.repacked {
-        vec_dot_rows_x16(w_rows, x, a, res);
+        vec_dot_rows_x16(k.ty, w_rows, x, a, res);
     } else {
         vec_dot_rows(k.ty, w_rows, x, a, res);
     }

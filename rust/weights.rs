@@ -2,8 +2,7 @@
 //! (the normal case) or in memory (legacy blocks repacked, parts joined).
 
 use crate::ops::WeightView;
-use crate::quant::q4_0::BlockQ4_0;
-use crate::quant::{dequantize_row, q4_0_x16, GgmlType};
+use crate::quant::{dequantize_row, x16, GgmlType};
 use memmap2::{Mmap, MmapMut};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -13,7 +12,7 @@ use std::sync::Arc;
 pub enum Storage {
     Mapped(Arc<Mmap>, Range<usize>),
     Owned(Vec<u8>),
-    /// Q4_0 rows repacked 16 at a time at load for the AVX-512 kernels (`quant::q4_0_x16`),
+    /// Q4_0 or Q8_0 rows repacked 16 at a time at load for the AVX-512 kernels (`quant::x16`),
     /// in anonymous memory that asks for 2 MiB pages.
     Repacked(MmapMut),
 }
@@ -54,15 +53,10 @@ impl Weight {
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.ty.row_bytes(self.cols).unwrap();
         if self.repacked() {
-            let chunk =
-                &self.bytes()[r / q4_0_x16::ROWS * q4_0_x16::ROWS * rb..][..q4_0_x16::ROWS * rb];
+            let chunk = &self.bytes()[r / x16::ROWS * x16::ROWS * rb..][..x16::ROWS * rb];
+            let qs = x16::quant_bytes(self.ty).unwrap();
             let mut row = vec![0u8; rb];
-            q4_0_x16::row(
-                chunk,
-                rb / size_of::<BlockQ4_0>(),
-                r % q4_0_x16::ROWS,
-                &mut row,
-            );
+            x16::row(chunk, rb / (2 + qs), qs, r % x16::ROWS, &mut row);
             return dequantize_row(self.ty, &row, out);
         }
         dequantize_row(self.ty, &self.bytes()[r * rb..(r + 1) * rb], out);
@@ -78,14 +72,14 @@ impl Weight {
     }
 
     /// Repacks the weight into the layout its kernels read fastest, where there is one for
-    /// its type on this CPU (`q4_0_x16::wanted`), and lets go of the file pages it copied (the
+    /// its type on this CPU (`x16::wanted`), and lets go of the file pages it copied (the
     /// page cache keeps them; they stop counting in this process's resident memory).
     pub fn repack_for_kernels(&mut self) {
-        if self.repacked() || !q4_0_x16::wanted(self.ty, self.rows) {
+        if self.repacked() || !x16::wanted(self.ty, self.rows) {
             return;
         }
         let rb = self.ty.row_bytes(self.cols).unwrap();
-        let chunk = q4_0_x16::ROWS * rb;
+        let (chunk, qs) = (x16::ROWS * rb, x16::quant_bytes(self.ty).unwrap());
         let src = self.bytes();
         // No memory for the copy: the weight stays as it is, in the file's layout.
         let Ok(mut dst) = MmapMut::map_anon(src.len()) else {
@@ -95,7 +89,7 @@ impl Weight {
         let _ = dst.advise(memmap2::Advice::HugePage);
         dst.par_chunks_mut(chunk)
             .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| q4_0_x16::repack(s, rb / size_of::<BlockQ4_0>(), d));
+            .for_each(|(d, s)| x16::repack(s, rb / (2 + qs), qs, d));
         if let Storage::Mapped(map, range) = &self.data {
             drop_pages(map, range.clone());
         }

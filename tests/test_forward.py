@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -211,16 +215,30 @@ def test_tied_output_of_any_type(tmp_path: Path, wtype: str) -> None:
     assert rel_err(ours, ref) < (1e-5 if wtype == "F16" else 2e-3)
 
 
+HUGE_PAGE_PROBE = r"""
+import json, sys
+from pathlib import Path
+import llama_rs
+m = llama_rs.Model.demo(n_ctx=16, n_threads=1)
+path = str(Path(m.path).resolve())
+flags, current = [], None
+for line in Path("/proc/self/smaps").read_text().splitlines():
+    if line[:1].isalnum() and "-" in line.split()[0] and len(line.split()) >= 5:
+        current = line
+    elif line.startswith("VmFlags:") and current and current.endswith(path):
+        flags.append(line.split()[1:])
+print(json.dumps({"path": path, "flags": flags}))
+"""
+
+
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
 def test_the_model_map_asks_for_huge_pages() -> None:
     # Generation streams all weights per token; 2 MiB pages save the page walks (rust/bytes.rs).
-    m = llama_rs.Model.demo(n_ctx=16, n_threads=1)
-    path = str(Path(m.path).resolve())
-    flags, current = [], None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if line[:1].isalnum() and "-" in line.split()[0] and len(line.split()) >= 5:
-            current = line
-        elif line.startswith("VmFlags:") and current and current.endswith(path):
-            flags.append(line.split()[1:])
-    assert flags, f"{path} is not mapped"
+    # With the file's layout kept (weights repacked on AVX-512 CPUs no longer use the map).
+    env = {**os.environ, "LLAMA_RS_REPACK": "0"}
+    p = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    flags = r["flags"]
+    assert flags, f"{r['path']} is not mapped"
     assert all("hg" in f for f in flags), flags

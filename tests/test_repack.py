@@ -1,4 +1,4 @@
-"""Q4_0 weights repacked at load (AVX-512 CPUs, rust/quant/q4_0_x16.rs): the same bits as the
+"""Q4_0 and Q8_0 weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
 file's layout, on every path (prompts on AMX tiles, several tokens, one token, embedding
 lookups, tied output), and the copied file pages let go so resident memory stays near the file."""
 
@@ -43,15 +43,16 @@ def probe(path: Path, **env: str) -> dict:
     return json.loads(p.stdout)
 
 
+@pytest.mark.parametrize("wtype", ["Q4_0", "Q8_0"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool) -> None:
+def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool, wtype: str) -> None:
     if not REPACKS:
         pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
     # Rows in whole chunks of 16, but for a 1000-token vocabulary (token_embd and output keep the
     # file's layout); tied to a 1008-token one, token_embd is repacked and is the output.
     s = Shape(dim=128, n_layer=2, n_head=8, n_head_kv=2, ffn=352, vocab=1008 if tied else 1000)
-    path = tmp_path / "q4_0.gguf"
-    write_model(path, s, random_weights(s, seed=11), "Q4_0", tie_output=tied)
+    path = tmp_path / f"{wtype}.gguf"
+    write_model(path, s, random_weights(s, seed=11), wtype, tie_output=tied)
     rows = probe(path, LLAMA_RS_REPACK="0")
     assert rows["repacked"] == 0
     levels = [lv for lv in ("avx512", "amx") if LEVELS.index(lv) <= LEVELS.index(CPU_LEVEL)]
@@ -64,9 +65,9 @@ def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied:
 
 def test_other_types_and_lower_levels_keep_the_file_layout(tmp_path: Path) -> None:
     s = Shape(dim=128, n_layer=1, n_head=8, n_head_kv=2, ffn=352, vocab=1008)
-    q8 = tmp_path / "q8_0.gguf"
-    write_model(q8, s, random_weights(s, seed=12), "Q8_0")
-    assert probe(q8)["repacked"] == 0
+    f16 = tmp_path / "f16.gguf"
+    write_model(f16, s, random_weights(s, seed=12), "F16")
+    assert probe(f16)["repacked"] == 0
     q4 = tmp_path / "q4_0.gguf"
     write_model(q4, s, random_weights(s, seed=12), "Q4_0")
     assert probe(q4, LLAMA_RS_ISA="avx2")["repacked"] == 0

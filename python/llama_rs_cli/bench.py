@@ -123,7 +123,9 @@ def bench(
             if not rows and given(ctx, "n_prompt", "n_gen"):  # once, not per thread count
                 warn_if_beyond_training(m, n_ctx)
             if not rows and not as_json and m.repacked:
-                typer.echo(f"weights: {m.repacked} matrices repacked at load for these kernels (LLAMA_RS_REPACK=0: as in the file)")
+                typer.echo(
+                    f"weights: {m.repacked} matrices repacked at load for these kernels (LLAMA_RS_REPACK=0: as in the file)"
+                )
             rng = np.random.default_rng(0)
             prompt = [m.bos_token or 1] + rng.integers(3, m.n_vocab, max(0, n_prompt - 1)).tolist() if n_prompt else []
             run_once(m, prompt[: min(8, len(prompt))], 1)  # warm up: page in the weights, start the threads

@@ -34,7 +34,6 @@ pub(crate) mod kquant_search;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
-pub mod q4_0_x16;
 pub mod q4_1;
 pub mod q4_k;
 pub mod q5_0;
@@ -45,6 +44,7 @@ pub mod q6_k;
 pub mod q8_0;
 pub mod q8_k;
 pub(crate) mod simd;
+pub mod x16;
 
 #[cfg(test)]
 mod bench_dot;
@@ -499,7 +499,7 @@ pub fn has_multi_row_kernel(weight_type: GgmlType) -> bool {
     weight_type.visit(M)
 }
 
-pub use q4_0_x16::TokenTiles;
+pub use x16::TokenTiles;
 
 impl TokenTiles {
     /// 16 prepared q8_0 rows of one length, for the tile kernel over repacked Q4_0 weights.
@@ -515,45 +515,66 @@ impl TokenTiles {
     }
 }
 
-/// [`vec_dot_rows`] for a chunk of 16 Q4_0 rows repacked by `q4_0_x16::repack`: `out[r][n]`
-/// with the bits of the row kernels. Needs the AVX-512 level (where weights are repacked).
+/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0 or Q8_0):
+/// `out[r][n]` with the bits of the row kernels. Needs the AVX-512 level (where weights are
+/// repacked).
 pub fn vec_dot_rows_x16<const N: usize>(
+    weight_type: GgmlType,
     chunk: &[u8],
     xs: [&PreparedRow; N],
     aux: [&RowAux; N],
     out: &mut [[f32; N]],
 ) {
-    assert_eq!(out.len(), q4_0_x16::ROWS, "vec_dot_rows_x16: 16 rows");
-    let x: [&[q8_0::BlockQ8_0]; N] = xs.map(|x| {
-        q8_0::BlockQ8_0::view(x).expect("vec_dot_rows_x16: activations not prepared for Q4_0")
-    });
-    let a: [&q4_0::Q4Aux; N] = std::array::from_fn(|n| {
-        aux[n]
-            .get::<q4_0::BlockQ4_0>()
-            .filter(|a| q4_0::x4_aux_fits(a, x[n]))
-            .expect("vec_dot_rows_x16: side data not prepared for Q4_0")
-    });
-    let nb = x.first().map_or(0, |x| x.len());
+    assert_eq!(out.len(), x16::ROWS, "vec_dot_rows_x16: 16 rows");
     assert!(
         simd::has_avx512(),
         "vec_dot_rows_x16: repacked weights need AVX-512"
     );
+    let x: [&[q8_0::BlockQ8_0]; N] =
+        xs.map(|x| q8_0::BlockQ8_0::view(x).expect("vec_dot_rows_x16: activations are not q8_0"));
+    let nb = x.first().map_or(0, |x| x.len());
+    fn side<'a, B: Family>(aux: &'a RowAux, x: &[B::Act]) -> &'a B::Aux {
+        aux.get::<B>()
+            .filter(|a| B::aux_fits(a, x))
+            .expect("vec_dot_rows_x16: side data not prepared for these weights")
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: checked just above.
-        let r = unsafe { q4_0_x16::rows_avx512::<N>(chunk, nb, x, a) };
+        let r = match weight_type {
+            GgmlType::Q4_0 => {
+                let a = std::array::from_fn(|n| side::<q4_0::BlockQ4_0>(aux[n], x[n]));
+                // SAFETY: checked above.
+                unsafe { x16::rows_avx512::<N>(chunk, nb, x, a) }
+            }
+            GgmlType::Q8_0 => {
+                let a = std::array::from_fn(|n| side::<q8_0::BlockQ8_0>(aux[n], x[n]));
+                // SAFETY: checked above.
+                unsafe { x16::rows_q8_avx512::<N>(chunk, nb, x, a) }
+            }
+            other => panic!("vec_dot_rows_x16: {other} is not repacked"),
+        };
         out.copy_from_slice(&r);
     }
 }
 
-/// [`vec_dot_tiles`] for a chunk of 16 repacked Q4_0 rows: `out[g][r][t]`.
-pub fn vec_dot_tiles_x16(chunk: &[u8], groups: &[&TokenTiles], out: &mut [[[f32; TILE]; TILE]]) {
+/// [`vec_dot_tiles`] for a chunk of 16 repacked rows (Q4_0 or Q8_0): `out[g][r][t]`.
+pub fn vec_dot_tiles_x16(
+    weight_type: GgmlType,
+    chunk: &[u8],
+    groups: &[&TokenTiles],
+    out: &mut [[[f32; TILE]; TILE]],
+) {
     assert!(simd::has_amx(), "vec_dot_tiles_x16: no AMX here");
-    let nb = chunk.len() / q4_0_x16::COLUMN;
+    let qs = x16::quant_bytes(weight_type).expect("vec_dot_tiles_x16: not a repacked type");
+    let nb = chunk.len() / x16::column(qs);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: checked just above.
     unsafe {
-        q4_0_x16::tiles(chunk, nb, groups, out)
+        if weight_type == GgmlType::Q8_0 {
+            x16::tiles::<true>(chunk, nb, groups, out)
+        } else {
+            x16::tiles::<false>(chunk, nb, groups, out)
+        }
     };
 }
 

@@ -223,19 +223,31 @@ impl<S: Scale> Family for BlockQ8_0<S> {
 pub struct Q8Aux {
     d: Vec<f32>,
     y16: Vec<i16>,
+    /// `128 * sum(q)` per block, for the repacked kernels (`x16.rs`).
+    s128: Vec<i32>,
+}
+
+impl Q8Aux {
+    /// Block `b`'s scale and `128 * sum(q)`.
+    #[inline(always)]
+    pub(crate) fn block(&self, b: usize) -> (f32, i32) {
+        (self.d[b], self.s128[b])
+    }
 }
 
 pub(crate) fn rows_aux(y: &[BlockQ8_0]) -> Q8Aux {
     let padded = y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES;
     let mut d = vec![0f32; padded];
     let mut y16 = vec![0i16; padded * QK];
+    let mut s128 = vec![0i32; padded];
     for (b, yb) in y.iter().enumerate() {
         d[b] = yb.d.get();
+        s128[b] = 128 * yb.qs.iter().map(|&q| q as i32).sum::<i32>();
         for (o, &q) in y16[b * QK..(b + 1) * QK].iter_mut().zip(&yb.qs) {
             *o = q as i16;
         }
     }
-    Q8Aux { d, y16 }
+    Q8Aux { d, y16, s128 }
 }
 
 /// One group of 8 weight blocks against the same group of `N` activation rows. Each weight

@@ -1,0 +1,717 @@
+//! Q4_0 and Q8_0 weights repacked at load, 16 rows at a time (AVX-512 CPUs): the layout the
+//! one-token and few-token kernels stream fastest, as llama.cpp repacks for its AVX-512/AMX
+//! paths.
+//!
+//! A chunk of 16 rows of `nb` blocks keeps its bytes, reordered by block column: block column
+//! `b` is `16 x block size` bytes, the 16 rows' f16 scales (`2 r`), then `qs / 4` parts of 64
+//! bytes (`qs` = a block's quant bytes: 16 for Q4_0, 32 for Q8_0), part `j` holding bytes
+//! `4 j .. 4 j + 4` of each row's quants (`32 + 64 j + 4 r`). One 64-byte load is then 16 rows
+//! x 4 bytes in the dword lanes `vpdpbusd` sums, one row per lane, and the 16 rows' scales are
+//! one vector: the float half runs once per block for 16 rows instead of once per row, and
+//! nothing is transposed. For the AMX tiles the parts are the B operand as they are (Q8_0) or
+//! after splitting nibbles (Q4_0).
+//!
+//! Bits: row `r`'s lane `b % 8` gets `(d_w * d_x) * isum` block after block and the 8 lanes
+//! are reduced by `simd::reduce8`'s order, exactly the row kernels' arithmetic (the tests
+//! compare every result with `dispatch::dot`).
+
+use super::amx::TILE;
+use super::block::Scale;
+use super::q4_0::{Q4Aux, LANE_BLOCK, QK};
+use super::q8_0::{BlockQ8_0, Q8Aux};
+use super::simd::BLOCK_LANES;
+use super::GgmlType;
+
+/// Rows per repacked chunk.
+pub const ROWS: usize = 16;
+
+/// Set to `0` to keep Q4_0 weights in the file's layout (and their pages shared with other
+/// processes that map the file): the repacked copy is private memory of each process.
+pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
+
+/// Whether a `rows`-row weight of type `ty` is repacked at load here: Q4_0 or Q8_0 (f16
+/// scales) in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
+/// [`REPACK_ENV`] is `0`.
+pub fn wanted(ty: GgmlType, rows: usize) -> bool {
+    use std::sync::OnceLock;
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    let allowed = *ALLOWED.get_or_init(|| {
+        std::env::var(REPACK_ENV).map_or(true, |v| v.trim() != "0") && super::simd::has_avx512()
+    });
+    allowed && quant_bytes(ty).is_some() && rows > 0 && rows.is_multiple_of(ROWS)
+}
+/// Offset of part `j` (quant bytes `4 j .. 4 j + 4` of every row) within a column.
+const PART: usize = ROWS * 2;
+
+/// A block's quant bytes for the types that are repacked (after the 2-byte f16 scale).
+pub fn quant_bytes(ty: GgmlType) -> Option<usize> {
+    match ty {
+        GgmlType::Q4_0 => Some(16),
+        GgmlType::Q8_0 => Some(32),
+        _ => None,
+    }
+}
+
+/// Bytes of one block column of a chunk (16 blocks of `2 + qs` bytes).
+pub const fn column(qs: usize) -> usize {
+    ROWS * (2 + qs)
+}
+
+/// Repacks 16 GGUF rows (`src`, `row_blocks` blocks of `2 + qs` bytes each) into `dst` (same
+/// length).
+pub fn repack(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
+    assert_eq!(src.len(), row_blocks * column(qs), "repack: 16 rows");
+    assert_eq!(dst.len(), src.len(), "repack: output length");
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx512() && src.len() < i32::MAX as usize {
+        // SAFETY: checked just above.
+        return unsafe { repack_avx512(src, row_blocks, qs, dst) };
+    }
+    repack_scalar(src, row_blocks, qs, dst)
+}
+
+/// [`repack`], byte by byte.
+pub fn repack_scalar(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
+    let bb = 2 + qs;
+    assert_eq!(src.len(), row_blocks * column(qs), "repack: 16 rows");
+    assert_eq!(dst.len(), src.len(), "repack: output length");
+    for (b, col) in dst.chunks_exact_mut(column(qs)).enumerate() {
+        for r in 0..ROWS {
+            let blk = &src[(r * row_blocks + b) * bb..][..bb];
+            col[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
+            for j in 0..qs / 4 {
+                let o = PART + 64 * j + 4 * r;
+                col[o..o + 4].copy_from_slice(&blk[2 + 4 * j..6 + 4 * j]);
+            }
+        }
+    }
+}
+
+/// [`repack`] with gathers: each piece of a block column (the scales, each part) is one
+/// 16-lane gather from the 16 rows.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; `src.len() < 2^31` (32-bit gather offsets).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+unsafe fn repack_avx512(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let bb = 2 + qs;
+    let rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32((row_blocks * bb) as i32),
+    );
+    for b in 0..row_blocks {
+        // The last part's dwords end 2 bytes short of the block's end: in bounds.
+        let base = src.as_ptr().add(b * bb);
+        let col = dst.as_mut_ptr().add(b * column(qs));
+        // Scales: the dword at each block's start, its low half kept.
+        let d = _mm512_i32gather_epi32::<1>(rows, base.cast());
+        _mm256_storeu_si256(col.cast(), _mm512_cvtepi32_epi16(d));
+        for j in 0..qs / 4 {
+            let q = _mm512_i32gather_epi32::<1>(rows, base.add(2 + 4 * j).cast());
+            _mm512_storeu_si512(col.add(PART + 64 * j).cast(), q);
+        }
+    }
+}
+
+/// The inverse of [`repack`]: the 16 rows in GGUF order.
+pub fn unpack(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
+    assert_eq!(src.len(), row_blocks * column(qs), "unpack: 16 rows");
+    assert_eq!(dst.len(), src.len(), "unpack: output length");
+    let bb = 2 + qs;
+    for r in 0..ROWS {
+        row(
+            src,
+            row_blocks,
+            qs,
+            r,
+            &mut dst[r * row_blocks * bb..(r + 1) * row_blocks * bb],
+        );
+    }
+}
+
+/// Row `r` (0..16) of a repacked chunk (`nb` blocks per row) in GGUF order, into `dst`.
+pub fn row(chunk: &[u8], nb: usize, qs: usize, r: usize, dst: &mut [u8]) {
+    let bb = 2 + qs;
+    assert!(
+        r < ROWS && chunk.len() == nb * column(qs) && dst.len() == nb * bb,
+        "row: shapes"
+    );
+    for b in 0..nb {
+        let col = &chunk[b * column(qs)..(b + 1) * column(qs)];
+        let o = &mut dst[b * bb..(b + 1) * bb];
+        o[..2].copy_from_slice(&col[2 * r..2 * r + 2]);
+        for j in 0..qs / 4 {
+            let s = PART + 64 * j + 4 * r;
+            o[2 + 4 * j..6 + 4 * j].copy_from_slice(&col[s..s + 4]);
+        }
+    }
+}
+
+/// Where block `l` of a group of 8 sits in `Q4Aux`'s `LANE_BLOCK` order.
+const AUX_LANE: [usize; BLOCK_LANES] = {
+    let mut inv = [0; BLOCK_LANES];
+    let mut l = 0;
+    while l < BLOCK_LANES {
+        inv[LANE_BLOCK[l]] = l;
+        l += 1;
+    }
+    inv
+};
+
+/// Token `x`'s f32 scale and `8 * sum(q)` of block `b`, from its multi-row side data.
+#[inline(always)]
+fn aux_block(aux: &Q4Aux, b: usize) -> (f32, i32) {
+    let i = b / BLOCK_LANES * BLOCK_LANES + AUX_LANE[b % BLOCK_LANES];
+    aux.block(i)
+}
+
+/// `out[r][n]` = row `r` of a repacked Q4_0 chunk (`nb` blocks per row) against token `n`, for
+/// `N` tokens at once (each 64-byte part unpacked once for all of them).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and F16C (`simd::has_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_avx512<const N: usize>(
+    chunk: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8_0]; N],
+    aux: [&Q4Aux; N],
+) -> [[f32; N]; ROWS] {
+    use std::arch::x86_64::*;
+    const COLUMN: usize = column(16);
+    assert_eq!(chunk.len(), nb * COLUMN, "rows_avx512: chunk length");
+    assert!(
+        xs.iter().all(|x| x.len() == nb),
+        "rows_avx512: activation length"
+    );
+    let low = _mm512_set1_epi8(0x0f);
+    let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    for b in 0..nb {
+        let col = chunk.as_ptr().add(b * COLUMN);
+        super::simd::prefetch_ahead(col, COLUMN);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        for j in 0..4 {
+            let z = _mm512_loadu_si512(col.add(PART + 64 * j).cast());
+            lo[j] = _mm512_and_si512(z, low);
+            hi[j] = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
+        }
+        for n in 0..N {
+            // Weights j and j + 16 of a row share byte j: the low nibbles meet the token's
+            // quants 0..16, the high ones 16..32, four per dword.
+            let q = xs[n][b].qs.as_ptr().cast::<i32>();
+            let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for j in 0..4 {
+                s0 = _mm512_dpbusd_epi32(s0, lo[j], _mm512_set1_epi32(q.add(j).read_unaligned()));
+                s1 = _mm512_dpbusd_epi32(
+                    s1,
+                    hi[j],
+                    _mm512_set1_epi32(q.add(4 + j).read_unaligned()),
+                );
+            }
+            let (dx, s8) = aux_block(aux[n], b);
+            // The nibbles are q, the weights q - 8: subtract 8 * sum(x), exact in i32.
+            let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(s8));
+            let term = _mm512_mul_ps(
+                _mm512_mul_ps(dw, _mm512_set1_ps(dx)),
+                _mm512_cvtepi32_ps(isum),
+            );
+            let lane = &mut acc[n][b % BLOCK_LANES];
+            *lane = _mm512_add_ps(*lane, term);
+        }
+    }
+    reduce_rows(&acc)
+}
+
+/// `out[r][n]`: `simd::reduce8`'s order over each token's 8 lane accumulators, 16 rows at once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce_rows<const N: usize>(
+    acc: &[[std::arch::x86_64::__m512; BLOCK_LANES]; N],
+) -> [[f32; N]; ROWS] {
+    use std::arch::x86_64::*;
+    let mut out = [[0f32; N]; ROWS];
+    for (n, a) in acc.iter().enumerate() {
+        let s = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+            _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+        );
+        let mut v = [0f32; ROWS];
+        _mm512_storeu_ps(v.as_mut_ptr(), s);
+        for (o, x) in out.iter_mut().zip(v) {
+            o[n] = x;
+        }
+    }
+    out
+}
+
+/// [`rows_avx512`] for a repacked Q8_0 chunk: `vpdpbusd` multiplies unsigned bytes, so each
+/// weight goes in as `w + 128` (its sign bit flipped) and `128 * sum(x)` comes off, exactly.
+///
+/// # Safety
+/// As [`rows_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_q8_avx512<const N: usize>(
+    chunk: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8_0]; N],
+    aux: [&Q8Aux; N],
+) -> [[f32; N]; ROWS] {
+    use std::arch::x86_64::*;
+    const COLUMN: usize = column(QK);
+    assert_eq!(chunk.len(), nb * COLUMN, "rows_q8_avx512: chunk length");
+    assert!(
+        xs.iter().all(|x| x.len() == nb),
+        "rows_q8_avx512: activation length"
+    );
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    for b in 0..nb {
+        let col = chunk.as_ptr().add(b * COLUMN);
+        super::simd::prefetch_ahead(col, COLUMN);
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+        let u: [__m512i; QK / 4] = std::array::from_fn(|j| {
+            _mm512_xor_si512(_mm512_loadu_si512(col.add(PART + 64 * j).cast()), flip)
+        });
+        for n in 0..N {
+            let q = xs[n][b].qs.as_ptr().cast::<i32>();
+            let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for j in (0..QK / 4).step_by(2) {
+                s0 = _mm512_dpbusd_epi32(s0, u[j], _mm512_set1_epi32(q.add(j).read_unaligned()));
+                let x1 = _mm512_set1_epi32(q.add(j + 1).read_unaligned());
+                s1 = _mm512_dpbusd_epi32(s1, u[j + 1], x1);
+            }
+            let (dx, s128) = aux[n].block(b);
+            let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(s128));
+            let term = _mm512_mul_ps(
+                _mm512_mul_ps(dw, _mm512_set1_ps(dx)),
+                _mm512_cvtepi32_ps(isum),
+            );
+            let lane = &mut acc[n][b % BLOCK_LANES];
+            *lane = _mm512_add_ps(*lane, term);
+        }
+    }
+    reduce_rows(&acc)
+}
+
+/// Tokens for the tile kernel over repacked weights: 16 tokens' q8_0 quants row by row (the
+/// A operand: `a[(b * 16 + t) * 32 + k]`), their scales `d[b][t]` and `8 * sum(q)` `s8[b][t]`.
+pub struct TokenTiles {
+    a: Vec<i8>,
+    d: Vec<[f32; TILE]>,
+    s8: Vec<[i32; TILE]>,
+}
+
+impl TokenTiles {
+    pub fn new(rows: [&[BlockQ8_0]; TILE]) -> TokenTiles {
+        let nb = rows[0].len();
+        assert!(
+            rows.iter().all(|r| r.len() == nb),
+            "TokenTiles: rows differ"
+        );
+        let mut a = vec![0i8; nb * TILE * QK];
+        let mut d = vec![[0f32; TILE]; nb];
+        let mut s8 = vec![[0i32; TILE]; nb];
+        for (t, row) in rows.iter().enumerate() {
+            for (b, yb) in row.iter().enumerate() {
+                a[(b * TILE + t) * QK..][..QK].copy_from_slice(&yb.qs);
+                d[b][t] = yb.d.get();
+                s8[b][t] = 8 * yb.qs.iter().map(|&q| q as i32).sum::<i32>();
+            }
+        }
+        TokenTiles { a, d, s8 }
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.d.len()
+    }
+}
+
+/// The tile registers for [`tiles`]: 1 = B (a block column's nibbles as bytes, 8 rows of 64),
+/// 2..=4 = A (three token groups, 16 x 32 bytes), 5..=7 = C (16 x 16 i32).
+const CONFIG: super::amx::TileConfig = {
+    let (a, b, c) = ((16, QK as u16), ((QK / 4) as u8, 64), (16, 64));
+    super::amx::TileConfig::new(&[(0, 0), b, a, a, a, c, c, c])
+};
+
+/// Token groups per pass (one C and one A register each).
+const GROUPS_PER_PASS: usize = 3;
+
+/// `out[g][r][t]` = row `r` of a repacked chunk against token `t` of group `g`, on AMX tiles:
+/// the weights are the B operand (a Q8_0 column's 8 parts are B's 8 rows of 64 bytes as they
+/// are; a Q4_0 column's 4 parts split into low and high nibbles), the tokens the A operand, so
+/// C is token by row and the float half takes the 16 rows' scales as one vector, as
+/// [`rows_avx512`] does. `Q8`: Q8_0 weights, else Q4_0.
+///
+/// # Safety
+/// The CPU must have AMX-INT8 with the tile permission granted and AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,amx-tile,amx-int8")]
+pub(crate) unsafe fn tiles<const Q8: bool>(
+    chunk: &[u8],
+    nb: usize,
+    groups: &[&TokenTiles],
+    out: &mut [[[f32; TILE]; TILE]],
+) {
+    use std::arch::x86_64::*;
+    use std::simd::prelude::*;
+    let column = column(if Q8 { QK } else { QK / 2 });
+    assert_eq!(chunk.len(), nb * column, "tiles: chunk length");
+    assert_eq!(groups.len(), out.len());
+    assert!(
+        groups.iter().all(|g| g.blocks() == nb),
+        "tiles: row lengths differ"
+    );
+    CONFIG.load();
+    let low = _mm512_set1_epi8(0x0f);
+    let mut bq = [[0u8; 64]; 8];
+    let mut c = [[[0i32; TILE]; TILE]; GROUPS_PER_PASS];
+    for (gs, os) in groups
+        .chunks(GROUPS_PER_PASS)
+        .zip(out.chunks_mut(GROUPS_PER_PASS))
+    {
+        let ng = gs.len();
+        // acc[k][lane][t]: token t of group k, its 16 rows in the vector.
+        let mut acc = [[[f32x16::splat(0.0); TILE]; BLOCK_LANES]; GROUPS_PER_PASS];
+        for b in 0..nb {
+            let col = chunk.as_ptr().add(b * column);
+            if Q8 {
+                _tile_loadd::<1>(col.add(PART).cast(), 64);
+            } else {
+                // B: rows 0..4 the low nibbles of parts 0..4 (weights 4j ..), rows 4..8 the
+                // high ones (weights 16 + 4j ..), as unsigned bytes (the -8 comes off below).
+                for j in 0..4 {
+                    let z = _mm512_loadu_si512(col.add(PART + 64 * j).cast());
+                    _mm512_storeu_si512(bq[j].as_mut_ptr().cast(), _mm512_and_si512(z, low));
+                    let h = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
+                    _mm512_storeu_si512(bq[4 + j].as_mut_ptr().cast(), h);
+                }
+                _tile_loadd::<1>(bq.as_ptr().cast(), 64);
+            }
+            macro_rules! product {
+                ($k:literal, $at:literal, $ct:literal) => {
+                    if $k < ng {
+                        _tile_zero::<$ct>();
+                        _tile_loadd::<$at>(gs[$k].a[b * TILE * QK..].as_ptr().cast(), QK);
+                        if Q8 {
+                            _tile_dpbssd::<$ct, $at, 1>();
+                        } else {
+                            _tile_dpbsud::<$ct, $at, 1>();
+                        }
+                        _tile_stored::<$ct>(c[$k].as_mut_ptr().cast(), 64);
+                    }
+                };
+            }
+            product!(0, 2, 5);
+            product!(1, 3, 6);
+            product!(2, 4, 7);
+            let dw = f32x16::from(_mm512_cvtph_ps(_mm256_loadu_si256(col.cast())));
+            for k in 0..ng {
+                let lane = &mut acc[k][b % BLOCK_LANES];
+                let (d, s8) = (&gs[k].d[b], &gs[k].s8[b]);
+                for t in 0..TILE {
+                    // Q4_0's nibbles are q, its weights q - 8.
+                    let s8 = if Q8 { 0 } else { s8[t] };
+                    let isum = i32x16::from_array(c[k][t]) - i32x16::splat(s8);
+                    lane[t] += (dw * f32x16::splat(d[t])) * isum.cast::<f32>();
+                }
+            }
+        }
+        for (k, o) in os.iter_mut().enumerate() {
+            for t in 0..TILE {
+                let v = |l: usize| acc[k][l][t];
+                let s = ((v(0) + v(4)) + (v(2) + v(6))) + ((v(1) + v(5)) + (v(3) + v(7)));
+                for (r, x) in s.to_array().into_iter().enumerate() {
+                    o[r][t] = x;
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::block::{view, zeroed, Family};
+    use crate::quant::q4_0::BlockQ4_0;
+    use crate::quant::tests_util::{Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::{dispatch, simd};
+
+    const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
+
+    /// 16 rows of `nb` random (or extreme) raw blocks of `2 + qs` bytes.
+    fn rows(qs: usize, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<u8> {
+        let mut w: Vec<u8> = (0..ROWS * nb * (2 + qs))
+            .map(|_| {
+                if extreme {
+                    EXTREME_BYTES[(rng.next_u64() % 10) as usize]
+                } else {
+                    rng.next_u64() as u8
+                }
+            })
+            .collect();
+        for blk in w.chunks_exact_mut(2 + qs) {
+            let h = if extreme {
+                EXTREME_HALVES[(rng.next_u64() % 9) as usize]
+            } else {
+                0x2000 | (rng.next_u64() as u16 & 0x0fff)
+            };
+            blk[..2].copy_from_slice(&h.to_le_bytes());
+        }
+        w
+    }
+
+    fn tokens(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<Vec<BlockQ8_0>> {
+        (0..TILE)
+            .map(|t| {
+                let scale = if extreme {
+                    10f32.powi((t % 7) as i32 - 3)
+                } else {
+                    1.0
+                };
+                let x: Vec<f32> = (0..nb * QK).map(|_| rng.normal() * scale).collect();
+                let mut q = vec![zeroed::<BlockQ8_0>(); nb];
+                dispatch::quantize::<BlockQ8_0>(&x, &mut q);
+                if extreme && t % 3 == 0 {
+                    q[nb - 1].qs[5] = -128;
+                }
+                q
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repack_and_unpack_are_inverse() {
+        let mut rng = Rng::new(9);
+        for ty in TYPES {
+            let qs = quant_bytes(ty).unwrap();
+            for nb in [1, 3, 8, 64] {
+                let w = rows(qs, nb, &mut rng, false);
+                let mut p = vec![0u8; w.len()];
+                repack(&w, nb, qs, &mut p);
+                assert_ne!(p, w);
+                let mut back = vec![0u8; w.len()];
+                unpack(&p, nb, qs, &mut back);
+                assert_eq!(back, w, "{ty} nb={nb}");
+                let mut slow = vec![0u8; w.len()];
+                repack_scalar(&w, nb, qs, &mut slow);
+                assert_eq!(slow, p, "{ty} nb={nb}: the vector repack is the scalar one");
+            }
+        }
+    }
+
+    /// Row `r` against token `t` by the row kernel of `ty`'s family.
+    fn row_dot(ty: GgmlType, w: &[u8], nb: usize, r: usize, x: &[BlockQ8_0]) -> u32 {
+        let bytes =
+            &w[r * nb * (2 + quant_bytes(ty).unwrap())..][..nb * (2 + quant_bytes(ty).unwrap())];
+        match ty {
+            GgmlType::Q4_0 => dispatch::dot::<BlockQ4_0>(view(bytes), x).to_bits(),
+            _ => dispatch::dot::<BlockQ8_0>(view(bytes), x).to_bits(),
+        }
+    }
+
+    /// `N` tokens through the type's repacked row kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn rows_n<const N: usize>(
+        ty: GgmlType,
+        p: &[u8],
+        nb: usize,
+        xs: [&[BlockQ8_0]; N],
+    ) -> [[f32; N]; ROWS] {
+        // SAFETY: the callers check simd::has_avx512.
+        unsafe {
+            match ty {
+                GgmlType::Q4_0 => {
+                    let aux: Vec<Q4Aux> = xs
+                        .iter()
+                        .map(|x| <BlockQ4_0>::row_aux(x).unwrap())
+                        .collect();
+                    rows_avx512::<N>(p, nb, xs, std::array::from_fn(|n| &aux[n]))
+                }
+                _ => {
+                    let aux: Vec<Q8Aux> = xs
+                        .iter()
+                        .map(|x| <BlockQ8_0>::row_aux(x).unwrap())
+                        .collect();
+                    rows_q8_avx512::<N>(p, nb, xs, std::array::from_fn(|n| &aux[n]))
+                }
+            }
+        }
+    }
+
+    /// Every kernel over repacked rows gives `dispatch::dot`'s bits for each (row, token).
+    #[test]
+    fn repacked_kernels_equal_the_row_kernels() {
+        let mut rng = Rng::new(10);
+        let (mut ran_vnni, mut ran_amx) = (false, false);
+        for ty in TYPES {
+            let qs = quant_bytes(ty).unwrap();
+            for nb in [1, 2, 7, 8, 9, 17, 64] {
+                for extreme in [false, true] {
+                    let w = rows(qs, nb, &mut rng, extreme);
+                    let mut p = vec![0u8; w.len()];
+                    repack(&w, nb, qs, &mut p);
+                    // Four groups of 16 tokens, each its own.
+                    let xs: Vec<Vec<BlockQ8_0>> =
+                        (0..4).flat_map(|_| tokens(nb, &mut rng, extreme)).collect();
+                    let want = |r: usize, t: usize| row_dot(ty, &w, nb, r, &xs[t]);
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::has_avx512() {
+                        ran_vnni = true;
+                        let one = rows_n::<1>(ty, &p, nb, [&xs[3]]);
+                        let four = rows_n::<4>(ty, &p, nb, std::array::from_fn(|k| &xs[k][..]));
+                        for (r, (o1, o4)) in one.iter().zip(&four).enumerate() {
+                            assert_eq!(o1[0].to_bits(), want(r, 3), "{ty} 1 token nb={nb} r={r}");
+                            for (t, v) in o4.iter().enumerate() {
+                                assert_eq!(
+                                    v.to_bits(),
+                                    want(r, t),
+                                    "{ty} 4 tokens nb={nb} r={r} t={t}"
+                                );
+                            }
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if simd::has_amx() {
+                        ran_amx = true;
+                        let g: Vec<TokenTiles> = (0..4)
+                            .map(|k| TokenTiles::new(std::array::from_fn(|t| &xs[16 * k + t][..])))
+                            .collect();
+                        // A pass of three groups and a lone one; a lone group.
+                        for n_groups in [4, 1] {
+                            let groups: Vec<&TokenTiles> = g[..n_groups].iter().collect();
+                            let mut out = vec![[[0f32; TILE]; TILE]; n_groups];
+                            // SAFETY: checked just above.
+                            unsafe {
+                                if ty == GgmlType::Q8_0 {
+                                    tiles::<true>(&p, nb, &groups, &mut out)
+                                } else {
+                                    tiles::<false>(&p, nb, &groups, &mut out)
+                                }
+                            };
+                            for (k, o) in out.iter().enumerate() {
+                                for (r, row) in o.iter().enumerate() {
+                                    for (t, v) in row.iter().enumerate() {
+                                        assert_eq!(
+                                            v.to_bits(),
+                                            want(r, 16 * k + t),
+                                            "{ty} tiles nb={nb} g={k} r={r} t={t}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "repacked Q4_0 / Q8_0 kernels checked: avx512 {}, amx {}",
+            if ran_vnni {
+                "ran"
+            } else {
+                "skipped (CPU lacks it)"
+            },
+            if ran_amx {
+                "ran"
+            } else {
+                "skipped (CPU lacks it)"
+            }
+        );
+    }
+}
+
+/// Repacked against row kernels, one thread, weights streamed from memory (a report, not a
+/// check: `cargo test --release --lib x16::bench -- --ignored --nocapture`).
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bench {
+    use super::*;
+    use crate::quant::block::{view, zeroed, Family};
+    use crate::quant::q4_0::BlockQ4_0;
+    use crate::quant::tests_util::Rng;
+    use crate::quant::{dispatch, simd};
+    use std::time::Instant;
+
+    fn best(mut f: impl FnMut()) -> f64 {
+        (0..4)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    fn run<B: Family<Act = BlockQ8_0>>(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) {
+        let (nb, qs) = (cols / QK, quant_bytes(ty).unwrap());
+        let mut w: Vec<u8> = (0..rows * nb * (2 + qs))
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        for blk in w.chunks_exact_mut(2 + qs) {
+            blk[..2].copy_from_slice(&(0x2000 | (rng.next_u64() as u16 & 0xfff)).to_le_bytes());
+        }
+        let chunk = ROWS * nb * (2 + qs);
+        let mut p = vec![0u8; w.len()];
+        for (d, s) in p.chunks_mut(chunk).zip(w.chunks(chunk)) {
+            repack(s, nb, qs, d);
+        }
+        let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+        let mut xq = vec![zeroed::<BlockQ8_0>(); nb];
+        dispatch::quantize::<BlockQ8_0>(&x, &mut xq);
+        let aux = B::row_aux(&xq).unwrap();
+        let (a4, a8) = (
+            <BlockQ4_0>::row_aux(&xq).unwrap(),
+            <BlockQ8_0>::row_aux(&xq).unwrap(),
+        );
+        let gb = w.len() as f64 / 1e9;
+        let mut out = vec![[0f32; 1]; rows];
+        let t_rows =
+            best(|| dispatch::dot_rows::<B, 1>(view(&w), nb, [&xq], Some([&aux]), &mut out));
+        let mut sink = 0f32;
+        let mut x16 = |n4: bool| {
+            best(|| {
+                for c in p.chunks(chunk) {
+                    // SAFETY: the caller checks simd::has_avx512.
+                    sink += unsafe {
+                        match (ty, n4) {
+                            (GgmlType::Q4_0, false) => rows_avx512::<1>(c, nb, [&xq], [&a4])[0][0],
+                            (GgmlType::Q4_0, true) => {
+                                rows_avx512::<4>(c, nb, [&xq; 4], [&a4; 4])[0][0]
+                            }
+                            (_, false) => rows_q8_avx512::<1>(c, nb, [&xq], [&a8])[0][0],
+                            (_, true) => rows_q8_avx512::<4>(c, nb, [&xq; 4], [&a8; 4])[0][0],
+                        }
+                    };
+                }
+            })
+        };
+        let (t1, t4) = (x16(false), x16(true));
+        std::hint::black_box(sink);
+        eprintln!(
+            "{ty} {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s, repacked 1 token {:.1} GB/s, repacked 4 tokens {:.1} GB/s per token",
+            gb * 1e3,
+            gb / t_rows,
+            gb / t1,
+            4.0 * gb / t4
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_repacked() {
+        if !simd::has_avx512() {
+            return eprintln!("no AVX-512 here");
+        }
+        let mut rng = Rng::new(4);
+        for (rows, cols) in [(1024, 2048), (32768, 16384)] {
+            run::<BlockQ4_0>(GgmlType::Q4_0, rows, cols, &mut rng);
+            run::<BlockQ8_0>(GgmlType::Q8_0, rows, cols / 2, &mut rng);
+        }
+    }
+}
