@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -87,21 +88,33 @@ def main() -> None:
         f"bound file + KV + 10% = {mib(bound)}"
     )
     print(
-        f"{'engine':>16} | {'load s':>13} | {'RSS before':>11} | {'RSS after':>11} | {'file pages':>11} | "
+        f"{'engine':>17} | {'load s':>13} | {'RSS before':>11} | {'RSS after':>11} | {'file pages':>11} | "
         f"{'anon':>11} | RSS / bound"
     )
-    for engine in ("llama_rs", "llama-cpp-python"):
+    # llama_rs twice: as it loads by default (on AVX-512 CPUs Q4_0/Q8_0 weights are repacked
+    # into private memory) and with LLAMA_RS_REPACK=0 (the weights used in place from the map).
+    variants = [("llama_rs", "llama_rs", {}), ("llama_rs REPACK=0", "llama_rs", {"LLAMA_RS_REPACK": "0"})]
+    for label, engine, extra in [*variants, ("llama-cpp-python", "llama-cpp-python", {})]:
         runs = []
         for _ in range(a.reps):
             out = subprocess.run(
-                [sys.executable, "-c", CHILD, engine, str(path), str(a.ctx)], capture_output=True, text=True, check=True
+                [sys.executable, "-c", CHILD, engine, str(path), str(a.ctx)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **extra},
             )
+            if out.returncode != 0:
+                tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+                print(f"{label:>17} | failed (exit {out.returncode}): {tail[:100]}")
+                break
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if not runs:
+            continue
         loads = [r["load"] for r in runs]
         last = runs[-1]
         rss = last["after"]["VmRSS"]
         print(
-            f"{engine:>16} | {statistics.mean(loads):6.3f}±{statistics.stdev(loads) if len(loads) > 1 else 0:5.3f} | "
+            f"{label:>17} | {statistics.mean(loads):6.3f}±{statistics.stdev(loads) if len(loads) > 1 else 0:5.3f} | "
             f"{mib(last['before']['VmRSS']):>11} | {mib(rss):>11} | {mib(last['after']['RssFile']):>11} | "
             f"{mib(last['after']['RssAnon']):>11} | {rss / bound:.2f}"
         )

@@ -136,7 +136,9 @@ def serve(
     and the API docs at /docs.
 
     Memory: each of the -w workers holds the weights and at most --kv-cells KV cells
-    (default --parallel x --ctx-size).
+    (default --parallel x --ctx-size). Workers share the file's pages, except that on
+    AVX-512 CPUs Q4_0 and Q8_0 weights are repacked into each worker's own memory for faster
+    kernels; LLAMA_RS_REPACK=0 keeps them shared.
     """
     host, port = parse_listen(listen)
     if ray_address is not None:
