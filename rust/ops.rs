@@ -230,25 +230,28 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         let w_rows = &data[r0 * row_bytes..r1 * row_bytes];
         // AMX first: 16 rows against every whole group of 16 tokens in one call (Q4_0 and
         // K-quant blocks unpacked once per chunk), then the other kernels for the rest.
+        let n_groups = if repacked {
+            token_tiles.len()
+        } else if r1 - r0 == TILE && has_amx_kernel(ty) {
+            amx.len()
+        } else {
+            0
+        };
         let mut t = 0;
-        if repacked && !token_tiles.is_empty() {
-            let groups: Vec<&TokenTiles> = token_tiles.iter().collect();
-            let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
-            vec_dot_tiles_x16(ty, w_rows, &groups, &mut res);
+        if n_groups > 0 {
+            let mut res = vec![[[0f32; TILE]; TILE]; n_groups];
+            if repacked {
+                let groups: Vec<&TokenTiles> = token_tiles.iter().collect();
+                vec_dot_tiles_x16(ty, w_rows, &groups, &mut res);
+            } else {
+                let groups: Vec<&AmxActs> = amx.iter().collect();
+                vec_dot_tiles(ty, w_rows, &groups, &mut res);
+            }
             for (g, tile) in res.iter().enumerate() {
                 // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
                 unsafe { dst.set_columns(tile, g * TILE, r0, rows) };
             }
-            t = groups.len() * TILE;
-        } else if r1 - r0 == TILE && !amx.is_empty() && has_amx_kernel(ty) {
-            let groups: Vec<&AmxActs> = amx.iter().collect();
-            let mut res = vec![[[0f32; TILE]; TILE]; groups.len()];
-            vec_dot_tiles(ty, w_rows, &groups, &mut res);
-            for (g, tile) in res.iter().enumerate() {
-                // SAFETY: rows r0 .. r0 + 16 belong to this task alone.
-                unsafe { dst.set_columns(tile, g * TILE, r0, rows) };
-            }
-            t = groups.len() * TILE;
+            t = n_groups * TILE;
         }
         // Tokens outermost within a chunk: the activation rows of one call and the chunk's
         // weight rows stay in cache together. Eight tokens per call (each weight block
