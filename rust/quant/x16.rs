@@ -300,11 +300,10 @@ pub(crate) unsafe fn rows_q8_avx512<const N: usize>(
 }
 
 /// Tokens for the tile kernel over repacked weights: 16 tokens' q8_0 quants row by row (the
-/// A operand: `a[(b * 16 + t) * 32 + k]`), their scales `d[b][t]` and `8 * sum(q)` `s8[b][t]`.
+/// A operand: `a[(b * 16 + t) * 32 + k]`) and their scales `d[b][t]`.
 pub struct TokenTiles {
     a: Vec<i8>,
     d: Vec<[f32; TILE]>,
-    s8: Vec<[i32; TILE]>,
 }
 
 impl TokenTiles {
@@ -316,15 +315,13 @@ impl TokenTiles {
         );
         let mut a = vec![0i8; nb * TILE * QK];
         let mut d = vec![[0f32; TILE]; nb];
-        let mut s8 = vec![[0i32; TILE]; nb];
         for (t, row) in rows.iter().enumerate() {
             for (b, yb) in row.iter().enumerate() {
                 a[(b * TILE + t) * QK..][..QK].copy_from_slice(&yb.qs);
                 d[b][t] = yb.d.get();
-                s8[b][t] = 8 * yb.qs.iter().map(|&q| q as i32).sum::<i32>();
             }
         }
-        TokenTiles { a, d, s8 }
+        TokenTiles { a, d }
     }
 
     pub fn blocks(&self) -> usize {
@@ -368,7 +365,7 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
         "tiles: row lengths differ"
     );
     CONFIG.load();
-    let low = _mm512_set1_epi8(0x0f);
+    let (low, eight) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8));
     let mut bq = [[0u8; 64]; 8];
     let mut c = [[[0i32; TILE]; TILE]; GROUPS_PER_PASS];
     for (gs, os) in groups
@@ -384,12 +381,14 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
                 _tile_loadd::<1>(col.add(PART).cast(), 64);
             } else {
                 // B: rows 0..4 the low nibbles of parts 0..4 (weights 4j ..), rows 4..8 the
-                // high ones (weights 16 + 4j ..), as unsigned bytes (the -8 comes off below).
+                // high ones (weights 16 + 4j ..), as the signed weights q - 8 (once per block
+                // here, not once per token below).
                 for j in 0..4 {
                     let z = _mm512_loadu_si512(col.add(PART + 64 * j).cast());
-                    _mm512_storeu_si512(bq[j].as_mut_ptr().cast(), _mm512_and_si512(z, low));
+                    let l = _mm512_sub_epi8(_mm512_and_si512(z, low), eight);
+                    _mm512_storeu_si512(bq[j].as_mut_ptr().cast(), l);
                     let h = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
-                    _mm512_storeu_si512(bq[4 + j].as_mut_ptr().cast(), h);
+                    _mm512_storeu_si512(bq[4 + j].as_mut_ptr().cast(), _mm512_sub_epi8(h, eight));
                 }
                 _tile_loadd::<1>(bq.as_ptr().cast(), 64);
             }
@@ -398,11 +397,7 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
                     if $k < ng {
                         _tile_zero::<$ct>();
                         _tile_loadd::<$at>(gs[$k].a[b * TILE * QK..].as_ptr().cast(), QK);
-                        if Q8 {
-                            _tile_dpbssd::<$ct, $at, 1>();
-                        } else {
-                            _tile_dpbsud::<$ct, $at, 1>();
-                        }
+                        _tile_dpbssd::<$ct, $at, 1>();
                         _tile_stored::<$ct>(c[$k].as_mut_ptr().cast(), 64);
                     }
                 };
@@ -413,12 +408,10 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
             let dw = f32x16::from(_mm512_cvtph_ps(_mm256_loadu_si256(col.cast())));
             for k in 0..ng {
                 let lane = &mut acc[k][b % BLOCK_LANES];
-                let (d, s8) = (&gs[k].d[b], &gs[k].s8[b]);
+                let d = &gs[k].d[b];
                 for t in 0..TILE {
-                    // Q4_0's nibbles are q, its weights q - 8.
-                    let s8 = if Q8 { 0 } else { s8[t] };
-                    let isum = i32x16::from_array(c[k][t]) - i32x16::splat(s8);
-                    lane[t] += (dw * f32x16::splat(d[t])) * isum.cast::<f32>();
+                    let isum = i32x16::from_array(c[k][t]).cast::<f32>();
+                    lane[t] += (dw * f32x16::splat(d[t])) * isum;
                 }
             }
         }
