@@ -41,10 +41,14 @@ impl BF16 {
     }
 }
 
+/// An activation row for the multi-row kernel: the row again, zero-padded to whole chunks of
+/// `FLOAT_LANES` (zeros add `+0.0`, as the single-row driver's padding does).
+pub struct BfRow(Vec<f32>);
+
 impl Family for BF16 {
     const QK: usize = 1;
     type Act = f32;
-    type Aux = ();
+    type Aux = BfRow;
 
     #[inline(always)]
     fn quantize(x: &[f32], out: &mut BF16) {
@@ -82,6 +86,62 @@ impl Family for BF16 {
             let wv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
             acc[k] += f32x8::from(wv) * f32x8::from_slice(&x[8 * k..8 * k + 8]);
         }
+    }
+
+    const MULTI_ROW: bool = true;
+
+    fn row_aux(x: &[f32]) -> Option<BfRow> {
+        let mut v = x.to_vec();
+        v.resize(x.len().div_ceil(FLOAT_LANES) * FLOAT_LANES, 0.0);
+        Some(BfRow(v))
+    }
+
+    fn aux_fits(aux: &BfRow, x: &[f32]) -> bool {
+        aux.0.len() == x.len().div_ceil(FLOAT_LANES) * FLOAT_LANES
+    }
+
+    /// Each chunk of 32 weights widened once for all `N` rows; per row the single-row
+    /// kernel's lanes (`acc[i % 32] += w * x`, multiply then add) and reduction.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn row_xn_avx2<const N: usize>(w: &[BF16], aux: [&BfRow; N]) -> [f32; N] {
+        use simd::x86::*;
+        let chunks = w.len().div_ceil(FLOAT_LANES);
+        assert!(
+            aux.iter().all(|a| a.0.len() == chunks * FLOAT_LANES),
+            "row_xn: activation length"
+        );
+        if N == 1 {
+            // One row (generation): the single-row kernel, which streams faster alone.
+            return std::array::from_fn(|n| {
+                super::dispatch::dot_avx2::<BF16>(w, &aux[n].0[..w.len()])
+            });
+        }
+        let mut acc = [<f32 as super::block::Activation>::acc_zero(); N];
+        for c in 0..chunks {
+            // Whole chunks in place; the last one zero-padded as the single-row driver pads it.
+            let mut pad = [BF16::default(); FLOAT_LANES];
+            let h: &[BF16] = if (c + 1) * FLOAT_LANES <= w.len() {
+                &w[c * FLOAT_LANES..(c + 1) * FLOAT_LANES]
+            } else {
+                let part = &w[c * FLOAT_LANES..];
+                pad[..part.len()].copy_from_slice(part);
+                &pad
+            };
+            let wv: [f32x8; 4] = std::array::from_fn(|k| {
+                let v = _mm_loadu_si128(h[8 * k..].as_ptr().cast());
+                f32x8::from(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(
+                    _mm256_cvtepu16_epi32(v),
+                )))
+            });
+            for (a, x) in acc.iter_mut().zip(aux) {
+                let x = &x.0[c * FLOAT_LANES..(c + 1) * FLOAT_LANES];
+                for k in 0..4 {
+                    a[k] += wv[k] * f32x8::from_slice(&x[8 * k..8 * k + 8]);
+                }
+            }
+        }
+        acc.map(<f32 as super::block::Activation>::finish)
     }
 }
 
@@ -161,6 +221,13 @@ mod tests {
                         assert_eq!(v.to_bits(), r.to_bits(), "avx512 {ctx}");
                     }
                 }
+                // Every level again, and the multi-row kernels with 1 and 3 rows.
+                let all = crate::quant::tests_util::check_dot_levels::<BF16>(
+                    crate::quant::view(&w),
+                    &x,
+                    &ctx,
+                );
+                assert_eq!(all.to_bits(), r.to_bits(), "{ctx}");
                 let mut shifted = vec![0u8; w.len() + 1];
                 shifted[1..].copy_from_slice(&w);
                 assert_eq!(vec_dot(&shifted[1..], &x).to_bits(), r.to_bits(), "{ctx}");
