@@ -205,30 +205,10 @@ pub(crate) unsafe fn tiles<B: AmxK>(
 /// the passes.
 #[cfg(all(test, target_arch = "x86_64"))]
 mod bench {
+    use super::super::tests_util::thread_cpu_secs;
     use super::super::tests_util::Rng;
     use super::super::{prepare_activation, quantize_row, vec_dot_tiles, AmxActs, GgmlType};
     use super::TILE;
-
-    /// This thread's CPU time in seconds (Linux): unlike the wall clock, it does not count
-    /// the time another process held the core.
-    fn thread_cpu_secs() -> f64 {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
-        }
-        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-        let mut ts = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: clock_gettime writes one timespec.
-        assert_eq!(
-            unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) },
-            0
-        );
-        ts.sec as f64 + ts.nsec as f64 * 1e-9
-    }
 
     #[test]
     #[ignore]

@@ -627,7 +627,7 @@ mod bench {
     use super::*;
     use crate::quant::block::{view, zeroed, Family};
     use crate::quant::q4_0::BlockQ4_0;
-    use crate::quant::tests_util::Rng;
+    use crate::quant::tests_util::{thread_cpu_secs, Rng};
     use crate::quant::{dispatch, simd};
     use std::time::Instant;
 
@@ -693,6 +693,70 @@ mod bench {
             gb / t1,
             4.0 * gb / t4
         );
+    }
+
+    /// The tile kernel on one chunk of 16 rows x `cols` held in cache, against 4 and 32
+    /// groups of 16 tokens (pp64, pp512), in G multiply-adds per second of this thread's CPU
+    /// time (best of 5 passes).
+    fn run_tiles(ty: GgmlType, cols: usize, rng: &mut Rng) {
+        let (nb, qs) = (cols / QK, quant_bytes(ty).unwrap());
+        let mut w: Vec<u8> = (0..ROWS * nb * (2 + qs))
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        for blk in w.chunks_exact_mut(2 + qs) {
+            blk[..2].copy_from_slice(&(0x2000 | (rng.next_u64() as u16 & 0xfff)).to_le_bytes());
+        }
+        let mut chunk = vec![0u8; w.len()];
+        repack(&w, nb, qs, &mut chunk);
+        let groups: Vec<TokenTiles> = (0..32)
+            .map(|_| {
+                let toks: Vec<Vec<BlockQ8_0>> = (0..TILE)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+                        let mut xq = vec![zeroed::<BlockQ8_0>(); nb];
+                        dispatch::quantize::<BlockQ8_0>(&x, &mut xq);
+                        xq
+                    })
+                    .collect();
+                TokenTiles::new(std::array::from_fn(|t| &toks[t][..]))
+            })
+            .collect();
+        for ng in [4, 32] {
+            let refs: Vec<&TokenTiles> = groups[..ng].iter().collect();
+            let mut out = vec![[[0f32; TILE]; TILE]; ng];
+            let reps = 16384 / ng;
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let t = thread_cpu_secs();
+                for _ in 0..reps {
+                    dispatch_tiles(ty, &chunk, &refs, &mut out);
+                }
+                best = best.min(thread_cpu_secs() - t);
+            }
+            let macs = (reps * ng * TILE * ROWS * cols) as f64;
+            eprintln!(
+                "repacked {ty} tiles, cols {cols}, groups {ng}: {:.0} GMAC/s",
+                macs / best / 1e9
+            );
+        }
+    }
+
+    fn dispatch_tiles(ty: GgmlType, c: &[u8], g: &[&TokenTiles], o: &mut [[[f32; TILE]; TILE]]) {
+        crate::quant::vec_dot_tiles_x16(ty, c, g, o)
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_repacked_tiles() {
+        if !simd::has_amx() {
+            return eprintln!("no AMX here");
+        }
+        let mut rng = Rng::new(5);
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            for cols in [2048, 8192] {
+                run_tiles(ty, cols, &mut rng);
+            }
+        }
     }
 
     #[test]
