@@ -261,16 +261,11 @@ impl Model {
         Ok(logits)
     }
 
-    /// The output projection: `output`, or `token_embd` when they are tied.
     /// Every matrix in the layout its kernels read fastest on this CPU (see
-    /// `Weight::repack_for_kernels`).
+    /// `weights::repack_for_kernels`).
     pub fn repack_for_kernels(&mut self) {
-        self.token_embd.repack_for_kernels();
-        if let Some(o) = &mut self.output {
-            o.repack_for_kernels();
-        }
-        for l in &mut self.layers {
-            for w in [
+        let layers = self.layers.iter_mut().flat_map(|l| {
+            [
                 &mut l.wq,
                 &mut l.wk,
                 &mut l.wv,
@@ -278,10 +273,13 @@ impl Model {
                 &mut l.w_gate,
                 &mut l.w_up,
                 &mut l.w_down,
-            ] {
-                w.repack_for_kernels();
-            }
-        }
+            ]
+        });
+        let matrices = [&mut self.token_embd]
+            .into_iter()
+            .chain(&mut self.output)
+            .chain(layers);
+        crate::weights::repack_for_kernels(matrices);
     }
 
     /// How many matrices [`Model::repack_for_kernels`] repacked.
@@ -298,6 +296,7 @@ impl Model {
             .count()
     }
 
+    /// The output projection: `output`, or `token_embd` when they are tied.
     fn output_weight(&self) -> &Weight {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }

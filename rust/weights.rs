@@ -12,9 +12,41 @@ use std::sync::Arc;
 pub enum Storage {
     Mapped(Arc<Mmap>, Range<usize>),
     Owned(Vec<u8>),
-    /// Q4_0 or Q8_0 rows repacked 16 at a time at load for the AVX-512 kernels (`quant::x16`),
-    /// in anonymous memory that asks for 2 MiB pages.
-    Repacked(MmapMut),
+    /// Q4_0 or Q8_0 rows repacked 16 at a time at load for the AVX-512 kernels (`quant::x16`):
+    /// a range of the model's one [`Arena`].
+    Repacked(Arc<Arena>, Range<usize>),
+}
+
+/// Anonymous memory holding every repacked matrix of a model, one map aligned to 2 MiB so the
+/// kernel can back all of it with 2 MiB pages: a separate map per matrix got about half of
+/// its bytes in them, and first touching 4 KiB pages is most of the repack's time.
+pub struct Arena {
+    map: MmapMut,
+    /// Where the 2 MiB-aligned part of `map` starts.
+    base: usize,
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+/// Each matrix starts on its own 4 KiB page.
+const PAGE: usize = 4096;
+
+impl Arena {
+    /// `len` bytes, or `None` when there is no memory for them.
+    fn new(len: usize) -> Option<Arena> {
+        let map = MmapMut::map_anon(len + HUGE_PAGE).ok()?;
+        let base = map.as_ptr().align_offset(HUGE_PAGE);
+        #[cfg(target_os = "linux")]
+        let _ = map.advise_range(memmap2::Advice::HugePage, base, len);
+        Some(Arena { map, base })
+    }
+
+    fn get(&self, r: &Range<usize>) -> &[u8] {
+        &self.map[self.base + r.start..self.base + r.end]
+    }
+
+    fn get_mut(&mut self, r: &Range<usize>) -> &mut [u8] {
+        &mut self.map[self.base + r.start..self.base + r.end]
+    }
 }
 
 /// A `rows x cols` matrix of `ty` blocks, one row per output (ggml order: `ne = [cols, rows]`).
@@ -40,11 +72,11 @@ impl WeightView for Weight {
         match &self.data {
             Storage::Mapped(m, r) => &m[r.clone()],
             Storage::Owned(v) => v,
-            Storage::Repacked(m) => m,
+            Storage::Repacked(a, r) => a.get(r),
         }
     }
     fn repacked(&self) -> bool {
-        matches!(self.data, Storage::Repacked(_))
+        matches!(self.data, Storage::Repacked(..))
     }
 }
 
@@ -70,30 +102,44 @@ impl Weight {
         }
         out
     }
+}
 
-    /// Repacks the weight into the layout its kernels read fastest, where there is one for
-    /// its type on this CPU (`x16::wanted`), and lets go of the file pages it copied (the
-    /// page cache keeps them; they stop counting in this process's resident memory).
-    pub fn repack_for_kernels(&mut self) {
-        if self.repacked() || !x16::wanted(self.ty, self.rows) {
-            return;
+/// Repacks every weight that has a faster layout for its kernels on this CPU (`x16::wanted`)
+/// into one [`Arena`], and lets go of the file pages each one copied as soon as it is done
+/// (the page cache keeps them; they stop counting in this process's resident memory), so the
+/// process never holds a matrix twice. With no memory for the arena nothing changes.
+pub fn repack_for_kernels<'a>(weights: impl IntoIterator<Item = &'a mut Weight>) {
+    let mut todo: Vec<(&mut Weight, Range<usize>)> = Vec::new();
+    let mut len = 0;
+    for w in weights {
+        if w.repacked() || !x16::wanted(w.ty, w.rows) {
+            continue;
         }
-        let rb = self.ty.row_bytes(self.cols).unwrap();
-        let (chunk, qs) = (x16::ROWS * rb, x16::quant_bytes(self.ty).unwrap());
-        let src = self.bytes();
-        // No memory for the copy: the weight stays as it is, in the file's layout.
-        let Ok(mut dst) = MmapMut::map_anon(src.len()) else {
-            return;
-        };
-        #[cfg(target_os = "linux")]
-        let _ = dst.advise(memmap2::Advice::HugePage);
-        dst.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
+        let n = w.bytes().len();
+        todo.push((w, len..len + n));
+        len = (len + n).next_multiple_of(PAGE);
+    }
+    if todo.is_empty() {
+        return;
+    }
+    let Some(mut arena) = Arena::new(len) else {
+        return;
+    };
+    for (w, range) in &todo {
+        let rb = w.ty.row_bytes(w.cols).unwrap();
+        let (chunk, qs) = (x16::ROWS * rb, x16::quant_bytes(w.ty).unwrap());
+        arena
+            .get_mut(range)
+            .par_chunks_mut(chunk)
+            .zip(w.bytes().par_chunks(chunk))
             .for_each(|(d, s)| x16::repack(s, rb / (2 + qs), qs, d));
-        if let Storage::Mapped(map, range) = &self.data {
+        if let Storage::Mapped(map, range) = &w.data {
             drop_pages(map, range.clone());
         }
-        self.data = Storage::Repacked(dst);
+    }
+    let arena = Arc::new(arena);
+    for (w, range) in todo {
+        w.data = Storage::Repacked(arena.clone(), range);
     }
 }
 
@@ -114,4 +160,71 @@ fn drop_pages(map: &Mmap, range: Range<usize>) {
     }
     #[cfg(not(unix))]
     let _ = (map, range);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weight(ty: GgmlType, rows: usize, cols: usize, seed: u8) -> Weight {
+        let n = ty.row_bytes(cols).unwrap() * rows;
+        let mut bytes: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+        // Finite f16 scales at the start of each block (2 + 16 or 2 + 32 bytes).
+        let block = 2 + x16::quant_bytes(ty).unwrap();
+        for b in bytes.chunks_exact_mut(block) {
+            b[..2].copy_from_slice(&0x2c00u16.to_le_bytes());
+        }
+        Weight {
+            name: format!("w{seed}"),
+            ty,
+            rows,
+            cols,
+            data: Storage::Owned(bytes),
+        }
+    }
+
+    #[test]
+    fn repacked_weights_share_one_aligned_arena_and_keep_their_rows() {
+        if !x16::wanted(GgmlType::Q4_0, 16) {
+            return eprintln!("no repack on this CPU (or LLAMA_RS_REPACK=0): skipped");
+        }
+        let mut ws = [
+            weight(GgmlType::Q4_0, 32, 64, 1),
+            weight(GgmlType::Q8_0, 16, 96, 2),
+            weight(GgmlType::Q4_0, 10, 64, 3), // not whole chunks: stays as it is
+            weight(GgmlType::Q8_0, 48, 32, 4),
+        ];
+        let rows_before: Vec<Vec<Vec<f32>>> = ws
+            .iter()
+            .map(|w| {
+                (0..w.rows)
+                    .map(|r| {
+                        let mut row = vec![0.0; w.cols];
+                        w.row_f32(r, &mut row);
+                        row
+                    })
+                    .collect()
+            })
+            .collect();
+        repack_for_kernels(ws.iter_mut());
+        let repacked: Vec<bool> = ws.iter().map(|w| w.repacked()).collect();
+        assert_eq!(repacked, [true, true, false, true]);
+        let mut arena = None;
+        for w in ws.iter().filter(|w| w.repacked()) {
+            let Storage::Repacked(a, r) = &w.data else {
+                unreachable!()
+            };
+            assert_eq!(a.map.as_ptr().wrapping_add(a.base) as usize % HUGE_PAGE, 0);
+            assert_eq!(r.start % PAGE, 0, "{} starts on a page", w.name);
+            let p = Arc::as_ptr(a);
+            assert_eq!(*arena.get_or_insert(p), p, "one arena for all");
+        }
+        for (w, before) in ws.iter().zip(&rows_before) {
+            for (r, want) in before.iter().enumerate() {
+                let mut row = vec![0.0; w.cols];
+                w.row_f32(r, &mut row);
+                assert_eq!(&row, want, "{} row {r}", w.name);
+            }
+        }
+    }
 }
