@@ -114,10 +114,11 @@ pub struct Prepared {
     rows: Vec<PreparedRow>,
     aux: Vec<RowAux>,
     /// The first `16 * amx.len()` rows in AMX tile layout (types with an AMX kernel, on a CPU
-    /// that has it); the rest take the other kernels.
-    amx: Vec<AmxActs>,
-    /// The same groups as the tile kernel over repacked Q4_0 weights wants them (built at the
-    /// first such weight).
+    /// that has it; built at the first weight in the file's row layout that takes them); the
+    /// rest take the other kernels.
+    amx: OnceLock<Vec<AmxActs>>,
+    /// The same groups as the tile kernel over repacked Q4_0 and Q8_0 weights wants them
+    /// (built at the first such weight).
     token_tiles: OnceLock<Vec<TokenTiles>>,
 }
 
@@ -137,22 +138,28 @@ impl Prepared {
         } else {
             vec![RowAux::default(); rows.len()]
         };
-        let amx = if has_amx_kernel(ty) {
-            // All groups or none: a group's index is its tokens' place.
-            (0..rows.len() / TILE)
-                .into_par_iter()
-                .map(|g| AmxActs::from_prepared(std::array::from_fn(|t| &rows[g * TILE + t])))
-                .collect::<Option<Vec<_>>>()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         Prepared {
             rows,
             aux,
-            amx,
+            amx: OnceLock::new(),
             token_tiles: OnceLock::new(),
         }
+    }
+
+    /// Every whole group of 16 rows in the layout of `T` (`from` one group), or none: a
+    /// group's index is its tokens' place.
+    fn groups<'a, T: Send>(
+        &'a self,
+        cell: &'a OnceLock<Vec<T>>,
+        from: impl Fn([&PreparedRow; TILE]) -> Option<T> + Sync,
+    ) -> &'a [T] {
+        cell.get_or_init(|| {
+            (0..self.rows.len() / TILE)
+                .into_par_iter()
+                .map(|g| from(std::array::from_fn(|t| &self.rows[g * TILE + t])))
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default()
+        })
     }
 
     /// Whether these rows serve weights of type `ty` with the fast kernels.
@@ -189,7 +196,7 @@ pub fn matmul_with(w: &dyn WeightView, p: &Prepared, x: &[f32], out: &mut [f32])
 const CHUNK: usize = 16;
 
 fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
-    let (prepared, aux, amx) = (&p.rows[..], &p.aux[..], &p.amx[..]);
+    let (prepared, aux) = (&p.rows[..], &p.aux[..]);
     let (rows, cols, n) = (w.rows(), w.cols(), prepared.len());
     assert!(
         prepared.iter().all(|p| p.len() == cols),
@@ -207,18 +214,11 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         !repacked || rows % TILE == 0,
         "repacked weights are whole chunks"
     );
-    let token_tiles: &[TokenTiles] = if repacked && !amx.is_empty() {
-        p.token_tiles.get_or_init(|| {
-            (0..n / TILE)
-                .into_par_iter()
-                .map(|g| {
-                    TokenTiles::from_prepared(std::array::from_fn(|t| &prepared[g * TILE + t]))
-                })
-                .collect::<Option<Vec<_>>>()
-                .unwrap_or_default()
-        })
-    } else {
-        &[]
+    // Tokens in AMX tile layout, for the weight's layout (none without an AMX kernel).
+    let (token_tiles, amx): (&[TokenTiles], &[AmxActs]) = match (has_amx_kernel(ty), repacked) {
+        (false, _) => (&[], &[]),
+        (true, true) => (p.groups(&p.token_tiles, TokenTiles::from_prepared), &[]),
+        (true, false) => (&[], p.groups(&p.amx, AmxActs::from_prepared)),
     };
     // Work in output-row chunks so the chunk's weight rows stay in cache while they meet
     // every token. Each task owns a range of output rows (weight rows) for every token, so it
@@ -232,7 +232,7 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         // K-quant blocks unpacked once per chunk), then the other kernels for the rest.
         let n_groups = if repacked {
             token_tiles.len()
-        } else if r1 - r0 == TILE && has_amx_kernel(ty) {
+        } else if r1 - r0 == TILE {
             amx.len()
         } else {
             0
