@@ -329,21 +329,29 @@ impl TokenTiles {
     }
 }
 
-/// The tile registers for [`tiles`]: 1 = B (a block column's nibbles as bytes, 8 rows of 64),
-/// 2..=4 = A (three token groups, 16 x 32 bytes), 5..=7 = C (16 x 16 i32).
+/// The tile registers for [`tiles`]: 1 = B (a block column's quants as bytes, 8 rows of 64),
+/// 2 = A (a token group's block, 16 x 32 bytes), 5 = C (16 x 16 i32).
 const CONFIG: super::amx::TileConfig = {
     let (a, b, c) = ((16, QK as u16), ((QK / 4) as u8, 64), (16, 64));
-    super::amx::TileConfig::new(&[(0, 0), b, a, a, a, c, c, c])
+    super::amx::TileConfig::new(&[(0, 0), b, a, (0, 0), (0, 0), c])
 };
 
-/// Token groups per pass (one C and one A register each).
-const GROUPS_PER_PASS: usize = 3;
+thread_local! {
+    /// [`tiles`]' Q4_0 B operands for the chunk at hand, one per block column; reused chunk
+    /// after chunk (every block a chunk reads is rewritten first).
+    static UNPACKED: std::cell::Cell<Vec<[[u8; 64]; 8]>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// `out[g][r][t]` = row `r` of a repacked chunk against token `t` of group `g`, on AMX tiles:
 /// the weights are the B operand (a Q8_0 column's 8 parts are B's 8 rows of 64 bytes as they
 /// are; a Q4_0 column's 4 parts split into low and high nibbles), the tokens the A operand, so
 /// C is token by row and the float half takes the 16 rows' scales as one vector, as
 /// [`rows_avx512`] does. `Q8`: Q8_0 weights, else Q4_0.
+///
+/// One group at a time, lane by lane: lane `l` (of the row kernels' 8, `b % 8`) takes blocks
+/// `l, l + 8, ...` in order, so its 16 tokens' sums stay in registers; with the sums of
+/// every lane in memory instead (all lanes in turn, three groups sharing each B load) the
+/// kernel ran 10-40% slower on Q8_0 and no faster on Q4_0 (`bench_repacked_tiles`).
 ///
 /// # Safety
 /// The CPU must have AMX-INT8 with the tile permission granted and AVX-512 F/BW/VL.
@@ -364,67 +372,56 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
         groups.iter().all(|g| g.blocks() == nb),
         "tiles: row lengths differ"
     );
-    CONFIG.load();
-    let (low, eight) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8));
-    let mut bq = [[0u8; 64]; 8];
-    let mut c = [[[0i32; TILE]; TILE]; GROUPS_PER_PASS];
-    for (gs, os) in groups
-        .chunks(GROUPS_PER_PASS)
-        .zip(out.chunks_mut(GROUPS_PER_PASS))
-    {
-        let ng = gs.len();
-        // acc[k][lane][t]: token t of group k, its 16 rows in the vector.
-        let mut acc = [[[f32x16::splat(0.0); TILE]; BLOCK_LANES]; GROUPS_PER_PASS];
-        for b in 0..nb {
+    let mut unpacked = UNPACKED.with(|c| c.take());
+    if !Q8 {
+        unpacked.resize(nb, [[0u8; 64]; 8]);
+        let (low, eight) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(8));
+        for (b, bq) in unpacked.iter_mut().enumerate() {
             let col = chunk.as_ptr().add(b * column);
-            if Q8 {
-                _tile_loadd::<1>(col.add(PART).cast(), 64);
-            } else {
-                // B: rows 0..4 the low nibbles of parts 0..4 (weights 4j ..), rows 4..8 the
-                // high ones (weights 16 + 4j ..), as the signed weights q - 8 (once per block
-                // here, not once per token below).
-                for j in 0..4 {
-                    let z = _mm512_loadu_si512(col.add(PART + 64 * j).cast());
-                    let l = _mm512_sub_epi8(_mm512_and_si512(z, low), eight);
-                    _mm512_storeu_si512(bq[j].as_mut_ptr().cast(), l);
-                    let h = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
-                    _mm512_storeu_si512(bq[4 + j].as_mut_ptr().cast(), _mm512_sub_epi8(h, eight));
-                }
-                _tile_loadd::<1>(bq.as_ptr().cast(), 64);
-            }
-            macro_rules! product {
-                ($k:literal, $at:literal, $ct:literal) => {
-                    if $k < ng {
-                        _tile_zero::<$ct>();
-                        _tile_loadd::<$at>(gs[$k].a[b * TILE * QK..].as_ptr().cast(), QK);
-                        _tile_dpbssd::<$ct, $at, 1>();
-                        _tile_stored::<$ct>(c[$k].as_mut_ptr().cast(), 64);
-                    }
-                };
-            }
-            product!(0, 2, 5);
-            product!(1, 3, 6);
-            product!(2, 4, 7);
-            let dw = f32x16::from(_mm512_cvtph_ps(_mm256_loadu_si256(col.cast())));
-            for k in 0..ng {
-                let lane = &mut acc[k][b % BLOCK_LANES];
-                let d = &gs[k].d[b];
-                for t in 0..TILE {
-                    let isum = i32x16::from_array(c[k][t]).cast::<f32>();
-                    lane[t] += (dw * f32x16::splat(d[t])) * isum;
-                }
-            }
-        }
-        for (k, o) in os.iter_mut().enumerate() {
-            for t in 0..TILE {
-                let v = |l: usize| acc[k][l][t];
-                let s = ((v(0) + v(4)) + (v(2) + v(6))) + ((v(1) + v(5)) + (v(3) + v(7)));
-                for (r, x) in s.to_array().into_iter().enumerate() {
-                    o[r][t] = x;
-                }
+            for j in 0..4 {
+                let z = _mm512_loadu_si512(col.add(PART + 64 * j).cast());
+                let lo = _mm512_sub_epi8(_mm512_and_si512(z, low), eight);
+                _mm512_storeu_si512(bq[j].as_mut_ptr().cast(), lo);
+                let h = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
+                _mm512_storeu_si512(bq[4 + j].as_mut_ptr().cast(), _mm512_sub_epi8(h, eight));
             }
         }
     }
+    CONFIG.load();
+    let mut c = [[0i32; TILE]; TILE];
+    for (g, o) in groups.iter().zip(out.iter_mut()) {
+        let mut lanes = [[f32x16::splat(0.0); TILE]; BLOCK_LANES];
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let mut acc = [f32x16::splat(0.0); TILE];
+            for b in (l..nb).step_by(BLOCK_LANES) {
+                let col = chunk.as_ptr().add(b * column);
+                if Q8 {
+                    _tile_loadd::<1>(col.add(PART).cast(), 64);
+                } else {
+                    _tile_loadd::<1>(unpacked[b].as_ptr().cast(), 64);
+                }
+                _tile_zero::<5>();
+                _tile_loadd::<2>(g.a[b * TILE * QK..].as_ptr().cast(), QK);
+                _tile_dpbssd::<5, 2, 1>();
+                _tile_stored::<5>(c.as_mut_ptr().cast(), 64);
+                let dw = f32x16::from(_mm512_cvtph_ps(_mm256_loadu_si256(col.cast())));
+                let d = &g.d[b];
+                for t in 0..TILE {
+                    let isum = i32x16::from_array(c[t]).cast::<f32>();
+                    acc[t] += (dw * f32x16::splat(d[t])) * isum;
+                }
+            }
+            *lane = acc;
+        }
+        for t in 0..TILE {
+            let v = |l: usize| lanes[l][t];
+            let s = ((v(0) + v(4)) + (v(2) + v(6))) + ((v(1) + v(5)) + (v(3) + v(7)));
+            for (r, x) in s.to_array().into_iter().enumerate() {
+                o[r][t] = x;
+            }
+        }
+    }
+    UNPACKED.with(|c| c.set(unpacked));
     _tile_release();
 }
 
