@@ -221,3 +221,14 @@ def test_sigterm_to_the_whole_group_lets_running_requests_finish(slow_model: Pat
     assert s.proc.wait(timeout=30) in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
     wait_until(lambda: not pid_alive(pid), timeout=10)
     assert "died" not in s.log() and "Traceback" not in s.log(), s.log()
+
+
+def test_serving_processes_do_not_import_numpy() -> None:
+    # numpy starts OpenBLAS's thread pool at import, threads that spin beside the engine's on
+    # the same cores; serve's front and workers never need an array.
+    code = (
+        "import sys, llama_rs, llama_rs_cli.app, llama_rs.server.worker, llama_rs.server.front; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, List, Literal, Mapping, Sequence, Tuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterator, List, Literal, Mapping, Sequence, Tuple
 
 from . import _core
 from .batch import BatchEngine
 from .chat import check_messages, render_chat
 from .generation import DEFAULTS
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FinishReason = Literal["length", "eos", "stop", "context"]
 
@@ -174,6 +175,10 @@ class Model:
         position (``[len(ids), n_vocab]``) when `all_logits`. Raises ValueError when the
         context would overflow or an id is outside the vocab.
         """
+        # numpy only here: importing it starts OpenBLAS's threads, which would spin beside the
+        # engine's in processes that never need an array (serve's workers and front).
+        import numpy as np
+
         data, rows = self._engine.eval(list(ids), all_logits)
         logits = np.frombuffer(data, dtype="<f4")
         return logits.reshape(rows, self.n_vocab) if all_logits else logits

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 import llama_rs
@@ -42,15 +42,18 @@ def parse_counts(spec: str, hint: str, what: str, top: int = 1 << 16) -> list[in
     return out
 
 
+def random_prompt(m: llama_rs.Model, rng: random.Random, n: int) -> list[int]:
+    """BOS, then `n - 1` random ids past the first special ones (none when `n` is 0)."""
+    return [m.bos_token or 1] + [rng.randrange(3, m.n_vocab) for _ in range(n - 1)] if n else []
+
+
 def run_batch(m: llama_rs.Model, n: int, prompt_len: int, n_gen: int, seed: int) -> tuple[int, float]:
     """Tokens generated after the first and the seconds they took, for `n` sequences of
     random `prompt_len`-token prompts decoded together (greedy) by one batch engine."""
     b = m.batch_engine(n, n_ctx=prompt_len + n_gen + 1)
-    rng = np.random.default_rng(seed)
+    rng = random.Random(seed)
     for _ in range(n):
-        b.add(
-            [m.bos_token or 1] + rng.integers(3, m.n_vocab, prompt_len - 1).tolist(), {"max_tokens": n_gen, "temp": 0}
-        )
+        b.add(random_prompt(m, rng, prompt_len), {"max_tokens": n_gen, "temp": 0})
     seen: dict[int, int] = {}  # tokens each sequence had at its last event
     while len(seen) < n:  # prefill (not timed): until every sequence has its first token
         for e in b.step():
@@ -73,7 +76,7 @@ def run_once(m: llama_rs.Model, prompt: list[int], n_gen: int) -> tuple[float, f
         logits = m.eval([m.bos_token or 1])
     t0 = time.perf_counter()
     for _ in range(n_gen):
-        logits = m.eval([int(np.argmax(logits))])
+        logits = m.eval([int(logits.argmax())])
     return t_pp, time.perf_counter() - t0
 
 
@@ -126,8 +129,7 @@ def bench(
                 typer.echo(
                     f"weights: {m.repacked} matrices repacked at load for these kernels (LLAMA_RS_REPACK=0: as in the file)"
                 )
-            rng = np.random.default_rng(0)
-            prompt = [m.bos_token or 1] + rng.integers(3, m.n_vocab, max(0, n_prompt - 1)).tolist() if n_prompt else []
+            prompt = random_prompt(m, random.Random(0), n_prompt)
             run_once(m, prompt[: min(8, len(prompt))], 1)  # warm up: page in the weights, start the threads
             if batches:
                 rows += batch_rows(m, t, batches, n_gen, reps, level, as_json, first=not rows)
