@@ -79,6 +79,7 @@ import json, sys
 def status():
     f = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
     return {k: int(f[k].split()[0]) * 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
+import numpy  # Model.eval imports it: its libraries' pages are not the engine's memory
 import llama_rs
 before = status()
 m = llama_rs.Model(sys.argv[1], n_ctx=16, n_threads=2)
@@ -88,13 +89,22 @@ print(json.dumps({"repacked": m.repacked, **{k: after[k] - before[k] for k in af
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_repack_keeps_resident_memory_near_the_file(tmp_path: Path) -> None:
+BIG = Shape(dim=1024, n_layer=4, n_head=8, n_head_kv=8, ffn=2816, vocab=4096)
+
+
+@pytest.fixture(scope="module")
+def big_q4_0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 33 MB Q4_0 model, every matrix repacked on AVX-512 CPUs."""
     if not REPACKS:
         pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
-    s = Shape(dim=1024, n_layer=4, n_head=8, n_head_kv=8, ffn=2816, vocab=4096)
-    path = tmp_path / "big.gguf"
-    write_model(path, s, random_weights(s, seed=13), "Q4_0")
+    path = tmp_path_factory.mktemp("repack") / "big.gguf"
+    write_model(path, BIG, random_weights(BIG, seed=13), "Q4_0")
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_repack_keeps_resident_memory_near_the_file(big_q4_0: Path) -> None:
+    s, path = BIG, big_q4_0
     size = path.stat().st_size
     p = subprocess.run([sys.executable, "-c", MEMORY, str(path)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
@@ -105,3 +115,37 @@ def test_repack_keeps_resident_memory_near_the_file(tmp_path: Path) -> None:
     assert m["RssAnon"] > 0.9 * size, m
     assert m["RssFile"] < 0.1 * size, m
     assert m["VmHWM"] < 1.1 * size + (8 << 20), (m, size)
+
+
+TIGHT = r"""
+import hashlib, json, resource, sys
+import numpy as np
+import llama_rs
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+if sys.argv[2] != "-":
+    # Address space for the file's map and 16 MiB more: not for a private copy of the weights.
+    resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[2]) + (16 << 20), resource.RLIM_INFINITY))
+m = llama_rs.Model(sys.argv[1], n_ctx=16, n_threads=2)
+logits = np.ascontiguousarray(m.eval([1, 2, 3], all_logits=True), dtype=np.float32)
+print(json.dumps({"repacked": m.repacked, "logits": hashlib.sha256(logits.tobytes()).hexdigest()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_no_memory_for_the_copy_keeps_the_file_layout(big_q4_0: Path) -> None:
+    # One malloc arena, so that the limit is about the weights, not glibc's per-thread reserves.
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_RS_REPACK", "LLAMA_RS_ISA")}
+    env["MALLOC_ARENA_MAX"] = "1"
+
+    def run(limit: str) -> dict:
+        p = subprocess.run(
+            [sys.executable, "-c", TIGHT, str(big_q4_0), limit], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    free = run("-")
+    tight = run(str(big_q4_0.stat().st_size))
+    assert free["repacked"] == 7 * BIG.n_layer + 2
+    assert tight["repacked"] == 0, "the copy was made within an address space without room for it"
+    assert tight["logits"] == free["logits"]
