@@ -205,7 +205,7 @@ pub(crate) unsafe fn tiles<B: AmxK>(
 /// the passes.
 #[cfg(all(test, target_arch = "x86_64"))]
 mod bench {
-    use super::super::tests_util::thread_cpu_secs;
+    use super::super::tests_util::best_cpu_secs;
     use super::super::tests_util::Rng;
     use super::super::{prepare_activation, quantize_row, vec_dot_tiles, AmxActs, GgmlType};
     use super::TILE;
@@ -242,14 +242,11 @@ mod bench {
                     let refs: Vec<&AmxActs> = acts[..ng].iter().collect();
                     let mut out = vec![[[0f32; TILE]; TILE]; ng];
                     let reps = 2048 / ng;
-                    let mut best = f64::MAX;
-                    for _ in 0..5 {
-                        let t = thread_cpu_secs();
+                    let best = best_cpu_secs(5, || {
                         for _ in 0..reps {
                             vec_dot_tiles(ty, &w, &refs, &mut out);
                         }
-                        best = best.min(thread_cpu_secs() - t);
-                    }
+                    });
                     let macs = (reps * ng * TILE * TILE * cols) as f64;
                     eprintln!(
                         "{ty} cols {cols} groups {ng}: {:.0} GMAC/s",

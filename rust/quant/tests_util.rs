@@ -600,7 +600,7 @@ where
 
 /// This thread's CPU time in seconds (Linux): unlike the wall clock, it does not count
 /// the time another process held the core.
-pub(crate) fn thread_cpu_secs() -> f64 {
+fn thread_cpu_secs() -> f64 {
     #[repr(C)]
     struct Timespec {
         sec: i64,
@@ -617,4 +617,16 @@ pub(crate) fn thread_cpu_secs() -> f64 {
         0
     );
     ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+/// The least thread CPU time of `passes` runs of `f`, in seconds (kernel benchmarks: a busy
+/// host's other work does not count).
+pub(crate) fn best_cpu_secs(passes: usize, mut f: impl FnMut()) -> f64 {
+    (0..passes)
+        .map(|_| {
+            let t = thread_cpu_secs();
+            f();
+            thread_cpu_secs() - t
+        })
+        .fold(f64::INFINITY, f64::min)
 }

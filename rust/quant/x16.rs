@@ -215,16 +215,31 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             }
             let (dx, s8) = aux_block(aux[n], b);
             // The nibbles are q, the weights q - 8: subtract 8 * sum(x), exact in i32.
-            let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(s8));
-            let term = _mm512_mul_ps(
-                _mm512_mul_ps(dw, _mm512_set1_ps(dx)),
-                _mm512_cvtepi32_ps(isum),
-            );
-            let lane = &mut acc[n][b % BLOCK_LANES];
-            *lane = _mm512_add_ps(*lane, term);
+            add_block(&mut acc[n][b % BLOCK_LANES], dw, dx, s0, s1, s8);
         }
     }
     reduce_rows(&acc)
+}
+
+/// One block of 16 rows into their lane: `lane += (d_w * d_x) * (s0 + s1 - correction)`, the
+/// row kernels' arithmetic (the integer part exact in i32).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_block(
+    lane: &mut std::arch::x86_64::__m512,
+    dw: std::arch::x86_64::__m512,
+    dx: f32,
+    s0: std::arch::x86_64::__m512i,
+    s1: std::arch::x86_64::__m512i,
+    correction: i32,
+) {
+    use std::arch::x86_64::*;
+    let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(correction));
+    let term = _mm512_mul_ps(
+        _mm512_mul_ps(dw, _mm512_set1_ps(dx)),
+        _mm512_cvtepi32_ps(isum),
+    );
+    *lane = _mm512_add_ps(*lane, term);
 }
 
 /// `out[r][n]`: `simd::reduce8`'s order over each token's 8 lane accumulators, 16 rows at once.
@@ -287,13 +302,7 @@ pub(crate) unsafe fn rows_q8_avx512<const N: usize>(
                 s1 = _mm512_dpbusd_epi32(s1, u[j + 1], x1);
             }
             let (dx, s128) = aux[n].block(b);
-            let isum = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(s128));
-            let term = _mm512_mul_ps(
-                _mm512_mul_ps(dw, _mm512_set1_ps(dx)),
-                _mm512_cvtepi32_ps(isum),
-            );
-            let lane = &mut acc[n][b % BLOCK_LANES];
-            *lane = _mm512_add_ps(*lane, term);
+            add_block(&mut acc[n][b % BLOCK_LANES], dw, dx, s0, s1, s128);
         }
     }
     reduce_rows(&acc)
@@ -390,8 +399,9 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
     CONFIG.load();
     let mut c = [[0i32; TILE]; TILE];
     for (g, o) in groups.iter().zip(out.iter_mut()) {
-        let mut lanes = [[f32x16::splat(0.0); TILE]; BLOCK_LANES];
-        for (l, lane) in lanes.iter_mut().enumerate() {
+        // lanes[t][l]: token t's lane l, its 16 rows in the vector (as `rows_avx512`'s acc).
+        let mut lanes = [[_mm512_setzero_ps(); BLOCK_LANES]; TILE];
+        for l in 0..BLOCK_LANES {
             let mut acc = [f32x16::splat(0.0); TILE];
             for b in (l..nb).step_by(BLOCK_LANES) {
                 let col = chunk.as_ptr().add(b * column);
@@ -411,15 +421,11 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
                     acc[t] += (dw * f32x16::splat(d[t])) * isum;
                 }
             }
-            *lane = acc;
-        }
-        for t in 0..TILE {
-            let v = |l: usize| lanes[l][t];
-            let s = ((v(0) + v(4)) + (v(2) + v(6))) + ((v(1) + v(5)) + (v(3) + v(7)));
-            for (r, x) in s.to_array().into_iter().enumerate() {
-                o[r][t] = x;
+            for (lane, a) in lanes.iter_mut().zip(acc) {
+                lane[l] = a.into();
             }
         }
+        *o = reduce_rows(&lanes);
     }
     UNPACKED.with(|c| c.set(unpacked));
     _tile_release();
@@ -624,7 +630,7 @@ mod bench {
     use super::*;
     use crate::quant::block::{view, zeroed, Family};
     use crate::quant::q4_0::BlockQ4_0;
-    use crate::quant::tests_util::{thread_cpu_secs, Rng};
+    use crate::quant::tests_util::{best_cpu_secs, Rng};
     use crate::quant::{dispatch, simd};
     use std::time::Instant;
 
@@ -722,24 +728,17 @@ mod bench {
             let refs: Vec<&TokenTiles> = groups[..ng].iter().collect();
             let mut out = vec![[[0f32; TILE]; TILE]; ng];
             let reps = 16384 / ng;
-            let mut best = f64::MAX;
-            for _ in 0..7 {
-                let t = thread_cpu_secs();
+            let best = best_cpu_secs(7, || {
                 for _ in 0..reps {
-                    dispatch_tiles(ty, &chunk, &refs, &mut out);
+                    crate::quant::vec_dot_tiles_x16(ty, &chunk, &refs, &mut out);
                 }
-                best = best.min(thread_cpu_secs() - t);
-            }
+            });
             let macs = (reps * ng * TILE * ROWS * cols) as f64;
             eprintln!(
                 "repacked {ty} tiles, cols {cols}, groups {ng}: {:.0} GMAC/s",
                 macs / best / 1e9
             );
         }
-    }
-
-    fn dispatch_tiles(ty: GgmlType, c: &[u8], g: &[&TokenTiles], o: &mut [[[f32; TILE]; TILE]]) {
-        crate::quant::vec_dot_tiles_x16(ty, c, g, o)
     }
 
     #[test]
