@@ -86,9 +86,9 @@ impl Weight {
         let rb = self.ty.row_bytes(self.cols).unwrap();
         if self.repacked() {
             let chunk = &self.bytes()[r / x16::ROWS * x16::ROWS * rb..][..x16::ROWS * rb];
-            let qs = x16::quant_bytes(self.ty).unwrap();
+            let l = x16::layout(self.ty).unwrap();
             let mut row = vec![0u8; rb];
-            x16::row(chunk, rb / (2 + qs), qs, r % x16::ROWS, &mut row);
+            x16::row(chunk, rb / l.block(), l, r % x16::ROWS, &mut row);
             return dequantize_row(self.ty, &row, out);
         }
         dequantize_row(self.ty, &self.bytes()[r * rb..(r + 1) * rb], out);
@@ -127,12 +127,12 @@ pub fn repack_for_kernels<'a>(weights: impl IntoIterator<Item = &'a mut Weight>)
     };
     for (w, range) in &todo {
         let rb = w.ty.row_bytes(w.cols).unwrap();
-        let (chunk, qs) = (x16::ROWS * rb, x16::quant_bytes(w.ty).unwrap());
+        let (chunk, l) = (x16::ROWS * rb, x16::layout(w.ty).unwrap());
         arena
             .get_mut(range)
             .par_chunks_mut(chunk)
             .zip(w.bytes().par_chunks(chunk))
-            .for_each(|(d, s)| x16::repack(s, rb / (2 + qs), qs, d));
+            .for_each(|(d, s)| x16::repack(s, rb / l.block(), l, d));
         if let Storage::Mapped(map, range) = &w.data {
             drop_pages(map, range.clone());
         }
@@ -170,7 +170,7 @@ mod tests {
         let n = ty.row_bytes(cols).unwrap() * rows;
         let mut bytes: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
         // Finite f16 scales at the start of each block (2 + 16 or 2 + 32 bytes).
-        let block = 2 + x16::quant_bytes(ty).unwrap();
+        let block = x16::layout(ty).unwrap().block();
         for b in bytes.chunks_exact_mut(block) {
             b[..2].copy_from_slice(&0x2c00u16.to_le_bytes());
         }

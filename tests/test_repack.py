@@ -1,4 +1,4 @@
-"""Q4_0 and Q8_0 weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
+"""Q4_0, Q8_0 and Q4_K weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
 file's layout, on every path (prompts on AMX tiles, several tokens, one token, embedding
 lookups, tied output), and the copied file pages let go so resident memory stays near the file."""
 
@@ -61,6 +61,30 @@ def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied:
         got = probe(path, LLAMA_RS_ISA=level)
         assert got["repacked"] == 7 * s.n_layer + tied, got
         assert got["logits"] == rows["logits"], f"repacked weights at {level} differ from the file's layout"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_repacked_q4_k_gives_the_bits_of_the_file_layout(tmp_path: Path, tied: bool) -> None:
+    """Q4_K (rust/quant/x16_q4k.rs), repacked at the avx512 level; at amx its tile kernel reads
+    the file's layout, so nothing is repacked there."""
+    if not REPACKS:
+        pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
+    import llama_rs
+
+    # Rows of whole super-blocks (256) in whole chunks of 16; ffn 768 = 3 super-blocks per
+    # ffn_down row (a partial group of 8). Quantized pure: every matrix Q4_K.
+    s = Shape(dim=256, n_layer=2, n_head=8, n_head_kv=2, ffn=768, vocab=1008 if tied else 1000)
+    f16 = tmp_path / "f16.gguf"
+    write_model(f16, s, random_weights(s, seed=13), "F16", tie_output=tied)
+    path = tmp_path / "q4_k.gguf"
+    llama_rs.quantize_file(f16, path, "q4_k_m", pure=True)
+    rows = probe(path, LLAMA_RS_REPACK="0")
+    assert rows["repacked"] == 0
+    got = probe(path, LLAMA_RS_ISA="avx512")
+    assert got["repacked"] == 7 * s.n_layer + tied, got
+    assert got["logits"] == rows["logits"], "repacked Q4_K weights differ from the file's layout"
+    if CPU_LEVEL == "amx":
+        assert probe(path, LLAMA_RS_ISA="amx")["repacked"] == 0
 
 
 def test_other_types_and_lower_levels_keep_the_file_layout(tmp_path: Path) -> None:

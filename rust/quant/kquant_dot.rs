@@ -225,9 +225,15 @@ pub(crate) unsafe fn chunk_avx512_k32<B: K32>(acc: &mut f32x8, w: &[B], y: &[Blo
 }
 
 /// Side data of one Q8_K activation row for the K32 multi-row kernel: the row's blocks,
-/// padded with zero blocks to whole groups of 8 (so a group is one fixed-size view).
+/// padded with zero blocks to whole groups of 8 (so a group is one fixed-size view), and for
+/// the repacked Q4_K kernel each block's sub-block sums.
 pub struct K8Aux {
     y: Vec<BlockQ8K>,
+    /// Per block (padding included): the 8 sums of 32 values (`bsum_2s + bsum_2s+1`, |sum| <=
+    /// 4096) split as `128 h + l`, bytes `[l_0..l_4], [l_4..l_8], [h_0..h_4], [h_4..h_8]` as four
+    /// dwords: `l` in 0..128 and `h` in -32..32 are signed bytes that `vpdpbusd` multiplies
+    /// with the 6-bit minimums, four sub-blocks at once, exactly.
+    sub_sums: Vec<[i32; 4]>,
 }
 
 impl K8Aux {
@@ -235,6 +241,35 @@ impl K8Aux {
     pub(crate) fn row(&self, n: usize) -> &[BlockQ8K] {
         &self.y[..n]
     }
+
+    /// Block `b` (padded to whole groups of 8).
+    #[inline(always)]
+    pub(crate) fn block(&self, b: usize) -> &BlockQ8K {
+        &self.y[b]
+    }
+
+    /// Block `b`'s split sub-block sums (see the field).
+    #[inline(always)]
+    pub(crate) fn sub_sums(&self, b: usize) -> &[i32; 4] {
+        &self.sub_sums[b]
+    }
+
+    /// Blocks held, padding included.
+    pub(crate) fn padded_len(&self) -> usize {
+        self.y.len()
+    }
+}
+
+/// [`K8Aux`]'s split sums of one block.
+fn split_sub_sums(y: &BlockQ8K) -> [i32; 4] {
+    let (mut l, mut h) = ([0u8; 8], [0u8; 8]);
+    for s in 0..8 {
+        let sum = y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32;
+        l[s] = (sum & 127) as u8;
+        h[s] = (sum >> 7) as i8 as u8;
+    }
+    let word = |b: &[u8]| i32::from_le_bytes(b.try_into().unwrap());
+    [word(&l[..4]), word(&l[4..]), word(&h[..4]), word(&h[4..])]
 }
 
 pub(crate) fn k8_aux(y: &[BlockQ8K]) -> K8Aux {
@@ -243,7 +278,8 @@ pub(crate) fn k8_aux(y: &[BlockQ8K]) -> K8Aux {
         y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES,
         <BlockQ8K as Activation>::ZERO,
     );
-    K8Aux { y }
+    let sub_sums = y.iter().map(split_sub_sums).collect();
+    K8Aux { y, sub_sums }
 }
 
 pub(crate) fn k8_aux_fits(aux: &K8Aux, y: &[BlockQ8K]) -> bool {

@@ -45,6 +45,7 @@ pub mod q8_0;
 pub mod q8_k;
 pub(crate) mod simd;
 pub mod x16;
+mod x16_q4k;
 
 #[cfg(test)]
 mod bench_dot;
@@ -515,7 +516,7 @@ impl TokenTiles {
     }
 }
 
-/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0 or Q8_0):
+/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0 or Q4_K):
 /// `out[r][n]` with the bits of the row kernels. Needs the AVX-512 level (where weights are
 /// repacked).
 pub fn vec_dot_rows_x16<const N: usize>(
@@ -530,9 +531,6 @@ pub fn vec_dot_rows_x16<const N: usize>(
         simd::has_avx512(),
         "vec_dot_rows_x16: repacked weights need AVX-512"
     );
-    let x: [&[q8_0::BlockQ8_0]; N] =
-        xs.map(|x| q8_0::BlockQ8_0::view(x).expect("vec_dot_rows_x16: activations are not q8_0"));
-    let nb = x.first().map_or(0, |x| x.len());
     fn side<'a, B: Family>(aux: &'a RowAux, x: &[B::Act]) -> &'a B::Aux {
         aux.get::<B>()
             .filter(|a| B::aux_fits(a, x))
@@ -541,15 +539,29 @@ pub fn vec_dot_rows_x16<const N: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         let r = match weight_type {
-            GgmlType::Q4_0 => {
-                let a = std::array::from_fn(|n| side::<q4_0::BlockQ4_0>(aux[n], x[n]));
-                // SAFETY: checked above.
-                unsafe { x16::rows_avx512::<N>(chunk, nb, x, a) }
+            GgmlType::Q4_0 | GgmlType::Q8_0 => {
+                let x: [&[q8_0::BlockQ8_0]; N] = xs.map(|x| {
+                    q8_0::BlockQ8_0::view(x).expect("vec_dot_rows_x16: activations are not q8_0")
+                });
+                let nb = x.first().map_or(0, |x| x.len());
+                if weight_type == GgmlType::Q4_0 {
+                    let a = std::array::from_fn(|n| side::<q4_0::BlockQ4_0>(aux[n], x[n]));
+                    // SAFETY: checked above.
+                    unsafe { x16::rows_avx512::<N>(chunk, nb, x, a) }
+                } else {
+                    let a = std::array::from_fn(|n| side::<q8_0::BlockQ8_0>(aux[n], x[n]));
+                    // SAFETY: checked above.
+                    unsafe { x16::rows_q8_avx512::<N>(chunk, nb, x, a) }
+                }
             }
-            GgmlType::Q8_0 => {
-                let a = std::array::from_fn(|n| side::<q8_0::BlockQ8_0>(aux[n], x[n]));
+            GgmlType::Q4_K => {
+                let x: [&[q8_k::BlockQ8K]; N] = xs.map(|x| {
+                    q8_k::BlockQ8K::view(x).expect("vec_dot_rows_x16: activations are not q8_K")
+                });
+                let nb = chunk.len() / x16::Q4_K.column();
+                let a = std::array::from_fn(|n| side::<q4_k::BlockQ4K>(aux[n], x[n]));
                 // SAFETY: checked above.
-                unsafe { x16::rows_q8_avx512::<N>(chunk, nb, x, a) }
+                unsafe { x16_q4k::rows_avx512::<N>(chunk, nb, a) }
             }
             other => panic!("vec_dot_rows_x16: {other} is not repacked"),
         };
@@ -565,8 +577,8 @@ pub fn vec_dot_tiles_x16(
     out: &mut [[[f32; TILE]; TILE]],
 ) {
     assert!(simd::has_amx(), "vec_dot_tiles_x16: no AMX here");
-    let qs = x16::quant_bytes(weight_type).expect("vec_dot_tiles_x16: not a repacked type");
-    let nb = chunk.len() / x16::column(qs);
+    let l = x16::layout(weight_type).expect("vec_dot_tiles_x16: not a repacked type");
+    let nb = chunk.len() / l.column();
     #[cfg(target_arch = "x86_64")]
     // SAFETY: checked just above.
     unsafe {

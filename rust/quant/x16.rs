@@ -1,11 +1,12 @@
-//! Q4_0 and Q8_0 weights repacked at load, 16 rows at a time (AVX-512 CPUs): the layout the
-//! one-token and few-token kernels stream fastest, as llama.cpp repacks for its AVX-512/AMX
-//! paths.
+//! Q4_0, Q8_0 and Q4_K weights repacked at load, 16 rows at a time (AVX-512 CPUs): the layout
+//! the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
+//! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; Q4_K's are in
+//! `x16_q4k`.
 //!
 //! A chunk of 16 rows of `nb` blocks keeps its bytes, reordered by block column: block column
-//! `b` is `16 x block size` bytes, the 16 rows' f16 scales (`2 r`), then `qs / 4` parts of 64
-//! bytes (`qs` = a block's quant bytes: 16 for Q4_0, 32 for Q8_0), part `j` holding bytes
-//! `4 j .. 4 j + 4` of each row's quants (`32 + 64 j + 4 r`). One 64-byte load is then 16 rows
+//! `b` is `16 x block size` bytes, for Q4_0 and Q8_0 the 16 rows' f16 scales (`2 r`), then
+//! `qs / 4` parts of 64 bytes (`qs` = a block's quant bytes: 16 for Q4_0, 32 for Q8_0), part
+//! `j` holding bytes `4 j .. 4 j + 4` of each row's quants (`32 + 64 j + 4 r`); see [`Layout`]. One 64-byte load is then 16 rows
 //! x 4 bytes in the dword lanes `vpdpbusd` sums, one row per lane, and the 16 rows' scales are
 //! one vector: the float half runs once per block for 16 rows instead of once per row, and
 //! nothing is transposed. For the AMX tiles the parts are the B operand as they are (Q8_0) or
@@ -29,59 +30,89 @@ pub const ROWS: usize = 16;
 /// processes that map the file): the repacked copy is private memory of each process.
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
-/// Whether a `rows`-row weight of type `ty` is repacked at load here: Q4_0 or Q8_0 (f16
-/// scales) in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
-/// [`REPACK_ENV`] is `0`.
+/// Whether a `rows`-row weight of type `ty` is repacked at load here: Q4_0, Q8_0 or Q4_K in
+/// whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless [`REPACK_ENV`] is
+/// `0`. Q4_K stays in the file's layout where AMX runs: its tile kernel reads that layout.
 pub fn wanted(ty: GgmlType, rows: usize) -> bool {
     use std::sync::OnceLock;
     static ALLOWED: OnceLock<bool> = OnceLock::new();
     let allowed = *ALLOWED.get_or_init(|| {
         std::env::var(REPACK_ENV).map_or(true, |v| v.trim() != "0") && super::simd::has_avx512()
     });
-    allowed && quant_bytes(ty).is_some() && rows > 0 && rows.is_multiple_of(ROWS)
+    let amx_reads_rows = ty == GgmlType::Q4_K && super::has_amx_kernel(ty);
+    allowed && layout(ty).is_some() && !amx_reads_rows && rows > 0 && rows.is_multiple_of(ROWS)
 }
-/// Offset of part `j` (quant bytes `4 j .. 4 j + 4` of every row) within a column.
-const PART: usize = ROWS * 2;
 
-/// A block's quant bytes for the types that are repacked (after the 2-byte f16 scale).
-pub fn quant_bytes(ty: GgmlType) -> Option<usize> {
+/// How a repacked type's block is cut into the pieces a chunk interleaves: a `head` of 0 or 2
+/// bytes (an f16 scale: the 16 rows' heads side by side open the column), then `words`
+/// dwords, word `j` of the 16 rows side by side in 64 bytes ("part" `j`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub head: usize,
+    pub words: usize,
+}
+
+impl Layout {
+    /// Bytes of one block.
+    pub const fn block(self) -> usize {
+        self.head + 4 * self.words
+    }
+    /// Bytes of one block column of a chunk (16 blocks).
+    pub const fn column(self) -> usize {
+        ROWS * self.block()
+    }
+    /// Offset of part `j` within a column.
+    pub const fn part(self, j: usize) -> usize {
+        ROWS * self.head + 64 * j
+    }
+}
+
+/// Q4_0: f16 scale, 16 quant bytes.
+pub const Q4_0: Layout = Layout { head: 2, words: 4 };
+/// Q8_0: f16 scale, 32 quant bytes.
+pub const Q8_0: Layout = Layout { head: 2, words: 8 };
+/// Q4_K: its 144 bytes as 36 dwords (`d | dmin << 16`, the three words of packed scales,
+/// then the 32 words of quants).
+pub const Q4_K: Layout = Layout { head: 0, words: 36 };
+
+/// Offset of part 0 in the Q4_0 and Q8_0 layouts (after the 16 rows' f16 scales).
+const PART: usize = Q4_0.part(0);
+
+/// The repacked layout of `ty`, for the types that have one.
+pub fn layout(ty: GgmlType) -> Option<Layout> {
     match ty {
-        GgmlType::Q4_0 => Some(16),
-        GgmlType::Q8_0 => Some(32),
+        GgmlType::Q4_0 => Some(Q4_0),
+        GgmlType::Q8_0 => Some(Q8_0),
+        GgmlType::Q4_K => Some(Q4_K),
         _ => None,
     }
 }
 
-/// Bytes of one block column of a chunk (16 blocks of `2 + qs` bytes).
-pub const fn column(qs: usize) -> usize {
-    ROWS * (2 + qs)
-}
-
-/// Repacks 16 GGUF rows (`src`, `row_blocks` blocks of `2 + qs` bytes each) into `dst` (same
+/// Repacks 16 GGUF rows (`src`, `row_blocks` blocks of layout `l` each) into `dst` (same
 /// length).
-pub fn repack(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
-    assert_eq!(src.len(), row_blocks * column(qs), "repack: 16 rows");
+pub fn repack(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]) {
+    assert_eq!(src.len(), row_blocks * l.column(), "repack: 16 rows");
     assert_eq!(dst.len(), src.len(), "repack: output length");
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx512() && src.len() < i32::MAX as usize {
         // SAFETY: checked just above.
-        return unsafe { repack_avx512(src, row_blocks, qs, dst) };
+        return unsafe { repack_avx512(src, row_blocks, l, dst) };
     }
-    repack_scalar(src, row_blocks, qs, dst)
+    repack_scalar(src, row_blocks, l, dst)
 }
 
 /// [`repack`], byte by byte.
-pub fn repack_scalar(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
-    let bb = 2 + qs;
-    assert_eq!(src.len(), row_blocks * column(qs), "repack: 16 rows");
+pub fn repack_scalar(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]) {
+    let (bb, h) = (l.block(), l.head);
+    assert_eq!(src.len(), row_blocks * l.column(), "repack: 16 rows");
     assert_eq!(dst.len(), src.len(), "repack: output length");
-    for (b, col) in dst.chunks_exact_mut(column(qs)).enumerate() {
+    for (b, col) in dst.chunks_exact_mut(l.column()).enumerate() {
         for r in 0..ROWS {
             let blk = &src[(r * row_blocks + b) * bb..][..bb];
-            col[2 * r..2 * r + 2].copy_from_slice(&blk[..2]);
-            for j in 0..qs / 4 {
-                let o = PART + 64 * j + 4 * r;
-                col[o..o + 4].copy_from_slice(&blk[2 + 4 * j..6 + 4 * j]);
+            col[h * r..h * (r + 1)].copy_from_slice(&blk[..h]);
+            for j in 0..l.words {
+                let o = l.part(j) + 4 * r;
+                col[o..o + 4].copy_from_slice(&blk[h + 4 * j..h + 4 * j + 4]);
             }
         }
     }
@@ -94,37 +125,39 @@ pub fn repack_scalar(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
 /// The CPU must have AVX-512 F/BW; `src.len() < 2^31` (32-bit gather offsets).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
-unsafe fn repack_avx512(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
+unsafe fn repack_avx512(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]) {
     use std::arch::x86_64::*;
-    let bb = 2 + qs;
+    let bb = l.block();
     let rows = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32((row_blocks * bb) as i32),
     );
     for b in 0..row_blocks {
-        // The last part's dwords end 2 bytes short of the block's end: in bounds.
+        // Every dword read lies within its block.
         let base = src.as_ptr().add(b * bb);
-        let col = dst.as_mut_ptr().add(b * column(qs));
-        // Scales: the dword at each block's start, its low half kept.
-        let d = _mm512_i32gather_epi32::<1>(rows, base.cast());
-        _mm256_storeu_si256(col.cast(), _mm512_cvtepi32_epi16(d));
-        for j in 0..qs / 4 {
-            let q = _mm512_i32gather_epi32::<1>(rows, base.add(2 + 4 * j).cast());
-            _mm512_storeu_si512(col.add(PART + 64 * j).cast(), q);
+        let col = dst.as_mut_ptr().add(b * l.column());
+        if l.head == 2 {
+            // Scales: the dword at each block's start, its low half kept.
+            let d = _mm512_i32gather_epi32::<1>(rows, base.cast());
+            _mm256_storeu_si256(col.cast(), _mm512_cvtepi32_epi16(d));
+        }
+        for j in 0..l.words {
+            let q = _mm512_i32gather_epi32::<1>(rows, base.add(l.head + 4 * j).cast());
+            _mm512_storeu_si512(col.add(l.part(j)).cast(), q);
         }
     }
 }
 
 /// The inverse of [`repack`]: the 16 rows in GGUF order.
-pub fn unpack(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
-    assert_eq!(src.len(), row_blocks * column(qs), "unpack: 16 rows");
+pub fn unpack(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]) {
+    assert_eq!(src.len(), row_blocks * l.column(), "unpack: 16 rows");
     assert_eq!(dst.len(), src.len(), "unpack: output length");
-    let bb = 2 + qs;
+    let bb = l.block();
     for r in 0..ROWS {
         row(
             src,
             row_blocks,
-            qs,
+            l,
             r,
             &mut dst[r * row_blocks * bb..(r + 1) * row_blocks * bb],
         );
@@ -132,19 +165,19 @@ pub fn unpack(src: &[u8], row_blocks: usize, qs: usize, dst: &mut [u8]) {
 }
 
 /// Row `r` (0..16) of a repacked chunk (`nb` blocks per row) in GGUF order, into `dst`.
-pub fn row(chunk: &[u8], nb: usize, qs: usize, r: usize, dst: &mut [u8]) {
-    let bb = 2 + qs;
+pub fn row(chunk: &[u8], nb: usize, l: Layout, r: usize, dst: &mut [u8]) {
+    let (bb, h) = (l.block(), l.head);
     assert!(
-        r < ROWS && chunk.len() == nb * column(qs) && dst.len() == nb * bb,
+        r < ROWS && chunk.len() == nb * l.column() && dst.len() == nb * bb,
         "row: shapes"
     );
     for b in 0..nb {
-        let col = &chunk[b * column(qs)..(b + 1) * column(qs)];
+        let col = &chunk[b * l.column()..(b + 1) * l.column()];
         let o = &mut dst[b * bb..(b + 1) * bb];
-        o[..2].copy_from_slice(&col[2 * r..2 * r + 2]);
-        for j in 0..qs / 4 {
-            let s = PART + 64 * j + 4 * r;
-            o[2 + 4 * j..6 + 4 * j].copy_from_slice(&col[s..s + 4]);
+        o[..h].copy_from_slice(&col[h * r..h * (r + 1)]);
+        for j in 0..l.words {
+            let s = l.part(j) + 4 * r;
+            o[h + 4 * j..h + 4 * j + 4].copy_from_slice(&col[s..s + 4]);
         }
     }
 }
@@ -181,7 +214,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
     aux: [&Q4Aux; N],
 ) -> [[f32; N]; ROWS] {
     use std::arch::x86_64::*;
-    const COLUMN: usize = column(16);
+    const COLUMN: usize = Q4_0.column();
     assert_eq!(chunk.len(), nb * COLUMN, "rows_avx512: chunk length");
     assert!(
         xs.iter().all(|x| x.len() == nb),
@@ -245,7 +278,7 @@ unsafe fn add_block(
 /// `out[r][n]`: `simd::reduce8`'s order over each token's 8 lane accumulators, 16 rows at once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn reduce_rows<const N: usize>(
+pub(super) unsafe fn reduce_rows<const N: usize>(
     acc: &[[std::arch::x86_64::__m512; BLOCK_LANES]; N],
 ) -> [[f32; N]; ROWS] {
     use std::arch::x86_64::*;
@@ -278,7 +311,7 @@ pub(crate) unsafe fn rows_q8_avx512<const N: usize>(
     aux: [&Q8Aux; N],
 ) -> [[f32; N]; ROWS] {
     use std::arch::x86_64::*;
-    const COLUMN: usize = column(QK);
+    const COLUMN: usize = Q8_0.column();
     assert_eq!(chunk.len(), nb * COLUMN, "rows_q8_avx512: chunk length");
     assert!(
         xs.iter().all(|x| x.len() == nb),
@@ -374,7 +407,7 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
 ) {
     use std::arch::x86_64::*;
     use std::simd::prelude::*;
-    let column = column(if Q8 { QK } else { QK / 2 });
+    let column = if Q8 { Q8_0 } else { Q4_0 }.column();
     assert_eq!(chunk.len(), nb * column, "tiles: chunk length");
     assert_eq!(groups.len(), out.len());
     assert!(
@@ -441,9 +474,9 @@ mod tests {
 
     const TYPES: [GgmlType; 2] = [GgmlType::Q4_0, GgmlType::Q8_0];
 
-    /// 16 rows of `nb` random (or extreme) raw blocks of `2 + qs` bytes.
-    fn rows(qs: usize, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<u8> {
-        let mut w: Vec<u8> = (0..ROWS * nb * (2 + qs))
+    /// 16 rows of `nb` random (or extreme) raw blocks of layout `l` (an f16 scale first).
+    fn rows(l: Layout, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<u8> {
+        let mut w: Vec<u8> = (0..ROWS * nb * l.block())
             .map(|_| {
                 if extreme {
                     EXTREME_BYTES[(rng.next_u64() % 10) as usize]
@@ -452,7 +485,7 @@ mod tests {
                 }
             })
             .collect();
-        for blk in w.chunks_exact_mut(2 + qs) {
+        for blk in w.chunks_exact_mut(l.block()) {
             let h = if extreme {
                 EXTREME_HALVES[(rng.next_u64() % 9) as usize]
             } else {
@@ -486,17 +519,17 @@ mod tests {
     fn repack_and_unpack_are_inverse() {
         let mut rng = Rng::new(9);
         for ty in TYPES {
-            let qs = quant_bytes(ty).unwrap();
+            let l = layout(ty).unwrap();
             for nb in [1, 3, 8, 64] {
-                let w = rows(qs, nb, &mut rng, false);
+                let w = rows(l, nb, &mut rng, false);
                 let mut p = vec![0u8; w.len()];
-                repack(&w, nb, qs, &mut p);
+                repack(&w, nb, l, &mut p);
                 assert_ne!(p, w);
                 let mut back = vec![0u8; w.len()];
-                unpack(&p, nb, qs, &mut back);
+                unpack(&p, nb, l, &mut back);
                 assert_eq!(back, w, "{ty} nb={nb}");
                 let mut slow = vec![0u8; w.len()];
-                repack_scalar(&w, nb, qs, &mut slow);
+                repack_scalar(&w, nb, l, &mut slow);
                 assert_eq!(slow, p, "{ty} nb={nb}: the vector repack is the scalar one");
             }
         }
@@ -504,8 +537,7 @@ mod tests {
 
     /// Row `r` against token `t` by the row kernel of `ty`'s family.
     fn row_dot(ty: GgmlType, w: &[u8], nb: usize, r: usize, x: &[BlockQ8_0]) -> u32 {
-        let bytes =
-            &w[r * nb * (2 + quant_bytes(ty).unwrap())..][..nb * (2 + quant_bytes(ty).unwrap())];
+        let bytes = &w[r * nb * layout(ty).unwrap().block()..][..nb * layout(ty).unwrap().block()];
         match ty {
             GgmlType::Q4_0 => dispatch::dot::<BlockQ4_0>(view(bytes), x).to_bits(),
             _ => dispatch::dot::<BlockQ8_0>(view(bytes), x).to_bits(),
@@ -547,12 +579,12 @@ mod tests {
         let mut rng = Rng::new(10);
         let (mut ran_vnni, mut ran_amx) = (false, false);
         for ty in TYPES {
-            let qs = quant_bytes(ty).unwrap();
+            let l = layout(ty).unwrap();
             for nb in [1, 2, 7, 8, 9, 17, 64] {
                 for extreme in [false, true] {
-                    let w = rows(qs, nb, &mut rng, extreme);
+                    let w = rows(l, nb, &mut rng, extreme);
                     let mut p = vec![0u8; w.len()];
-                    repack(&w, nb, qs, &mut p);
+                    repack(&w, nb, l, &mut p);
                     // Four groups of 16 tokens, each its own.
                     let xs: Vec<Vec<BlockQ8_0>> =
                         (0..4).flat_map(|_| tokens(nb, &mut rng, extreme)).collect();
@@ -645,17 +677,17 @@ mod bench {
     }
 
     fn run<B: Family<Act = BlockQ8_0>>(ty: GgmlType, rows: usize, cols: usize, rng: &mut Rng) {
-        let (nb, qs) = (cols / QK, quant_bytes(ty).unwrap());
-        let mut w: Vec<u8> = (0..rows * nb * (2 + qs))
+        let (nb, l) = (cols / QK, layout(ty).unwrap());
+        let mut w: Vec<u8> = (0..rows * nb * l.block())
             .map(|_| rng.next_u64() as u8)
             .collect();
-        for blk in w.chunks_exact_mut(2 + qs) {
+        for blk in w.chunks_exact_mut(l.block()) {
             blk[..2].copy_from_slice(&(0x2000 | (rng.next_u64() as u16 & 0xfff)).to_le_bytes());
         }
-        let chunk = ROWS * nb * (2 + qs);
+        let chunk = ROWS * nb * l.block();
         let mut p = vec![0u8; w.len()];
         for (d, s) in p.chunks_mut(chunk).zip(w.chunks(chunk)) {
-            repack(s, nb, qs, d);
+            repack(s, nb, l, d);
         }
         let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
         let mut xq = vec![zeroed::<BlockQ8_0>(); nb];
@@ -702,15 +734,15 @@ mod bench {
     /// groups of 16 tokens (pp64, pp512), in G multiply-adds per second of this thread's CPU
     /// time (best of 5 passes).
     fn run_tiles(ty: GgmlType, cols: usize, rng: &mut Rng) {
-        let (nb, qs) = (cols / QK, quant_bytes(ty).unwrap());
-        let mut w: Vec<u8> = (0..ROWS * nb * (2 + qs))
+        let (nb, l) = (cols / QK, layout(ty).unwrap());
+        let mut w: Vec<u8> = (0..ROWS * nb * l.block())
             .map(|_| rng.next_u64() as u8)
             .collect();
-        for blk in w.chunks_exact_mut(2 + qs) {
+        for blk in w.chunks_exact_mut(l.block()) {
             blk[..2].copy_from_slice(&(0x2000 | (rng.next_u64() as u16 & 0xfff)).to_le_bytes());
         }
         let mut chunk = vec![0u8; w.len()];
-        repack(&w, nb, qs, &mut chunk);
+        repack(&w, nb, l, &mut chunk);
         let groups: Vec<TokenTiles> = (0..32)
             .map(|_| {
                 let toks: Vec<Vec<BlockQ8_0>> = (0..TILE)
