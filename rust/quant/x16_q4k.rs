@@ -47,26 +47,8 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
     let low = _mm512_set1_epi8(0x0f);
     // Byte k of each dword, zero-extended: shuffle control `4 i + k` then three zeroing bytes.
     let byte_of: [__m512i; 4] = std::array::from_fn(|k| {
-        let k = k as i32;
-        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k);
-        _mm512_setr_epi32(
-            c(0),
-            c(1),
-            c(2),
-            c(3),
-            c(0),
-            c(1),
-            c(2),
-            c(3),
-            c(0),
-            c(1),
-            c(2),
-            c(3),
-            c(0),
-            c(1),
-            c(2),
-            c(3),
-        )
+        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
+        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
     });
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
     for b in 0..nb {
