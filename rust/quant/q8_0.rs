@@ -1,8 +1,9 @@
 //! Q8_0: 32 values per 34-byte block: f16 scale `d`, then 32 signed bytes. Value = `q * d`.
 //! Also the type activations are prepared as for every quantized weight type.
 
-use super::block::{bytes_of, i8_bytes, view, view_mut, zeroed, Activation, Family, Pod, Scale};
+use super::block::{bytes_of, i8_bytes, view, view_mut, Activation, Family, Pod, Scale};
 use super::fp16::F16;
+use super::q4_0::{self, GroupParts, NibbleGroup, Q4Aux, LANE_BLOCK};
 use super::simd::{self, BLOCK_LANES};
 use super::PreparedRow;
 use std::simd::prelude::*;
@@ -180,51 +181,34 @@ impl<S: Scale> Family for BlockQ8_0<S> {
 
     fn aux_fits(aux: &Q8Aux, y: &[BlockQ8_0]) -> bool {
         let groups = y.len().div_ceil(BLOCK_LANES);
-        aux.d.len() == groups * BLOCK_LANES && aux.y16.len() == groups * BLOCK_LANES * QK
+        aux.d.len() == groups * BLOCK_LANES && q4_0::x4_aux_fits(&aux.lanes, y)
     }
 
-    /// One weight row against `N` activation rows.
+    /// One weight row against `N` activation rows, in Q4_0's multi-row layout (the driver
+    /// and the activations' arrangement are `q4_0`'s): with the sign trick where every
+    /// activation quant is above -128 (all that our quantizer writes), else widened to i16.
+    /// The AVX-512 build runs this kernel too: there Q8_0 matrices are repacked (`x16.rs`).
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     #[inline(always)]
     unsafe fn row_xn_avx2<const N: usize>(w: &[Self], aux: [&Q8Aux; N]) -> [f32; N] {
-        const YG: usize = BLOCK_LANES * QK;
-        let nb = w.len();
-        let groups = nb.div_ceil(BLOCK_LANES);
-        for a in aux {
-            assert!(
-                a.d.len() == groups * BLOCK_LANES && a.y16.len() == groups * YG,
-                "q8_0 rows_aux lengths"
-            );
+        let lanes = aux.map(|a| &a.lanes);
+        if aux.iter().all(|a| !a.has_min) {
+            q4_0::row_xn::<Self, N, false>(w, lanes)
+        } else {
+            q4_0::row_xn::<Widened<S>, N, false>(view(bytes_of(w)), lanes)
         }
-        let mut acc = [f32x8::splat(0.0); N];
-        let full = nb / BLOCK_LANES;
-        for (g, wg) in w.chunks_exact(BLOCK_LANES).enumerate() {
-            simd::prefetch_ahead(
-                wg.as_ptr().cast(),
-                BLOCK_LANES * std::mem::size_of::<Self>(),
-            );
-            let (yg, dg) = group_parts(aux, g);
-            group_xn_avx2(wg.try_into().unwrap(), yg, dg, &mut acc);
-        }
-        if !nb.is_multiple_of(BLOCK_LANES) {
-            // Zero padding as in the row driver: padded lanes add (0 * 0) * 0 = +0.0.
-            let mut wp = [zeroed::<Self>(); BLOCK_LANES];
-            wp[..nb - full * BLOCK_LANES].copy_from_slice(&w[full * BLOCK_LANES..]);
-            let (yg, dg) = group_parts(aux, full);
-            group_xn_avx2(&wp, yg, dg, &mut acc);
-        }
-        acc.map(|a| simd::reduce8(a.to_array()))
     }
 }
 
-/// Side data of one q8_0 activation row for the multi-row kernel, per group of 8 blocks (the
-/// last one padded with zero blocks): the scales as f32 and the quants widened to i16, so the
-/// kernel multiplies them straight from memory.
+/// Side data of one q8_0 activation row for the multi-row kernels.
 pub struct Q8Aux {
+    /// Per block: the scale and `128 * sum(q)`, for the repacked kernels (`x16.rs`).
     d: Vec<f32>,
-    y16: Vec<i16>,
-    /// `128 * sum(q)` per block, for the repacked kernels (`x16.rs`).
     s128: Vec<i32>,
+    /// The quants rearranged for the AVX2 multi-row kernel (`q4_0::x4_aux`).
+    lanes: Q4Aux,
+    /// Some quant is -128, which the sign trick cannot negate.
+    has_min: bool,
 }
 
 impl Q8Aux {
@@ -238,93 +222,111 @@ impl Q8Aux {
 pub(crate) fn rows_aux(y: &[BlockQ8_0]) -> Q8Aux {
     let padded = y.len().div_ceil(BLOCK_LANES) * BLOCK_LANES;
     let mut d = vec![0f32; padded];
-    let mut y16 = vec![0i16; padded * QK];
     let mut s128 = vec![0i32; padded];
     for (b, yb) in y.iter().enumerate() {
         d[b] = yb.d.get();
         s128[b] = 128 * yb.qs.iter().map(|&q| q as i32).sum::<i32>();
-        for (o, &q) in y16[b * QK..(b + 1) * QK].iter_mut().zip(&yb.qs) {
-            *o = q as i16;
-        }
     }
-    Q8Aux { d, y16, s128 }
+    let has_min = y.iter().any(|b| b.qs.contains(&i8::MIN));
+    Q8Aux {
+        d,
+        s128,
+        lanes: q4_0::x4_aux(y),
+        has_min,
+    }
 }
 
-/// One group of 8 weight blocks against the same group of `N` activation rows. Each weight
-/// block is widened to i16 once for all rows; per row, the integer sum of each block is the
-/// single-row kernel's (exact i16 x i16 -> i32 madd), reduced to one lane per block by the
-/// same `hadd` tree as `hsum8_epi32`, and the float steps are the single-row kernel's
-/// (`combine`), so each lane accumulates the bits it would in the single-row kernel.
+/// The 8 weight vectors of a group in `q4_0::x4_aux`'s order: vector `2k + h`, lane `l`
+/// holds weights `16h + 4k .. 16h + 4k + 4` of block `LANE_BLOCK[l]`.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn group_xn_avx2<S: Scale, const N: usize>(
-    w: &[BlockQ8_0<S>; BLOCK_LANES],
-    y16: [&[i16; BLOCK_LANES * QK]; N],
-    dx: [&[f32; BLOCK_LANES]; N],
-    acc: &mut [f32x8; N],
-) {
-    use simd::x86::*;
-    use std::mem::MaybeUninit;
-    // h[n][i]: hadd of blocks 2i and 2i + 1 of row n (the first level of the hadd tree).
-    // Left uninitialized: every element is written below before it is read, and zeroing
-    // 32 vectors per group cost a memset call per group.
-    let mut h = [[const { MaybeUninit::<__m256i>::uninit() }; 4]; N];
-    for i in 0..4 {
-        let wv: [__m256i; 4] = std::array::from_fn(|k| {
-            let b = 2 * i + k / 2;
-            _mm256_cvtepi8_epi16(load16(simd::arr::<16>(i8_bytes(&w[b].qs), 16 * (k % 2))))
-        });
+unsafe fn transposed<S: Scale>(w: &[BlockQ8_0<S>; BLOCK_LANES]) -> [simd::x86::__m256i; 8] {
+    let lo = q4_0::transpose_qs(std::array::from_fn(|b| {
+        simd::arr::<16>(i8_bytes(&w[b].qs), 0)
+    }));
+    let hi = q4_0::transpose_qs(std::array::from_fn(|b| {
+        simd::arr::<16>(i8_bytes(&w[b].qs), 16)
+    }));
+    std::array::from_fn(|v| if v % 2 == 0 { lo[v / 2] } else { hi[v / 2] })
+}
+
+/// One group of 8 weight blocks against `N` activation rows with no -128 quant: each
+/// vector of weights meets every row while in a register, `|w|` times `y` with `w`'s sign
+/// (`maddubs`: pairs of at most 128 * 127, exact in i16), widened and summed in i32 per lane,
+/// so each lane ends with its block's exact integer. The float steps are the single-row
+/// kernel's (`combine`), so each lane accumulates the bits it would there. (`VNNI` changes
+/// nothing: see `row_xn_avx2`.)
+impl<S: Scale> NibbleGroup for BlockQ8_0<S> {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const VNNI: bool>(
+        w: &[Self; BLOCK_LANES],
+        (yt, dx, _): GroupParts<'_, N>,
+        acc: &mut [f32x8; N],
+    ) {
+        use simd::x86::*;
+        let ones = _mm256_set1_epi16(1);
+        let t = transposed(w);
+        let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
+        let mut s32 = [_mm256_setzero_si256(); N];
+        for (v, &wv) in t.iter().enumerate() {
+            let wa = _mm256_abs_epi8(wv);
+            for n in 0..N {
+                let y = load32(simd::arr::<32>(yt[n], 32 * v));
+                let p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(y, wv));
+                s32[n] = _mm256_add_epi32(s32[n], _mm256_madd_epi16(p, ones));
+            }
+        }
         for n in 0..N {
-            let a = block_i32(wv[0], wv[1], &y16[n][2 * i * QK..][..QK]);
-            let b = block_i32(wv[2], wv[3], &y16[n][(2 * i + 1) * QK..][..QK]);
-            h[n][i].write(_mm256_hadd_epi32(a, b));
+            acc[n] += combine(dw, f32x8::from_array(*dx[n]), i32x8::from(s32[n]));
         }
     }
-    let dw = S::lanes_avx2(std::array::from_fn(|b| w[b].d));
-    for n in 0..N {
-        // SAFETY: all four were written in the loop above.
-        let [h0, h1, h2, h3] = h[n].map(|v| v.assume_init());
-        let h0123 = _mm256_hadd_epi32(h0, h1);
-        let h4567 = _mm256_hadd_epi32(h2, h3);
-        let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
-        let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
-        let isum = i32x8::from(_mm256_add_epi32(lo, hi));
-        acc[n] += combine(dw, f32x8::from_array(*dx[n]), isum);
+}
+
+/// A Q8_0 block met through the exact i16 path: activation rows with a -128 quant (made by
+/// hand: our quantizer never writes one).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Widened<S>(BlockQ8_0<S>);
+// SAFETY: a transparent wrapper of a Pod block.
+unsafe impl<S: Scale> Pod for Widened<S> {}
+
+/// [`BlockQ8_0`]'s group with both sides sign-extended to i16 (`madd`: exact for every byte
+/// pair); each i32 lane sums two bytes' products, so the pairs of lanes are added
+/// (`hadd`, then a qword permute back to lane order) once per row at the end.
+impl<S: Scale> NibbleGroup for Widened<S> {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[inline(always)]
+    unsafe fn group_xn<const N: usize, const VNNI: bool>(
+        w: &[Self; BLOCK_LANES],
+        (yt, dx, _): GroupParts<'_, N>,
+        acc: &mut [f32x8; N],
+    ) {
+        use simd::x86::*;
+        // SAFETY: `Widened` is a transparent wrapper.
+        let w = &*(w as *const [Self; BLOCK_LANES] as *const [BlockQ8_0<S>; BLOCK_LANES]);
+        let t = transposed(w);
+        let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
+        // lo[n]: lanes 0..4 (two i32 per lane), hi[n]: lanes 4..8.
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
+        for (v, &wv) in t.iter().enumerate() {
+            let w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
+            let w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(wv));
+            for n in 0..N {
+                let y = load32(simd::arr::<32>(yt[n], 32 * v));
+                let y0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(y));
+                let y1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(y));
+                lo[n] = _mm256_add_epi32(lo[n], _mm256_madd_epi16(w0, y0));
+                hi[n] = _mm256_add_epi32(hi[n], _mm256_madd_epi16(w1, y1));
+            }
+        }
+        for n in 0..N {
+            // hadd: lanes [0, 1, 4, 5 | 2, 3, 6, 7]; the permute puts them in order.
+            let h = _mm256_hadd_epi32(lo[n], hi[n]);
+            let isum = _mm256_permute4x64_epi64::<0b11_01_10_00>(h);
+            acc[n] += combine(dw, f32x8::from_array(*dx[n]), i32x8::from(isum));
+        }
     }
-}
-
-/// Eight i32 partial sums of one block: widened weights `w0`, `w1` (values 0..16, 16..32)
-/// times the block's i16 activations.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[inline(always)]
-unsafe fn block_i32(
-    w0: simd::x86::__m256i,
-    w1: simd::x86::__m256i,
-    y: &[i16],
-) -> simd::x86::__m256i {
-    use simd::x86::*;
-    let y = &y[..QK];
-    let y0 = _mm256_loadu_si256(y.as_ptr().cast());
-    let y1 = _mm256_loadu_si256(y[16..].as_ptr().cast());
-    _mm256_add_epi32(_mm256_madd_epi16(w0, y0), _mm256_madd_epi16(w1, y1))
-}
-
-/// Group `g`'s slices of each activation row's side data.
-#[inline(always)]
-#[allow(clippy::type_complexity)]
-fn group_parts<const N: usize>(
-    aux: [&Q8Aux; N],
-    g: usize,
-) -> ([&[i16; BLOCK_LANES * QK]; N], [&[f32; BLOCK_LANES]; N]) {
-    const YG: usize = BLOCK_LANES * QK;
-    (
-        std::array::from_fn(|t| aux[t].y16[g * YG..][..YG].try_into().unwrap()),
-        std::array::from_fn(|t| {
-            aux[t].d[g * BLOCK_LANES..][..BLOCK_LANES]
-                .try_into()
-                .unwrap()
-        }),
-    )
 }
 
 #[cfg(test)]
