@@ -4,7 +4,7 @@
 
 use super::block::{view, view_mut, Family};
 use super::tests_util::{Rng, TestActivation};
-use super::{bf16, dispatch, fp16, iq4_nl, iq4_xs, q2_k, q4_0, q5_0, q5_1};
+use super::{bf16, dispatch, fp16, iq4_nl, iq4_xs, q2_k, q4_0, q4_k, q5_0, q5_1, q6_k};
 use std::time::Instant;
 
 const N: usize = 4096;
@@ -99,6 +99,8 @@ fn dot_levels_4096x4096() {
     bench::<iq4_nl::BlockIq4Nl>("IQ4_NL", &x8);
     bench::<iq4_xs::BlockIq4Xs>("IQ4_XS", &xk);
     bench::<q2_k::BlockQ2K>("Q2_K", &xk);
+    bench::<q4_k::BlockQ4K>("Q4_K", &xk);
+    bench::<q6_k::BlockQ6K>("Q6_K", &xk);
     bench::<fp16::F16>("F16", &xf);
     bench::<bf16::BF16>("BF16", &xf);
 }
