@@ -236,18 +236,24 @@ pub(crate) fn rows_aux(y: &[BlockQ8_0]) -> Q8Aux {
     }
 }
 
-/// The 8 weight vectors of a group in `q4_0::x4_aux`'s order: vector `2k + h`, lane `l`
-/// holds weights `16h + 4k .. 16h + 4k + 4` of block `LANE_BLOCK[l]`.
+/// A group's 8 weight vectors in `q4_0::x4_aux`'s order (vector `2k + h`, lane `l` holds
+/// weights `16h + 4k .. 16h + 4k + 4` of block `LANE_BLOCK[l]`) and its scales in lane order.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[inline(always)]
-unsafe fn transposed<S: Scale>(w: &[BlockQ8_0<S>; BLOCK_LANES]) -> [simd::x86::__m256i; 8] {
+unsafe fn transposed<S: Scale>(
+    w: &[BlockQ8_0<S>; BLOCK_LANES],
+) -> ([simd::x86::__m256i; 8], f32x8) {
     let lo = q4_0::transpose_qs(std::array::from_fn(|b| {
         simd::arr::<16>(i8_bytes(&w[b].qs), 0)
     }));
     let hi = q4_0::transpose_qs(std::array::from_fn(|b| {
         simd::arr::<16>(i8_bytes(&w[b].qs), 16)
     }));
-    std::array::from_fn(|v| if v % 2 == 0 { lo[v / 2] } else { hi[v / 2] })
+    let t = std::array::from_fn(|v| if v % 2 == 0 { lo[v / 2] } else { hi[v / 2] });
+    (
+        t,
+        S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d)),
+    )
 }
 
 /// One group of 8 weight blocks against `N` activation rows with no -128 quant: each
@@ -266,8 +272,7 @@ impl<S: Scale> NibbleGroup for BlockQ8_0<S> {
     ) {
         use simd::x86::*;
         let ones = _mm256_set1_epi16(1);
-        let t = transposed(w);
-        let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
+        let (t, dw) = transposed(w);
         let mut s32 = [_mm256_setzero_si256(); N];
         for (v, &wv) in t.iter().enumerate() {
             let wa = _mm256_abs_epi8(wv);
@@ -305,8 +310,7 @@ impl<S: Scale> NibbleGroup for Widened<S> {
         use simd::x86::*;
         // SAFETY: `Widened` is a transparent wrapper.
         let w = &*(w as *const [Self; BLOCK_LANES] as *const [BlockQ8_0<S>; BLOCK_LANES]);
-        let t = transposed(w);
-        let dw = S::lanes_avx2(std::array::from_fn(|l| w[LANE_BLOCK[l]].d));
+        let (t, dw) = transposed(w);
         // lo[n]: lanes 0..4 (two i32 per lane), hi[n]: lanes 4..8.
         let (mut lo, mut hi) = ([_mm256_setzero_si256(); N], [_mm256_setzero_si256(); N]);
         for (v, &wv) in t.iter().enumerate() {
