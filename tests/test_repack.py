@@ -1,4 +1,4 @@
-"""Q4_0, Q8_0 and Q4_K weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
+"""Q4_0, Q8_0, Q4_K and Q6_K weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
 file's layout, on every path (prompts on AMX tiles, several tokens, one token, embedding
 lookups, tied output), and the copied file pages let go so resident memory stays near the file."""
 
@@ -63,28 +63,50 @@ def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied:
         assert got["logits"] == rows["logits"], f"repacked weights at {level} differ from the file's layout"
 
 
+@pytest.mark.parametrize("ftype", ["q4_k_m", "q6_k"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_repacked_q4_k_gives_the_bits_of_the_file_layout(tmp_path: Path, tied: bool) -> None:
-    """Q4_K (rust/quant/x16_q4k.rs), repacked at the avx512 level; at amx its tile kernel reads
-    the file's layout, so nothing is repacked there."""
+def test_repacked_k_quants_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool, ftype: str) -> None:
+    """Q4_K and Q6_K (rust/quant/x16_q4k.rs, x16_q6k.rs), repacked at the avx512 level; at amx
+    their tile kernel reads the file's layout, so nothing is repacked there."""
     if not REPACKS:
         pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
     import llama_rs
 
     # Rows of whole super-blocks (256) in whole chunks of 16; ffn 768 = 3 super-blocks per
-    # ffn_down row (a partial group of 8). Quantized pure: every matrix Q4_K.
+    # ffn_down row (a partial group of 8). Quantized pure: every matrix of the one type.
     s = Shape(dim=256, n_layer=2, n_head=8, n_head_kv=2, ffn=768, vocab=1008 if tied else 1000)
     f16 = tmp_path / "f16.gguf"
     write_model(f16, s, random_weights(s, seed=13), "F16", tie_output=tied)
-    path = tmp_path / "q4_k.gguf"
-    llama_rs.quantize_file(f16, path, "q4_k_m", pure=True)
+    path = tmp_path / f"{ftype}.gguf"
+    llama_rs.quantize_file(f16, path, ftype, pure=True)
     rows = probe(path, LLAMA_RS_REPACK="0")
     assert rows["repacked"] == 0
     got = probe(path, LLAMA_RS_ISA="avx512")
     assert got["repacked"] == 7 * s.n_layer + tied, got
-    assert got["logits"] == rows["logits"], "repacked Q4_K weights differ from the file's layout"
+    assert got["logits"] == rows["logits"], f"repacked {ftype} weights differ from the file's layout"
     if CPU_LEVEL == "amx":
         assert probe(path, LLAMA_RS_ISA="amx")["repacked"] == 0
+
+
+def test_the_q4_k_m_mix_repacks_its_q6_k_matrices_too(tmp_path: Path) -> None:
+    """llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for output.weight and some attn_v / ffn_down;
+    both kinds repacked, the same bits as the file's layout."""
+    if not REPACKS:
+        pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
+    import llama_rs
+
+    s = Shape(dim=256, n_layer=2, n_head=8, n_head_kv=2, ffn=768, vocab=1008)
+    f16 = tmp_path / "f16.gguf"
+    write_model(f16, s, random_weights(s, seed=14), "F16")
+    path = tmp_path / "q4_k_m.gguf"
+    llama_rs.quantize_file(f16, path, "q4_k_m")
+    types = {ty for _, ty, shape, _, _ in llama_rs.file_info(path)["tensors"] if len(shape) == 2}
+    assert {"Q4_K", "Q6_K"} <= types, types
+    rows = probe(path, LLAMA_RS_REPACK="0")
+    got = probe(path, LLAMA_RS_ISA="avx512")
+    # Every matrix but token_embd (Q4_K, looked up row by row: repacked as well) is repacked.
+    assert got["repacked"] == 7 * s.n_layer + 2, got
+    assert got["logits"] == rows["logits"], "the repacked Q4_K_M mix differs from the file's layout"
 
 
 def test_other_types_and_lower_levels_keep_the_file_layout(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ pub mod q8_k;
 pub(crate) mod simd;
 pub mod x16;
 mod x16_q4k;
+mod x16_q6k;
 
 #[cfg(test)]
 mod bench_dot;
@@ -516,7 +517,7 @@ impl TokenTiles {
     }
 }
 
-/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0 or Q4_K):
+/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0, Q4_K, Q6_K):
 /// `out[r][n]` with the bits of the row kernels. Needs the AVX-512 level (where weights are
 /// repacked).
 pub fn vec_dot_rows_x16<const N: usize>(
@@ -562,6 +563,14 @@ pub fn vec_dot_rows_x16<const N: usize>(
                 let a = std::array::from_fn(|n| side::<q4_k::BlockQ4K>(aux[n], x[n]));
                 // SAFETY: checked above.
                 unsafe { x16_q4k::rows_avx512::<N>(chunk, nb, a) }
+            }
+            GgmlType::Q6_K => {
+                let x: [&[q8_k::BlockQ8K]; N] = xs.map(|x| {
+                    q8_k::BlockQ8K::view(x).expect("vec_dot_rows_x16: activations are not q8_K")
+                });
+                let nb = chunk.len() / x16::Q6_K.column();
+                // SAFETY: checked above.
+                unsafe { x16_q6k::rows_avx512::<N>(chunk, nb, x) }
             }
             other => panic!("vec_dot_rows_x16: {other} is not repacked"),
         };

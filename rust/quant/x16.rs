@@ -1,7 +1,7 @@
-//! Q4_0, Q8_0 and Q4_K weights repacked at load, 16 rows at a time (AVX-512 CPUs): the layout
-//! the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
-//! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; Q4_K's are in
-//! `x16_q4k`.
+//! Q4_0, Q8_0, Q4_K and Q6_K weights repacked at load, 16 rows at a time (AVX-512 CPUs): the
+//! layout the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
+//! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; the K-quants'
+//! are in `x16_q4k` and `x16_q6k`.
 //!
 //! A chunk of 16 rows of `nb` blocks keeps its bytes, reordered by block column: block column
 //! `b` is `16 x block size` bytes, for Q4_0 and Q8_0 the 16 rows' f16 scales (`2 r`), then
@@ -30,26 +30,32 @@ pub const ROWS: usize = 16;
 /// processes that map the file): the repacked copy is private memory of each process.
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
-/// Whether a `rows`-row weight of type `ty` is repacked at load here: Q4_0, Q8_0 or Q4_K in
-/// whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless [`REPACK_ENV`] is
-/// `0`. Q4_K stays in the file's layout where AMX runs: its tile kernel reads that layout.
+/// Whether a `rows`-row weight of type `ty` is repacked at load here: Q4_0, Q8_0, Q4_K or
+/// Q6_K in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
+/// [`REPACK_ENV`] is `0`. The K-quants stay in the file's layout where AMX runs: their tile
+/// kernel reads that layout.
 pub fn wanted(ty: GgmlType, rows: usize) -> bool {
     use std::sync::OnceLock;
     static ALLOWED: OnceLock<bool> = OnceLock::new();
     let allowed = *ALLOWED.get_or_init(|| {
         std::env::var(REPACK_ENV).map_or(true, |v| v.trim() != "0") && super::simd::has_avx512()
     });
-    let amx_reads_rows = ty == GgmlType::Q4_K && super::has_amx_kernel(ty);
+    let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+    let amx_reads_rows = k_quant && super::has_amx_kernel(ty);
     allowed && layout(ty).is_some() && !amx_reads_rows && rows > 0 && rows.is_multiple_of(ROWS)
 }
 
 /// How a repacked type's block is cut into the pieces a chunk interleaves: a `head` of 0 or 2
-/// bytes (an f16 scale: the 16 rows' heads side by side open the column), then `words`
-/// dwords, word `j` of the 16 rows side by side in 64 bytes ("part" `j`).
+/// bytes at offset `head_at` of the block (an f16 scale: the 16 rows' heads side by side open
+/// the column), then the block's other bytes as `words` dwords, word `order[j]` (word `j` if
+/// `order` is empty) of the 16 rows side by side in 64 bytes ("part" `j`): the parts in the
+/// order the kernel reads them, so that it streams each column front to back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub head: usize,
+    pub head_at: usize,
     pub words: usize,
+    pub order: &'static [u8],
 }
 
 impl Layout {
@@ -65,15 +71,68 @@ impl Layout {
     pub const fn part(self, j: usize) -> usize {
         ROWS * self.head + 64 * j
     }
+    /// Offset within a block of the word that part `j` holds (the head skipped).
+    pub const fn word(self, j: usize) -> usize {
+        let w = if self.order.is_empty() {
+            j
+        } else {
+            self.order[j] as usize
+        };
+        if 4 * w >= self.head_at {
+            4 * w + self.head
+        } else {
+            4 * w
+        }
+    }
 }
 
 /// Q4_0: f16 scale, 16 quant bytes.
-pub const Q4_0: Layout = Layout { head: 2, words: 4 };
+pub const Q4_0: Layout = Layout {
+    head: 2,
+    head_at: 0,
+    order: &[],
+    words: 4,
+};
 /// Q8_0: f16 scale, 32 quant bytes.
-pub const Q8_0: Layout = Layout { head: 2, words: 8 };
+pub const Q8_0: Layout = Layout {
+    head: 2,
+    head_at: 0,
+    order: &[],
+    words: 8,
+};
 /// Q4_K: its 144 bytes as 36 dwords (`d | dmin << 16`, the three words of packed scales,
 /// then the 32 words of quants).
-pub const Q4_K: Layout = Layout { head: 0, words: 36 };
+pub const Q4_K: Layout = Layout {
+    head: 0,
+    head_at: 0,
+    order: &[],
+    words: 36,
+};
+/// Q6_K: the f16 `d` at the block's end (byte 208), then 52 dwords (words 0..32 `ql`, 32..48
+/// `qh`, 48..52 the int8 scales) in `x16_q6k`'s reading order: the scales, then per half `h`
+/// and 4-weight group `g` the two `ql` words and the `qh` word of those weights.
+pub const Q6_K: Layout = Layout {
+    head: 2,
+    head_at: 208,
+    words: 52,
+    order: &Q6_K_ORDER,
+};
+const Q6_K_ORDER: [u8; 52] = {
+    let mut o = [
+        48, 49, 50, 51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut i = 0;
+    while i < 16 {
+        let (h, g) = (i / 8, i % 8);
+        o[4 + 3 * i] = (16 * h + g) as u8;
+        o[5 + 3 * i] = (16 * h + 8 + g) as u8;
+        o[6 + 3 * i] = (32 + 8 * h + g) as u8;
+        i += 1;
+    }
+    o
+};
+const _: () = assert!(Q6_K.block() == 210 && Q4_K.block() == 144 && Q4_0.block() == 18);
 
 /// Offset of part 0 in the Q4_0 and Q8_0 layouts (after the 16 rows' f16 scales).
 const PART: usize = Q4_0.part(0);
@@ -84,6 +143,7 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
         GgmlType::Q4_0 => Some(Q4_0),
         GgmlType::Q8_0 => Some(Q8_0),
         GgmlType::Q4_K => Some(Q4_K),
+        GgmlType::Q6_K => Some(Q6_K),
         _ => None,
     }
 }
@@ -103,16 +163,16 @@ pub fn repack(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]) {
 
 /// [`repack`], byte by byte.
 pub fn repack_scalar(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]) {
-    let (bb, h) = (l.block(), l.head);
+    let (bb, h, at) = (l.block(), l.head, l.head_at);
     assert_eq!(src.len(), row_blocks * l.column(), "repack: 16 rows");
     assert_eq!(dst.len(), src.len(), "repack: output length");
     for (b, col) in dst.chunks_exact_mut(l.column()).enumerate() {
         for r in 0..ROWS {
             let blk = &src[(r * row_blocks + b) * bb..][..bb];
-            col[h * r..h * (r + 1)].copy_from_slice(&blk[..h]);
+            col[h * r..h * (r + 1)].copy_from_slice(&blk[at..at + h]);
             for j in 0..l.words {
-                let o = l.part(j) + 4 * r;
-                col[o..o + 4].copy_from_slice(&blk[h + 4 * j..h + 4 * j + 4]);
+                let (o, w) = (l.part(j) + 4 * r, l.word(j));
+                col[o..o + 4].copy_from_slice(&blk[w..w + 4]);
             }
         }
     }
@@ -137,12 +197,18 @@ unsafe fn repack_avx512(src: &[u8], row_blocks: usize, l: Layout, dst: &mut [u8]
         let base = src.as_ptr().add(b * bb);
         let col = dst.as_mut_ptr().add(b * l.column());
         if l.head == 2 {
-            // Scales: the dword at each block's start, its low half kept.
-            let d = _mm512_i32gather_epi32::<1>(rows, base.cast());
+            // Scales: the dword starting at the head (its low half kept) or, for a head at
+            // the block's end, the one ending there (its high half).
+            let d = if l.head_at == 0 {
+                _mm512_i32gather_epi32::<1>(rows, base.cast())
+            } else {
+                let d = _mm512_i32gather_epi32::<1>(rows, base.add(l.head_at - 2).cast());
+                _mm512_srli_epi32::<16>(d)
+            };
             _mm256_storeu_si256(col.cast(), _mm512_cvtepi32_epi16(d));
         }
         for j in 0..l.words {
-            let q = _mm512_i32gather_epi32::<1>(rows, base.add(l.head + 4 * j).cast());
+            let q = _mm512_i32gather_epi32::<1>(rows, base.add(l.word(j)).cast());
             _mm512_storeu_si512(col.add(l.part(j)).cast(), q);
         }
     }
@@ -174,10 +240,10 @@ pub fn row(chunk: &[u8], nb: usize, l: Layout, r: usize, dst: &mut [u8]) {
     for b in 0..nb {
         let col = &chunk[b * l.column()..(b + 1) * l.column()];
         let o = &mut dst[b * bb..(b + 1) * bb];
-        o[..h].copy_from_slice(&col[h * r..h * (r + 1)]);
+        o[l.head_at..l.head_at + h].copy_from_slice(&col[h * r..h * (r + 1)]);
         for j in 0..l.words {
-            let s = l.part(j) + 4 * r;
-            o[h + 4 * j..h + 4 * j + 4].copy_from_slice(&col[s..s + 4]);
+            let (s, w) = (l.part(j) + 4 * r, l.word(j));
+            o[w..w + 4].copy_from_slice(&col[s..s + 4]);
         }
     }
 }

@@ -1,0 +1,340 @@
+//! The kernel over Q6_K weights repacked 16 rows at a time (`x16::Q6_K`: the 16 rows' f16 `d`
+//! open each super-block column, then its 52 dwords in reading order, the 16 rows' word side by
+//! side in each 64-byte part), for AVX-512 CPUs without AMX.
+//!
+//! Per super-block column, for all 16 rows at once (one row per dword lane), half `h` (0, 1)
+//! and 4-weight group `g` (0..8) of `q6_k`'s layout:
+//! - parts `p = 4 + 24 h + 3 g` and `p + 1` are `ql` bytes `64 h + 4 g` and `64 h + 32 + 4 g`,
+//!   part `p + 2` the `qh` bytes above them: one `and`/`or` per nibble rebuilds the
+//!   6-bit quants of weights `128 h + 32 k + 4 g ..` (`k` 0..4), each four of them one
+//!   `vpdpbusd` against 4 broadcast activation bytes, into sub-block `8 h + 2 k + g / 4`;
+//! - each sub-block's sum starts at `-32 * bsum` (Q8_K's true sub-block sums), so it ends as
+//!   `sum (q - 32) * y`, and meets its int8 scale (parts 0..4, sign-extended) in `vpmulld`.
+//!
+//! Bits: `isum = sum_s scale_s * sum_{i in s} (q_i - 32) y_i` is the row kernel's exact
+//! integer (bounds in `q6_k`), then `kquant_qx::combine`'s float steps into lane `b % 8`,
+//! zero-padded blocks adding `+0.0` as the row driver's padding does, and the lanes reduce in
+//! `simd::reduce8`'s order: `dispatch::dot`'s bits, checked for every row and token in the
+//! tests.
+
+use super::q8_k::BlockQ8K;
+use super::x16::{self, ROWS};
+
+/// `out[r][n]` = row `r` of a repacked Q6_K chunk (`nb` super-blocks per row) against token
+/// `n` (its Q8_K blocks `xs[n]`), each part unpacked once for all `N`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and F16C (`simd::has_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_avx512<const N: usize>(
+    chunk: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; N],
+) -> [[f32; N]; ROWS] {
+    use super::simd::BLOCK_LANES;
+    use std::arch::x86_64::*;
+    const L: x16::Layout = x16::Q6_K;
+    assert_eq!(chunk.len(), nb * L.column(), "x16_q6k: chunk length");
+    assert!(
+        xs.iter().all(|x| x.len() == nb),
+        "x16_q6k: activation length"
+    );
+    let (low, high) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+    // Byte k of each dword moved to its top byte (then `srai` sign-extends it).
+    let top_byte: [__m512i; 4] = std::array::from_fn(|k| {
+        let c = |i: i32| ((4 * i + k as i32) << 24) | 0x0080_8080;
+        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
+    });
+    let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    for b in 0..nb {
+        let col = chunk.as_ptr().add(b * L.column());
+        // Prefetching spread over the column's reads: a burst of 53 hints at its start slowed
+        // the stream from memory (14 against 21 GB/s, Zen 5, one thread).
+        super::simd::prefetch_ahead(col, 4 * 64);
+        let part = |j: usize| _mm512_loadu_si512(col.add(L.part(j)).cast());
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+        let mut isum = [_mm512_setzero_si512(); N];
+        // Half h, groups g in 4 gh .. 4 gh + 4: sub-blocks 8 h + 2 k + gh, k in 0..4.
+        for h in 0..2 {
+            for gh in 0..2 {
+                let mut s: [[__m512i; 4]; N] = std::array::from_fn(|n| {
+                    let y = &xs[n][b];
+                    std::array::from_fn(|k| {
+                        _mm512_set1_epi32(-32 * y.bsum(8 * h + 2 * k + gh) as i32)
+                    })
+                });
+                for g in 4 * gh..4 * gh + 4 {
+                    let p = 4 + 24 * h + 3 * g;
+                    super::simd::prefetch_ahead(col.add(L.part(p)), 3 * 64);
+                    let (a, c, hb) = (part(p), part(p + 1), part(p + 2));
+                    let q = [
+                        _mm512_or_si512(
+                            _mm512_and_si512(a, low),
+                            _mm512_and_si512(_mm512_slli_epi16::<4>(hb), high),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(c, low),
+                            _mm512_and_si512(_mm512_slli_epi16::<2>(hb), high),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(a), low),
+                            _mm512_and_si512(hb, high),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(c), low),
+                            _mm512_and_si512(_mm512_srli_epi16::<2>(hb), high),
+                        ),
+                    ];
+                    for n in 0..N {
+                        let y = xs[n][b].qs.as_ptr().add(128 * h + 4 * g).cast::<i32>();
+                        for k in 0..4 {
+                            let yk = _mm512_set1_epi32(y.add(8 * k).read_unaligned());
+                            s[n][k] = _mm512_dpbusd_epi32(s[n][k], q[k], yk);
+                        }
+                    }
+                }
+                for k in 0..4 {
+                    let sb = 8 * h + 2 * k + gh;
+                    let words = part(sb / 4);
+                    let sc = _mm512_srai_epi32::<24>(_mm512_shuffle_epi8(words, top_byte[sb % 4]));
+                    for (i, sn) in isum.iter_mut().zip(&s) {
+                        *i = _mm512_add_epi32(*i, _mm512_mullo_epi32(sn[k], sc));
+                    }
+                }
+            }
+        }
+        for n in 0..N {
+            let dx = _mm512_set1_ps(super::block::Scale::get(xs[n][b].d));
+            // kquant_qx::combine: (d * dx) * isum.
+            let term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[n]));
+            let lane = &mut acc[n][b % BLOCK_LANES];
+            *lane = _mm512_add_ps(*lane, term);
+        }
+    }
+    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
+    for b in nb..nb.div_ceil(BLOCK_LANES) * BLOCK_LANES {
+        for a in acc.iter_mut() {
+            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
+        }
+    }
+    x16::reduce_rows(&acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::block::{bytes_of, zeroed};
+    use crate::quant::q6_k::BlockQ6K;
+    use crate::quant::q8_k::QK_K;
+    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::{dispatch, simd};
+
+    /// 16 rows of `nb` random super-blocks (finite or extreme `d`; random or extreme scale and
+    /// quant bytes).
+    fn rows(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<BlockQ6K> {
+        (0..ROWS * nb)
+            .map(|_| {
+                let mut b = zeroed::<BlockQ6K>();
+                let byte = |rng: &mut Rng| {
+                    if extreme && rng.next_u64().is_multiple_of(2) {
+                        EXTREME_BYTES[(rng.next_u64() % 10) as usize]
+                    } else {
+                        rng.next_u64() as u8
+                    }
+                };
+                b.ql.iter_mut().for_each(|q| *q = byte(rng));
+                b.qh.iter_mut().for_each(|q| *q = byte(rng));
+                b.scales.iter_mut().for_each(|s| *s = byte(rng) as i8);
+                b.d = if extreme {
+                    crate::quant::fp16::F16(
+                        EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes(),
+                    )
+                } else {
+                    finite_half(rng)
+                };
+                b
+            })
+            .collect()
+    }
+
+    fn tokens(n: usize, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<Vec<BlockQ8K>> {
+        (0..n)
+            .map(|t| {
+                let scale = if extreme {
+                    10f32.powi((t % 7) as i32 - 3)
+                } else {
+                    1.0
+                };
+                let x: Vec<f32> = (0..nb * QK_K).map(|_| rng.normal() * scale).collect();
+                let mut q = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
+                crate::quant::q8_k::quantize_row(&x, &mut q);
+                q
+            })
+            .collect()
+    }
+
+    fn repacked(w: &[BlockQ6K], nb: usize) -> Vec<u8> {
+        let src = bytes_of(w);
+        let mut p = vec![0u8; src.len()];
+        x16::repack(src, nb, x16::Q6_K, &mut p);
+        p
+    }
+
+    #[test]
+    fn repack_keeps_every_row() {
+        let mut rng = Rng::new(31);
+        for nb in [1, 3, 8, 22] {
+            let w = rows(nb, &mut rng, false);
+            let p = repacked(&w, nb);
+            let src = bytes_of(&w[..]);
+            let mut slow = vec![0u8; p.len()];
+            x16::repack_scalar(src, nb, x16::Q6_K, &mut slow);
+            assert_eq!(slow, p, "nb={nb}: the vector repack is the scalar one");
+            let mut back = vec![0u8; p.len()];
+            x16::unpack(&p, nb, x16::Q6_K, &mut back);
+            assert_eq!(back, src, "nb={nb}");
+            // The column opens with the 16 rows' d, in row order.
+            for r in 0..ROWS {
+                assert_eq!(p[2 * r..2 * r + 2], w[r * nb].d.0, "nb={nb} row {r}'s d");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn check<const N: usize>(w: &[BlockQ6K], p: &[u8], nb: usize, xs: &[Vec<BlockQ8K>], ctx: &str) {
+        // SAFETY: the caller checks simd::has_avx512.
+        let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..])) };
+        for (r, o) in out.iter().enumerate() {
+            for (n, v) in o.iter().enumerate() {
+                let want = dispatch::dot::<BlockQ6K>(&w[r * nb..(r + 1) * nb], &xs[n]);
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "{ctx} N={N} r={r} n={n}: {v} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The repacked kernel gives `dispatch::dot`'s bits for every row and token, 1..8 tokens
+    /// at once, whole and partial groups of 8 super-blocks.
+    #[test]
+    fn repacked_q6_k_equals_the_row_kernel() {
+        if !simd::has_avx512() {
+            return eprintln!("repacked Q6_K kernel: skipped (CPU lacks AVX-512)");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut rng = Rng::new(32);
+            for nb in [1, 2, 7, 8, 9, 22] {
+                for extreme in [false, true] {
+                    let w = rows(nb, &mut rng, extreme);
+                    let p = repacked(&w, nb);
+                    let xs = tokens(8, nb, &mut rng, extreme);
+                    let ctx = format!("nb={nb} extreme={extreme}");
+                    check::<1>(&w, &p, nb, &xs, &ctx);
+                    check::<2>(&w, &p, nb, &xs, &ctx);
+                    check::<3>(&w, &p, nb, &xs, &ctx);
+                    check::<4>(&w, &p, nb, &xs, &ctx);
+                    check::<8>(&w, &p, nb, &xs, &ctx);
+                }
+            }
+            eprintln!("repacked Q6_K kernel checked: avx512 ran");
+        }
+    }
+}
+
+/// The repacked kernel against the row kernels, one thread, a 32768 x 4096 matrix streamed
+/// from memory and a 1024 x 4096 one from cache (a report, not a check: `cargo test --release
+/// --lib x16_q6k::bench -- --ignored --nocapture`).
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bench {
+    use super::*;
+    use crate::quant::block::{bytes_of, view, Family};
+    use crate::quant::q6_k::BlockQ6K;
+    use crate::quant::q8_k::QK_K;
+    use crate::quant::tests_util::Rng;
+    use crate::quant::{dispatch, simd};
+    use std::time::Instant;
+
+    fn best(mut f: impl FnMut()) -> f64 {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_repacked_q6_k() {
+        if !simd::has_avx512() {
+            return eprintln!("no AVX-512 here");
+        }
+        let mut rng = Rng::new(7);
+        for rows in [1024, 32768] {
+            let cols = 4096;
+            let nb = cols / QK_K;
+            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
+            let mut w = vec![crate::quant::block::zeroed::<BlockQ6K>(); rows * nb];
+            dispatch::quantize::<BlockQ6K>(&wf, &mut w);
+            let src = bytes_of(&w[..]);
+            let chunk = ROWS * nb * x16::Q6_K.block();
+            let mut p = vec![0u8; src.len()];
+            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                x16::repack(s, nb, x16::Q6_K, d);
+            }
+            let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+            let mut xq = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
+            crate::quant::q8_k::quantize_row(&x, &mut xq);
+            let aux = BlockQ6K::row_aux(&xq).unwrap();
+            let gb = src.len() as f64 / 1e9;
+            let mut out = vec![[0f32; 1]; rows];
+            let t_rows = best(|| {
+                dispatch::dot_rows::<BlockQ6K, 1>(view(src), nb, [&xq], Some([&aux]), &mut out)
+            });
+            let mut out8 = vec![[0f32; 8]; rows];
+            let t_rows8 = best(|| {
+                dispatch::dot_rows::<BlockQ6K, 8>(
+                    view(src),
+                    nb,
+                    [&xq; 8],
+                    Some([&aux; 8]),
+                    &mut out8,
+                )
+            });
+            let mut sink = 0f32;
+            let t1 = best(|| {
+                for c in p.chunks(chunk) {
+                    // SAFETY: checked above.
+                    sink += unsafe { rows_avx512::<1>(c, nb, [&xq]) }[0][0];
+                }
+            });
+            let t4 = best(|| {
+                for c in p.chunks(chunk) {
+                    // SAFETY: checked above.
+                    sink += unsafe { rows_avx512::<4>(c, nb, [&xq; 4]) }[0][0];
+                }
+            });
+            let t8 = best(|| {
+                for c in p.chunks(chunk) {
+                    // SAFETY: checked above.
+                    sink += unsafe { rows_avx512::<8>(c, nb, [&xq; 8]) }[0][0];
+                }
+            });
+            std::hint::black_box(sink);
+            eprintln!(
+                "Q6_K {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s, 8 tokens {:.1} GB/s/token; repacked 1 token {:.1}, 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
+                gb * 1e3,
+                gb / t_rows,
+                8.0 * gb / t_rows8,
+                gb / t1,
+                4.0 * gb / t4,
+                8.0 * gb / t8
+            );
+        }
+    }
+}
