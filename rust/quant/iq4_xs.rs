@@ -223,6 +223,7 @@ impl GroupK8 for BlockIq4Xs {
         // Plain loops, no closures: a closure is not built with the caller's target features
         // unless inlined.
         for b in 0..BLOCK_LANES {
+            simd::prefetch_block(&w[b]);
             if WIDE {
                 let mut s = [_mm512_setzero_si512(); N];
                 for ib in 0..QK_K / 32 {

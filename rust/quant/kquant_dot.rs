@@ -291,8 +291,8 @@ pub(crate) fn k8_aux_fits(aux: &K8Aux, y: &[BlockQ8K]) -> bool {
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) trait GroupK8: Pod {
     /// Adds one group's float terms for each of the `N` activation rows into `acc` (lane =
-    /// block), with the single-row chunk kernel's integers and float steps. `WIDE`: the
-    /// AVX-512 form, else AVX2.
+    /// block), with the single-row chunk kernel's integers and float steps, prefetching each
+    /// block as it reads it (`simd::prefetch_block`). `WIDE`: the AVX-512 form, else AVX2.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C (and AVX-512 F/BW/VL/VNNI when `WIDE`).
@@ -343,7 +343,6 @@ pub(crate) unsafe fn row_xn_k8<B: GroupK8, const N: usize, const WIDE: bool>(
         });
         if (g + 1) * BLOCK_LANES <= nb {
             let wg = &w[g * BLOCK_LANES..(g + 1) * BLOCK_LANES];
-            simd::prefetch_ahead(wg.as_ptr().cast(), BLOCK_LANES * std::mem::size_of::<B>());
             B::group_xn::<N, WIDE>(wg.try_into().unwrap(), ys, &mut acc);
         } else {
             let mut wp = [super::block::zeroed::<B>(); BLOCK_LANES];
@@ -368,6 +367,7 @@ unsafe fn group_xn_k32<B: K32, const N: usize, const WIDE: bool>(
     // rows' running sums (N accumulators + 4 vectors stay in registers). Plain loops, no
     // closures: a closure is not built with the caller's target features unless inlined.
     for b in 0..BLOCK_LANES {
+        simd::prefetch_block(&w[b]);
         let (sc, m) = unpack_scales_mins(w[b].scales());
         let sc16 = x86::bytes_to_words(&sc);
         let m16 = x86::bytes_to_words(&m);

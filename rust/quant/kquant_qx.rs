@@ -465,10 +465,6 @@ pub(crate) mod x86 {
         let mut acc = [f32x8::splat(0.0); N];
         for g in 0..nb.div_ceil(BLOCK_LANES) {
             let blocks = g * BLOCK_LANES..(g * BLOCK_LANES + BLOCK_LANES).min(nb);
-            simd::prefetch_ahead(
-                w[blocks.start..].as_ptr().cast(),
-                BLOCK_LANES * std::mem::size_of::<B>(),
-            );
             // Lanes past the row's end stay zero: the row driver's zero blocks give
             // isum 0, msum 0, d_w 0, dmin 0, d_x 0 there too.
             let mut v = [[_mm256_setzero_si256(); BLOCK_LANES]; N];
@@ -477,6 +473,7 @@ pub(crate) mod x86 {
             let mut dmin = [F16([0; 2]); BLOCK_LANES];
             let mut dx = [[F32([0; 4]); BLOCK_LANES]; N];
             for (l, b) in blocks.enumerate() {
+                simd::prefetch_block(&w[b]);
                 let p = W::prepare(&w[b]);
                 dw[l] = w[b].d();
                 dmin[l] = w[b].dmin();

@@ -207,6 +207,14 @@ pub(crate) fn prefetch_ahead(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
+/// [`prefetch_ahead`] of one weight block, for kernels that call it block by block as they
+/// read: a burst of hints for a whole group of K-quant blocks (18 to 27 cache lines) at the
+/// group's start slowed the stream from memory (x16 Q4_K on Zen 5: tg 1.2x once spread).
+#[inline(always)]
+pub(crate) fn prefetch_block<B>(b: &B) {
+    prefetch_ahead((b as *const B).cast(), std::mem::size_of::<B>());
+}
+
 /// f16 bits to f32, lane-wise, in plain std::simd (same values as `f16_bits_to_f32`).
 #[inline(always)]
 pub(crate) fn f16_to_f32_portable(h: u16x8) -> f32x8 {
