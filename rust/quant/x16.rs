@@ -531,6 +531,50 @@ pub(crate) unsafe fn tiles<const Q8: bool>(
     _tile_release();
 }
 
+/// Test helpers the x16 K-quant kernels' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{repack, repack_scalar, unpack, Layout};
+    use crate::quant::q8_k::{BlockQ8K, QK_K};
+    use crate::quant::tests_util::Rng;
+
+    /// `n` Q8_K activation rows of `nb` super-blocks (scaled 1e-3 .. 1e3 when `extreme`).
+    pub(crate) fn q8k_tokens(
+        n: usize,
+        nb: usize,
+        rng: &mut Rng,
+        extreme: bool,
+    ) -> Vec<Vec<BlockQ8K>> {
+        (0..n)
+            .map(|t| {
+                let scale = if extreme {
+                    10f32.powi((t % 7) as i32 - 3)
+                } else {
+                    1.0
+                };
+                let x: Vec<f32> = (0..nb * QK_K).map(|_| rng.normal() * scale).collect();
+                let mut q = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
+                crate::quant::q8_k::quantize_row(&x, &mut q);
+                q
+            })
+            .collect()
+    }
+
+    /// 16 rows (`src`, `nb` blocks each) repacked in layout `l`, after checking that the
+    /// vector repack is the scalar one and that unpacking gives `src` back.
+    pub(crate) fn repacked_checked(src: &[u8], nb: usize, l: Layout) -> Vec<u8> {
+        let mut p = vec![0u8; src.len()];
+        repack(src, nb, l, &mut p);
+        let mut slow = vec![0u8; p.len()];
+        repack_scalar(src, nb, l, &mut slow);
+        assert_eq!(slow, p, "nb={nb}: the vector repack is the scalar one");
+        let mut back = vec![0u8; p.len()];
+        unpack(&p, nb, l, &mut back);
+        assert_eq!(back, src, "nb={nb}: unpacked");
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,7 +145,7 @@ mod tests {
     use crate::quant::block::{bytes_of, zeroed};
     use crate::quant::kquant_dot::k8_aux;
     use crate::quant::q4_k::BlockQ4K;
-    use crate::quant::q8_k::{BlockQ8K, QK_K};
+    use crate::quant::q8_k::BlockQ8K;
     use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
     use crate::quant::{dispatch, simd};
 
@@ -180,42 +180,15 @@ mod tests {
             .collect()
     }
 
-    fn tokens(n: usize, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<Vec<BlockQ8K>> {
-        (0..n)
-            .map(|t| {
-                let scale = if extreme {
-                    10f32.powi((t % 7) as i32 - 3)
-                } else {
-                    1.0
-                };
-                let x: Vec<f32> = (0..nb * QK_K).map(|_| rng.normal() * scale).collect();
-                let mut q = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
-                crate::quant::q8_k::quantize_row(&x, &mut q);
-                q
-            })
-            .collect()
-    }
-
     fn repacked(w: &[BlockQ4K], nb: usize) -> Vec<u8> {
-        let src = bytes_of(w);
-        let mut p = vec![0u8; src.len()];
-        x16::repack(src, nb, x16::Q4_K, &mut p);
-        p
+        x16::test_support::repacked_checked(bytes_of(w), nb, x16::Q4_K)
     }
 
     #[test]
     fn repack_keeps_every_row() {
         let mut rng = Rng::new(21);
         for nb in [1, 3, 8, 22] {
-            let w = rows(nb, &mut rng, false);
-            let p = repacked(&w, nb);
-            let src = bytes_of(&w[..]);
-            let mut slow = vec![0u8; p.len()];
-            x16::repack_scalar(src, nb, x16::Q4_K, &mut slow);
-            assert_eq!(slow, p, "nb={nb}: the vector repack is the scalar one");
-            let mut back = vec![0u8; p.len()];
-            x16::unpack(&p, nb, x16::Q4_K, &mut back);
-            assert_eq!(back, src, "nb={nb}");
+            repacked(&rows(nb, &mut rng, false), nb);
         }
     }
 
@@ -250,7 +223,7 @@ mod tests {
                 for extreme in [false, true] {
                     let w = rows(nb, &mut rng, extreme);
                     let p = repacked(&w, nb);
-                    let xs = tokens(8, nb, &mut rng, extreme);
+                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
                     let ctx = format!("nb={nb} extreme={extreme}");
                     check::<1>(&w, &p, nb, &xs, &ctx);
                     check::<2>(&w, &p, nb, &xs, &ctx);

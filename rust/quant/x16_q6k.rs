@@ -126,7 +126,6 @@ mod tests {
     use super::*;
     use crate::quant::block::{bytes_of, zeroed};
     use crate::quant::q6_k::BlockQ6K;
-    use crate::quant::q8_k::QK_K;
     use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
     use crate::quant::{dispatch, simd};
 
@@ -158,27 +157,8 @@ mod tests {
             .collect()
     }
 
-    fn tokens(n: usize, nb: usize, rng: &mut Rng, extreme: bool) -> Vec<Vec<BlockQ8K>> {
-        (0..n)
-            .map(|t| {
-                let scale = if extreme {
-                    10f32.powi((t % 7) as i32 - 3)
-                } else {
-                    1.0
-                };
-                let x: Vec<f32> = (0..nb * QK_K).map(|_| rng.normal() * scale).collect();
-                let mut q = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
-                crate::quant::q8_k::quantize_row(&x, &mut q);
-                q
-            })
-            .collect()
-    }
-
     fn repacked(w: &[BlockQ6K], nb: usize) -> Vec<u8> {
-        let src = bytes_of(w);
-        let mut p = vec![0u8; src.len()];
-        x16::repack(src, nb, x16::Q6_K, &mut p);
-        p
+        x16::test_support::repacked_checked(bytes_of(w), nb, x16::Q6_K)
     }
 
     #[test]
@@ -187,13 +167,6 @@ mod tests {
         for nb in [1, 3, 8, 22] {
             let w = rows(nb, &mut rng, false);
             let p = repacked(&w, nb);
-            let src = bytes_of(&w[..]);
-            let mut slow = vec![0u8; p.len()];
-            x16::repack_scalar(src, nb, x16::Q6_K, &mut slow);
-            assert_eq!(slow, p, "nb={nb}: the vector repack is the scalar one");
-            let mut back = vec![0u8; p.len()];
-            x16::unpack(&p, nb, x16::Q6_K, &mut back);
-            assert_eq!(back, src, "nb={nb}");
             // The column opens with the 16 rows' d, in row order.
             for r in 0..ROWS {
                 assert_eq!(p[2 * r..2 * r + 2], w[r * nb].d.0, "nb={nb} row {r}'s d");
@@ -231,7 +204,7 @@ mod tests {
                 for extreme in [false, true] {
                     let w = rows(nb, &mut rng, extreme);
                     let p = repacked(&w, nb);
-                    let xs = tokens(8, nb, &mut rng, extreme);
+                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
                     let ctx = format!("nb={nb} extreme={extreme}");
                     check::<1>(&w, &p, nb, &xs, &ctx);
                     check::<2>(&w, &p, nb, &xs, &ctx);
