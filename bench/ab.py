@@ -31,6 +31,7 @@ model, threads, n_prompt, n_gen = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]
 t = time.perf_counter()
 m = llama_rs.Model(model, n_ctx=n_prompt + 3 * n_gen + 16, n_threads=threads)
 load = time.perf_counter() - t
+m.repacked  # waits for a background repack (builds that have one), so runs compare layouts alike
 prompt = [1] + [(i * 7919) % (m.n_vocab - 200) + 100 for i in range(n_prompt - 1)]
 pp = tg = 0.0
 for _ in range(3):

@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("-t", "--threads", type=int, default=2)
     a = ap.parse_args()
     m = llama_rs.Model(a.model, n_ctx=256, n_threads=a.threads)
+    m.wait_repacked()
     for n in a.prompts:
         prompts = [f"Once upon a time number {i}" for i in range(n)]
         t = time.perf_counter()

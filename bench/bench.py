@@ -85,6 +85,7 @@ def bench_llama_rs(path: Path, threads: int, prompt: list[int], n_gen: int) -> t
     import llama_rs
 
     m = llama_rs.Model(path, n_ctx=len(prompt) + n_gen + 1, n_threads=threads)
+    m.wait_repacked()
     m.eval(prompt[:8])  # warm the page cache and the thread pool
     m.reset()
     t = time.perf_counter()

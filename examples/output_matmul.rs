@@ -29,8 +29,8 @@ impl WeightView for Owned {
     fn cols(&self) -> usize {
         self.cols
     }
-    fn bytes(&self) -> &[u8] {
-        &self.data
+    fn bytes(&self) -> (&[u8], bool) {
+        (&self.data, false)
     }
 }
 

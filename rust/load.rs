@@ -15,13 +15,17 @@ use crate::tokenizer::{Kind, Pre, TokenType, Tokenizer, Vocab, KNOWN_PRE};
 use crate::weights::{Storage, Weight};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The RMSNorm epsilon the programs of the legacy files' time used (the files do not store it).
 pub const LEGACY_RMS_EPS: f32 = 1e-6;
 
 impl Model {
-    /// Load a GGUF file, or a legacy (ggml, ggmf, ggjt) file with its parts.
-    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+    /// Load a GGUF file, or a legacy (ggml, ggmf, ggjt) file with its parts. The matrices
+    /// this CPU's kernels read faster in another layout are repacked on a thread of its own
+    /// ([`Model::repack_in_background`]; [`Model::wait_repacked`] waits for it), except those
+    /// held in this process's memory (joined legacy parts), repacked now to free that memory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Arc<Model>> {
         let path = path.as_ref();
         // A bad LLAMA_RS_ISA is refused here, before any kernel runs at a level not asked for.
         crate::quant::Level::requested().map_err(Error::Invalid)?;
@@ -30,7 +34,11 @@ impl Model {
         } else {
             Self::from_gguf(&GgufFile::open(path)?)?
         };
-        model.repack_for_kernels();
+        if model.matrices().any(|w| w.owns_bytes_to_repack()) {
+            model.repack_for_kernels();
+        }
+        let model = Arc::new(model);
+        Model::repack_in_background(&model);
         Ok(model)
     }
 
@@ -55,13 +63,7 @@ impl Model {
             check_shape(&shown, name, &t.dims, shape)?;
             let (cols, rows) = (t.dims[0] as usize, (t.n_elements() / t.dims[0]) as usize);
             let data = Storage::Mapped(map.clone(), t.range.clone());
-            Ok(Weight {
-                name: name.to_string(),
-                ty: t.ty,
-                rows,
-                cols,
-                data,
-            })
+            Ok(Weight::new(name, t.ty, rows, cols, data))
         };
         let file_type = dominant_type(
             f.tensors
@@ -164,6 +166,7 @@ fn build(
         tokenizer,
         metadata,
         file_type,
+        repacking: Default::default(),
     })
 }
 
@@ -606,13 +609,7 @@ fn legacy_weight(f: &LegacyFile, t: &LegacyTensor) -> Weight {
         }
         Storage::Owned(bytes)
     };
-    Weight {
-        name: t.name.clone(),
-        ty,
-        rows,
-        cols,
-        data,
-    }
+    Weight::new(t.name.clone(), ty, rows, cols, data)
 }
 
 /// The whole tensor from its parts: rows split by rows are concatenated, rows split by

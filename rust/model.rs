@@ -11,10 +11,11 @@ pub use crate::attention::{KvCache, KvType};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf::Value;
-use crate::ops::{matmul, matmul_with, rmsnorm, rope_with, silu, Prepared, Rope, WeightView};
+use crate::ops::{matmul, matmul_with, rmsnorm, rope_with, silu, Prepared, Rope};
 use crate::tokenizer::Tokenizer;
-use crate::weights::Weight;
+use crate::weights::{RepackPlan, RepackProgress, Weight};
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 
 /// One transformer block.
 pub struct Layer {
@@ -43,6 +44,8 @@ pub struct Model {
     pub metadata: Vec<(String, Value)>,
     /// The most common weight type ("Q4_0", ...), for display.
     pub file_type: String,
+    /// Whether [`Model::repack_in_background`] is still at work.
+    pub repacking: RepackProgress,
 }
 
 /// Activations of one batch, allocated once per call.
@@ -261,29 +264,9 @@ impl Model {
         Ok(logits)
     }
 
-    /// Every matrix in the layout its kernels read fastest on this CPU (see
-    /// `weights::repack_for_kernels`).
-    pub fn repack_for_kernels(&mut self) {
-        let layers = self.layers.iter_mut().flat_map(|l| {
-            [
-                &mut l.wq,
-                &mut l.wk,
-                &mut l.wv,
-                &mut l.wo,
-                &mut l.w_gate,
-                &mut l.w_up,
-                &mut l.w_down,
-            ]
-        });
-        let matrices = [&mut self.token_embd]
-            .into_iter()
-            .chain(&mut self.output)
-            .chain(layers);
-        crate::weights::repack_for_kernels(matrices);
-    }
-
-    /// How many matrices [`Model::repack_for_kernels`] repacked.
-    pub fn repacked_matrices(&self) -> usize {
+    /// Every matrix the forward pass reads, in one fixed order (the order a
+    /// [`RepackPlan`] of the model refers to).
+    pub(crate) fn matrices(&self) -> impl Iterator<Item = &Weight> {
         let layers = self
             .layers
             .iter()
@@ -292,8 +275,75 @@ impl Model {
             .into_iter()
             .chain(&self.output)
             .chain(layers)
-            .filter(|w| w.repacked())
-            .count()
+    }
+
+    /// The same matrices, to change.
+    fn matrices_mut(&mut self) -> impl Iterator<Item = &mut Weight> {
+        let layers = self.layers.iter_mut().flat_map(|l| {
+            let Layer {
+                wq,
+                wk,
+                wv,
+                wo,
+                w_gate,
+                w_up,
+                w_down,
+                ..
+            } = l;
+            [wq, wk, wv, wo, w_gate, w_up, w_down]
+        });
+        [&mut self.token_embd]
+            .into_iter()
+            .chain(&mut self.output)
+            .chain(layers)
+    }
+
+    /// Every matrix in the layout its kernels read fastest on this CPU, now (see
+    /// `weights::repack_for_kernels`).
+    pub fn repack_for_kernels(&mut self) {
+        crate::weights::repack_for_kernels(self.matrices_mut());
+    }
+
+    /// The same, on a thread of its own, matrix by matrix, while the model is already in use:
+    /// each matmul reads a matrix in the layout it finds at its start, and every layout gives
+    /// the same bits. The thread stops when the model is dropped. Returns the thread, if one
+    /// was started (none when nothing is to be repacked, or no memory or thread was had).
+    pub fn repack_in_background(model: &Arc<Model>) -> Option<std::thread::JoinHandle<()>> {
+        let plan = RepackPlan::new(model.matrices())?;
+        model.repacking.start();
+        // Marks the repack finished however the thread ends (done, model dropped, panic).
+        struct Finish(Weak<Model>);
+        impl Drop for Finish {
+            fn drop(&mut self) {
+                if let Some(m) = self.0.upgrade() {
+                    m.repacking.finish();
+                }
+            }
+        }
+        let finish = Finish(Arc::downgrade(model));
+        let spawned = std::thread::Builder::new()
+            .name("llama-rs-repack".into())
+            .spawn(move || {
+                for step in 0..plan.steps() {
+                    let Some(m) = finish.0.upgrade() else {
+                        return;
+                    };
+                    let ws: Vec<&Weight> = m.matrices().collect();
+                    plan.run(&ws, step, false);
+                }
+            });
+        // Without a thread the file's layout stays (the closure and its `Finish` are gone).
+        spawned.ok()
+    }
+
+    /// Returns once a background repack (see [`Model::repack_in_background`]) is over.
+    pub fn wait_repacked(&self) {
+        self.repacking.wait();
+    }
+
+    /// How many matrices are repacked (so far, while a background repack runs).
+    pub fn repacked_matrices(&self) -> usize {
+        self.matrices().filter(|w| w.repacked()).count()
     }
 
     /// The output projection: `output`, or `token_embd` when they are tied.
@@ -320,13 +370,7 @@ pub(crate) mod tests {
         let vals: Vec<f32> = (0..rows * cols).map(|_| lcg(s) * 0.3).collect();
         let mut data = vec![0u8; ty.row_bytes(rows * cols).unwrap()];
         quantize_row(ty, &vals, &mut data);
-        Weight {
-            name: name.into(),
-            ty,
-            rows,
-            cols,
-            data: Storage::Owned(data),
-        }
+        Weight::new(name, ty, rows, cols, Storage::Owned(data))
     }
 
     /// A random 2-layer model held in memory (GQA 2, Q4_0 matrices: the AMX path where the
@@ -372,11 +416,73 @@ pub(crate) mod tests {
             metadata: Vec::new(),
             file_type: ty.name().into(),
             config,
+            repacking: Default::default(),
         }
     }
 
     fn bits(x: &[f32]) -> Vec<u32> {
         x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A prompt's logits at every position (two tile groups and one row more: the AMX path
+    /// where the CPU has it) and three decode steps after it, as bits.
+    fn prompt_and_decode_bits(m: &Model) -> Vec<u32> {
+        let mut cache = KvCache::new(&m.config, 64, KvType::F16);
+        let ids: Vec<u32> = (0..33).map(|i| (i * 7 + 3) % 48).collect();
+        let mut out = bits(&m.forward(&mut cache, &ids, 0, true).unwrap());
+        for (i, t) in [4, 12, 33].into_iter().enumerate() {
+            out.extend(bits(
+                &m.forward(&mut cache, &[t], ids.len() + i, false).unwrap(),
+            ));
+        }
+        out
+    }
+
+    /// What a forward pass meets while the background repack runs: some matrices repacked,
+    /// the rest in the file's layout. Every such state gives the bits of the file's layout.
+    #[test]
+    fn every_stage_of_a_repack_gives_the_bits_of_the_file_layout() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let m = tiny_model(ty);
+            let want = prompt_and_decode_bits(&m);
+            let Some(plan) = RepackPlan::new(m.matrices()) else {
+                return eprintln!("no repack on this CPU (or LLAMA_RS_REPACK=0): skipped");
+            };
+            // Every matrix but the F16 token_embd.
+            assert_eq!(plan.steps(), 7 * m.config.n_layer + 1);
+            let ws: Vec<&Weight> = m.matrices().collect();
+            for step in 0..plan.steps() {
+                plan.run(&ws, step, step % 2 == 0);
+                assert_eq!(m.repacked_matrices(), step + 1);
+                assert_eq!(prompt_and_decode_bits(&m), want, "{ty:?} after step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_background_repack_runs_under_forward_passes_and_ends_repacked() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let want = prompt_and_decode_bits(&tiny_model(ty));
+            let m = Arc::new(tiny_model(ty));
+            let Some(thread) = Model::repack_in_background(&m) else {
+                return eprintln!("no repack on this CPU (or LLAMA_RS_REPACK=0): skipped");
+            };
+            let mut passes = 0;
+            while passes == 0 || !thread.is_finished() {
+                assert_eq!(prompt_and_decode_bits(&m), want, "{ty:?} pass {passes}");
+                passes += 1;
+            }
+            thread.join().unwrap();
+            assert!(
+                !m.repacking.running(),
+                "the end of the thread ends the wait"
+            );
+            m.wait_repacked();
+            assert_eq!(m.repacked_matrices(), 7 * m.config.n_layer + 1);
+            assert_eq!(prompt_and_decode_bits(&m), want, "{ty:?} repacked");
+            // A second call finds nothing left to do.
+            assert!(Model::repack_in_background(&m).is_none());
+        }
     }
 
     /// Each sequence's logits have the same bits alone and batched with others at other

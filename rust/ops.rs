@@ -100,11 +100,10 @@ pub trait WeightView: Sync {
     fn ty(&self) -> GgmlType;
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
-    fn bytes(&self) -> &[u8];
-    /// Whether the bytes are rows repacked 16 at a time (`quant::x16`), not rows.
-    fn repacked(&self) -> bool {
-        false
-    }
+    /// The bytes the kernels read, and whether they are rows repacked 16 at a time
+    /// (`quant::x16`) rather than rows: one snapshot, so the two agree while a background
+    /// repack publishes the matrix.
+    fn bytes(&self) -> (&[u8], bool);
 }
 
 /// Activation rows prepared once for weights of one kind (f32, q8_0 or q8_K: the weight type's
@@ -207,9 +206,8 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         .ty()
         .row_bytes(cols)
         .expect("weight rows are whole blocks");
-    let data = w.bytes();
+    let (data, repacked) = w.bytes();
     let ty = w.ty();
-    let repacked = w.repacked();
     assert!(
         !repacked || rows % TILE == 0,
         "repacked weights are whole chunks"
@@ -367,8 +365,8 @@ mod tests {
         fn cols(&self) -> usize {
             self.cols
         }
-        fn bytes(&self) -> &[u8] {
-            &self.data
+        fn bytes(&self) -> (&[u8], bool) {
+            (&self.data, false)
         }
     }
 

@@ -444,7 +444,7 @@ impl Engine {
     ) -> PyResult<Engine> {
         let seed = parse_seed(&seed.0).map_err(|e| to_py(py, e))?;
         let kv = parse_kv_type(kv_type)?;
-        let model = run(py, || Model::load(&path).map(Arc::new))?;
+        let model = run(py, || Model::load(&path))?;
         let session = run(py, || Session::new(model.clone(), n_ctx, n_threads, kv))?;
         Ok(Engine {
             session: Arc::new(Mutex::new(session)),
@@ -481,9 +481,11 @@ impl Engine {
     fn file_type(&self) -> String {
         self.model.file_type.clone()
     }
-    /// How many weight matrices were repacked at load for this CPU's kernels.
+    /// How many weight matrices were repacked for this CPU's kernels, once the repack that
+    /// starts at load is over (waits for it).
     #[getter]
-    fn repacked(&self) -> usize {
+    fn repacked(&self, py: Python<'_>) -> usize {
+        py.allow_threads(|| self.model.wait_repacked());
         self.model.repacked_matrices()
     }
 

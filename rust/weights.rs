@@ -1,30 +1,36 @@
 //! Weights as the engine uses them: a typed matrix over bytes that live in the file's map
-//! (the normal case) or in memory (legacy blocks repacked, parts joined).
+//! (the normal case) or in memory (legacy blocks repacked, parts joined), and, once a repack
+//! for this CPU's kernels has published it, over its copy in the model's [`Arena`].
 
 use crate::ops::WeightView;
 use crate::quant::{dequantize_row, x16, GgmlType};
 use memmap2::{Mmap, MmapMut};
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-/// Where a weight's bytes live: in the file's map (the normal case) or converted in memory.
+/// Where a weight's bytes live in the file's layout: in the file's map (the normal case) or
+/// converted in memory.
 pub enum Storage {
     Mapped(Arc<Mmap>, Range<usize>),
     Owned(Vec<u8>),
-    /// Q4_0 or Q8_0 rows repacked 16 at a time at load for the AVX-512 kernels (`quant::x16`):
-    /// a range of the model's one [`Arena`].
-    Repacked(Arc<Arena>, Range<usize>),
 }
 
 /// Anonymous memory holding every repacked matrix of a model, one map aligned to 2 MiB so the
 /// kernel can back all of it with 2 MiB pages: a separate map per matrix got about half of
 /// its bytes in them, and first touching 4 KiB pages is most of the repack's time.
 pub struct Arena {
-    map: MmapMut,
-    /// Where the 2 MiB-aligned part of `map` starts.
-    base: usize,
+    _map: MmapMut,
+    /// The 2 MiB-aligned start of the map's usable part (taken from the map's `&mut`, so
+    /// writes through it are the map's own).
+    base: *mut u8,
+    len: usize,
 }
+
+// SAFETY: ranges are written by one thread before they are published (`RepackPlan::run`) and
+// only read after, through the `OnceLock` that publishes them (release / acquire).
+unsafe impl Send for Arena {}
+unsafe impl Sync for Arena {}
 
 const HUGE_PAGE: usize = 2 << 20;
 /// Each matrix starts on its own 4 KiB page.
@@ -33,20 +39,42 @@ const PAGE: usize = 4096;
 impl Arena {
     /// `len` bytes, or `None` when there is no memory for them.
     fn new(len: usize) -> Option<Arena> {
-        let map = MmapMut::map_anon(len + HUGE_PAGE).ok()?;
-        let base = map.as_ptr().align_offset(HUGE_PAGE);
+        let mut map = MmapMut::map_anon(len + HUGE_PAGE).ok()?;
+        let offset = map.as_ptr().align_offset(HUGE_PAGE);
         #[cfg(target_os = "linux")]
-        let _ = map.advise_range(memmap2::Advice::HugePage, base, len);
-        Some(Arena { map, base })
+        let _ = map.advise_range(memmap2::Advice::HugePage, offset, len);
+        // SAFETY: `offset + len` is within the map (it has `HUGE_PAGE` bytes to spare).
+        let base = unsafe { map.as_mut_ptr().add(offset) };
+        Some(Arena {
+            _map: map,
+            base,
+            len,
+        })
     }
 
+    /// The bytes of a published range.
     fn get(&self, r: &Range<usize>) -> &[u8] {
-        &self.map[self.base + r.start..self.base + r.end]
+        assert!(r.start <= r.end && r.end <= self.len);
+        // SAFETY: in bounds; a published range is never written again.
+        unsafe { std::slice::from_raw_parts(self.base.add(r.start), r.len()) }
     }
 
-    fn get_mut(&mut self, r: &Range<usize>) -> &mut [u8] {
-        &mut self.map[self.base + r.start..self.base + r.end]
+    /// The bytes of a range to fill.
+    ///
+    /// # Safety
+    /// No one else may read or write `r` until it is published, and it must not be published
+    /// yet: each planned range is filled once, by the one thread running its step.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn fill(&self, r: &Range<usize>) -> &mut [u8] {
+        assert!(r.start <= r.end && r.end <= self.len);
+        std::slice::from_raw_parts_mut(self.base.add(r.start), r.len())
     }
+}
+
+/// A matrix's repacked copy: rows 16 at a time (`quant::x16`) in a range of the arena.
+struct Packed {
+    arena: Arc<Arena>,
+    range: Range<usize>,
 }
 
 /// A `rows x cols` matrix of `ty` blocks, one row per output (ggml order: `ne = [cols, rows]`).
@@ -55,7 +83,10 @@ pub struct Weight {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
+    /// The file's layout: what the kernels read until the matrix is repacked.
     pub data: Storage,
+    /// Set once, when the repacked copy is complete; from then on the kernels read it.
+    packed: OnceLock<Packed>,
 }
 
 impl WeightView for Weight {
@@ -68,30 +99,65 @@ impl WeightView for Weight {
     fn cols(&self) -> usize {
         self.cols
     }
-    fn bytes(&self) -> &[u8] {
-        match &self.data {
-            Storage::Mapped(m, r) => &m[r.clone()],
-            Storage::Owned(v) => v,
-            Storage::Repacked(a, r) => a.get(r),
+    fn bytes(&self) -> (&[u8], bool) {
+        match self.packed.get() {
+            Some(p) => (p.arena.get(&p.range), true),
+            None => (self.file_bytes(), false),
         }
-    }
-    fn repacked(&self) -> bool {
-        matches!(self.data, Storage::Repacked(..))
     }
 }
 
 impl Weight {
+    pub fn new(
+        name: impl Into<String>,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: Storage,
+    ) -> Weight {
+        Weight {
+            name: name.into(),
+            ty,
+            rows,
+            cols,
+            data,
+            packed: OnceLock::new(),
+        }
+    }
+
+    /// The bytes in the file's layout, row after row.
+    fn file_bytes(&self) -> &[u8] {
+        match &self.data {
+            Storage::Mapped(m, r) => &m[r.clone()],
+            Storage::Owned(v) => v,
+        }
+    }
+
+    /// Whether this weight is to be repacked and its file layout is this process's own memory
+    /// (joined legacy parts), which a repack can free only before the model is shared.
+    pub fn owns_bytes_to_repack(&self) -> bool {
+        matches!(self.data, Storage::Owned(_))
+            && !self.repacked()
+            && x16::wanted(self.ty, self.rows)
+    }
+
+    /// Whether the kernels read a repacked copy now.
+    pub fn repacked(&self) -> bool {
+        self.packed.get().is_some()
+    }
+
     /// One row as f32 (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         let rb = self.ty.row_bytes(self.cols).unwrap();
-        if self.repacked() {
-            let chunk = &self.bytes()[r / x16::ROWS * x16::ROWS * rb..][..x16::ROWS * rb];
+        let (bytes, repacked) = self.bytes();
+        if repacked {
+            let chunk = &bytes[r / x16::ROWS * x16::ROWS * rb..][..x16::ROWS * rb];
             let l = x16::layout(self.ty).unwrap();
             let mut row = vec![0u8; rb];
             x16::row(chunk, rb / l.block(), l, r % x16::ROWS, &mut row);
             return dequantize_row(self.ty, &row, out);
         }
-        dequantize_row(self.ty, &self.bytes()[r * rb..(r + 1) * rb], out);
+        dequantize_row(self.ty, &bytes[r * rb..(r + 1) * rb], out);
     }
 
     /// The whole tensor as f32 (norm vectors).
@@ -104,42 +170,137 @@ impl Weight {
     }
 }
 
-/// Repacks every weight that has a faster layout for its kernels on this CPU (`x16::wanted`)
-/// into one [`Arena`], and lets go of the file pages each one copied as soon as it is done
-/// (the page cache keeps them; they stop counting in this process's resident memory), so the
-/// process never holds a matrix twice. With no memory for the arena nothing changes.
-pub fn repack_for_kernels<'a>(weights: impl IntoIterator<Item = &'a mut Weight>) {
-    let mut todo: Vec<(&mut Weight, Range<usize>)> = Vec::new();
-    let mut len = 0;
-    for w in weights {
-        if w.repacked() || !x16::wanted(w.ty, w.rows) {
-            continue;
+/// Where each weight that has a faster layout for its kernels on this CPU (`x16::wanted`)
+/// goes in one [`Arena`]: made before any of them is copied, so that a process without
+/// memory for the copy learns it at once and keeps the file's layout.
+pub struct RepackPlan {
+    arena: Arc<Arena>,
+    /// (index of the weight in the list the plan was made from, its range in the arena)
+    steps: Vec<(usize, Range<usize>)>,
+}
+
+impl RepackPlan {
+    /// The plan for `weights`, or `None` when nothing is to be repacked or there is no memory
+    /// for the arena.
+    pub fn new<'a>(weights: impl IntoIterator<Item = &'a Weight>) -> Option<RepackPlan> {
+        let mut steps = Vec::new();
+        let mut len = 0;
+        for (i, w) in weights.into_iter().enumerate() {
+            if w.repacked() || !x16::wanted(w.ty, w.rows) {
+                continue;
+            }
+            let n = w.file_bytes().len();
+            steps.push((i, len..len + n));
+            len = (len + n).next_multiple_of(PAGE);
         }
-        let n = w.bytes().len();
-        todo.push((w, len..len + n));
-        len = (len + n).next_multiple_of(PAGE);
+        if steps.is_empty() {
+            return None;
+        }
+        let arena = Arc::new(Arena::new(len)?);
+        Some(RepackPlan { arena, steps })
     }
-    if todo.is_empty() {
-        return;
+
+    pub fn steps(&self) -> usize {
+        self.steps.len()
     }
-    let Some(mut arena) = Arena::new(len) else {
-        return;
-    };
-    for (w, range) in &todo {
+
+    /// Repacks the weight of step `step` (on the current rayon pool when `parallel`), publishes
+    /// the copy, then lets go of the file pages it was made from (the page cache keeps them;
+    /// they stop counting in this process's resident memory), so the process never holds the
+    /// matrix twice. `weights` is the list the plan was made from. A kernel that took the file's
+    /// layout just before keeps reading it: the pages come back from the page cache.
+    pub fn run(&self, weights: &[&Weight], step: usize, parallel: bool) {
+        let (i, range) = &self.steps[step];
+        let w = weights[*i];
+        if w.repacked() {
+            return;
+        }
         let rb = w.ty.row_bytes(w.cols).unwrap();
         let (chunk, l) = (x16::ROWS * rb, x16::layout(w.ty).unwrap());
-        arena
-            .get_mut(range)
-            .par_chunks_mut(chunk)
-            .zip(w.bytes().par_chunks(chunk))
-            .for_each(|(d, s)| x16::repack(s, rb / l.block(), l, d));
-        if let Storage::Mapped(map, range) = &w.data {
-            drop_pages(map, range.clone());
+        let (src, nb) = (w.file_bytes(), rb / l.block());
+        // SAFETY: each step's range is its own, this is the one run of the step (the weight is
+        // not published yet, and a plan's steps are run by one caller each).
+        let dst = unsafe { self.arena.fill(range) };
+        if parallel {
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| x16::repack(s, nb, l, d));
+        } else {
+            for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                x16::repack(s, nb, l, d);
+            }
+        }
+        let packed = Packed {
+            arena: self.arena.clone(),
+            range: range.clone(),
+        };
+        if w.packed.set(packed).is_ok() {
+            if let Storage::Mapped(map, range) = &w.data {
+                drop_pages(map, range.clone());
+            }
         }
     }
-    let arena = Arc::new(arena);
-    for (w, range) in todo {
-        w.data = Storage::Repacked(arena.clone(), range);
+}
+
+/// Repacks every weight that has a faster layout for its kernels on this CPU, now, in
+/// parallel, and frees the file-layout bytes of those that were this process's own memory
+/// (see [`RepackPlan::run`]). With no memory for the arena nothing changes.
+pub fn repack_for_kernels<'a>(weights: impl IntoIterator<Item = &'a mut Weight>) {
+    let mut weights: Vec<&mut Weight> = weights.into_iter().collect();
+    let Some(plan) = RepackPlan::new(weights.iter().map(|w| &**w)) else {
+        return;
+    };
+    {
+        let shared: Vec<&Weight> = weights.iter().map(|w| &**w).collect();
+        for step in 0..plan.steps() {
+            plan.run(&shared, step, true);
+        }
+    }
+    for w in weights.iter_mut().filter(|w| w.repacked()) {
+        if let Storage::Owned(v) = &mut w.data {
+            *v = Vec::new();
+        }
+    }
+}
+
+/// Whether a model's background repack is still running, for those who wait for it.
+pub struct RepackProgress {
+    running: Mutex<bool>,
+    finished: Condvar,
+}
+
+impl Default for RepackProgress {
+    fn default() -> Self {
+        RepackProgress {
+            running: Mutex::new(false),
+            finished: Condvar::new(),
+        }
+    }
+}
+
+impl RepackProgress {
+    pub fn start(&self) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    pub fn running(&self) -> bool {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn finish(&self) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.finished.notify_all();
+    }
+
+    /// Returns once no repack is running.
+    pub fn wait(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running {
+            running = self
+                .finished
+                .wait(running)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -174,13 +335,7 @@ mod tests {
         for b in bytes.chunks_exact_mut(block) {
             b[..2].copy_from_slice(&0x2c00u16.to_le_bytes());
         }
-        Weight {
-            name: format!("w{seed}"),
-            ty,
-            rows,
-            cols,
-            data: Storage::Owned(bytes),
-        }
+        Weight::new(format!("w{seed}"), ty, rows, cols, Storage::Owned(bytes))
     }
 
     #[test]
@@ -211,13 +366,19 @@ mod tests {
         assert_eq!(repacked, [true, true, false, true]);
         let mut arena = None;
         for w in ws.iter().filter(|w| w.repacked()) {
-            let Storage::Repacked(a, r) = &w.data else {
-                unreachable!()
-            };
-            assert_eq!(a.map.as_ptr().wrapping_add(a.base) as usize % HUGE_PAGE, 0);
+            let Packed { arena: a, range: r } = w.packed.get().unwrap();
+            assert_eq!(a.base as usize % HUGE_PAGE, 0);
             assert_eq!(r.start % PAGE, 0, "{} starts on a page", w.name);
             let p = Arc::as_ptr(a);
             assert_eq!(*arena.get_or_insert(p), p, "one arena for all");
+            let Storage::Owned(v) = &w.data else {
+                unreachable!()
+            };
+            assert!(
+                v.is_empty(),
+                "{}: the file layout's own bytes are freed",
+                w.name
+            );
         }
         for (w, before) in ws.iter().zip(&rows_before) {
             for (r, want) in before.iter().enumerate() {

@@ -22,10 +22,10 @@ def table_lines(stdout: str) -> list[str]:
     """The table of a human-readable run, after the lines saying which kernels ran."""
     kernels, *lines = stdout.strip().splitlines()
     assert kernels.startswith("kernels: ")  # which instruction set ran (test_kernel_levels.py)
-    # On AVX-512 CPUs the demo's Q8_0 matrices are repacked at load (test_repack.py), and said.
+    # On AVX-512 CPUs the demo's Q8_0 matrices are repacked (test_repack.py), and bench says so.
     repacked = llama_rs.Model.demo(n_ctx=16).repacked
     if repacked:
-        assert lines.pop(0).startswith(f"weights: {repacked} matrices repacked at load")
+        assert lines.pop(0).startswith(f"weights: {repacked} matrices repacked for these kernels")
     return lines
 
 

@@ -23,24 +23,31 @@ PROBE = r"""
 import hashlib, json, sys
 import numpy as np
 import llama_rs
-m = llama_rs.Model(sys.argv[1], n_ctx=96, n_threads=2)
-rows = []
+m = llama_rs.Model(sys.argv[1], n_ctx=192, n_threads=2)
 ids = [1] + [(7 * i) % 990 + 5 for i in range(39)]
-rows.append(m.eval(ids, all_logits=True))          # 2 tile groups + 8 tokens
-for k in (3, 2, 1, 4):                               # several tokens, then one at a time
-    rows.append(m.eval(ids[:k], all_logits=True))
-for t in ids[:5]:
-    rows.append(m.eval([t], all_logits=True))
-h = hashlib.sha256(b"".join(np.ascontiguousarray(r, dtype=np.float32).tobytes() for r in rows))
-print(json.dumps({"repacked": m.repacked, "logits": h.hexdigest()}))
+def run():
+    m.reset()
+    rows = [m.eval(ids, all_logits=True)]            # 2 tile groups + 8 tokens
+    for k in (3, 2, 1, 4):                           # several tokens, then one at a time
+        rows.append(m.eval(ids[:k], all_logits=True))
+    for t in ids[:5]:
+        rows.append(m.eval([t], all_logits=True))
+    return hashlib.sha256(b"".join(np.ascontiguousarray(r, dtype=np.float32).tobytes() for r in rows)).hexdigest()
+early = run()                                        # while the background repack runs
+n = m.wait_repacked()
+print(json.dumps({"repacked": n, "logits": run(), "early": early}))
 """
 
 
 def probe(path: Path, **env: str) -> dict:
+    """The logits hash once every matrix is in its final layout, checked against the hash of
+    the same run started at load, under the background repack (some matrices repacked)."""
     e = {k: v for k, v in os.environ.items() if k not in ("LLAMA_RS_REPACK", "LLAMA_RS_ISA")} | env
     p = subprocess.run([sys.executable, "-c", PROBE, str(path)], env=e, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
+    got = json.loads(p.stdout)
+    assert got["early"] == got["logits"], f"runs under the background repack differ ({env})"
+    return got
 
 
 @pytest.mark.parametrize("wtype", ["Q4_0", "Q8_0"])
@@ -129,9 +136,10 @@ import numpy  # Model.eval imports it: its libraries' pages are not the engine's
 import llama_rs
 before = status()
 m = llama_rs.Model(sys.argv[1], n_ctx=16, n_threads=2)
-m.eval([1, 2, 3])
+m.eval([1, 2, 3])                     # under the background repack: file pages come and go
+n = m.wait_repacked()
 after = status()
-print(json.dumps({"repacked": m.repacked, **{k: after[k] - before[k] for k in after}}))
+print(json.dumps({"repacked": n, **{k: after[k] - before[k] for k in after}}))
 """
 
 

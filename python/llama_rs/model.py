@@ -115,11 +115,18 @@ class Model:
     def path(self) -> Path:
         return Path(self._engine.path)
 
+    def wait_repacked(self) -> int:
+        """Wait until the weights are in the layout this CPU's kernels read fastest, and return
+        how many matrices were repacked (Q4_0, Q8_0, Q4_K and Q6_K on AVX-512 CPUs: a private
+        copy per process, see LLAMA_RS_REPACK). A thread started at load does it while the model
+        is already in use, matrix by matrix; every layout gives the same results, so only
+        benchmarks need to wait."""
+        return self._engine.repacked
+
     @property
     def repacked(self) -> int:
-        """How many weight matrices were repacked at load into the layout this CPU's kernels
-        read fastest (Q4_0 on AVX-512 CPUs; a private copy per process, see LLAMA_RS_REPACK)."""
-        return self._engine.repacked
+        """How many weight matrices were repacked (waits for the repack: see `wait_repacked`)."""
+        return self.wait_repacked()
 
     @property
     def metadata(self) -> dict[str, object]:

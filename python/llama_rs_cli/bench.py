@@ -125,9 +125,10 @@ def bench(
             )
             if not rows and given(ctx, "n_prompt", "n_gen"):  # once, not per thread count
                 warn_if_beyond_training(m, n_ctx)
-            if not rows and not as_json and m.repacked:
+            repacked = m.wait_repacked()  # before any timing: the repack runs on a thread from load
+            if not rows and not as_json and repacked:
                 typer.echo(
-                    f"weights: {m.repacked} matrices repacked at load for these kernels (LLAMA_RS_REPACK=0: as in the file)"
+                    f"weights: {repacked} matrices repacked for these kernels (LLAMA_RS_REPACK=0: as in the file)"
                 )
             prompt = random_prompt(m, random.Random(0), n_prompt)
             run_once(m, prompt[: min(8, len(prompt))], 1)  # warm up: page in the weights, start the threads

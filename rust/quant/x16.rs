@@ -1,4 +1,4 @@
-//! Q4_0, Q8_0, Q4_K and Q6_K weights repacked at load, 16 rows at a time (AVX-512 CPUs): the
+//! Q4_0, Q8_0, Q4_K and Q6_K weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
 //! layout the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
 //! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; the K-quants'
 //! are in `x16_q4k` and `x16_q6k`.
@@ -30,7 +30,7 @@ pub const ROWS: usize = 16;
 /// processes that map the file): the repacked copy is private memory of each process.
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
-/// Whether a `rows`-row weight of type `ty` is repacked at load here: Q4_0, Q8_0, Q4_K or
+/// Whether a `rows`-row weight of type `ty` is repacked here (`weights::RepackPlan`): Q4_0, Q8_0, Q4_K or
 /// Q6_K in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
 /// [`REPACK_ENV`] is `0`. The K-quants stay in the file's layout where AMX runs: their tile
 /// kernel reads that layout.
