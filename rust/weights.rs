@@ -264,42 +264,38 @@ pub fn repack_for_kernels<'a>(weights: impl IntoIterator<Item = &'a mut Weight>)
 }
 
 /// Whether a model's background repack is still running, for those who wait for it.
+#[derive(Default)]
 pub struct RepackProgress {
-    running: Mutex<bool>,
+    /// The id of the process whose thread runs the repack, while it runs.
+    running: Mutex<Option<u32>>,
     finished: Condvar,
 }
 
-impl Default for RepackProgress {
-    fn default() -> Self {
-        RepackProgress {
-            running: Mutex::new(false),
-            finished: Condvar::new(),
-        }
-    }
-}
-
 impl RepackProgress {
-    pub fn start(&self) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<u32>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn start(&self) {
+        *self.state() = Some(std::process::id());
+    }
+
+    /// Whether a repack thread of this process is at work. A child forked from the process
+    /// has no such thread (fork copies only the calling thread): nothing runs for it.
     pub fn running(&self) -> bool {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner())
+        *self.state() == Some(std::process::id())
     }
 
     pub fn finish(&self) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *self.state() = None;
         self.finished.notify_all();
     }
 
-    /// Returns once no repack is running.
+    /// Returns once no repack thread of this process is at work.
     pub fn wait(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        while *running {
-            running = self
-                .finished
-                .wait(running)
-                .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state();
+        while *state == Some(std::process::id()) {
+            state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 }

@@ -203,3 +203,23 @@ def test_no_memory_for_the_copy_keeps_the_file_layout(big_q4_0: Path) -> None:
     assert free["repacked"] == 7 * BIG.n_layer + 2
     assert tight["repacked"] == 0, "the copy was made within an address space without room for it"
     assert tight["logits"] == free["logits"]
+
+
+FORK = r"""
+import json, os, sys
+import llama_rs
+m = llama_rs.Model(sys.argv[1], n_ctx=16, n_threads=1)
+pid = os.fork()  # most likely while the repack thread runs: the child has no such thread
+if pid == 0:
+    os._exit(0 if m.wait_repacked() >= 0 else 1)
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"child": os.waitstatus_to_exitcode(status), "repacked": m.wait_repacked()}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_wait_for_a_repack_thread_it_lacks(big_q4_0: Path) -> None:
+    p = subprocess.run([sys.executable, "-c", FORK, str(big_q4_0)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got == {"child": 0, "repacked": 7 * BIG.n_layer + 2}, got
