@@ -356,8 +356,11 @@ def serve(
         model = llama_rs.Model.demo(n_ctx=n_ctx, n_threads=n_threads)
     else:
         model = llama_rs.Model(model_path, n_ctx=n_ctx, n_threads=n_threads)
-    # Warm up before taking requests (as llama-server does): one token reads every weight, so
-    # the first client does not wait for the file to be paged in.
+    # Warm up before taking requests (as llama-server does): the weights in their final layout
+    # (the repack thread started at load would otherwise share the cores with the first
+    # requests), then one token reads every weight, so the first client does not wait for the
+    # file to be paged in.
+    model.wait_repacked()
     model.eval([model.bos_token if model.bos_token is not None else 0])
     model.reset()
     scheduler = Scheduler(model, parallel, n_ctx, n_threads, kv_cells)
