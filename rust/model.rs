@@ -306,8 +306,10 @@ impl Model {
 
     /// The same, on a thread of its own, matrix by matrix, while the model is already in use:
     /// each matmul reads a matrix in the layout it finds at its start, and every layout gives
-    /// the same bits. The thread stops when the model is dropped. Returns the thread, if one
-    /// was started (none when nothing is to be repacked, or no memory or thread was had).
+    /// the same bits. The thread stops when the model is dropped, or at once on
+    /// [`Model::stop_repack`], which whoever lets go of the model last should call (the thread
+    /// may hold the model for a moment after that). Returns the thread, if one was started
+    /// (none when nothing is to be repacked, or no memory or thread was had).
     pub fn repack_in_background(model: &Arc<Model>) -> Option<std::thread::JoinHandle<()>> {
         let plan = RepackPlan::new(model.matrices())?;
         model.repacking.start();
@@ -328,12 +330,24 @@ impl Model {
                     let Some(m) = finish.0.upgrade() else {
                         return;
                     };
+                    if m.repacking
+                        .cancel
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        return;
+                    }
                     let ws: Vec<&Weight> = m.matrices().collect();
-                    plan.run(&ws, step, false);
+                    plan.run(&ws, step, Some(&m.repacking.cancel));
                 }
             });
         // Without a thread the file's layout stays (the closure and its `Finish` are gone).
         spawned.ok()
+    }
+
+    /// Stops a background repack and returns once it no longer reads the file: matrices not
+    /// repacked by then keep the file's layout.
+    pub fn stop_repack(&self) {
+        self.repacking.stop();
     }
 
     /// Returns once a background repack (see [`Model::repack_in_background`]) is over.
@@ -452,7 +466,8 @@ pub(crate) mod tests {
             assert_eq!(plan.steps(), 7 * m.config.n_layer + 1);
             let ws: Vec<&Weight> = m.matrices().collect();
             for step in 0..plan.steps() {
-                plan.run(&ws, step, step % 2 == 0);
+                let never = std::sync::atomic::AtomicBool::new(false);
+                plan.run(&ws, step, [None, Some(&never)][step % 2]);
                 assert_eq!(m.repacked_matrices(), step + 1);
                 assert_eq!(prompt_and_decode_bits(&m), want, "{ty:?} after step {step}");
             }
@@ -482,6 +497,15 @@ pub(crate) mod tests {
             assert_eq!(prompt_and_decode_bits(&m), want, "{ty:?} repacked");
             // A second call finds nothing left to do.
             assert!(Model::repack_in_background(&m).is_none());
+            // Stopped at once: the wait is over, the thread ends, and the matrices not reached
+            // keep the file's layout.
+            let m = Arc::new(tiny_model(ty));
+            let thread = Model::repack_in_background(&m).unwrap();
+            m.stop_repack();
+            assert!(!m.repacking.running());
+            thread.join().unwrap();
+            assert!(m.repacked_matrices() <= 7 * m.config.n_layer + 1);
+            assert_eq!(prompt_and_decode_bits(&m), want, "{ty:?} stopped");
         }
     }
 

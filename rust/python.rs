@@ -217,6 +217,15 @@ struct Engine {
     seed: Seed,
 }
 
+impl Drop for Engine {
+    /// The repack thread reads the file's map: once the Python model is gone, so are its reads
+    /// (a file rewritten or truncated after that must not fault them). Batch engines made from
+    /// this model keep working, with the matrices repacked by then.
+    fn drop(&mut self) {
+        self.model.stop_repack();
+    }
+}
+
 /// The one check of a generation's parameters (`GenerateArgs::validate`), with the engine's
 /// seed where the caller gave none.
 fn checked_params(

@@ -7,6 +7,7 @@ use crate::quant::{dequantize_row, x16, GgmlType};
 use memmap2::{Mmap, MmapMut};
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// Where a weight's bytes live in the file's layout: in the file's map (the normal case) or
@@ -204,12 +205,13 @@ impl RepackPlan {
         self.steps.len()
     }
 
-    /// Repacks the weight of step `step` (on the current rayon pool when `parallel`), publishes
-    /// the copy, then lets go of the file pages it was made from (the page cache keeps them;
-    /// they stop counting in this process's resident memory), so the process never holds the
-    /// matrix twice. `weights` is the list the plan was made from. A kernel that took the file's
-    /// layout just before keeps reading it: the pages come back from the page cache.
-    pub fn run(&self, weights: &[&Weight], step: usize, parallel: bool) {
+    /// Repacks the weight of step `step`, publishes the copy, then lets go of the file pages it
+    /// was made from (the page cache keeps them; they stop counting in this process's resident
+    /// memory), so the process never holds the matrix twice. `weights` is the list the plan was
+    /// made from. A kernel that took the file's layout just before keeps reading it: the pages
+    /// come back from the page cache. Without `cancel` the rows are copied on the current rayon
+    /// pool; with it, on this thread, and the copy stops (unpublished) as soon as it is set.
+    pub fn run(&self, weights: &[&Weight], step: usize, cancel: Option<&AtomicBool>) {
         let (i, range) = &self.steps[step];
         let w = weights[*i];
         if w.repacked() {
@@ -221,13 +223,18 @@ impl RepackPlan {
         // SAFETY: each step's range is its own, this is the one run of the step (the weight is
         // not published yet, and a plan's steps are run by one caller each).
         let dst = unsafe { self.arena.fill(range) };
-        if parallel {
-            dst.par_chunks_mut(chunk)
+        match cancel {
+            None => dst
+                .par_chunks_mut(chunk)
                 .zip(src.par_chunks(chunk))
-                .for_each(|(d, s)| x16::repack(s, nb, l, d));
-        } else {
-            for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                x16::repack(s, nb, l, d);
+                .for_each(|(d, s)| x16::repack(s, nb, l, d)),
+            Some(cancel) => {
+                for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    x16::repack(s, nb, l, d);
+                }
             }
         }
         let packed = Packed {
@@ -253,7 +260,7 @@ pub fn repack_for_kernels<'a>(weights: impl IntoIterator<Item = &'a mut Weight>)
     {
         let shared: Vec<&Weight> = weights.iter().map(|w| &**w).collect();
         for step in 0..plan.steps() {
-            plan.run(&shared, step, true);
+            plan.run(&shared, step, None);
         }
     }
     for w in weights.iter_mut().filter(|w| w.repacked()) {
@@ -269,6 +276,9 @@ pub struct RepackProgress {
     /// The id of the process whose thread runs the repack, while it runs.
     running: Mutex<Option<u32>>,
     finished: Condvar,
+    /// Set to stop the thread: it reads the file's map, which must not outlive its owner's
+    /// use of the file (a file rewritten after the model is dropped would fault the reads).
+    pub cancel: AtomicBool,
 }
 
 impl RepackProgress {
@@ -289,6 +299,12 @@ impl RepackProgress {
     pub fn finish(&self) {
         *self.state() = None;
         self.finished.notify_all();
+    }
+
+    /// Stops the thread (within one 16-row chunk) and returns once it is no longer at work.
+    pub fn stop(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        self.wait();
     }
 
     /// Returns once no repack thread of this process is at work.

@@ -223,3 +223,28 @@ def test_a_forked_child_does_not_wait_for_a_repack_thread_it_lacks(big_q4_0: Pat
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout)
     assert got == {"child": 0, "repacked": 7 * BIG.n_layer + 2}, got
+
+
+REWRITE = r"""
+import shutil, sys
+import llama_rs
+src, dst = sys.argv[1], sys.argv[2]
+for _ in range(5):
+    shutil.copyfile(src, dst)
+    m = llama_rs.Model(dst, n_ctx=16, n_threads=1)
+    del m                                  # most likely while the repack thread runs
+    open(dst, "wb").write(b"GGUF")         # truncated: reads of the old map would fault (SIGBUS)
+print("ok")
+"""
+
+
+def test_a_dropped_model_stops_reading_its_file(big_q4_0: Path, tmp_path: Path) -> None:
+    """The repack thread reads the file's map: once the model is dropped, a rewritten file
+    must not crash the process."""
+    p = subprocess.run(
+        [sys.executable, "-c", REWRITE, str(big_q4_0), str(tmp_path / "m.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "ok", (p.returncode, p.stderr[-2000:])
