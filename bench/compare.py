@@ -18,9 +18,11 @@ hits both; the table shows mean +- standard deviation and the ratio of the means
 
 Roofline: generating one token reads every weight once (all tensors but token_embd, of which
 one row is read); at the measured read bandwidth B that allows at most B / bytes tokens/s.
-The bandwidth B is measured after each repetition, so it sees the same host load as the
-engines (mean over repetitions; each the best of passes summing a 512 MiB buffer split over
-the threads with the widest loads the kernels use (64 bytes with AVX-512): `llama_rs._core.read_bandwidth`).
+On a shared host B itself moves by up to 2x from minute to minute, so each engine's tg run is
+bracketed by two probes, one just before and one just after it, and that run's fraction is
+taken against their mean; the table gives the mean of those per-run fractions and the range
+of every probe. A probe is the best of passes summing a 512 MiB buffer split over the threads
+with the widest loads the kernels use (64 bytes with AVX-512): `llama_rs._core.read_bandwidth`.
 Random-weight models are written once to bench/out/ (see bench.py).
 """
 
@@ -66,6 +68,33 @@ def read_bandwidth(threads: int, gib: float = 1.0, passes: int = 3) -> float:
     import llama_rs._core as core
 
     return core.read_bandwidth(int(gib * (1 << 30)), threads, passes)
+
+
+class Roofline:
+    """tg as a fraction of the read roofline, each run against probes taken just before and after it."""
+
+    def __init__(self, threads: int, bytes_per_token: int, engines: list[str], enabled: bool = True):
+        self.threads, self.bpt, self.enabled = threads, bytes_per_token, enabled
+        self.probes: list[float] = []
+        self.fractions: dict[str, list[float]] = {e: [] for e in engines}
+
+    def bracket(self, engine: str, run, *args):
+        """Run `run(*args)` (tg tokens/s, or a (pp, tg) pair) between two probes."""
+        if not self.enabled:
+            return run(*args)
+        before = read_bandwidth(self.threads, gib=0.5, passes=2)
+        out = run(*args)
+        after = read_bandwidth(self.threads, gib=0.5, passes=2)
+        self.probes += [before, after]
+        tg = out[1] if isinstance(out, tuple) else out
+        self.fractions[engine].append(tg * self.bpt / ((before + after) / 2))
+        return out
+
+    def summary(self) -> str:
+        if not self.probes:
+            return ""
+        runs = ", ".join(f"{e} {statistics.mean(f):.0%} ({min(f):.0%}-{max(f):.0%})" for e, f in self.fractions.items())
+        return f"bw {min(self.probes) / 1e9:.1f}-{max(self.probes) / 1e9:.1f} GB/s; {runs}"
 
 
 class Ours:
@@ -230,33 +259,29 @@ def main() -> None:
         if "llama-cpp-python" in peers:
             others["llama-cpp-python"] = Theirs(path, th, n_ctx, a.prompt)
         res = {(e, k): [] for e in ["ours", *peers] for k in ("pp", "tg")}
-        bws = []
+        roof = Roofline(th, bpt, ["ours", *peers], enabled=not a.no_bandwidth)
+
         for _ in range(a.reps):  # alternating: ours, each peer, ours, ...
             res["ours", "pp"].append(ours.pp(prompt))
-            res["ours", "tg"].append(ours.tg(gen_ids))
+            res["ours", "tg"].append(roof.bracket("ours", ours.tg, gen_ids))
             for name, peer in others.items():
                 if isinstance(peer, LlamaBench):
-                    pp, tg = peer.both(a.prompt, a.gen)
+                    pp, tg = roof.bracket(name, peer.both, a.prompt, a.gen)
                 else:
-                    pp, tg = peer.pp(prompt), peer.tg(gen_ids)
+                    pp = peer.pp(prompt)
+                    tg = roof.bracket(name, peer.tg, gen_ids)
                 res[name, "pp"].append(pp)
                 res[name, "tg"].append(tg)
-            if not a.no_bandwidth:  # between the runs, so it sees the same host load
-                bws.append(read_bandwidth(th, gib=0.5, passes=2))
         del ours, others
-        bw = statistics.mean(bws) if bws else None
         for k in ("pp", "tg"):
             o = res["ours", k]
             ratio = statistics.mean(o) / statistics.mean(res[peers[0], k])
-            roof = ""
-            if k == "tg" and bw:
-                limit = bw / bpt
-                roof = f"bw {bw / 1e9:.1f} GB/s -> {limit:.1f} tok/s; " + ", ".join(
-                    f"{n} {statistics.mean(res[n, k]) / limit:.0%}" for n in ["ours", *peers]
-                )
+            roofline = ""
+            if k == "tg":
+                roofline = roof.summary()
             name = f"{k}{a.prompt if k == 'pp' else a.gen}"
             cols = " | ".join(f"{fmt(res[n, k]):>22}" for n in ["ours", *peers])
-            print(f"{th:>7} | {name:>6} | {cols} | {ratio:5.2f} | {roof}", flush=True)
+            print(f"{th:>7} | {name:>6} | {cols} | {ratio:5.2f} | {roofline}", flush=True)
 
 
 if __name__ == "__main__":

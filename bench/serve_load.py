@@ -41,7 +41,11 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, name: str, cmd: list[str], port: int):
-        self.name, self.url = name, f"http://127.0.0.1:{port}"
+        self.name, self.url, self.cmd = name, f"http://127.0.0.1:{port}", cmd
+        self.start()
+
+    def start(self) -> None:
+        name, cmd = self.name, self.cmd
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"serve-load-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
@@ -115,6 +119,26 @@ async def level(server: Server, clients: int, rounds: int, tokens: int, ban: dic
     }
 
 
+def run_level(server: Server, clients: int, a: argparse.Namespace, ban: dict, extra: dict) -> dict:
+    """One level; a server that died during it is started again and the level run once more
+    (llama-server c392e50 sometimes exits with `terminate called without an active exception`
+    between requests), and the restart is printed with the dead one's log."""
+    for attempt in (1, 2):
+        try:
+            return asyncio.run(level(server, clients, a.rounds, a.tokens, ban, extra))
+        except httpx.HTTPError as e:
+            time.sleep(0.5)  # let a dying process finish exiting before it is looked at
+            if attempt == 2 or server.proc.poll() is None:
+                raise SystemExit(f"{server.name} failed at C={clients}: {e!r}; its log: {server.log.name}") from None
+            print(
+                f"# {server.name} exited ({server.proc.returncode}) during C={clients}, log {server.log.name}; "
+                "restarted, level run again",
+                flush=True,
+            )
+            server.start()
+    raise AssertionError("unreachable")
+
+
 def eog_ids(model: Path) -> list[int]:
     import llama_rs
 
@@ -172,10 +196,7 @@ def main() -> None:
     try:
         for c in a.clients:
             for server, extra in servers:  # alternating: the same moment of the machine for both
-                try:
-                    r = asyncio.run(level(server, c, a.rounds, a.tokens, ban, extra))
-                except httpx.HTTPError as e:
-                    raise SystemExit(f"{server.name} failed at C={c}: {e!r}; its log: {server.log.name}") from None
+                r = run_level(server, c, a, ban, extra)
                 print(
                     f"| {c} | {r['server']} | {r['aggregate']:.1f} | {r['p50']:.2f} s | {r['p99']:.2f} s "
                     f"| {r['ttft_p50']:.2f} s |",

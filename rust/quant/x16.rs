@@ -813,31 +813,40 @@ mod bench {
         let t_rows =
             best(|| dispatch::dot_rows::<B, 1>(view(&w), nb, [&xq], Some([&aux]), &mut out));
         let mut sink = 0f32;
-        let mut x16 = |n4: bool| {
-            best(|| {
-                for c in p.chunks(chunk) {
-                    // SAFETY: the caller checks simd::has_avx512.
-                    sink += unsafe {
-                        match (ty, n4) {
-                            (GgmlType::Q4_0, false) => rows_avx512::<1>(c, nb, [&xq], [&a4])[0][0],
-                            (GgmlType::Q4_0, true) => {
-                                rows_avx512::<4>(c, nb, [&xq; 4], [&a4; 4])[0][0]
-                            }
-                            (_, false) => rows_q8_avx512::<1>(c, nb, [&xq], [&a8])[0][0],
-                            (_, true) => rows_q8_avx512::<4>(c, nb, [&xq; 4], [&a8; 4])[0][0],
-                        }
-                    };
-                }
-            })
-        };
-        let (t1, t4) = (x16(false), x16(true));
+        fn pass<const N: usize>(
+            ty: GgmlType,
+            p: &[u8],
+            chunk: usize,
+            nb: usize,
+            xq: &[BlockQ8_0],
+            a4: &Q4Aux,
+            a8: &Q8Aux,
+        ) -> f32 {
+            let mut sink = 0f32;
+            for c in p.chunks(chunk) {
+                // SAFETY: the caller checks simd::has_avx512.
+                sink += unsafe {
+                    if ty == GgmlType::Q4_0 {
+                        rows_avx512::<N>(c, nb, [xq; N], [a4; N])[0][0]
+                    } else {
+                        rows_q8_avx512::<N>(c, nb, [xq; N], [a8; N])[0][0]
+                    }
+                };
+            }
+            sink
+        }
+        let t1 = best(|| sink += pass::<1>(ty, &p, chunk, nb, &xq, &a4, &a8));
+        let t4 = best(|| sink += pass::<4>(ty, &p, chunk, nb, &xq, &a4, &a8));
+        let t8 = best(|| sink += pass::<8>(ty, &p, chunk, nb, &xq, &a4, &a8));
         std::hint::black_box(sink);
         eprintln!(
-            "{ty} {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s, repacked 1 token {:.1} GB/s, repacked 4 tokens {:.1} GB/s per token",
+            "{ty} {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s, repacked 1 token {:.1} GB/s, \
+             4 tokens {:.1}, 8 tokens {:.1} GB/s per token",
             gb * 1e3,
             gb / t_rows,
             gb / t1,
-            4.0 * gb / t4
+            4.0 * gb / t4,
+            8.0 * gb / t8
         );
     }
 
