@@ -138,7 +138,7 @@ impl Slot {
 
 pub struct Batch {
     model: Arc<Model>,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<crate::threads::Threads>,
     slots: Vec<Slot>,
     prefill_chunk: usize,
     next_id: u64,
@@ -185,12 +185,10 @@ impl Batch {
                 "{kv_cells} KV cells (n_parallel {n_parallel} x n_ctx {n_ctx}, or kv_cells) need {bytes} bytes; choose fewer"
             ));
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads.max(1))
-            .thread_name(|i| format!("llama-rs-batch-{i}"))
-            .build()
-            .map_err(|e| Error::Invalid(format!("cannot start {n_threads} threads: {e}")))?;
-        let pool = Arc::new(pool);
+        let pool = Arc::new(crate::threads::Threads::new(
+            n_threads.max(1),
+            "llama-rs-batch",
+        )?);
         // No sequence can hold more than the whole pool.
         let slot_ctx = n_ctx.min(kv_cells);
         let slots = (0..n_parallel)
@@ -439,7 +437,7 @@ impl Batch {
                 }
             }
             self.pool
-                .install(|| model.forward_batch(&mut caches, &rows))?
+                .install(|| model.forward_batch(&mut caches, &rows))??
         };
         let n_vocab = self.model.config.n_vocab;
         let mut rows_logits = logits.chunks_exact(n_vocab);

@@ -24,6 +24,7 @@ pub mod quant_policy;
 pub mod quantize;
 pub mod sampling;
 pub mod session;
+pub mod threads;
 pub mod tokenizer;
 pub mod weights;
 

@@ -641,21 +641,23 @@ fn repack_nibbles(bytes: &mut [u8], ty: GgmlType) {
         GgmlType::Q4_1F32 => 8,
         _ => return,
     };
-    bytes
-        .par_chunks_mut(ty.type_size() * 1024)
-        .for_each(|chunk| {
-            for b in chunk.chunks_exact_mut(ty.type_size()) {
-                let qs = &mut b[head..head + 16];
-                let mut q = [0u8; 32];
-                for j in 0..16 {
-                    q[2 * j] = qs[j] & 0x0f;
-                    q[2 * j + 1] = qs[j] >> 4;
+    crate::threads::install_shared(|| {
+        bytes
+            .par_chunks_mut(ty.type_size() * 1024)
+            .for_each(|chunk| {
+                for b in chunk.chunks_exact_mut(ty.type_size()) {
+                    let qs = &mut b[head..head + 16];
+                    let mut q = [0u8; 32];
+                    for j in 0..16 {
+                        q[2 * j] = qs[j] & 0x0f;
+                        q[2 * j + 1] = qs[j] >> 4;
+                    }
+                    for j in 0..16 {
+                        qs[j] = q[j] | (q[j + 16] << 4);
+                    }
                 }
-                for j in 0..16 {
-                    qs[j] = q[j] | (q[j + 16] << 4);
-                }
-            }
-        });
+            })
+    });
 }
 
 #[cfg(test)]

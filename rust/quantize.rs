@@ -273,15 +273,17 @@ pub fn convert(data: &[u8], from: GgmlType, to: GgmlType, cols: usize) -> Vec<u8
     let rows = data.len() / rb_in;
     let mut out = vec![0u8; rows * rb_out];
     const ROWS: usize = 16;
-    out.par_chunks_mut(rb_out * ROWS)
-        .zip(data.par_chunks(rb_in * ROWS))
-        .for_each(|(o, i)| {
-            let mut x = vec![0f32; cols];
-            for (orow, irow) in o.chunks_exact_mut(rb_out).zip(i.chunks_exact(rb_in)) {
-                dequantize_row(from, irow, &mut x);
-                quantize_row(to, &x, orow);
-            }
-        });
+    crate::threads::install_shared(|| {
+        out.par_chunks_mut(rb_out * ROWS)
+            .zip(data.par_chunks(rb_in * ROWS))
+            .for_each(|(o, i)| {
+                let mut x = vec![0f32; cols];
+                for (orow, irow) in o.chunks_exact_mut(rb_out).zip(i.chunks_exact(rb_in)) {
+                    dequantize_row(from, irow, &mut x);
+                    quantize_row(to, &x, orow);
+                }
+            })
+    });
     out
 }
 

@@ -1,9 +1,10 @@
 //! A model in use: its KV cache, the tokens in it, the thread pool, and text generation
 //! (prompt -> sampled tokens -> text pieces, with stop strings and finish reasons).
 
-use crate::error::{invalid, param_err, Error, Result};
+use crate::error::{invalid, param_err, Result};
 use crate::model::{KvCache, KvType, Model};
 use crate::sampling::{sample, Rng, SamplingParams, Seed, TokenLogprob};
+use crate::threads::Threads;
 use crate::tokenizer::StreamDecoder;
 use std::sync::Arc;
 
@@ -13,8 +14,7 @@ pub struct Session {
     /// The tokens whose keys and values are in the cache, in order.
     tokens: Vec<u32>,
     /// Runs the passes; a batch's slots share the batch's own.
-    pool: Arc<rayon::ThreadPool>,
-    n_threads: usize,
+    pool: Arc<Threads>,
     /// Bumped whenever the cache is changed by anything but the current generation, so a
     /// stale generation notices instead of continuing on someone else's context.
     epoch: u64,
@@ -56,25 +56,16 @@ impl Session {
         cache: KvCache,
         n_threads: usize,
     ) -> Result<Session> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads)
-            .thread_name(|i| format!("llama-rs-{i}"))
-            .build()
-            .map_err(|e| Error::Invalid(format!("cannot start {n_threads} threads: {e}")))?;
+        let pool = Threads::new(n_threads, "llama-rs")?;
         Ok(Self::with_pool(model, cache, Arc::new(pool)))
     }
 
     /// A session over `cache` whose passes run on `pool` (shared, not started anew).
-    pub(crate) fn with_pool(
-        model: Arc<Model>,
-        cache: KvCache,
-        pool: Arc<rayon::ThreadPool>,
-    ) -> Session {
+    pub(crate) fn with_pool(model: Arc<Model>, cache: KvCache, pool: Arc<Threads>) -> Session {
         Session {
             model,
             cache,
             tokens: Vec::new(),
-            n_threads: pool.current_num_threads(),
             pool,
             epoch: 0,
         }
@@ -85,7 +76,7 @@ impl Session {
     }
 
     pub fn n_threads(&self) -> usize {
-        self.n_threads
+        self.pool.n_threads()
     }
 
     pub fn tokens(&self) -> &[u32] {
@@ -130,7 +121,7 @@ impl Session {
         let cache = &mut self.cache;
         let logits = self
             .pool
-            .install(|| model.forward(cache, ids, n_past, all))?;
+            .install(|| model.forward(cache, ids, n_past, all))??;
         self.tokens.extend_from_slice(ids);
         Ok(logits)
     }
@@ -717,6 +708,7 @@ impl Generation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn param_of(r: Result<GenerateParams>) -> (&'static str, String) {
         match r {

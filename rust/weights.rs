@@ -209,8 +209,8 @@ impl RepackPlan {
     /// was made from (the page cache keeps them; they stop counting in this process's resident
     /// memory), so the process never holds the matrix twice. `weights` is the list the plan was
     /// made from. A kernel that took the file's layout just before keeps reading it: the pages
-    /// come back from the page cache. Without `cancel` the rows are copied on the current rayon
-    /// pool; with it, on this thread, and the copy stops (unpublished) as soon as it is set.
+    /// come back from the page cache. Without `cancel` the rows are copied on the process's
+    /// shared threads (`threads::install_shared`); with it, on this thread, and the copy stops (unpublished) as soon as it is set.
     pub fn run(&self, weights: &[&Weight], step: usize, cancel: Option<&AtomicBool>) {
         let (i, range) = &self.steps[step];
         let w = weights[*i];
@@ -224,10 +224,11 @@ impl RepackPlan {
         // not published yet, and a plan's steps are run by one caller each).
         let dst = unsafe { self.arena.fill(range) };
         match cancel {
-            None => dst
-                .par_chunks_mut(chunk)
-                .zip(src.par_chunks(chunk))
-                .for_each(|(d, s)| x16::repack(s, nb, l, d)),
+            None => crate::threads::install_shared(|| {
+                dst.par_chunks_mut(chunk)
+                    .zip(src.par_chunks(chunk))
+                    .for_each(|(d, s)| x16::repack(s, nb, l, d))
+            }),
             Some(cancel) => {
                 for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
                     if cancel.load(Ordering::Relaxed) {
