@@ -253,16 +253,16 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
         }
         // Tokens outermost within a chunk: the activation rows of one call and the chunk's
         // weight rows stay in cache together. Eight tokens per call (each weight block
-        // unpacked once for eight), then four, then the last three, two or one; every element
-        // gets the bits of the one-row kernel.
+        // unpacked once for eight; four where that kernel is faster), then four, then the
+        // last three, two or one; every element gets the bits of the one-row kernel.
+        let k = Kernel { ty, repacked };
         while t < n {
             // (2 and 3 matter to a decode batch of two or three sequences.)
             let step = match n - t {
-                k if k >= XN => XN,
-                k if k >= 4 => 4,
-                k => k,
+                k_left if k_left >= k.widest() => k.widest(),
+                k_left if k_left >= 4 => 4,
+                k_left => k_left,
             };
-            let k = Kernel { ty, repacked };
             match step {
                 XN => tile::<XN>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
                 4 => tile::<4>(k, w_rows, r1 - r0, prepared, aux, t, r0, rows, dst),
@@ -280,6 +280,18 @@ fn matmul_prepared(w: &dyn WeightView, p: &Prepared, out: &mut [f32]) {
 struct Kernel {
     ty: GgmlType,
     repacked: bool,
+}
+
+impl Kernel {
+    /// Most tokens per call. The repacked Q4_0 and Q8_0 kernels keep 8 lane accumulators per
+    /// token, and at 8 tokens those 64 registers spill: two calls of 4 ran prompts 1.04-1.16x
+    /// faster (BENCHMARKS.md, session 13). The repacked K-quants were slower at 4 (0.92x).
+    fn widest(self) -> usize {
+        match (self.repacked, self.ty) {
+            (true, GgmlType::Q4_0 | GgmlType::Q8_0) => 4,
+            _ => XN,
+        }
+    }
 }
 
 /// The `n_rows` weight rows `r0 ..` (`w_rows`) against tokens `t .. t + N`, into `dst`
