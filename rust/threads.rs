@@ -39,18 +39,20 @@ impl Threads {
     /// Runs `f` on the pool, which is started again first in a process forked since the
     /// last use (an error only if the new threads cannot be started).
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
-        let pool = {
-            let mut held = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let pid = std::process::id();
-            if held.0 != pid {
-                let fresh = start(self.asked, self.name)?;
-                // The parent's pool: its threads live in the parent only (see the module note).
-                std::mem::forget(std::mem::replace(&mut held.1, fresh));
-                held.0 = pid;
-            }
-            held.1.clone()
-        };
-        Ok(pool.install(f))
+        Ok(self.pool()?.install(f))
+    }
+
+    /// This process's pool, started here if the one held was started in a parent.
+    fn pool(&self) -> Result<Arc<ThreadPool>> {
+        let mut held = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        if held.0 != pid {
+            let fresh = start(self.asked, self.name)?;
+            // The parent's pool: its threads live in the parent only (see the module note).
+            std::mem::forget(std::mem::replace(&mut held.1, fresh));
+            held.0 = pid;
+        }
+        Ok(held.1.clone())
     }
 }
 
@@ -62,15 +64,8 @@ impl Threads {
 pub fn install_shared<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     static SHARED: std::sync::OnceLock<Option<Threads>> = std::sync::OnceLock::new();
     let shared = SHARED.get_or_init(|| Threads::new(0, "llama-rs-work").ok());
-    match shared {
-        Some(t) => {
-            // `f` goes into the closure and comes back if the new threads cannot be started.
-            let mut f = Some(f);
-            match t.install(|| f.take().map(|f| f())) {
-                Ok(Some(r)) => r,
-                _ => (f.take().expect("f not run"))(),
-            }
-        }
+    match shared.as_ref().and_then(|t| t.pool().ok()) {
+        Some(pool) => pool.install(f),
         None => f(),
     }
 }
