@@ -27,8 +27,10 @@ impl Model {
     /// held in this process's memory (joined legacy parts), repacked now to free that memory.
     pub fn load(path: impl AsRef<Path>) -> Result<Arc<Model>> {
         let path = path.as_ref();
-        // A bad LLAMA_RS_ISA is refused here, before any kernel runs at a level not asked for.
+        // A bad LLAMA_RS_ISA or LLAMA_RS_PREFETCH is refused here, before any kernel runs in a
+        // way not asked for.
         crate::quant::Level::requested().map_err(Error::Invalid)?;
+        crate::quant::prefetch_requested().map_err(Error::Invalid)?;
         let mut model = if is_legacy_magic(&read_head(path)) {
             Self::from_legacy(&LegacyFile::open(path)?)?
         } else {

@@ -1114,6 +1114,14 @@ fn kernel_level() -> PyResult<(&'static str, bool, &'static str)> {
     ))
 }
 
+/// Whether the kernels send prefetch hints for the weights: (on, forced by LLAMA_RS_PREFETCH).
+/// Raises ValueError for an invalid LLAMA_RS_PREFETCH.
+#[pyfunction]
+fn prefetch_hints() -> PyResult<(bool, bool)> {
+    let forced = crate::quant::prefetch_requested().map_err(PyValueError::new_err)?;
+    Ok((crate::quant::prefetch_hints(), forced.is_some()))
+}
+
 /// What `llama-rs info` shows: a dict (format, version, size, paths, n_vocab, hparams,
 /// metadata, tensors [(name, type, dims, offset, nbytes)], types [(type, count, elements)],
 /// n_elements, tensor_bytes, bits_per_weight, file_type (llama.cpp's name or None)).
@@ -1351,6 +1359,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(vec_dot, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_level, m)?)?;
+    m.add_function(wrap_pyfunction!(prefetch_hints, m)?)?;
     m.add_function(wrap_pyfunction!(check_generation, m)?)?;
     Ok(())
 }

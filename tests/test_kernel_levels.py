@@ -21,7 +21,7 @@ import hashlib, json, sys
 import numpy as np
 import llama_rs
 from llama_rs import _core
-out = {"level": _core.kernel_level()}
+out = {"level": _core.kernel_level(), "prefetch": _core.prefetch_hints()}
 for path in sys.argv[1:]:
     m = llama_rs.Model.demo(n_ctx=128) if path == "demo" else llama_rs.Model(path, n_ctx=128)
     # More than 16 tokens, so prompts take the AMX tiles where the CPU has them.
@@ -33,10 +33,12 @@ print(json.dumps(out))
 """
 
 
-def run_probe(level: str | None, *models: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "LLAMA_RS_ISA"}
+def run_probe(level: str | None, *models: str, prefetch: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_RS_ISA", "LLAMA_RS_PREFETCH")}
     if level is not None:
         env["LLAMA_RS_ISA"] = level
+    if prefetch is not None:
+        env["LLAMA_RS_PREFETCH"] = prefetch
     return subprocess.run([sys.executable, "-c", PROBE, *models], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -103,4 +105,52 @@ def test_bench_says_which_kernels_ran() -> None:
         timeout=120,
     )
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.splitlines()[0] == f"kernels: {levels[0]} (forced by LLAMA_RS_ISA; this CPU: {CPU_LEVEL})"
+    assert cli.stdout.splitlines()[0].startswith(
+        f"kernels: {levels[0]} (forced by LLAMA_RS_ISA; this CPU: {CPU_LEVEL}), "
+    )
+
+
+def test_prefetch_hints_change_no_bits() -> None:
+    # The hints are on or off by CPU (off on Zen 4); either way every logit keeps its bits.
+    names = ["fortunes-1M-q4_0.gguf", "fortunes-4M-q4_k_m.gguf"]
+    models = need_data(*names)
+    files = ["demo", *(str(models / n) for n in names)]
+    runs = {}
+    for prefetch in ["0", "1", None]:
+        p = run_probe(None, *files, prefetch=prefetch)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout)
+        on, forced = r.pop("prefetch")
+        assert forced == (prefetch is not None)
+        if prefetch is not None:
+            assert on == (prefetch == "1")
+        r.pop("level")
+        runs[prefetch] = r
+    assert runs["0"] == runs["1"] == runs[None]
+
+
+def test_bad_prefetch_value_is_a_clear_error() -> None:
+    p = run_probe(None, "demo", prefetch="yes")
+    assert p.returncode != 0 and 'LLAMA_RS_PREFETCH="yes" must be 0 (no prefetch hints) or 1' in p.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
+        env={**os.environ, "LLAMA_RS_PREFETCH": "yes"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 1
+    assert "LLAMA_RS_PREFETCH" in cli.stderr and "must be 0" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_bench_says_whether_prefetch_hints_run() -> None:
+    for value, state in [("0", "off"), ("1", "on")]:
+        cli = subprocess.run(
+            [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
+            env={**os.environ, "LLAMA_RS_PREFETCH": value},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert cli.stdout.splitlines()[0].endswith(f", prefetch hints {state} (set by LLAMA_RS_PREFETCH)")

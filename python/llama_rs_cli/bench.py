@@ -102,7 +102,9 @@ def bench(
     """Measure prompt processing and generation speed in tokens per second.
 
     The first line says which kernels run: the best instruction set this CPU has (portable,
-    avx2, avx512), or the lower one forced by LLAMA_RS_ISA=portable|avx2|avx512 for comparison.
+    avx2, avx512, amx), or the lower one forced by LLAMA_RS_ISA=portable|avx2|avx512 for
+    comparison; and whether they send prefetch hints for the weights (on, except on CPUs whose
+    own prefetchers do better alone; LLAMA_RS_PREFETCH=0|1 decides instead).
     """
     counts = parse_counts(threads, "'-t'", "thread counts")
     batches = parse_counts(parallel, "'--parallel'", "--parallel sizes", 256) if parallel else []
@@ -113,9 +115,16 @@ def bench(
     rows = []
     with errors_as_messages():
         level, forced, cpu_level = llama_rs._core.kernel_level()
+        hints, hints_forced = llama_rs._core.prefetch_hints()
         if not as_json:
             why = "forced by LLAMA_RS_ISA" if forced else "the best this CPU has"
-            typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level})")
+            state = "on" if hints else "off"
+            how = (
+                "set by LLAMA_RS_PREFETCH"
+                if hints_forced
+                else f"LLAMA_RS_PREFETCH={int(not hints)} turns them {'off' if hints else 'on'}"
+            )
+            typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level}), prefetch hints {state} ({how})")
         n_ctx = (BATCH_PROMPT if batches else n_prompt) + n_gen + 1
         for t in counts:
             m = (

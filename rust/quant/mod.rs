@@ -57,7 +57,7 @@ mod tests_util;
 
 pub use block::{view, view_mut, Activation, Family, Pod, Scale};
 pub use fp16::{f16_bits_to_f32, f32_to_f16_bits};
-pub use simd::{Level, ISA_ENV};
+pub use simd::{prefetch_hints, prefetch_requested, Level, ISA_ENV, PREFETCH_ENV};
 
 use std::any::Any;
 use std::sync::Arc;

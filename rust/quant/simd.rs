@@ -185,10 +185,101 @@ pub(crate) fn has_avx512_vbmi() -> bool {
 /// in flight, 8 KiB gave another 10% at one thread (TinyLlama and 7B shapes), the same at two.
 pub(crate) const PREFETCH_AHEAD: usize = 8192;
 
-/// Hint that the cache lines of `[p + PREFETCH_AHEAD, .. + bytes)` will be read soon (to L2).
-/// A hint only: the address may lie past the end of the data, and nothing is dereferenced.
+/// The variable that turns [`prefetch_ahead`]'s hints off (`0`) or on (`1`) whatever the CPU,
+/// for comparisons. The hints never change a result, only speed.
+pub const PREFETCH_ENV: &str = "LLAMA_RS_PREFETCH";
+
+/// What [`PREFETCH_ENV`] asks for, if set: an error for anything but `0` or `1`.
+pub fn prefetch_requested() -> Result<Option<bool>, String> {
+    match std::env::var(PREFETCH_ENV).as_deref().map(str::trim) {
+        Err(_) | Ok("") => Ok(None),
+        Ok("0") => Ok(Some(false)),
+        Ok("1") => Ok(Some(true)),
+        Ok(v) => Err(format!(
+            "{PREFETCH_ENV}={v:?} must be 0 (no prefetch hints) or 1"
+        )),
+    }
+}
+
+/// Whether the kernels send [`prefetch_ahead`]'s hints (decided once): as [`PREFETCH_ENV`]
+/// says, else on except where the CPU's own prefetchers stream weights better alone
+/// ([`hints_help`]). An invalid [`PREFETCH_ENV`] is refused where models load.
+#[inline(always)]
+pub fn prefetch_hints() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        prefetch_requested()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| hints_help(&cpu_id()))
+    })
+}
+
+/// The CPU's vendor string and family/model word (`cpuid` leaves 0 and 1), and whether it has
+/// AVX-512 F (whatever [`ISA_ENV`] allows the kernels).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CpuId {
+    pub vendor: [u8; 12],
+    pub signature: u32,
+    pub avx512: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_id() -> CpuId {
+    use std::arch::x86_64::__cpuid;
+    // Leaves 0 and 1 exist on every x86_64 CPU.
+    let (l0, l1) = (__cpuid(0), __cpuid(1));
+    let mut vendor = [0u8; 12];
+    for (i, r) in [l0.ebx, l0.edx, l0.ecx].into_iter().enumerate() {
+        vendor[4 * i..4 * i + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    CpuId {
+        vendor,
+        signature: l1.eax,
+        avx512: is_x86_feature_detected!("avx512f"),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_id() -> CpuId {
+    CpuId {
+        vendor: [0; 12],
+        signature: 0,
+        avx512: false,
+    }
+}
+
+/// Whether software prefetch speeds up streaming weights from memory on this CPU. It does on
+/// the Xeon ([`PREFETCH_AHEAD`]), and stays on for the Zen 3 and Zen 5 EPYCs, whose kernels
+/// were tuned with it (not measured without it there). On Zen 4 (AMD family 0x19 with
+/// AVX-512) the hardware prefetchers do better alone: generation ran up to 1.2x faster
+/// without the hints (BENCHMARKS.md, session 14).
+pub(crate) fn hints_help(cpu: &CpuId) -> bool {
+    let base = (cpu.signature >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((cpu.signature >> 20) & 0xff)
+    } else {
+        base
+    };
+    let zen4 = &cpu.vendor == b"AuthenticAMD" && family == 0x19 && cpu.avx512;
+    !zen4
+}
+
+/// Hint that the cache lines of `[p + PREFETCH_AHEAD, .. + bytes)` will be read soon (to L2),
+/// where [`prefetch_hints`] says so. A hint only: the address may lie past the end of the
+/// data, and nothing is dereferenced.
 #[inline(always)]
 pub(crate) fn prefetch_ahead(p: *const u8, bytes: usize) {
+    if prefetch_hints() {
+        prefetch_lines(p, bytes);
+    }
+}
+
+/// [`prefetch_ahead`]'s hints whatever [`prefetch_hints`] says (the bandwidth probe tries
+/// both ways on every CPU).
+#[inline(always)]
+pub(crate) fn prefetch_lines(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let mut off = 0;
@@ -469,6 +560,41 @@ pub(crate) fn arr<const N: usize>(b: &[u8], start: usize) -> &[u8; N] {
 mod tests {
     use super::*;
     use crate::quant::tests_util::Rng;
+
+    /// Prefetch hints go off on Zen 4 only: AMD, family 0x19 (base 0xf + extended 0x0a), with
+    /// AVX-512; the same family without AVX-512 is Zen 3.
+    #[test]
+    fn prefetch_hints_stay_on_except_on_zen_4() {
+        let cpu = |vendor: &[u8; 12], signature: u32, avx512: bool| CpuId {
+            vendor: *vendor,
+            signature,
+            avx512,
+        };
+        let (amd, intel) = (b"AuthenticAMD", b"GenuineIntel");
+        assert!(
+            !hints_help(&cpu(amd, 0x00a1_0f11, true)),
+            "Zen 4 EPYC (Genoa)"
+        );
+        assert!(!hints_help(&cpu(amd, 0x00a6_0f12, true)), "Zen 4 Ryzen");
+        assert!(
+            hints_help(&cpu(amd, 0x00a0_0f11, false)),
+            "Zen 3 EPYC (Milan)"
+        );
+        assert!(
+            hints_help(&cpu(amd, 0x00b0_0f21, true)),
+            "Zen 5 EPYC (family 0x1a)"
+        );
+        assert!(
+            hints_help(&cpu(intel, 0x0008_06f8, true)),
+            "Sapphire Rapids Xeon"
+        );
+        assert!(hints_help(&cpu(intel, 0x00a1_0f11, true)), "not AMD");
+        eprintln!(
+            "this CPU ({:?}): prefetch hints {}",
+            cpu_id(),
+            hints_help(&cpu_id())
+        );
+    }
 
     fn interesting_f32(rng: &mut Rng) -> Vec<f32> {
         let mut v = vec![
