@@ -238,12 +238,16 @@ def main() -> None:
     bpt = weight_bytes_per_token(path)
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
+        info = dict(ln.split(":", 1) for ln in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines() if ":" in ln)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        # The model name alone ("AMD EPYC") does not tell Zen 3, 4 and 5 apart.
+        cpu = f"{info['model name']} (family {info['cpu family']} model {info['model']})"
+    except (OSError, KeyError):
         pass
     print(
         f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')} "
-        f"(kernels {llama_rs._core.kernel_level()[0]}); " + ", ".join(versions)
+        f"(kernels {llama_rs._core.kernel_level()[0]}, prefetch hints {'on' if llama_rs._core.prefetch_hints()[0] else 'off'}); "
+        + ", ".join(versions)
     )
     print(
         f"model {path.name} ({path.stat().st_size / 2**20:.0f} MiB, {bpt / 2**20:.0f} MiB read per generated token); "

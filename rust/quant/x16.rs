@@ -560,6 +560,29 @@ pub(crate) mod test_support {
             .collect()
     }
 
+    /// Asserts that `out`, a repacked K-quant kernel's 16 rows x `N` tokens, has
+    /// `dispatch::dot`'s bits for every row of `w` (`nb` super-blocks each) and token of `xs`.
+    pub(crate) fn assert_row_kernel_bits<B, const N: usize>(
+        out: &[[f32; N]; super::ROWS],
+        w: &[B],
+        nb: usize,
+        xs: &[Vec<BlockQ8K>],
+        ctx: &str,
+    ) where
+        B: crate::quant::block::Family<Act = BlockQ8K>,
+    {
+        for (r, o) in out.iter().enumerate() {
+            for (n, v) in o.iter().enumerate() {
+                let want = crate::quant::dispatch::dot::<B>(&w[r * nb..(r + 1) * nb], &xs[n]);
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "{ctx} N={N} r={r} n={n}: {v} vs {want}"
+                );
+            }
+        }
+    }
+
     /// 16 rows (`src`, `nb` blocks each) repacked in layout `l`, after checking that the
     /// vector repack is the scalar one and that unpacking gives `src` back.
     pub(crate) fn repacked_checked(src: &[u8], nb: usize, l: Layout) -> Vec<u8> {

@@ -147,7 +147,7 @@ mod tests {
     use crate::quant::q4_k::BlockQ4K;
     use crate::quant::q8_k::BlockQ8K;
     use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
-    use crate::quant::{dispatch, simd};
+    use crate::quant::simd;
 
     /// 16 rows of `nb` random super-blocks (finite or extreme `d` and `dmin`; random or
     /// extreme scale and quant bytes).
@@ -197,16 +197,7 @@ mod tests {
         let aux: Vec<K8Aux> = xs.iter().map(|x| k8_aux(x)).collect();
         // SAFETY: the caller checks simd::has_avx512.
         let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &aux[n])) };
-        for (r, o) in out.iter().enumerate() {
-            for (n, v) in o.iter().enumerate() {
-                let want = dispatch::dot::<BlockQ4K>(&w[r * nb..(r + 1) * nb], &xs[n]);
-                assert_eq!(
-                    v.to_bits(),
-                    want.to_bits(),
-                    "{ctx} N={N} r={r} n={n}: {v} vs {want}"
-                );
-            }
-        }
+        x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
     }
 
     /// The repacked kernel gives `dispatch::dot`'s bits for every row and token, 1..8 tokens

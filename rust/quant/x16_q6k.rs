@@ -127,7 +127,7 @@ mod tests {
     use crate::quant::block::{bytes_of, zeroed};
     use crate::quant::q6_k::BlockQ6K;
     use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
-    use crate::quant::{dispatch, simd};
+    use crate::quant::simd;
 
     /// 16 rows of `nb` random super-blocks (finite or extreme `d`; random or extreme scale and
     /// quant bytes).
@@ -178,16 +178,7 @@ mod tests {
     fn check<const N: usize>(w: &[BlockQ6K], p: &[u8], nb: usize, xs: &[Vec<BlockQ8K>], ctx: &str) {
         // SAFETY: the caller checks simd::has_avx512.
         let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..])) };
-        for (r, o) in out.iter().enumerate() {
-            for (n, v) in o.iter().enumerate() {
-                let want = dispatch::dot::<BlockQ6K>(&w[r * nb..(r + 1) * nb], &xs[n]);
-                assert_eq!(
-                    v.to_bits(),
-                    want.to_bits(),
-                    "{ctx} N={N} r={r} n={n}: {v} vs {want}"
-                );
-            }
-        }
+        x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
     }
 
     /// The repacked kernel gives `dispatch::dot`'s bits for every row and token, 1..8 tokens
