@@ -189,6 +189,19 @@ def fmt(xs: list[float]) -> str:
     return f"{statistics.mean(xs):8.2f} ± {sd:5.2f}"
 
 
+def cpu_line() -> str:
+    """The CPU for the header of a benchmark: its name with family and model (the name alone,
+    "AMD EPYC", does not tell Zen 3, 4 and 5 apart) and the number of CPUs."""
+    name = platform.processor() or platform.machine()
+    try:
+        first = open("/proc/cpuinfo").read().split("\n\n")[0]
+        info = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
+        name = f"{info['model name']} (family {info['cpu family']} model {info['model']})"
+    except (OSError, KeyError):
+        pass
+    return f"{name}, {os.cpu_count()} cpus"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
@@ -236,16 +249,8 @@ def main() -> None:
     gen_ids = [1] + rng.integers(min(100, hi - 1), hi, a.gen - 1).tolist()
     n_ctx = max(a.prompt, a.gen) + 8
     bpt = weight_bytes_per_token(path)
-    cpu = platform.processor() or platform.machine()
-    try:
-        info = dict(ln.split(":", 1) for ln in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines() if ":" in ln)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        # The model name alone ("AMD EPYC") does not tell Zen 3, 4 and 5 apart.
-        cpu = f"{info['model name']} (family {info['cpu family']} model {info['model']})"
-    except (OSError, KeyError):
-        pass
     print(
-        f"{time.strftime('%Y-%m-%d')}  {cpu}, {os.cpu_count()} cpus; llama_rs {getattr(llama_rs, '__version__', '?')} "
+        f"{time.strftime('%Y-%m-%d')}  {cpu_line()}; llama_rs {getattr(llama_rs, '__version__', '?')} "
         f"(kernels {llama_rs._core.kernel_level()[0]}, prefetch hints {'on' if llama_rs._core.prefetch_hints()[0] else 'off'}); "
         + ", ".join(versions)
     )

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import find_llama_bench  # noqa: E402  (one way to find llama.cpp's binaries)
+from compare import cpu_line, find_llama_bench  # noqa: E402  (one way to find llama.cpp's binaries, one CPU line)
 
 
 def free_port() -> int:
@@ -127,7 +125,10 @@ def run_level(server: Server, clients: int, a: argparse.Namespace, ban: dict, ex
         try:
             return asyncio.run(level(server, clients, a.rounds, a.tokens, ban, extra))
         except httpx.HTTPError as e:
-            time.sleep(0.5)  # let a dying process finish exiting before it is looked at
+            try:  # a dying llama-server takes a while to exit after its last response
+                server.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
             if attempt == 2 or server.proc.poll() is None:
                 raise SystemExit(f"{server.name} failed at C={clients}: {e!r}; its log: {server.log.name}") from None
             print(
@@ -143,14 +144,6 @@ def eog_ids(model: Path) -> list[int]:
     import llama_rs
 
     return llama_rs.Tokenizer(model).eog_tokens
-
-
-def cpu_line() -> str:
-    try:
-        name = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cpus"
 
 
 def main() -> None:
