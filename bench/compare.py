@@ -251,7 +251,7 @@ def main() -> None:
     bpt = weight_bytes_per_token(path)
     print(
         f"{time.strftime('%Y-%m-%d')}  {cpu_line()}; llama_rs {getattr(llama_rs, '__version__', '?')} "
-        f"(kernels {llama_rs._core.kernel_level()[0]}, prefetch hints {'on' if llama_rs._core.prefetch_hints()[0] else 'off'}); "
+        f"(kernels {llama_rs._core.kernel_level()[0]}, generation prefetch hints {'on' if llama_rs._core.prefetch_hints()[0] else 'off'}); "
         + ", ".join(versions)
     )
     print(

@@ -2,7 +2,7 @@
 //! weight once per token) is measured against in `bench/compare.py`.
 
 use crate::error::{Error, Result};
-use crate::quant::simd::{has_avx2, has_avx512, prefetch_lines};
+use crate::quant::simd::{has_avx2, has_avx512, prefetch_ahead};
 use rayon::prelude::*;
 use std::simd::prelude::*;
 use std::time::Instant;
@@ -73,7 +73,7 @@ fn sum_part(c: &[u64x8], prefetch: bool) -> u64 {
     let (quads, rest) = c.as_chunks::<4>();
     for q in quads {
         if prefetch {
-            prefetch_lines(q.as_ptr().cast(), 256);
+            prefetch_ahead(q.as_ptr().cast(), 256);
         }
         for k in 0..4 {
             acc[k] += q[k];

@@ -1114,7 +1114,8 @@ fn kernel_level() -> PyResult<(&'static str, bool, &'static str)> {
     ))
 }
 
-/// Whether the kernels send prefetch hints for the weights: (on, forced by LLAMA_RS_PREFETCH).
+/// Whether generation's kernels over repacked weights send prefetch hints: (on, forced by
+/// LLAMA_RS_PREFETCH).
 /// Raises ValueError for an invalid LLAMA_RS_PREFETCH.
 #[pyfunction]
 fn prefetch_hints() -> PyResult<(bool, bool)> {

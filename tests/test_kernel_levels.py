@@ -27,8 +27,13 @@ for path in sys.argv[1:]:
     # More than 16 tokens, so prompts take the AMX tiles where the CPU has them.
     ids = m.tokenize("Never trust a computer you can't throw out a window. " * 3)
     assert len(ids) > 32, len(ids)
-    logits = m.eval(ids, all_logits=True)
-    out[path] = hashlib.sha256(np.ascontiguousarray(logits, dtype=np.float32).tobytes()).hexdigest()
+    logits = [m.eval(ids, all_logits=True)]
+    # Then one token at a time, as generation runs (its own kernels over repacked weights).
+    logits += [m.eval([t]) for t in ids[:4]]
+    h = hashlib.sha256()
+    for x in logits:
+        h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    out[path] = h.hexdigest()
 print(json.dumps(out))
 """
 
@@ -111,7 +116,8 @@ def test_bench_says_which_kernels_ran() -> None:
 
 
 def test_prefetch_hints_change_no_bits() -> None:
-    # The hints are on or off by CPU (off on Zen 4); either way every logit keeps its bits.
+    # Generation's hints are on or off by CPU (off on Zen 4); either way every logit keeps its
+    # bits, prompts (which take the many-token kernels) and one-token steps alike.
     names = ["fortunes-1M-q4_0.gguf", "fortunes-4M-q4_k_m.gguf"]
     models = need_data(*names)
     files = ["demo", *(str(models / n) for n in names)]
@@ -153,4 +159,4 @@ def test_bench_says_whether_prefetch_hints_run() -> None:
             timeout=120,
         )
         assert cli.returncode == 0, cli.stderr
-        assert cli.stdout.splitlines()[0].endswith(f", prefetch hints {state} (set by LLAMA_RS_PREFETCH)")
+        assert cli.stdout.splitlines()[0].endswith(f", generation prefetch hints {state} (set by LLAMA_RS_PREFETCH)")

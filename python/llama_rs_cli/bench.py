@@ -103,8 +103,8 @@ def bench(
 
     The first line says which kernels run: the best instruction set this CPU has (portable,
     avx2, avx512, amx), or the lower one forced by LLAMA_RS_ISA=portable|avx2|avx512 for
-    comparison; and whether they send prefetch hints for the weights (on, except on CPUs whose
-    own prefetchers do better alone; LLAMA_RS_PREFETCH=0|1 decides instead).
+    comparison; and whether generation's kernels over repacked weights send prefetch hints (on,
+    except on CPUs whose own prefetchers do better alone; LLAMA_RS_PREFETCH=0|1 decides instead).
     """
     counts = parse_counts(threads, "'-t'", "thread counts")
     batches = parse_counts(parallel, "'--parallel'", "--parallel sizes", 256) if parallel else []
@@ -124,7 +124,7 @@ def bench(
                 if hints_forced
                 else f"LLAMA_RS_PREFETCH={int(not hints)} turns them {'off' if hints else 'on'}"
             )
-            typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level}), prefetch hints {state} ({how})")
+            typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level}), generation prefetch hints {state} ({how})")
         n_ctx = (BATCH_PROMPT if batches else n_prompt) + n_gen + 1
         for t in counts:
             m = (

@@ -185,8 +185,8 @@ pub(crate) fn has_avx512_vbmi() -> bool {
 /// in flight, 8 KiB gave another 10% at one thread (TinyLlama and 7B shapes), the same at two.
 pub(crate) const PREFETCH_AHEAD: usize = 8192;
 
-/// The variable that turns [`prefetch_ahead`]'s hints off (`0`) or on (`1`) whatever the CPU,
-/// for comparisons. The hints never change a result, only speed.
+/// The variable that turns the one-token repacked kernels' prefetch hints off (`0`) or on
+/// (`1`) whatever the CPU ([`prefetch_column`]), for comparisons. Hints never change a result.
 pub const PREFETCH_ENV: &str = "LLAMA_RS_PREFETCH";
 
 /// What [`PREFETCH_ENV`] asks for, if set: an error for anything but `0` or `1`.
@@ -201,9 +201,10 @@ pub fn prefetch_requested() -> Result<Option<bool>, String> {
     }
 }
 
-/// Whether the kernels send [`prefetch_ahead`]'s hints (decided once): as [`PREFETCH_ENV`]
-/// says, else on except where the CPU's own prefetchers stream weights better alone
-/// ([`hints_help`]). An invalid [`PREFETCH_ENV`] is refused where models load.
+/// Whether the one-token kernels over repacked weights send prefetch hints ([`prefetch_column`];
+/// decided once): as [`PREFETCH_ENV`] says, else on except where the CPU's own prefetchers
+/// stream those weights better alone ([`hints_help`]). An invalid [`PREFETCH_ENV`] is refused
+/// where models load.
 #[inline(always)]
 pub fn prefetch_hints() -> bool {
     use std::sync::OnceLock;
@@ -250,11 +251,11 @@ fn cpu_id() -> CpuId {
     }
 }
 
-/// Whether software prefetch speeds up streaming weights from memory on this CPU. It does on
-/// the Xeon ([`PREFETCH_AHEAD`]), and stays on for the Zen 3 and Zen 5 EPYCs, whose kernels
-/// were tuned with it (not measured without it there). On Zen 4 (AMD family 0x19 with
-/// AVX-512) the hardware prefetchers do better alone: generation ran up to 1.2x faster
-/// without the hints (BENCHMARKS.md, session 14).
+/// Whether software prefetch speeds up the one-token kernels over repacked weights on this
+/// CPU. Prefetch does on the Xeon ([`PREFETCH_AHEAD`]), and stays on for Zen 5, whose kernels
+/// were tuned with it (not measured without it there; Zen 3 has no repacked kernels). On Zen 4
+/// (AMD family 0x19 with AVX-512) the hardware prefetchers do better alone: generation ran
+/// up to 1.2x faster without the hints (BENCHMARKS.md, session 14).
 pub(crate) fn hints_help(cpu: &CpuId) -> bool {
     let base = (cpu.signature >> 8) & 0xf;
     let family = if base == 0xf {
@@ -266,20 +267,10 @@ pub(crate) fn hints_help(cpu: &CpuId) -> bool {
     !zen4
 }
 
-/// Hint that the cache lines of `[p + PREFETCH_AHEAD, .. + bytes)` will be read soon (to L2),
-/// where [`prefetch_hints`] says so. A hint only: the address may lie past the end of the
-/// data, and nothing is dereferenced.
+/// Hint that the cache lines of `[p + PREFETCH_AHEAD, .. + bytes)` will be read soon (to L2).
+/// A hint only: the address may lie past the end of the data, and nothing is dereferenced.
 #[inline(always)]
 pub(crate) fn prefetch_ahead(p: *const u8, bytes: usize) {
-    if prefetch_hints() {
-        prefetch_lines(p, bytes);
-    }
-}
-
-/// [`prefetch_ahead`]'s hints whatever [`prefetch_hints`] says (the bandwidth probe tries
-/// both ways on every CPU).
-#[inline(always)]
-pub(crate) fn prefetch_lines(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let mut off = 0;
@@ -296,6 +287,17 @@ pub(crate) fn prefetch_lines(p: *const u8, bytes: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
+}
+
+/// [`prefetch_ahead`] for the kernels over repacked weights (`x16`), `N` tokens per call:
+/// one-token calls (generation) send the hints where [`prefetch_hints`] says so, calls for
+/// several tokens (prompts, batches) always do. On Zen 4 the one-token kernels stream faster
+/// without them, the 4- and 8-token ones faster with them (BENCHMARKS.md, session 14).
+#[inline(always)]
+pub(crate) fn prefetch_column<const N: usize>(p: *const u8, bytes: usize) {
+    if N > 1 || prefetch_hints() {
+        prefetch_ahead(p, bytes);
+    }
 }
 
 /// [`prefetch_ahead`] of one weight block, for kernels that call it block by block as they

@@ -290,7 +290,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
     for b in 0..nb {
         let col = chunk.as_ptr().add(b * COLUMN);
-        super::simd::prefetch_ahead(col, COLUMN);
+        super::simd::prefetch_column::<N>(col, COLUMN);
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
@@ -387,10 +387,10 @@ pub(crate) unsafe fn rows_q8_avx512<const N: usize>(
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
     for b in 0..nb {
         let col = chunk.as_ptr().add(b * COLUMN);
-        super::simd::prefetch_ahead(col, PART);
+        super::simd::prefetch_column::<N>(col, PART);
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
         let u: [__m512i; QK / 4] = std::array::from_fn(|j| {
-            super::simd::prefetch_ahead(col.add(PART + 64 * j), 64);
+            super::simd::prefetch_column::<N>(col.add(PART + 64 * j), 64);
             _mm512_xor_si512(_mm512_loadu_si512(col.add(PART + 64 * j).cast()), flip)
         });
         for n in 0..N {

@@ -55,7 +55,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
         let col = chunk.as_ptr().add(b * L.column());
         // Prefetching spread over the column's reads, as in `x16_q6k` (a burst of hints at the
         // column's start slows the stream from memory).
-        super::simd::prefetch_ahead(col, 4 * 64);
+        super::simd::prefetch_column::<N>(col, 4 * 64);
         let part = |j: usize| col.add(L.part(j)).cast::<__m512i>();
         let dd = _mm512_loadu_si512(part(0));
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
@@ -85,7 +85,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             let mut s0 = [_mm512_setzero_si512(); N];
             let mut s1 = [_mm512_setzero_si512(); N];
             for k in 0..8 {
-                super::simd::prefetch_ahead(part(4 + 8 * c + k).cast(), 64);
+                super::simd::prefetch_column::<N>(part(4 + 8 * c + k).cast(), 64);
                 let z = _mm512_loadu_si512(part(4 + 8 * c + k));
                 let lo = _mm512_and_si512(z, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
@@ -146,8 +146,8 @@ mod tests {
     use crate::quant::kquant_dot::k8_aux;
     use crate::quant::q4_k::BlockQ4K;
     use crate::quant::q8_k::BlockQ8K;
-    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
     use crate::quant::simd;
+    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
 
     /// 16 rows of `nb` random super-blocks (finite or extreme `d` and `dmin`; random or
     /// extreme scale and quant bytes).

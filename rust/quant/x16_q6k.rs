@@ -51,7 +51,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
         let col = chunk.as_ptr().add(b * L.column());
         // Prefetching spread over the column's reads: a burst of 53 hints at its start slowed
         // the stream from memory (14 against 21 GB/s, Zen 5, one thread).
-        super::simd::prefetch_ahead(col, 4 * 64);
+        super::simd::prefetch_column::<N>(col, 4 * 64);
         let part = |j: usize| _mm512_loadu_si512(col.add(L.part(j)).cast());
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
         let mut isum = [_mm512_setzero_si512(); N];
@@ -66,7 +66,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
                 });
                 for g in 4 * gh..4 * gh + 4 {
                     let p = 4 + 24 * h + 3 * g;
-                    super::simd::prefetch_ahead(col.add(L.part(p)), 3 * 64);
+                    super::simd::prefetch_column::<N>(col.add(L.part(p)), 3 * 64);
                     let (a, c, hb) = (part(p), part(p + 1), part(p + 2));
                     let q = [
                         _mm512_or_si512(
@@ -126,8 +126,8 @@ mod tests {
     use super::*;
     use crate::quant::block::{bytes_of, zeroed};
     use crate::quant::q6_k::BlockQ6K;
-    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
     use crate::quant::simd;
+    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
 
     /// 16 rows of `nb` random super-blocks (finite or extreme `d`; random or extreme scale and
     /// quant bytes).
