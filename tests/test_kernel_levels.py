@@ -47,6 +47,17 @@ def run_probe(level: str | None, *models: str, prefetch: str | None = None) -> s
     return subprocess.run([sys.executable, "-c", PROBE, *models], env=env, capture_output=True, text=True, timeout=300)
 
 
+def short_bench(**env: str) -> subprocess.CompletedProcess:
+    """A one-thread `llama-rs bench` of the demo model, a few tokens, with `env` set."""
+    return subprocess.run(
+        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def available_levels() -> list[str]:
     if CPU_LEVEL is None:
         pytest.skip("LLAMA_RS_ISA is set for this whole run")
@@ -81,13 +92,7 @@ def test_bad_level_is_a_clear_error(value: str, message: str) -> None:
     p = run_probe(value, "demo")
     assert p.returncode != 0
     assert message in p.stderr and "LLAMA_RS_ISA" in p.stderr
-    cli = subprocess.run(
-        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
-        env={**os.environ, "LLAMA_RS_ISA": value},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cli = short_bench(LLAMA_RS_ISA=value)
     assert cli.returncode == 1
     assert message in cli.stderr and "Traceback" not in cli.stderr
 
@@ -102,13 +107,7 @@ def test_level_above_the_cpu_is_refused() -> None:
 
 def test_bench_says_which_kernels_ran() -> None:
     levels = available_levels()
-    cli = subprocess.run(
-        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
-        env={**os.environ, "LLAMA_RS_ISA": levels[0]},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cli = short_bench(LLAMA_RS_ISA=levels[0])
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.splitlines()[0].startswith(
         f"kernels: {levels[0]} (forced by LLAMA_RS_ISA; this CPU: {CPU_LEVEL}), "
@@ -138,25 +137,13 @@ def test_prefetch_hints_change_no_bits() -> None:
 def test_bad_prefetch_value_is_a_clear_error() -> None:
     p = run_probe(None, "demo", prefetch="yes")
     assert p.returncode != 0 and 'LLAMA_RS_PREFETCH="yes" must be 0 (no prefetch hints) or 1' in p.stderr
-    cli = subprocess.run(
-        [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
-        env={**os.environ, "LLAMA_RS_PREFETCH": "yes"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cli = short_bench(LLAMA_RS_PREFETCH="yes")
     assert cli.returncode == 1
     assert "LLAMA_RS_PREFETCH" in cli.stderr and "must be 0" in cli.stderr and "Traceback" not in cli.stderr
 
 
 def test_bench_says_whether_prefetch_hints_run() -> None:
     for value, state in [("0", "off"), ("1", "on")]:
-        cli = subprocess.run(
-            [sys.executable, "-m", "llama_rs_cli.app", "bench", "-p", "4", "-n", "2", "-r", "1", "-t", "1"],
-            env={**os.environ, "LLAMA_RS_PREFETCH": value},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        cli = short_bench(LLAMA_RS_PREFETCH=value)
         assert cli.returncode == 0, cli.stderr
         assert cli.stdout.splitlines()[0].endswith(f", generation prefetch hints {state} (set by LLAMA_RS_PREFETCH)")
