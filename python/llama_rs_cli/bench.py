@@ -118,13 +118,11 @@ def bench(
         hints, hints_forced = llama_rs._core.prefetch_hints()
         if not as_json:
             why = "forced by LLAMA_RS_ISA" if forced else "the best this CPU has"
-            state = "on" if hints else "off"
-            how = (
-                "set by LLAMA_RS_PREFETCH"
-                if hints_forced
-                else f"LLAMA_RS_PREFETCH={int(not hints)} turns them {'off' if hints else 'on'}"
+            how = "set by LLAMA_RS_PREFETCH" if hints_forced else "this CPU's default; LLAMA_RS_PREFETCH=0|1 sets them"
+            typer.echo(
+                f"kernels: {level} ({why}; this CPU: {cpu_level}), "
+                f"generation prefetch hints {'on' if hints else 'off'} ({how})"
             )
-            typer.echo(f"kernels: {level} ({why}; this CPU: {cpu_level}), generation prefetch hints {state} ({how})")
         n_ctx = (BATCH_PROMPT if batches else n_prompt) + n_gen + 1
         for t in counts:
             m = (

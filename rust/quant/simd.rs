@@ -186,7 +186,7 @@ pub(crate) fn has_avx512_vbmi() -> bool {
 pub(crate) const PREFETCH_AHEAD: usize = 8192;
 
 /// The variable that turns the one-token repacked kernels' prefetch hints off (`0`) or on
-/// (`1`) whatever the CPU ([`prefetch_column`]), for comparisons. Hints never change a result.
+/// (`1`) whatever the CPU ([`column_hints`]), for comparisons. Hints never change a result.
 pub const PREFETCH_ENV: &str = "LLAMA_RS_PREFETCH";
 
 /// What [`PREFETCH_ENV`] asks for, if set: an error for anything but `0` or `1`.
@@ -201,9 +201,9 @@ pub fn prefetch_requested() -> Result<Option<bool>, String> {
     }
 }
 
-/// Whether the one-token kernels over repacked weights send prefetch hints ([`prefetch_column`];
+/// Whether the one-token kernels over repacked weights send prefetch hints ([`column_hints`];
 /// decided once): as [`PREFETCH_ENV`] says, else on except where the CPU's own prefetchers
-/// stream those weights better alone ([`hints_help`]). An invalid [`PREFETCH_ENV`] is refused
+/// stream those weights better alone ([`hints_help`], [`column_hints`]). An invalid [`PREFETCH_ENV`] is refused
 /// where models load.
 #[inline(always)]
 pub fn prefetch_hints() -> bool {
@@ -289,13 +289,20 @@ pub(crate) fn prefetch_ahead(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
-/// [`prefetch_ahead`] for the kernels over repacked weights (`x16`), `N` tokens per call:
-/// one-token calls (generation) send the hints where [`prefetch_hints`] says so, calls for
-/// several tokens (prompts, batches) always do. On Zen 4 the one-token kernels stream faster
-/// without them, the 4- and 8-token ones faster with them (BENCHMARKS.md, session 14).
+/// Whether a kernel over repacked weights (`x16`) taking `N` tokens per call sends prefetch
+/// hints ([`prefetch_column`]; asked once per call, outside its loop): one-token calls
+/// (generation) where [`prefetch_hints`] says so, calls for several tokens (prompts, batches)
+/// always. On Zen 4 the one-token kernels stream faster without them, the 4- and 8-token ones
+/// faster with them (BENCHMARKS.md, session 14).
 #[inline(always)]
-pub(crate) fn prefetch_column<const N: usize>(p: *const u8, bytes: usize) {
-    if N > 1 || prefetch_hints() {
+pub(crate) fn column_hints<const N: usize>() -> bool {
+    N > 1 || prefetch_hints()
+}
+
+/// [`prefetch_ahead`] where `on` ([`column_hints`]).
+#[inline(always)]
+pub(crate) fn prefetch_column(on: bool, p: *const u8, bytes: usize) {
+    if on {
         prefetch_ahead(p, bytes);
     }
 }

@@ -288,9 +288,10 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
     );
     let low = _mm512_set1_epi8(0x0f);
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
     for b in 0..nb {
         let col = chunk.as_ptr().add(b * COLUMN);
-        super::simd::prefetch_column::<N>(col, COLUMN);
+        super::simd::prefetch_column(hints, col, COLUMN);
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
@@ -385,12 +386,13 @@ pub(crate) unsafe fn rows_q8_avx512<const N: usize>(
     );
     let flip = _mm512_set1_epi8(-128);
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
     for b in 0..nb {
         let col = chunk.as_ptr().add(b * COLUMN);
-        super::simd::prefetch_column::<N>(col, PART);
+        super::simd::prefetch_column(hints, col, PART);
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
         let u: [__m512i; QK / 4] = std::array::from_fn(|j| {
-            super::simd::prefetch_column::<N>(col.add(PART + 64 * j), 64);
+            super::simd::prefetch_column(hints, col.add(PART + 64 * j), 64);
             _mm512_xor_si512(_mm512_loadu_si512(col.add(PART + 64 * j).cast()), flip)
         });
         for n in 0..N {

@@ -51,11 +51,12 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
         _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
     });
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
     for b in 0..nb {
         let col = chunk.as_ptr().add(b * L.column());
         // Prefetching spread over the column's reads, as in `x16_q6k` (a burst of hints at the
         // column's start slows the stream from memory).
-        super::simd::prefetch_column::<N>(col, 4 * 64);
+        super::simd::prefetch_column(hints, col, 4 * 64);
         let part = |j: usize| col.add(L.part(j)).cast::<__m512i>();
         let dd = _mm512_loadu_si512(part(0));
         let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
@@ -85,7 +86,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             let mut s0 = [_mm512_setzero_si512(); N];
             let mut s1 = [_mm512_setzero_si512(); N];
             for k in 0..8 {
-                super::simd::prefetch_column::<N>(part(4 + 8 * c + k).cast(), 64);
+                super::simd::prefetch_column(hints, part(4 + 8 * c + k).cast(), 64);
                 let z = _mm512_loadu_si512(part(4 + 8 * c + k));
                 let lo = _mm512_and_si512(z, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);

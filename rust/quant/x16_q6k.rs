@@ -47,11 +47,12 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
         _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
     });
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
     for b in 0..nb {
         let col = chunk.as_ptr().add(b * L.column());
         // Prefetching spread over the column's reads: a burst of 53 hints at its start slowed
         // the stream from memory (14 against 21 GB/s, Zen 5, one thread).
-        super::simd::prefetch_column::<N>(col, 4 * 64);
+        super::simd::prefetch_column(hints, col, 4 * 64);
         let part = |j: usize| _mm512_loadu_si512(col.add(L.part(j)).cast());
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
         let mut isum = [_mm512_setzero_si512(); N];
@@ -66,7 +67,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
                 });
                 for g in 4 * gh..4 * gh + 4 {
                     let p = 4 + 24 * h + 3 * g;
-                    super::simd::prefetch_column::<N>(col.add(L.part(p)), 3 * 64);
+                    super::simd::prefetch_column(hints, col.add(L.part(p)), 3 * 64);
                     let (a, c, hb) = (part(p), part(p + 1), part(p + 2));
                     let q = [
                         _mm512_or_si512(
