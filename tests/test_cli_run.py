@@ -138,10 +138,32 @@ def test_multiline_prompt(tmp_path: Path) -> None:
     p.expect(r"\x1b\[2m\[(\d+) prompt tokens")
     demo = llama_rs.Model.demo(n_ctx=512)
     assert int(p.match.group(1)) == len(demo.tokenize("Q: line one\nline two"))
+    p.expect_exact(">>> ")
     p.sendintr()  # Ctrl+C at an empty prompt also exits 0
     p.expect(pexpect.EOF)
     p.close()
     assert p.exitstatus == 0
+
+
+def test_ctrl_c_between_prompts_ends_the_session(monkeypatch, capsys) -> None:
+    """Ctrl+C after a reply but before the next `>>> ` (here: while its stats print) ends the
+    session quietly, as Ctrl+C at an empty prompt does, instead of escaping as an interrupt."""
+    from llama_rs_cli import run as run_cli
+
+    lines = iter(["Q: hello", ""])
+    monkeypatch.setattr("builtins.input", lambda _prompt: next(lines))
+
+    def interrupted(_gen) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_cli, "stat_line", interrupted)
+    demo = llama_rs.Model.demo(n_ctx=512)
+    try:
+        run_cli.interactive(demo, run_cli.Params(tokens=4, temp=0.0))
+    except KeyboardInterrupt:  # a failure, not an interrupt of the test run
+        pytest.fail("Ctrl+C between prompts escaped the interactive session")
+    assert next(lines, None) is None  # the prompt was read and answered before the interrupt
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_chat_mode_keeps_the_conversation() -> None:

@@ -178,6 +178,15 @@ def read_prompt() -> Optional[str]:
 
 
 def interactive(model: llama_rs.Model, params: Params, chat: bool = False) -> None:
+    try:
+        converse(model, params, chat)
+    except KeyboardInterrupt:
+        # Ctrl+C between two prompts (while a reply's stats print, before `>>> ` shows) ends
+        # the session as it does at an empty prompt; during a reply, `converse` stops the reply.
+        print()
+
+
+def converse(model: llama_rs.Model, params: Params, chat: bool) -> None:
     what = "a message" if chat else "a prompt"
     print(dim(f"Type {what} and an empty line to send it; /help for commands."))
     history: list[dict] = []  # chat mode: the conversation so far
