@@ -30,6 +30,23 @@ pub struct Layer {
     pub w_down: Weight,      // [dim, ff]
 }
 
+/// A layer's seven matrices in the forward pass's order, borrowed with `&` or `&mut` (one
+/// list for both, so the order a [`RepackPlan`] refers to cannot drift between them).
+macro_rules! layer_matrices {
+    ($layer:expr, $($borrow:tt)+) => {{
+        let l = $layer;
+        [
+            $($borrow)+ l.wq,
+            $($borrow)+ l.wk,
+            $($borrow)+ l.wv,
+            $($borrow)+ l.wo,
+            $($borrow)+ l.w_gate,
+            $($borrow)+ l.w_up,
+            $($borrow)+ l.w_down,
+        ]
+    }};
+}
+
 pub struct Model {
     pub path: PathBuf,
     pub config: Config,
@@ -267,10 +284,7 @@ impl Model {
     /// Every matrix the forward pass reads, in one fixed order (the order a
     /// [`RepackPlan`] of the model refers to).
     pub(crate) fn matrices(&self) -> impl Iterator<Item = &Weight> {
-        let layers = self
-            .layers
-            .iter()
-            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        let layers = self.layers.iter().flat_map(|l| layer_matrices!(l, &));
         [&self.token_embd]
             .into_iter()
             .chain(&self.output)
@@ -279,19 +293,10 @@ impl Model {
 
     /// The same matrices, to change.
     fn matrices_mut(&mut self) -> impl Iterator<Item = &mut Weight> {
-        let layers = self.layers.iter_mut().flat_map(|l| {
-            let Layer {
-                wq,
-                wk,
-                wv,
-                wo,
-                w_gate,
-                w_up,
-                w_down,
-                ..
-            } = l;
-            [wq, wk, wv, wo, w_gate, w_up, w_down]
-        });
+        let layers = self
+            .layers
+            .iter_mut()
+            .flat_map(|l| layer_matrices!(l, &mut));
         [&mut self.token_embd]
             .into_iter()
             .chain(&mut self.output)
