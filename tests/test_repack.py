@@ -1,4 +1,4 @@
-"""Q4_0, Q8_0, Q4_K and Q6_K weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
+"""Q4_0, Q8_0, Q4_K, Q5_K and Q6_K weights repacked at load (AVX-512 CPUs, rust/quant/x16.rs): the same bits as the
 file's layout, on every path (prompts on AMX tiles, several tokens, one token, embedding
 lookups, tied output), and the copied file pages let go so resident memory stays near the file."""
 
@@ -70,10 +70,10 @@ def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied:
         assert got["logits"] == rows["logits"], f"repacked weights at {level} differ from the file's layout"
 
 
-@pytest.mark.parametrize("ftype", ["q4_k_m", "q6_k"])
+@pytest.mark.parametrize("ftype", ["q4_k_m", "q5_k_m", "q6_k"])
 @pytest.mark.parametrize("tied", [False, True])
 def test_repacked_k_quants_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool, ftype: str) -> None:
-    """Q4_K and Q6_K (rust/quant/x16_q4k.rs, x16_q6k.rs), repacked at the avx512 level; at amx
+    """Q4_K, Q5_K and Q6_K (rust/quant/x16_k32.rs, x16_q6k.rs), repacked at the avx512 level; at amx
     their tile kernel reads the file's layout, so nothing is repacked there."""
     if not REPACKS:
         pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")

@@ -45,7 +45,7 @@ pub mod q8_0;
 pub mod q8_k;
 pub(crate) mod simd;
 pub mod x16;
-mod x16_q4k;
+mod x16_k32;
 mod x16_q6k;
 
 #[cfg(test)]
@@ -517,7 +517,8 @@ impl TokenTiles {
     }
 }
 
-/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0, Q4_K, Q6_K):
+/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0, Q4_K, Q5_K,
+/// Q6_K):
 /// `out[r][n]` with the bits of the row kernels. Needs the AVX-512 level (where weights are
 /// repacked).
 pub fn vec_dot_rows_x16<const N: usize>(
@@ -555,14 +556,28 @@ pub fn vec_dot_rows_x16<const N: usize>(
                     unsafe { x16::rows_q8_avx512::<N>(chunk, nb, x, a) }
                 }
             }
-            GgmlType::Q4_K => {
+            GgmlType::Q4_K | GgmlType::Q5_K => {
                 let x: [&[q8_k::BlockQ8K]; N] = xs.map(|x| {
                     q8_k::BlockQ8K::view(x).expect("vec_dot_rows_x16: activations are not q8_K")
                 });
-                let nb = chunk.len() / x16::Q4_K.column();
-                let a = std::array::from_fn(|n| side::<q4_k::BlockQ4K>(aux[n], x[n]));
-                // SAFETY: checked above.
-                unsafe { x16_q4k::rows_avx512::<N>(chunk, nb, a) }
+                fn run<B, const N: usize>(
+                    chunk: &[u8],
+                    x: [&[q8_k::BlockQ8K]; N],
+                    aux: [&RowAux; N],
+                ) -> [[f32; N]; x16::ROWS]
+                where
+                    B: x16_k32::X16K32 + Family<Act = q8_k::BlockQ8K, Aux = kquant_dot::K8Aux>,
+                {
+                    let nb = chunk.len() / B::LAYOUT.column();
+                    let a = std::array::from_fn(|n| side::<B>(aux[n], x[n]));
+                    // SAFETY: the caller checked simd::has_avx512.
+                    unsafe { x16_k32::rows_avx512::<B, N>(chunk, nb, a) }
+                }
+                if weight_type == GgmlType::Q4_K {
+                    run::<q4_k::BlockQ4K, N>(chunk, x, aux)
+                } else {
+                    run::<q5_k::BlockQ5K, N>(chunk, x, aux)
+                }
             }
             GgmlType::Q6_K => {
                 let x: [&[q8_k::BlockQ8K]; N] = xs.map(|x| {

@@ -1,7 +1,7 @@
-//! Q4_0, Q8_0, Q4_K and Q6_K weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
+//! Q4_0, Q8_0, Q4_K, Q5_K and Q6_K weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
 //! layout the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
 //! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; the K-quants'
-//! are in `x16_q4k` and `x16_q6k`.
+//! are in `x16_k32` (Q4_K, Q5_K) and `x16_q6k`.
 //!
 //! A chunk of 16 rows of `nb` blocks keeps its bytes, reordered by block column: block column
 //! `b` is `16 x block size` bytes, for Q4_0 and Q8_0 the 16 rows' f16 scales (`2 r`), then
@@ -30,8 +30,8 @@ pub const ROWS: usize = 16;
 /// processes that map the file): the repacked copy is private memory of each process.
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
-/// Whether a `rows`-row weight of type `ty` is repacked here (`weights::RepackPlan`): Q4_0, Q8_0, Q4_K or
-/// Q6_K in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
+/// Whether a `rows`-row weight of type `ty` is repacked here (`weights::RepackPlan`): Q4_0, Q8_0,
+/// Q4_K, Q5_K or Q6_K in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
 /// [`REPACK_ENV`] is `0`. The K-quants stay in the file's layout where AMX runs: their tile
 /// kernel reads that layout.
 pub fn wanted(ty: GgmlType, rows: usize) -> bool {
@@ -40,7 +40,7 @@ pub fn wanted(ty: GgmlType, rows: usize) -> bool {
     let allowed = *ALLOWED.get_or_init(|| {
         std::env::var(REPACK_ENV).map_or(true, |v| v.trim() != "0") && super::simd::has_avx512()
     });
-    let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+    let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
     let amx_reads_rows = k_quant && super::has_amx_kernel(ty);
     allowed && layout(ty).is_some() && !amx_reads_rows && rows > 0 && rows.is_multiple_of(ROWS)
 }
@@ -108,6 +108,29 @@ pub const Q4_K: Layout = Layout {
     order: &[],
     words: 36,
 };
+/// Q5_K: its 176 bytes as 44 dwords (`d | dmin << 16`, the three words of packed scales, 8 of
+/// `qh`, 32 of quants) in `x16_k32`'s reading order: the head and scales, then each `qh` word
+/// `k` before quant word `k` of chunk 0 (their first use), then chunks 1..4.
+pub const Q5_K: Layout = Layout {
+    head: 0,
+    head_at: 0,
+    words: 44,
+    order: &Q5_K_ORDER,
+};
+const Q5_K_ORDER: [u8; 44] = {
+    let mut o = [0u8; 44];
+    let mut j = 0;
+    while j < 44 {
+        o[j] = match j {
+            0..4 => j,
+            4..20 if j % 2 == 0 => 4 + (j - 4) / 2, // qh word k
+            4..20 => 12 + (j - 5) / 2,              // chunk 0, quant word k
+            _ => j,                                 // chunks 1..4
+        } as u8;
+        j += 1;
+    }
+    o
+};
 /// Q6_K: the f16 `d` at the block's end (byte 208), then 52 dwords (words 0..32 `ql`, 32..48
 /// `qh`, 48..52 the int8 scales) in `x16_q6k`'s reading order: the scales, then per half `h`
 /// and 4-weight group `g` the two `ql` words and the `qh` word of those weights.
@@ -132,7 +155,9 @@ const Q6_K_ORDER: [u8; 52] = {
     }
     o
 };
-const _: () = assert!(Q6_K.block() == 210 && Q4_K.block() == 144 && Q4_0.block() == 18);
+const _: () = assert!(
+    Q6_K.block() == 210 && Q5_K.block() == 176 && Q4_K.block() == 144 && Q4_0.block() == 18
+);
 
 /// Offset of part 0 in the Q4_0 and Q8_0 layouts (after the 16 rows' f16 scales).
 const PART: usize = Q4_0.part(0);
@@ -143,6 +168,7 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
         GgmlType::Q4_0 => Some(Q4_0),
         GgmlType::Q8_0 => Some(Q8_0),
         GgmlType::Q4_K => Some(Q4_K),
+        GgmlType::Q5_K => Some(Q5_K),
         GgmlType::Q6_K => Some(Q6_K),
         _ => None,
     }

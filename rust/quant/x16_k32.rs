@@ -1,0 +1,389 @@
+//! The kernel over Q4_K and Q5_K weights repacked 16 rows at a time (`x16::Q4_K`, `x16::Q5_K`:
+//! each super-block's dwords, the 16 rows' word `j` side by side in part `j`), for AVX-512 CPUs
+//! without AMX. The two families differ only in Q5_K's fifth bits.
+//!
+//! Per super-block column, for all 16 rows at once (one row per dword lane):
+//! - part 0 is `d | dmin << 16`, parts 1..4 the packed scales: their 8 six-bit scales and 8
+//!   six-bit minimums come out with `kquant_scales`' word trick, 16 rows per instruction;
+//! - the quants: part `qs_part(c, k)` holds bytes `4 k .. 4 k + 4` of each row's 32-byte chunk
+//!   `c`, whose low nibbles are sub-block `2 c` and high nibbles `2 c + 1`, so one `vpdpbusd`
+//!   against 4 broadcast activation bytes advances 16 rows' sub-block sums;
+//! - Q5_K only: part `qh_part(k)` holds `qh` bytes `4 k .. 4 k + 4`, whose bit `s` is the fifth
+//!   bit of the same weight in sub-block `s`;
+//! - `isum = sum_s sc_s * dot_s` (`vpmulld`) and `msum = sum_s m_s * ysum_s` (`vpdpbusd` of the
+//!   minimums against [`K8Aux`]'s split sub-block sums), both exact in i32.
+//!
+//! Bits: the integers are those of the row kernel (exact), then the same float steps as
+//! `kquant_dot::combine` into lane `b % 8`, zero-padded blocks add `+0.0` as the row driver's
+//! padding does, and the lanes reduce in `simd::reduce8`'s order: `dispatch::dot`'s bits,
+//! checked for every row and token in the tests.
+
+use super::kquant_dot::K8Aux;
+use super::x16::{self, Layout, ROWS};
+
+/// A repacked family of this kernel: its layout, whether its levels have a fifth bit, and
+/// where the layout puts each part (in the order the kernel reads them, so that each column
+/// streams front to back).
+pub(crate) trait X16K32 {
+    const LAYOUT: Layout;
+    const FIFTH_BIT: bool;
+    /// The part of quant word `k` of chunk `c`.
+    fn qs_part(c: usize, k: usize) -> usize;
+    /// The part of `qh` word `k` (Q5_K).
+    fn qh_part(k: usize) -> usize;
+}
+
+impl X16K32 for super::q4_k::BlockQ4K {
+    const LAYOUT: Layout = x16::Q4_K;
+    const FIFTH_BIT: bool = false;
+    #[inline(always)]
+    fn qs_part(c: usize, k: usize) -> usize {
+        4 + 8 * c + k
+    }
+    fn qh_part(_: usize) -> usize {
+        unreachable!("Q4_K has no fifth bits")
+    }
+}
+
+/// `x16::Q5_K`: `qh` word `k` then chunk 0's word `k`, pair by pair, then chunks 1..4.
+impl X16K32 for super::q5_k::BlockQ5K {
+    const LAYOUT: Layout = x16::Q5_K;
+    const FIFTH_BIT: bool = true;
+    #[inline(always)]
+    fn qs_part(c: usize, k: usize) -> usize {
+        if c == 0 {
+            5 + 2 * k
+        } else {
+            12 + 8 * c + k
+        }
+    }
+    #[inline(always)]
+    fn qh_part(k: usize) -> usize {
+        4 + 2 * k
+    }
+}
+
+/// `out[r][n]` = row `r` of a repacked Q4_K or Q5_K chunk (`nb` super-blocks per row) against
+/// token `n` (its Q8_K blocks and sub-block sums in `aux[n]`), each part unpacked once for all
+/// `N`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and F16C (`simd::has_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_avx512<B: X16K32, const N: usize>(
+    chunk: &[u8],
+    nb: usize,
+    aux: [&K8Aux; N],
+) -> [[f32; N]; ROWS] {
+    use super::simd::BLOCK_LANES;
+    use std::arch::x86_64::*;
+    let l = B::LAYOUT;
+    assert_eq!(chunk.len(), nb * l.column(), "x16_k32: chunk length");
+    let padded = nb.div_ceil(BLOCK_LANES) * BLOCK_LANES;
+    assert!(
+        aux.iter().all(|a| a.padded_len() == padded),
+        "x16_k32: activation length"
+    );
+    let (m6, m4, m2) = (
+        _mm512_set1_epi32(0x3f3f_3f3f),
+        _mm512_set1_epi32(0x0f0f_0f0f),
+        _mm512_set1_epi32(0x0303_0303),
+    );
+    let low = _mm512_set1_epi8(0x0f);
+    let bit4 = _mm512_set1_epi8(0x10);
+    // `nib | (bits & 0x10)`: a ternary-logic truth table (a | (b & c)).
+    let or_bit4 = |nib: __m512i, bits: __m512i| _mm512_ternarylogic_epi32::<0xf8>(nib, bits, bit4);
+    // Byte k of each dword, zero-extended: shuffle control `4 i + k` then three zeroing bytes.
+    let byte_of: [__m512i; 4] = std::array::from_fn(|k| {
+        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
+        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
+    });
+    let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
+    for b in 0..nb {
+        let col = chunk.as_ptr().add(b * l.column());
+        // Prefetching spread over the column's reads, as in `x16_q6k` (a burst of hints at the
+        // column's start slows the stream from memory).
+        super::simd::prefetch_column(hints, col, 4 * 64);
+        let part = |j: usize| col.add(l.part(j)).cast::<__m512i>();
+        let dd = _mm512_loadu_si512(part(0));
+        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd));
+        let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(dd)));
+        let (wa, wb, wc) = (
+            _mm512_loadu_si512(part(1)),
+            _mm512_loadu_si512(part(2)),
+            _mm512_loadu_si512(part(3)),
+        );
+        // kquant_scales::unpack_scales_mins, 16 rows at once: bytes 0..4 of `sc[0]` are
+        // scales 0..4, of `sc[1]` scales 4..8; the same for the minimums.
+        let hi_bits =
+            |w: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w), m2));
+        let sc = [
+            _mm512_and_si512(wa, m6),
+            _mm512_or_si512(_mm512_and_si512(wc, m4), hi_bits(wa)),
+        ];
+        let mins = [
+            _mm512_and_si512(wb, m6),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32::<4>(wc), m4),
+                hi_bits(wb),
+            ),
+        ];
+        let mut isum = [_mm512_setzero_si512(); N];
+        for c in 0..4 {
+            // `qh >> 2c` in 16-bit lanes leaves each byte's bits 2c, 2c + 1 at its bits 0, 1.
+            let qh_shift = _mm_cvtsi32_si128(2 * c as i32);
+            let mut s0 = [_mm512_setzero_si512(); N];
+            let mut s1 = [_mm512_setzero_si512(); N];
+            for k in 0..8 {
+                let q = part(B::qs_part(c, k));
+                if B::FIFTH_BIT && c == 0 {
+                    super::simd::prefetch_column(hints, part(B::qh_part(k)).cast(), 64);
+                }
+                super::simd::prefetch_column(hints, q.cast(), 64);
+                let z = _mm512_loadu_si512(q);
+                let mut lo = _mm512_and_si512(z, low);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
+                if B::FIFTH_BIT {
+                    let h = _mm512_loadu_si512(part(B::qh_part(k)));
+                    let h = _mm512_srl_epi16(h, qh_shift);
+                    lo = or_bit4(lo, _mm512_slli_epi16::<4>(h));
+                    hi = or_bit4(hi, _mm512_slli_epi16::<3>(h));
+                }
+                for n in 0..N {
+                    let y = aux[n].block(b).qs.as_ptr().cast::<i32>();
+                    let y0 = _mm512_set1_epi32(y.add(16 * c + k).read_unaligned());
+                    let y1 = _mm512_set1_epi32(y.add(16 * c + 8 + k).read_unaligned());
+                    s0[n] = _mm512_dpbusd_epi32(s0[n], lo, y0);
+                    s1[n] = _mm512_dpbusd_epi32(s1[n], hi, y1);
+                }
+            }
+            // Sub-blocks 2c and 2c + 1: bytes 2 (c % 2) and 2 (c % 2) + 1 of sc[c / 2].
+            let src = sc[c / 2];
+            let sc0 = _mm512_shuffle_epi8(src, byte_of[2 * (c % 2)]);
+            let sc1 = _mm512_shuffle_epi8(src, byte_of[2 * (c % 2) + 1]);
+            for n in 0..N {
+                let t = _mm512_add_epi32(
+                    _mm512_mullo_epi32(s0[n], sc0),
+                    _mm512_mullo_epi32(s1[n], sc1),
+                );
+                isum[n] = _mm512_add_epi32(isum[n], t);
+            }
+        }
+        for n in 0..N {
+            let ss = aux[n].sub_sums(b);
+            let z = _mm512_setzero_si512();
+            let part_sum = |lo: i32, hi: i32| {
+                let v = _mm512_dpbusd_epi32(z, mins[0], _mm512_set1_epi32(lo));
+                _mm512_dpbusd_epi32(v, mins[1], _mm512_set1_epi32(hi))
+            };
+            let msum = _mm512_add_epi32(
+                part_sum(ss[0], ss[1]),
+                _mm512_slli_epi32::<7>(part_sum(ss[2], ss[3])),
+            );
+            let dx = _mm512_set1_ps(super::block::Scale::get(aux[n].block(b).d));
+            // kquant_dot::combine: (d * dx) * isum - (dmin * dx) * msum.
+            let term = _mm512_sub_ps(
+                _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[n])),
+                _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum)),
+            );
+            let lane = &mut acc[n][b % BLOCK_LANES];
+            *lane = _mm512_add_ps(*lane, term);
+        }
+    }
+    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
+    for b in nb..padded {
+        for a in acc.iter_mut() {
+            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
+        }
+    }
+    x16::reduce_rows(&acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::block::{bytes_of, zeroed, Family, Pod};
+    use crate::quant::kquant_dot::k8_aux;
+    use crate::quant::q4_k::BlockQ4K;
+    use crate::quant::q5_k::BlockQ5K;
+    use crate::quant::q8_k::BlockQ8K;
+    use crate::quant::simd;
+    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+
+    /// 16 rows of `nb` random super-blocks: random or extreme bytes everywhere (scales, `qh`,
+    /// quants), then finite or extreme f16 `d` and `dmin` (bytes 0..4 of both families).
+    fn rows<B: Pod>(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<B> {
+        let mut w = vec![zeroed::<B>(); ROWS * nb];
+        // SAFETY: B is Pod (any bytes are a valid block).
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                w.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(&w[..]),
+            )
+        };
+        for blk in bytes.chunks_exact_mut(std::mem::size_of::<B>()) {
+            for v in blk.iter_mut() {
+                *v = if extreme && rng.next_u64().is_multiple_of(2) {
+                    EXTREME_BYTES[(rng.next_u64() % 10) as usize]
+                } else {
+                    rng.next_u64() as u8
+                };
+            }
+            for at in [0, 2] {
+                let h = if extreme {
+                    EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes()
+                } else {
+                    finite_half(rng).0
+                };
+                blk[at..at + 2].copy_from_slice(&h);
+            }
+        }
+        w
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn check<B, const N: usize>(w: &[B], p: &[u8], nb: usize, xs: &[Vec<BlockQ8K>], ctx: &str)
+    where
+        B: X16K32 + Family<Act = BlockQ8K>,
+    {
+        let aux: Vec<K8Aux> = xs.iter().map(|x| k8_aux(x)).collect();
+        // SAFETY: the caller checks simd::has_avx512.
+        let out = unsafe { rows_avx512::<B, N>(p, nb, std::array::from_fn(|n| &aux[n])) };
+        x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
+    }
+
+    /// Repacking keeps every row, and the repacked kernel gives `dispatch::dot`'s bits for
+    /// every row and token, 1..8 tokens at once, whole and partial groups of 8 super-blocks.
+    fn equals_the_row_kernel<B>(name: &str, seed: u64)
+    where
+        B: X16K32 + Family<Act = BlockQ8K> + Pod,
+    {
+        let mut rng = Rng::new(seed);
+        for nb in [1, 3, 8, 22] {
+            x16::test_support::repacked_checked(
+                bytes_of(&rows::<B>(nb, &mut rng, false)),
+                nb,
+                B::LAYOUT,
+            );
+        }
+        if !simd::has_avx512() {
+            return eprintln!("repacked {name} kernel: skipped (CPU lacks AVX-512)");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            for nb in [1, 2, 7, 8, 9, 22] {
+                for extreme in [false, true] {
+                    let w = rows::<B>(nb, &mut rng, extreme);
+                    let p = x16::test_support::repacked_checked(bytes_of(&w), nb, B::LAYOUT);
+                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
+                    let ctx = format!("{name} nb={nb} extreme={extreme}");
+                    check::<B, 1>(&w, &p, nb, &xs, &ctx);
+                    check::<B, 2>(&w, &p, nb, &xs, &ctx);
+                    check::<B, 3>(&w, &p, nb, &xs, &ctx);
+                    check::<B, 4>(&w, &p, nb, &xs, &ctx);
+                    check::<B, 8>(&w, &p, nb, &xs, &ctx);
+                }
+            }
+            eprintln!("repacked {name} kernel checked: avx512 ran");
+        }
+    }
+
+    #[test]
+    fn repacked_q4_k_equals_the_row_kernel() {
+        equals_the_row_kernel::<BlockQ4K>("Q4_K", 22);
+    }
+
+    #[test]
+    fn repacked_q5_k_equals_the_row_kernel() {
+        equals_the_row_kernel::<BlockQ5K>("Q5_K", 23);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bench {
+    use super::*;
+    use crate::quant::block::{bytes_of, view, zeroed, Family, Pod};
+    use crate::quant::q4_k::BlockQ4K;
+    use crate::quant::q5_k::BlockQ5K;
+    use crate::quant::q8_k::{BlockQ8K, QK_K};
+    use crate::quant::tests_util::Rng;
+    use crate::quant::{dispatch, simd};
+    use std::time::Instant;
+
+    fn best(mut f: impl FnMut()) -> f64 {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// One thread: the row kernel and the repacked kernel at 1, 4 and 8 tokens, in GB/s of
+    /// weights per token, on a matrix in cache (1024 rows) and one streamed from memory.
+    fn run<B>(name: &str, rng: &mut Rng)
+    where
+        B: X16K32 + Family<Act = BlockQ8K, Aux = K8Aux> + Pod,
+    {
+        for rows in [1024, 32768] {
+            let cols = 4096;
+            let nb = cols / QK_K;
+            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
+            let mut w = vec![zeroed::<B>(); rows * nb];
+            dispatch::quantize::<B>(&wf, &mut w);
+            let src = bytes_of(&w[..]);
+            let chunk = ROWS * B::LAYOUT.column() * nb / ROWS;
+            let mut p = vec![0u8; src.len()];
+            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                x16::repack(s, nb, B::LAYOUT, d);
+            }
+            let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+            let mut xq = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
+            crate::quant::q8_k::quantize_row(&x, &mut xq);
+            let aux = B::row_aux(&xq).unwrap();
+            let gb = src.len() as f64 / 1e9;
+            let mut out = vec![[0f32; 1]; rows];
+            let t_rows =
+                best(|| dispatch::dot_rows::<B, 1>(view(src), nb, [&xq], Some([&aux]), &mut out));
+            let mut sink = 0f32;
+            let mut pass = |n: usize| {
+                best(|| {
+                    for c in p.chunks(chunk) {
+                        // SAFETY: checked by the caller.
+                        sink += unsafe {
+                            match n {
+                                1 => rows_avx512::<B, 1>(c, nb, [&aux])[0][0],
+                                4 => rows_avx512::<B, 4>(c, nb, [&aux; 4])[0][0],
+                                _ => rows_avx512::<B, 8>(c, nb, [&aux; 8])[0][0],
+                            }
+                        };
+                    }
+                })
+            };
+            let (t1, t4, t8) = (pass(1), pass(4), pass(8));
+            std::hint::black_box(sink);
+            eprintln!(
+                "{name} {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s; repacked 1 token {:.1}, 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
+                gb * 1e3,
+                gb / t_rows,
+                gb / t1,
+                4.0 * gb / t4,
+                8.0 * gb / t8
+            );
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_repacked_k32() {
+        if !simd::has_avx512() {
+            return eprintln!("no AVX-512 here");
+        }
+        let mut rng = Rng::new(8);
+        run::<BlockQ4K>("Q4_K", &mut rng);
+        run::<BlockQ5K>("Q5_K", &mut rng);
+    }
+}
