@@ -70,11 +70,12 @@ def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied:
         assert got["logits"] == rows["logits"], f"repacked weights at {level} differ from the file's layout"
 
 
-@pytest.mark.parametrize("ftype", ["q4_k_m", "q5_k_m", "q6_k"])
+@pytest.mark.parametrize("ftype", ["q4_k_m", "q5_k_m", "q6_k", "iq4_xs"])
 @pytest.mark.parametrize("tied", [False, True])
 def test_repacked_k_quants_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool, ftype: str) -> None:
-    """Q4_K, Q5_K and Q6_K (rust/quant/x16_k32.rs, x16_q6k.rs), repacked at the avx512 level; at amx
-    their tile kernel reads the file's layout, so nothing is repacked there."""
+    """Q4_K, Q5_K, Q6_K and IQ4_XS (rust/quant/x16_k32.rs, x16_q6k.rs, x16_iq4xs.rs), repacked
+    at the avx512 level; at amx the K-quants' tile kernel reads the file's layout, so they stay
+    in it there, while IQ4_XS (no tile kernel) is repacked at amx too."""
     if not REPACKS:
         pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
     import llama_rs
@@ -92,7 +93,8 @@ def test_repacked_k_quants_give_the_bits_of_the_file_layout(tmp_path: Path, tied
     assert got["repacked"] == 7 * s.n_layer + tied, got
     assert got["logits"] == rows["logits"], f"repacked {ftype} weights differ from the file's layout"
     if CPU_LEVEL == "amx":
-        assert probe(path, LLAMA_RS_ISA="amx")["repacked"] == 0
+        want = got["repacked"] if ftype == "iq4_xs" else 0
+        assert probe(path, LLAMA_RS_ISA="amx")["repacked"] == want
 
 
 def test_the_q4_k_m_mix_repacks_its_q6_k_matrices_too(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-//! Q4_0, Q8_0, Q4_K, Q5_K and Q6_K weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
+//! Q4_0, Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
 //! layout the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
 //! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; the K-quants'
-//! are in `x16_k32` (Q4_K, Q5_K) and `x16_q6k`.
+//! are in `x16_k32` (Q4_K, Q5_K), `x16_q6k` and `x16_iq4xs`.
 //!
 //! A chunk of 16 rows of `nb` blocks keeps its bytes, reordered by block column: block column
 //! `b` is `16 x block size` bytes, for Q4_0 and Q8_0 the 16 rows' f16 scales (`2 r`), then
@@ -31,7 +31,7 @@ pub const ROWS: usize = 16;
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
 /// Whether a `rows`-row weight of type `ty` is repacked here (`weights::RepackPlan`): Q4_0, Q8_0,
-/// Q4_K, Q5_K or Q6_K in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
+/// Q4_K, Q5_K, Q6_K or IQ4_XS in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
 /// [`REPACK_ENV`] is `0`. The K-quants stay in the file's layout where AMX runs: their tile
 /// kernel reads that layout.
 pub fn wanted(ty: GgmlType, rows: usize) -> bool {
@@ -131,6 +131,14 @@ const Q5_K_ORDER: [u8; 44] = {
     }
     o
 };
+/// IQ4_XS: its 136 bytes as 34 dwords in the file's order (`d | scales_h << 16`, `scales_l`,
+/// then the 32 words of indices).
+pub const IQ4_XS: Layout = Layout {
+    head: 0,
+    head_at: 0,
+    order: &[],
+    words: 34,
+};
 /// Q6_K: the f16 `d` at the block's end (byte 208), then 52 dwords (words 0..32 `ql`, 32..48
 /// `qh`, 48..52 the int8 scales) in `x16_q6k`'s reading order: the scales, then per half `h`
 /// and 4-weight group `g` the two `ql` words and the `qh` word of those weights.
@@ -156,7 +164,11 @@ const Q6_K_ORDER: [u8; 52] = {
     o
 };
 const _: () = assert!(
-    Q6_K.block() == 210 && Q5_K.block() == 176 && Q4_K.block() == 144 && Q4_0.block() == 18
+    Q6_K.block() == 210
+        && Q5_K.block() == 176
+        && Q4_K.block() == 144
+        && IQ4_XS.block() == 136
+        && Q4_0.block() == 18
 );
 
 /// Offset of part 0 in the Q4_0 and Q8_0 layouts (after the 16 rows' f16 scales).
@@ -170,6 +182,7 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
         GgmlType::Q4_K => Some(Q4_K),
         GgmlType::Q5_K => Some(Q5_K),
         GgmlType::Q6_K => Some(Q6_K),
+        GgmlType::IQ4_XS => Some(IQ4_XS),
         _ => None,
     }
 }

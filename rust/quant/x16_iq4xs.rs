@@ -1,0 +1,273 @@
+//! The kernel over IQ4_XS weights repacked 16 rows at a time (`x16::IQ4_XS`: each
+//! super-block's 34 dwords in the file's order, the 16 rows' word `j` side by side in part `j`),
+//! for AVX-512 CPUs (there is no AMX kernel for IQ4_XS, so prompts run here too).
+//!
+//! Per super-block column, for all 16 rows at once (one row per dword lane):
+//! - part 0 is `d | scales_h << 16`, part 1 `scales_l`: sub-block `ib`'s scale is bits
+//!   `4 ib .. 4 ib + 4` of part 1 with bits `16 + 2 ib ..` of part 0 above them, minus 32;
+//! - part `2 + 4 ib + k` holds index bytes `4 k .. 4 k + 4` of sub-block `ib`, whose low
+//!   nibbles are weights `4 k ..` and high nibbles weights `16 + 4 k ..`: `vpshufb` maps them
+//!   to the table value plus 128 (`iq4::KVALUES_BIASED`, unsigned for `vpdpbusd`), and each
+//!   sub-block's sum starts at `-128 * ysum` (Q8_K's sub-block sums) to take the bias back out;
+//! - `isum = sum_ib scale_ib * dot_ib` (`vpmulld`), exact in i32.
+//!
+//! Bits: `isum` is the row kernel's exact integer (bounds in `iq4_xs`), then `(d * dx) * isum`
+//! into lane `b % 8`, zero-padded blocks adding `+0.0` as the row driver's padding does, and the
+//! lanes reduce in `simd::reduce8`'s order: `dispatch::dot`'s bits, checked for every row and
+//! token in the tests.
+
+use super::q8_k::BlockQ8K;
+use super::x16::{self, ROWS};
+
+/// `out[r][n]` = row `r` of a repacked IQ4_XS chunk (`nb` super-blocks per row) against token
+/// `n` (its Q8_K blocks `xs[n]`), each part unpacked once for all `N`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and F16C (`simd::has_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_avx512<const N: usize>(
+    chunk: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; N],
+) -> [[f32; N]; ROWS] {
+    use super::simd::BLOCK_LANES;
+    use std::arch::x86_64::*;
+    const L: x16::Layout = x16::IQ4_XS;
+    assert_eq!(chunk.len(), nb * L.column(), "x16_iq4xs: chunk length");
+    assert!(
+        xs.iter().all(|x| x.len() == nb),
+        "x16_iq4xs: activation length"
+    );
+    let low = _mm512_set1_epi8(0x0f);
+    let table = _mm512_broadcast_i32x4(_mm_loadu_si128(super::iq4::KVALUES_BIASED.as_ptr().cast()));
+    let (m4, m2, bias) = (
+        _mm512_set1_epi32(0x0f),
+        _mm512_set1_epi32(0x03),
+        _mm512_set1_epi32(32),
+    );
+    let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
+    for b in 0..nb {
+        let col = chunk.as_ptr().add(b * L.column());
+        // Prefetching spread over the column's reads, as in `x16_q6k`.
+        super::simd::prefetch_column(hints, col, 2 * 64);
+        let part = |j: usize| col.add(L.part(j)).cast::<__m512i>();
+        let head = _mm512_loadu_si512(part(0));
+        let scales_l = _mm512_loadu_si512(part(1));
+        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(head));
+        let mut isum = [_mm512_setzero_si512(); N];
+        for ib in 0..8 {
+            let lo4 = _mm512_and_si512(
+                _mm512_srl_epi32(scales_l, _mm_cvtsi32_si128(4 * ib as i32)),
+                m4,
+            );
+            let hi2 = _mm512_and_si512(
+                _mm512_srl_epi32(head, _mm_cvtsi32_si128(16 + 2 * ib as i32)),
+                m2,
+            );
+            let scale = _mm512_sub_epi32(_mm512_or_si512(lo4, _mm512_slli_epi32::<4>(hi2)), bias);
+            // Two sums per sub-block (low and high nibbles) keep two dependency chains.
+            let mut s0: [__m512i; N] = std::array::from_fn(|n| {
+                let y = &xs[n][b];
+                _mm512_set1_epi32(-128 * (y.bsum(2 * ib) as i32 + y.bsum(2 * ib + 1) as i32))
+            });
+            let mut s1 = [_mm512_setzero_si512(); N];
+            for k in 0..4 {
+                let q = part(2 + 4 * ib + k);
+                super::simd::prefetch_column(hints, q.cast(), 64);
+                let z = _mm512_loadu_si512(q);
+                let wl = _mm512_shuffle_epi8(table, _mm512_and_si512(z, low));
+                let wh =
+                    _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16::<4>(z), low));
+                for n in 0..N {
+                    let y = xs[n][b].qs.as_ptr().cast::<i32>();
+                    let y0 = _mm512_set1_epi32(y.add(8 * ib + k).read_unaligned());
+                    let y1 = _mm512_set1_epi32(y.add(8 * ib + 4 + k).read_unaligned());
+                    s0[n] = _mm512_dpbusd_epi32(s0[n], wl, y0);
+                    s1[n] = _mm512_dpbusd_epi32(s1[n], wh, y1);
+                }
+            }
+            for n in 0..N {
+                let dot = _mm512_add_epi32(s0[n], s1[n]);
+                isum[n] = _mm512_add_epi32(isum[n], _mm512_mullo_epi32(dot, scale));
+            }
+        }
+        for n in 0..N {
+            let dx = _mm512_set1_ps(super::block::Scale::get(xs[n][b].d));
+            // q4_0::combine: (d * dx) * isum.
+            let term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[n]));
+            let lane = &mut acc[n][b % BLOCK_LANES];
+            *lane = _mm512_add_ps(*lane, term);
+        }
+    }
+    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
+    for b in nb..nb.div_ceil(BLOCK_LANES) * BLOCK_LANES {
+        for a in acc.iter_mut() {
+            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
+        }
+    }
+    x16::reduce_rows(&acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::block::{bytes_of, zeroed};
+    use crate::quant::iq4_xs::BlockIq4Xs;
+    use crate::quant::simd;
+    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+
+    /// 16 rows of `nb` random super-blocks: random or extreme scale and index bytes, finite or
+    /// extreme f16 `d`.
+    fn rows(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<BlockIq4Xs> {
+        (0..ROWS * nb)
+            .map(|_| {
+                let mut b = zeroed::<BlockIq4Xs>();
+                let mut byte = |rng: &mut Rng| {
+                    if extreme && rng.next_u64().is_multiple_of(2) {
+                        EXTREME_BYTES[(rng.next_u64() % 10) as usize]
+                    } else {
+                        rng.next_u64() as u8
+                    }
+                };
+                b.scales_h = [byte(rng), byte(rng)];
+                b.scales_l.iter_mut().for_each(|s| *s = byte(rng));
+                b.qs.iter_mut().for_each(|q| *q = byte(rng));
+                b.d = if extreme {
+                    crate::quant::fp16::F16(
+                        EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes(),
+                    )
+                } else {
+                    finite_half(rng)
+                };
+                b
+            })
+            .collect()
+    }
+
+    /// Repacking keeps every row, and the repacked kernel gives `dispatch::dot`'s bits for
+    /// every row and token, 1..8 tokens at once, whole and partial groups of 8 super-blocks.
+    #[test]
+    fn repacked_iq4_xs_equals_the_row_kernel() {
+        let mut rng = Rng::new(24);
+        for nb in [1, 3, 8, 22] {
+            x16::test_support::repacked_checked(
+                bytes_of(&rows(nb, &mut rng, false)),
+                nb,
+                x16::IQ4_XS,
+            );
+        }
+        if !simd::has_avx512() {
+            return eprintln!("repacked IQ4_XS kernel: skipped (CPU lacks AVX-512)");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            fn check<const N: usize>(
+                w: &[BlockIq4Xs],
+                p: &[u8],
+                nb: usize,
+                xs: &[Vec<BlockQ8K>],
+                ctx: &str,
+            ) {
+                // SAFETY: checked by the caller.
+                let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..])) };
+                x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
+            }
+            for nb in [1, 2, 7, 8, 9, 22] {
+                for extreme in [false, true] {
+                    let w = rows(nb, &mut rng, extreme);
+                    let p = x16::test_support::repacked_checked(bytes_of(&w), nb, x16::IQ4_XS);
+                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
+                    let ctx = format!("IQ4_XS nb={nb} extreme={extreme}");
+                    check::<1>(&w, &p, nb, &xs, &ctx);
+                    check::<2>(&w, &p, nb, &xs, &ctx);
+                    check::<3>(&w, &p, nb, &xs, &ctx);
+                    check::<4>(&w, &p, nb, &xs, &ctx);
+                    check::<8>(&w, &p, nb, &xs, &ctx);
+                }
+            }
+            eprintln!("repacked IQ4_XS kernel checked: avx512 ran");
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bench {
+    use super::*;
+    use crate::quant::block::{bytes_of, view, zeroed, Family};
+    use crate::quant::iq4_xs::BlockIq4Xs;
+    use crate::quant::q8_k::QK_K;
+    use crate::quant::tests_util::Rng;
+    use crate::quant::{dispatch, simd};
+    use std::time::Instant;
+
+    fn best(mut f: impl FnMut()) -> f64 {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// One thread: the row kernel and the repacked kernel at 1, 4 and 8 tokens, in GB/s of
+    /// weights per token, on a matrix in cache (1024 rows) and one streamed from memory.
+    #[test]
+    #[ignore]
+    fn bench_repacked_iq4_xs() {
+        if !simd::has_avx512() {
+            return eprintln!("no AVX-512 here");
+        }
+        let mut rng = Rng::new(9);
+        for rows in [1024, 32768] {
+            let cols = 4096;
+            let nb = cols / QK_K;
+            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
+            let mut w = vec![zeroed::<BlockIq4Xs>(); rows * nb];
+            dispatch::quantize::<BlockIq4Xs>(&wf, &mut w);
+            let src = bytes_of(&w[..]);
+            let chunk = x16::IQ4_XS.column() * nb;
+            let mut p = vec![0u8; src.len()];
+            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                x16::repack(s, nb, x16::IQ4_XS, d);
+            }
+            let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
+            let mut xq = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
+            crate::quant::q8_k::quantize_row(&x, &mut xq);
+            let aux = BlockIq4Xs::row_aux(&xq).unwrap();
+            let gb = src.len() as f64 / 1e9;
+            let mut out = vec![[0f32; 1]; rows];
+            let t_rows = best(|| {
+                dispatch::dot_rows::<BlockIq4Xs, 1>(view(src), nb, [&xq], Some([&aux]), &mut out)
+            });
+            let mut sink = 0f32;
+            let x = &xq[..];
+            let mut pass = |n: usize| {
+                best(|| {
+                    for c in p.chunks(chunk) {
+                        // SAFETY: checked above.
+                        sink += unsafe {
+                            match n {
+                                1 => rows_avx512::<1>(c, nb, [x])[0][0],
+                                4 => rows_avx512::<4>(c, nb, [x; 4])[0][0],
+                                _ => rows_avx512::<8>(c, nb, [x; 8])[0][0],
+                            }
+                        };
+                    }
+                })
+            };
+            let (t1, t4, t8) = (pass(1), pass(4), pass(8));
+            std::hint::black_box(sink);
+            eprintln!(
+                "IQ4_XS {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s; repacked 1 token {:.1}, 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
+                gb * 1e3,
+                gb / t_rows,
+                gb / t1,
+                4.0 * gb / t4,
+                8.0 * gb / t8
+            );
+        }
+    }
+}
