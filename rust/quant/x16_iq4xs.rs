@@ -124,7 +124,7 @@ mod tests {
         (0..ROWS * nb)
             .map(|_| {
                 let mut b = zeroed::<BlockIq4Xs>();
-                let mut byte = |rng: &mut Rng| {
+                let byte = |rng: &mut Rng| {
                     if extreme && rng.next_u64().is_multiple_of(2) {
                         EXTREME_BYTES[(rng.next_u64() % 10) as usize]
                     } else {
