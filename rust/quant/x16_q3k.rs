@@ -1,0 +1,246 @@
+//! The kernel over Q3_K weights repacked 16 rows at a time (`x16::Q3_K`: the 16 rows' f16 `d`
+//! open each super-block column, then its 27 dwords in reading order, the 16 rows' word side by
+//! side in each 64-byte part), for AVX-512 CPUs (there is no AMX kernel for Q3_K, so prompts
+//! run here too).
+//!
+//! Per super-block column, for all 16 rows at once (one row per dword lane), half `n` (0, 1)
+//! and 4-weight group `g` (0..8) of `q3_k`'s layout:
+//! - parts 0..3 are the packed scales: `q3_k::unpack_scales`' four words, 16 rows per
+//!   instruction, then each sub-block's byte zero-extended and less 32;
+//! - `x16::Q3_K`'s `qs_part(n, g)` holds `qs` bytes `32 n + 4 g ..`, whose bits `2 j ..` are the
+//!   low bits of weights `128 n + 32 j + 4 g ..` (`j` 0..4), and `hm_part(g)` the `hmask` bytes
+//!   `4 g ..` with their high bits at bits `4 n + j`: a shift, a mask and one ternary-logic or
+//!   rebuild each 3-bit quant (0..8), four of them one `vpdpbusd` against 4 broadcast
+//!   activation bytes, into sub-block `8 n + 2 j + g / 4`;
+//! - each sub-block's sum starts at `-4 * bsum` (Q8_K's sub-block sums), so it ends as
+//!   `sum (q - 4) * y`, and meets its scale in `vpmulld`.
+//!
+//! Bits: `isum = sum_s (scale_s - 32) * sum_{i in s} (q_i - 4) y_i` is the row kernel's exact
+//! integer (bounds in `q3_k`), then `kquant_qx::combine`'s float steps into lane `b % 8`,
+//! zero-padded blocks adding `+0.0` as the row driver's padding does, and the lanes reduce in
+//! `simd::reduce8`'s order: `dispatch::dot`'s bits, checked for every row and token in the
+//! tests.
+
+use super::q8_k::BlockQ8K;
+use super::x16::{self, ROWS};
+
+/// The part holding `qs` bytes `32 n + 4 g .. + 4` (see `x16::Q3_K`'s order).
+#[inline(always)]
+const fn qs_part(n: usize, g: usize) -> usize {
+    if n == 0 {
+        4 + 2 * g
+    } else {
+        19 + g
+    }
+}
+
+/// The part holding `hmask` bytes `4 g .. 4 g + 4`.
+#[inline(always)]
+const fn hm_part(g: usize) -> usize {
+    3 + 2 * g
+}
+
+/// `out[r][n]` = row `r` of a repacked Q3_K chunk (`nb` super-blocks per row) against token
+/// `n` (its Q8_K blocks `xs[n]`), each part unpacked once for all `N`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW/VL/VNNI and F16C (`simd::has_avx512`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_avx512<const N: usize>(
+    chunk: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; N],
+) -> [[f32; N]; ROWS] {
+    use super::simd::BLOCK_LANES;
+    use std::arch::x86_64::*;
+    const L: x16::Layout = x16::Q3_K;
+    assert_eq!(chunk.len(), nb * L.column(), "x16_q3k: chunk length");
+    assert!(
+        xs.iter().all(|x| x.len() == nb),
+        "x16_q3k: activation length"
+    );
+    let (m1, m4) = (
+        _mm512_set1_epi32(0x0303_0303),
+        _mm512_set1_epi32(0x0f0f_0f0f),
+    );
+    let (two_bits, bit2) = (_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x04));
+    let bias = _mm512_set1_epi32(32);
+    // `low | (high & 0x04)`: a ternary-logic truth table (a | (b & c)).
+    let or_bit2 = |low: __m512i, high: __m512i| _mm512_ternarylogic_epi32::<0xf8>(low, high, bit2);
+    // Byte k of each dword, zero-extended: shuffle control `4 i + k` then three zeroing bytes.
+    let byte_of: [__m512i; 4] = std::array::from_fn(|k| {
+        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
+        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
+    });
+    let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
+    let hints = super::simd::column_hints::<N>();
+    for b in 0..nb {
+        let col = chunk.as_ptr().add(b * L.column());
+        // Prefetching spread over the column's reads, as in `x16_q6k`.
+        super::simd::prefetch_column(hints, col, 4 * 64);
+        let part = |j: usize| _mm512_loadu_si512(col.add(L.part(j)).cast());
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(col.cast()));
+        // q3_k::unpack_scales, 16 rows at once: byte k of `scales[w]` is scale `4 w + k`.
+        let (a0, a1, a2) = (part(0), part(1), part(2));
+        let top = |shift: u32| {
+            let t = _mm512_srl_epi32(a2, _mm_cvtsi32_si128(shift as i32));
+            _mm512_slli_epi32::<4>(_mm512_and_si512(t, m1))
+        };
+        let scales = [
+            _mm512_or_si512(_mm512_and_si512(a0, m4), top(0)),
+            _mm512_or_si512(_mm512_and_si512(a1, m4), top(2)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(a0), m4), top(4)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(a1), m4), top(6)),
+        ];
+        let mut isum = [_mm512_setzero_si512(); N];
+        // Half n, groups g in 4 gh .. 4 gh + 4: sub-blocks 8 n + 2 j + gh, j in 0..4.
+        for n in 0..2 {
+            let hm_shift = _mm_cvtsi32_si128(4 * n as i32);
+            for gh in 0..2 {
+                let mut s: [[__m512i; 4]; N] = std::array::from_fn(|t| {
+                    let y = &xs[t][b];
+                    std::array::from_fn(|j| {
+                        _mm512_set1_epi32(-4 * y.bsum(8 * n + 2 * j + gh) as i32)
+                    })
+                });
+                for g in 4 * gh..4 * gh + 4 {
+                    let qp = qs_part(n, g);
+                    if n == 0 {
+                        super::simd::prefetch_column(hints, col.add(L.part(hm_part(g))), 2 * 64);
+                    } else {
+                        super::simd::prefetch_column(hints, col.add(L.part(qp)), 64);
+                    }
+                    let z = part(qp);
+                    // High bits 4n + j moved to bits j.
+                    let h = _mm512_srl_epi16(part(hm_part(g)), hm_shift);
+                    let q = [
+                        or_bit2(_mm512_and_si512(z, two_bits), _mm512_slli_epi16::<2>(h)),
+                        or_bit2(
+                            _mm512_and_si512(_mm512_srli_epi16::<2>(z), two_bits),
+                            _mm512_slli_epi16::<1>(h),
+                        ),
+                        or_bit2(_mm512_and_si512(_mm512_srli_epi16::<4>(z), two_bits), h),
+                        or_bit2(
+                            _mm512_and_si512(_mm512_srli_epi16::<6>(z), two_bits),
+                            _mm512_srli_epi16::<1>(h),
+                        ),
+                    ];
+                    for t in 0..N {
+                        let y = xs[t][b].qs.as_ptr().add(128 * n + 4 * g).cast::<i32>();
+                        for j in 0..4 {
+                            let yj = _mm512_set1_epi32(y.add(8 * j).read_unaligned());
+                            s[t][j] = _mm512_dpbusd_epi32(s[t][j], q[j], yj);
+                        }
+                    }
+                }
+                for j in 0..4 {
+                    let sb = 8 * n + 2 * j + gh;
+                    let sc = _mm512_sub_epi32(
+                        _mm512_shuffle_epi8(scales[sb / 4], byte_of[sb % 4]),
+                        bias,
+                    );
+                    for (i, st) in isum.iter_mut().zip(&s) {
+                        *i = _mm512_add_epi32(*i, _mm512_mullo_epi32(st[j], sc));
+                    }
+                }
+            }
+        }
+        for t in 0..N {
+            let dx = _mm512_set1_ps(super::block::Scale::get(xs[t][b].d));
+            // kquant_qx::combine: (d * dx) * isum.
+            let term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[t]));
+            let lane = &mut acc[t][b % BLOCK_LANES];
+            *lane = _mm512_add_ps(*lane, term);
+        }
+    }
+    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
+    for b in nb..nb.div_ceil(BLOCK_LANES) * BLOCK_LANES {
+        for a in acc.iter_mut() {
+            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
+        }
+    }
+    x16::reduce_rows(&acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::block::{bytes_of, zeroed};
+    use crate::quant::q3_k::BlockQ3K;
+    use crate::quant::simd;
+    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+
+    /// 16 rows of `nb` random super-blocks: random or extreme `hmask`, `qs` and scale bytes,
+    /// finite or extreme f16 `d`.
+    fn rows(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<BlockQ3K> {
+        (0..ROWS * nb)
+            .map(|_| {
+                let mut b = zeroed::<BlockQ3K>();
+                let byte = |rng: &mut Rng| {
+                    if extreme && rng.next_u64().is_multiple_of(2) {
+                        EXTREME_BYTES[(rng.next_u64() % 10) as usize]
+                    } else {
+                        rng.next_u64() as u8
+                    }
+                };
+                b.hmask.iter_mut().for_each(|v| *v = byte(rng));
+                b.qs.iter_mut().for_each(|v| *v = byte(rng));
+                b.scales.iter_mut().for_each(|v| *v = byte(rng));
+                b.d = if extreme {
+                    crate::quant::fp16::F16(
+                        EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes(),
+                    )
+                } else {
+                    finite_half(rng)
+                };
+                b
+            })
+            .collect()
+    }
+
+    /// Repacking keeps every row, and the repacked kernel gives `dispatch::dot`'s bits for
+    /// every row and token, 1..8 tokens at once, whole and partial groups of 8 super-blocks.
+    #[test]
+    fn repacked_q3_k_equals_the_row_kernel() {
+        let mut rng = Rng::new(25);
+        for nb in [1, 3, 8, 22] {
+            x16::test_support::repacked_checked(
+                bytes_of(&rows(nb, &mut rng, false)),
+                nb,
+                x16::Q3_K,
+            );
+        }
+        if !simd::has_avx512() {
+            return eprintln!("repacked Q3_K kernel: skipped (CPU lacks AVX-512)");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            fn check<const N: usize>(
+                w: &[BlockQ3K],
+                p: &[u8],
+                nb: usize,
+                xs: &[Vec<BlockQ8K>],
+                ctx: &str,
+            ) {
+                // SAFETY: checked by the caller.
+                let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..])) };
+                x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
+            }
+            for nb in [1, 2, 7, 8, 9, 22] {
+                for extreme in [false, true] {
+                    let w = rows(nb, &mut rng, extreme);
+                    let p = x16::test_support::repacked_checked(bytes_of(&w), nb, x16::Q3_K);
+                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
+                    let ctx = format!("Q3_K nb={nb} extreme={extreme}");
+                    check::<1>(&w, &p, nb, &xs, &ctx);
+                    check::<2>(&w, &p, nb, &xs, &ctx);
+                    check::<3>(&w, &p, nb, &xs, &ctx);
+                    check::<4>(&w, &p, nb, &xs, &ctx);
+                    check::<8>(&w, &p, nb, &xs, &ctx);
+                }
+            }
+            eprintln!("repacked Q3_K kernel checked: avx512 ran");
+        }
+    }
+}
