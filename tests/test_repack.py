@@ -70,13 +70,13 @@ def test_repacked_weights_give_the_bits_of_the_file_layout(tmp_path: Path, tied:
         assert got["logits"] == rows["logits"], f"repacked weights at {level} differ from the file's layout"
 
 
-@pytest.mark.parametrize("ftype", ["q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs"])
+@pytest.mark.parametrize("ftype", ["q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs"])
 @pytest.mark.parametrize("tied", [False, True])
 def test_repacked_k_quants_give_the_bits_of_the_file_layout(tmp_path: Path, tied: bool, ftype: str) -> None:
-    """Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS (rust/quant/x16_q3k.rs, x16_k32.rs, x16_q6k.rs,
+    """The K-quants and IQ4_XS (rust/quant/x16_q2k.rs, x16_q3k.rs, x16_k32.rs, x16_q6k.rs,
     x16_iq4xs.rs), repacked at the avx512 level; at amx the tile kernels of Q4_K, Q5_K and Q6_K
-    read the file's layout, so those stay in it there, while Q3_K and IQ4_XS (no tile kernel)
-    are repacked at amx too."""
+    read the file's layout, so those stay in it there, while Q2_K, Q3_K and IQ4_XS (no tile
+    kernel) are repacked at amx too."""
     if not REPACKS:
         pytest.skip(f"weights are repacked on AVX-512 CPUs only (this run: {CPU_LEVEL}, LLAMA_RS_ISA unset)")
     import llama_rs
@@ -94,7 +94,7 @@ def test_repacked_k_quants_give_the_bits_of_the_file_layout(tmp_path: Path, tied
     assert got["repacked"] == 7 * s.n_layer + tied, got
     assert got["logits"] == rows["logits"], f"repacked {ftype} weights differ from the file's layout"
     if CPU_LEVEL == "amx":
-        want = got["repacked"] if ftype in ("q3_k_m", "iq4_xs") else 0
+        want = got["repacked"] if ftype in ("q2_k", "q3_k_m", "iq4_xs") else 0
         assert probe(path, LLAMA_RS_ISA="amx")["repacked"] == want
 
 

@@ -47,6 +47,7 @@ pub(crate) mod simd;
 pub mod x16;
 mod x16_iq4xs;
 mod x16_k32;
+mod x16_q2k;
 mod x16_q3k;
 mod x16_q6k;
 
@@ -519,8 +520,8 @@ impl TokenTiles {
     }
 }
 
-/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0, Q3_K, Q4_K,
-/// Q5_K, Q6_K, IQ4_XS):
+/// [`vec_dot_rows`] for a chunk of 16 rows repacked by `x16::repack` (Q4_0, Q8_0, the
+/// K-quants, IQ4_XS):
 /// `out[r][n]` with the bits of the row kernels. Needs the AVX-512 level (where weights are
 /// repacked).
 pub fn vec_dot_rows_x16<const N: usize>(
@@ -581,7 +582,7 @@ pub fn vec_dot_rows_x16<const N: usize>(
                     run::<q5_k::BlockQ5K, N>(chunk, x, aux)
                 }
             }
-            GgmlType::Q3_K | GgmlType::Q6_K | GgmlType::IQ4_XS => {
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K | GgmlType::IQ4_XS => {
                 let x: [&[q8_k::BlockQ8K]; N] = xs.map(|x| {
                     q8_k::BlockQ8K::view(x).expect("vec_dot_rows_x16: activations are not q8_K")
                 });
@@ -589,6 +590,7 @@ pub fn vec_dot_rows_x16<const N: usize>(
                 // SAFETY: checked above.
                 unsafe {
                     match weight_type {
+                        GgmlType::Q2_K => x16_q2k::rows_avx512::<N>(chunk, nb, x),
                         GgmlType::Q3_K => x16_q3k::rows_avx512::<N>(chunk, nb, x),
                         GgmlType::Q6_K => x16_q6k::rows_avx512::<N>(chunk, nb, x),
                         _ => x16_iq4xs::rows_avx512::<N>(chunk, nb, x),

@@ -1,7 +1,7 @@
-//! Q4_0, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
+//! Q4_0, Q8_0, the K-quants and IQ4_XS weights repacked after load, 16 rows at a time (AVX-512 CPUs): the
 //! layout the one-token and few-token kernels stream fastest, as llama.cpp repacks for its
 //! AVX-512/AMX paths. This module holds the layout and the Q4_0 / Q8_0 kernels; the K-quants'
-//! are in `x16_q3k`, `x16_k32` (Q4_K, Q5_K), `x16_q6k` and `x16_iq4xs`.
+//! are in `x16_q2k`, `x16_q3k`, `x16_k32` (Q4_K, Q5_K), `x16_q6k` and `x16_iq4xs`.
 //!
 //! A chunk of 16 rows of `nb` blocks keeps its bytes, reordered by block column: block column
 //! `b` is `16 x block size` bytes, for Q4_0 and Q8_0 the 16 rows' f16 scales (`2 r`), then
@@ -31,7 +31,7 @@ pub const ROWS: usize = 16;
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
 /// Whether a `rows`-row weight of type `ty` is repacked here (`weights::RepackPlan`): Q4_0, Q8_0,
-/// Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
+/// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
 /// [`REPACK_ENV`] is `0`. The K-quants stay in the file's layout where AMX runs: their tile
 /// kernel reads that layout.
 pub fn wanted(ty: GgmlType, rows: usize) -> bool {
@@ -131,6 +131,23 @@ const Q5_K_ORDER: [u8; 44] = {
     }
     o
 };
+/// Q2_K: its 84 bytes as 21 dwords, in `x16_q2k`'s reading order: the last word (`d | dmin <<
+/// 16`), then the file's order (4 words of scales, 16 of levels).
+pub const Q2_K: Layout = Layout {
+    head: 0,
+    head_at: 0,
+    words: 21,
+    order: &Q2_K_ORDER,
+};
+const Q2_K_ORDER: [u8; 21] = {
+    let mut o = [20u8; 21];
+    let mut j = 1;
+    while j < 21 {
+        o[j] = (j - 1) as u8;
+        j += 1;
+    }
+    o
+};
 /// Q3_K: the f16 `d` at the block's end (byte 108), then 27 dwords (words 0..8 `hmask`, 8..24
 /// `qs`, 24..27 the packed scales) in `x16_q3k`'s reading order: the scales, then each `hmask`
 /// word `g` before the `qs` word `g` of half 0 (their first use), then half 1's `qs` words.
@@ -192,6 +209,7 @@ const _: () = assert!(
         && Q4_K.block() == 144
         && IQ4_XS.block() == 136
         && Q3_K.block() == 110
+        && Q2_K.block() == 84
         && Q4_0.block() == 18
 );
 
@@ -207,6 +225,7 @@ pub fn layout(ty: GgmlType) -> Option<Layout> {
         GgmlType::Q5_K => Some(Q5_K),
         GgmlType::Q6_K => Some(Q6_K),
         GgmlType::IQ4_XS => Some(IQ4_XS),
+        GgmlType::Q2_K => Some(Q2_K),
         GgmlType::Q3_K => Some(Q3_K),
         _ => None,
     }
