@@ -425,6 +425,24 @@ unsafe fn add_block(
     *lane = _mm512_add_ps(*lane, term);
 }
 
+/// [`reduce_rows`] after a super-block kernel's last block: the row driver of the K-quants (and
+/// IQ4_XS) pads the last group of 8 blocks with zero blocks, which add `+0.0` to their lanes
+/// (which can turn a `-0.0` lane into `+0.0`), so the repacked kernels do too.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn pad_and_reduce_rows<const N: usize>(
+    mut acc: [[std::arch::x86_64::__m512; BLOCK_LANES]; N],
+    nb: usize,
+) -> [[f32; N]; ROWS] {
+    use std::arch::x86_64::*;
+    for b in nb..nb.div_ceil(BLOCK_LANES) * BLOCK_LANES {
+        for a in acc.iter_mut() {
+            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
+        }
+    }
+    reduce_rows(&acc)
+}
+
 /// `out[r][n]`: `simd::reduce8`'s order over each token's 8 lane accumulators, 16 rows at once.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -680,6 +698,104 @@ pub(crate) mod test_support {
         unpack(&p, nb, l, &mut back);
         assert_eq!(back, src, "nb={nb}: unpacked");
         p
+    }
+
+    /// A repacked kernel over Q8_K activations, as its tests see it.
+    pub(crate) trait KernelUnderTest {
+        type Block: crate::quant::block::Family<Act = BlockQ8K> + crate::quant::block::Pod;
+        const NAME: &'static str;
+        const LAYOUT: Layout;
+        /// Byte offsets of the block's f16 scales.
+        const HALVES: &'static [usize];
+        /// 16 rows x `N` tokens of the repacked chunk `p` (`nb` super-blocks per row).
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512 (`simd::has_avx512`).
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn run<const N: usize>(
+            p: &[u8],
+            nb: usize,
+            xs: &[Vec<BlockQ8K>],
+        ) -> [[f32; N]; super::ROWS];
+    }
+
+    /// `n` random blocks: every byte random (or, when `extreme`, one of `EXTREME_BYTES` half the
+    /// time), then each f16 at `halves` finite (or one of `EXTREME_HALVES`).
+    pub(crate) fn random_blocks<B: crate::quant::block::Pod>(
+        n: usize,
+        halves: &[usize],
+        rng: &mut Rng,
+        extreme: bool,
+    ) -> Vec<B> {
+        use crate::quant::tests_util::{finite_half, EXTREME_BYTES, EXTREME_HALVES};
+        let mut w = vec![crate::quant::block::zeroed::<B>(); n];
+        let size = std::mem::size_of::<B>();
+        // SAFETY: B is Pod: any bytes are a valid block.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u8>(), n * size) };
+        for blk in bytes.chunks_exact_mut(size) {
+            for v in blk.iter_mut() {
+                *v = if extreme && rng.next_u64().is_multiple_of(2) {
+                    EXTREME_BYTES[(rng.next_u64() % 10) as usize]
+                } else {
+                    rng.next_u64() as u8
+                };
+            }
+            for &at in halves {
+                let h = if extreme {
+                    EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes()
+                } else {
+                    finite_half(rng).0
+                };
+                blk[at..at + 2].copy_from_slice(&h);
+            }
+        }
+        w
+    }
+
+    /// Repacking keeps every row, and kernel `K` gives `dispatch::dot`'s bits for every row and
+    /// token, 1, 2, 3, 4 and 8 tokens at once, whole and partial groups of 8 super-blocks,
+    /// random and extreme blocks and activations.
+    pub(crate) fn check_kernel<K: KernelUnderTest>(seed: u64) {
+        let mut rng = Rng::new(seed);
+        let rows = |nb: usize, rng: &mut Rng, extreme: bool| {
+            random_blocks::<K::Block>(super::ROWS * nb, K::HALVES, rng, extreme)
+        };
+        for nb in [1, 3, 8, 22] {
+            let w = rows(nb, &mut rng, false);
+            repacked_checked(crate::quant::block::bytes_of(&w), nb, K::LAYOUT);
+        }
+        if !crate::quant::simd::has_avx512() {
+            return eprintln!("repacked {} kernel: skipped (CPU lacks AVX-512)", K::NAME);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            fn check<K: KernelUnderTest, const N: usize>(
+                w: &[K::Block],
+                p: &[u8],
+                nb: usize,
+                xs: &[Vec<BlockQ8K>],
+                ctx: &str,
+            ) {
+                // SAFETY: the caller checked simd::has_avx512.
+                let out = unsafe { K::run::<N>(p, nb, xs) };
+                assert_row_kernel_bits(&out, w, nb, xs, ctx);
+            }
+            for nb in [1, 2, 7, 8, 9, 22] {
+                for extreme in [false, true] {
+                    let w = rows(nb, &mut rng, extreme);
+                    let p = repacked_checked(crate::quant::block::bytes_of(&w), nb, K::LAYOUT);
+                    let xs = q8k_tokens(8, nb, &mut rng, extreme);
+                    let ctx = format!("{} nb={nb} extreme={extreme}", K::NAME);
+                    check::<K, 1>(&w, &p, nb, &xs, &ctx);
+                    check::<K, 2>(&w, &p, nb, &xs, &ctx);
+                    check::<K, 3>(&w, &p, nb, &xs, &ctx);
+                    check::<K, 4>(&w, &p, nb, &xs, &ctx);
+                    check::<K, 8>(&w, &p, nb, &xs, &ctx);
+                }
+            }
+            eprintln!("repacked {} kernel checked: avx512 ran", K::NAME);
+        }
     }
 }
 

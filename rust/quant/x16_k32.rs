@@ -192,112 +192,49 @@ pub(crate) unsafe fn rows_avx512<B: X16K32, const N: usize>(
             *lane = _mm512_add_ps(*lane, term);
         }
     }
-    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
-    for b in nb..padded {
-        for a in acc.iter_mut() {
-            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
-        }
-    }
-    x16::reduce_rows(&acc)
+    x16::pad_and_reduce_rows(acc, nb)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::block::{bytes_of, zeroed, Family, Pod};
-    use crate::quant::kquant_dot::k8_aux;
-    use crate::quant::q4_k::BlockQ4K;
-    use crate::quant::q5_k::BlockQ5K;
+    use crate::quant::block::Family;
     use crate::quant::q8_k::BlockQ8K;
-    use crate::quant::simd;
-    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::x16::test_support::{check_kernel, KernelUnderTest};
+    use std::marker::PhantomData;
 
-    /// 16 rows of `nb` random super-blocks: random or extreme bytes everywhere (scales, `qh`,
-    /// quants), then finite or extreme f16 `d` and `dmin` (bytes 0..4 of both families).
-    fn rows<B: Pod>(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<B> {
-        let mut w = vec![zeroed::<B>(); ROWS * nb];
-        // SAFETY: B is Pod (any bytes are a valid block).
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(
-                w.as_mut_ptr().cast::<u8>(),
-                std::mem::size_of_val(&w[..]),
-            )
-        };
-        for blk in bytes.chunks_exact_mut(std::mem::size_of::<B>()) {
-            for v in blk.iter_mut() {
-                *v = if extreme && rng.next_u64().is_multiple_of(2) {
-                    EXTREME_BYTES[(rng.next_u64() % 10) as usize]
-                } else {
-                    rng.next_u64() as u8
-                };
-            }
-            for at in [0, 2] {
-                let h = if extreme {
-                    EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes()
-                } else {
-                    finite_half(rng).0
-                };
-                blk[at..at + 2].copy_from_slice(&h);
-            }
-        }
-        w
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn check<B, const N: usize>(w: &[B], p: &[u8], nb: usize, xs: &[Vec<BlockQ8K>], ctx: &str)
+    /// The kernel for family `B`, whose f16 `d` and `dmin` are bytes 0..4.
+    struct Kernel<B>(PhantomData<B>);
+    impl<B> KernelUnderTest for Kernel<B>
     where
-        B: X16K32 + Family<Act = BlockQ8K>,
+        B: X16K32 + Family<Act = BlockQ8K, Aux = K8Aux> + crate::quant::block::Pod,
     {
-        let aux: Vec<K8Aux> = xs.iter().map(|x| k8_aux(x)).collect();
-        // SAFETY: the caller checks simd::has_avx512.
-        let out = unsafe { rows_avx512::<B, N>(p, nb, std::array::from_fn(|n| &aux[n])) };
-        x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
-    }
-
-    /// Repacking keeps every row, and the repacked kernel gives `dispatch::dot`'s bits for
-    /// every row and token, 1..8 tokens at once, whole and partial groups of 8 super-blocks.
-    fn equals_the_row_kernel<B>(name: &str, seed: u64)
-    where
-        B: X16K32 + Family<Act = BlockQ8K> + Pod,
-    {
-        let mut rng = Rng::new(seed);
-        for nb in [1, 3, 8, 22] {
-            x16::test_support::repacked_checked(
-                bytes_of(&rows::<B>(nb, &mut rng, false)),
-                nb,
-                B::LAYOUT,
-            );
-        }
-        if !simd::has_avx512() {
-            return eprintln!("repacked {name} kernel: skipped (CPU lacks AVX-512)");
-        }
+        type Block = B;
+        const NAME: &'static str = if B::FIFTH_BIT { "Q5_K" } else { "Q4_K" };
+        const LAYOUT: Layout = B::LAYOUT;
+        const HALVES: &'static [usize] = &[0, 2];
         #[cfg(target_arch = "x86_64")]
-        {
-            for nb in [1, 2, 7, 8, 9, 22] {
-                for extreme in [false, true] {
-                    let w = rows::<B>(nb, &mut rng, extreme);
-                    let p = x16::test_support::repacked_checked(bytes_of(&w), nb, B::LAYOUT);
-                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
-                    let ctx = format!("{name} nb={nb} extreme={extreme}");
-                    check::<B, 1>(&w, &p, nb, &xs, &ctx);
-                    check::<B, 2>(&w, &p, nb, &xs, &ctx);
-                    check::<B, 3>(&w, &p, nb, &xs, &ctx);
-                    check::<B, 4>(&w, &p, nb, &xs, &ctx);
-                    check::<B, 8>(&w, &p, nb, &xs, &ctx);
-                }
-            }
-            eprintln!("repacked {name} kernel checked: avx512 ran");
+        unsafe fn run<const N: usize>(
+            p: &[u8],
+            nb: usize,
+            xs: &[Vec<BlockQ8K>],
+        ) -> [[f32; N]; ROWS] {
+            let aux: Vec<K8Aux> = xs
+                .iter()
+                .map(|x| crate::quant::kquant_dot::k8_aux(x))
+                .collect();
+            rows_avx512::<B, N>(p, nb, std::array::from_fn(|n| &aux[n]))
         }
     }
 
     #[test]
     fn repacked_q4_k_equals_the_row_kernel() {
-        equals_the_row_kernel::<BlockQ4K>("Q4_K", 22);
+        check_kernel::<Kernel<crate::quant::q4_k::BlockQ4K>>(22);
     }
 
     #[test]
     fn repacked_q5_k_equals_the_row_kernel() {
-        equals_the_row_kernel::<BlockQ5K>("Q5_K", 23);
+        check_kernel::<Kernel<crate::quant::q5_k::BlockQ5K>>(23);
     }
 }
 

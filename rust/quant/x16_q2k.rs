@@ -126,96 +126,32 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             *lane = _mm512_add_ps(*lane, term);
         }
     }
-    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
-    for b in nb..nb.div_ceil(BLOCK_LANES) * BLOCK_LANES {
-        for a in acc.iter_mut() {
-            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
-        }
-    }
-    x16::reduce_rows(&acc)
+    x16::pad_and_reduce_rows(acc, nb)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::block::{bytes_of, zeroed};
-    use crate::quant::q2_k::BlockQ2K;
-    use crate::quant::simd;
-    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::x16::test_support::{check_kernel, KernelUnderTest};
 
-    /// 16 rows of `nb` random super-blocks: random or extreme scale and level bytes, finite or
-    /// extreme f16 `d` and `dmin`.
-    fn rows(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<BlockQ2K> {
-        (0..ROWS * nb)
-            .map(|_| {
-                let mut b = zeroed::<BlockQ2K>();
-                let byte = |rng: &mut Rng| {
-                    if extreme && rng.next_u64().is_multiple_of(2) {
-                        EXTREME_BYTES[(rng.next_u64() % 10) as usize]
-                    } else {
-                        rng.next_u64() as u8
-                    }
-                };
-                b.scales.iter_mut().for_each(|v| *v = byte(rng));
-                b.qs.iter_mut().for_each(|v| *v = byte(rng));
-                let half = |rng: &mut Rng| {
-                    if extreme {
-                        crate::quant::fp16::F16(
-                            EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes(),
-                        )
-                    } else {
-                        finite_half(rng)
-                    }
-                };
-                b.d = half(rng);
-                b.dmin = half(rng);
-                b
-            })
-            .collect()
+    struct Kernel;
+    impl KernelUnderTest for Kernel {
+        type Block = crate::quant::q2_k::BlockQ2K;
+        const NAME: &'static str = "Q2_K";
+        const LAYOUT: x16::Layout = x16::Q2_K;
+        const HALVES: &'static [usize] = &[80, 82];
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn run<const N: usize>(
+            p: &[u8],
+            nb: usize,
+            xs: &[Vec<BlockQ8K>],
+        ) -> [[f32; N]; ROWS] {
+            rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
+        }
     }
 
-    /// Repacking keeps every row, and the repacked kernel gives `dispatch::dot`'s bits for
-    /// every row and token, 1..8 tokens at once, whole and partial groups of 8 super-blocks.
     #[test]
     fn repacked_q2_k_equals_the_row_kernel() {
-        let mut rng = Rng::new(26);
-        for nb in [1, 3, 8, 22] {
-            x16::test_support::repacked_checked(
-                bytes_of(&rows(nb, &mut rng, false)),
-                nb,
-                x16::Q2_K,
-            );
-        }
-        if !simd::has_avx512() {
-            return eprintln!("repacked Q2_K kernel: skipped (CPU lacks AVX-512)");
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            fn check<const N: usize>(
-                w: &[BlockQ2K],
-                p: &[u8],
-                nb: usize,
-                xs: &[Vec<BlockQ8K>],
-                ctx: &str,
-            ) {
-                // SAFETY: checked by the caller.
-                let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..])) };
-                x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
-            }
-            for nb in [1, 2, 7, 8, 9, 22] {
-                for extreme in [false, true] {
-                    let w = rows(nb, &mut rng, extreme);
-                    let p = x16::test_support::repacked_checked(bytes_of(&w), nb, x16::Q2_K);
-                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
-                    let ctx = format!("Q2_K nb={nb} extreme={extreme}");
-                    check::<1>(&w, &p, nb, &xs, &ctx);
-                    check::<2>(&w, &p, nb, &xs, &ctx);
-                    check::<3>(&w, &p, nb, &xs, &ctx);
-                    check::<4>(&w, &p, nb, &xs, &ctx);
-                    check::<8>(&w, &p, nb, &xs, &ctx);
-                }
-            }
-            eprintln!("repacked Q2_K kernel checked: avx512 ran");
-        }
+        check_kernel::<Kernel>(26);
     }
 }

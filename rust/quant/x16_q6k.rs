@@ -113,100 +113,51 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             *lane = _mm512_add_ps(*lane, term);
         }
     }
-    // The row driver pads the last group with zero blocks, which add +0.0 to their lanes.
-    for b in nb..nb.div_ceil(BLOCK_LANES) * BLOCK_LANES {
-        for a in acc.iter_mut() {
-            a[b % BLOCK_LANES] = _mm512_add_ps(a[b % BLOCK_LANES], _mm512_setzero_ps());
-        }
-    }
-    x16::reduce_rows(&acc)
+    x16::pad_and_reduce_rows(acc, nb)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::block::{bytes_of, zeroed};
     use crate::quant::q6_k::BlockQ6K;
-    use crate::quant::simd;
-    use crate::quant::tests_util::{finite_half, Rng, EXTREME_BYTES, EXTREME_HALVES};
+    use crate::quant::tests_util::Rng;
+    use crate::quant::x16::test_support::{check_kernel, random_blocks, KernelUnderTest};
 
-    /// 16 rows of `nb` random super-blocks (finite or extreme `d`; random or extreme scale and
-    /// quant bytes).
-    fn rows(nb: usize, rng: &mut Rng, extreme: bool) -> Vec<BlockQ6K> {
-        (0..ROWS * nb)
-            .map(|_| {
-                let mut b = zeroed::<BlockQ6K>();
-                let byte = |rng: &mut Rng| {
-                    if extreme && rng.next_u64().is_multiple_of(2) {
-                        EXTREME_BYTES[(rng.next_u64() % 10) as usize]
-                    } else {
-                        rng.next_u64() as u8
-                    }
-                };
-                b.ql.iter_mut().for_each(|q| *q = byte(rng));
-                b.qh.iter_mut().for_each(|q| *q = byte(rng));
-                b.scales.iter_mut().for_each(|s| *s = byte(rng) as i8);
-                b.d = if extreme {
-                    crate::quant::fp16::F16(
-                        EXTREME_HALVES[(rng.next_u64() % 9) as usize].to_le_bytes(),
-                    )
-                } else {
-                    finite_half(rng)
-                };
-                b
-            })
-            .collect()
-    }
-
-    fn repacked(w: &[BlockQ6K], nb: usize) -> Vec<u8> {
-        x16::test_support::repacked_checked(bytes_of(w), nb, x16::Q6_K)
+    struct Kernel;
+    impl KernelUnderTest for Kernel {
+        type Block = BlockQ6K;
+        const NAME: &'static str = "Q6_K";
+        const LAYOUT: x16::Layout = x16::Q6_K;
+        const HALVES: &'static [usize] = &[208];
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn run<const N: usize>(
+            p: &[u8],
+            nb: usize,
+            xs: &[Vec<BlockQ8K>],
+        ) -> [[f32; N]; ROWS] {
+            rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
+        }
     }
 
     #[test]
-    fn repack_keeps_every_row() {
+    fn the_column_opens_with_the_rows_scales() {
         let mut rng = Rng::new(31);
         for nb in [1, 3, 8, 22] {
-            let w = rows(nb, &mut rng, false);
-            let p = repacked(&w, nb);
-            // The column opens with the 16 rows' d, in row order.
+            let w: Vec<BlockQ6K> = random_blocks(ROWS * nb, &[208], &mut rng, false);
+            let p = x16::test_support::repacked_checked(
+                crate::quant::block::bytes_of(&w),
+                nb,
+                x16::Q6_K,
+            );
             for r in 0..ROWS {
                 assert_eq!(p[2 * r..2 * r + 2], w[r * nb].d.0, "nb={nb} row {r}'s d");
             }
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn check<const N: usize>(w: &[BlockQ6K], p: &[u8], nb: usize, xs: &[Vec<BlockQ8K>], ctx: &str) {
-        // SAFETY: the caller checks simd::has_avx512.
-        let out = unsafe { rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..])) };
-        x16::test_support::assert_row_kernel_bits(&out, w, nb, xs, ctx);
-    }
-
-    /// The repacked kernel gives `dispatch::dot`'s bits for every row and token, 1..8 tokens
-    /// at once, whole and partial groups of 8 super-blocks.
     #[test]
     fn repacked_q6_k_equals_the_row_kernel() {
-        if !simd::has_avx512() {
-            return eprintln!("repacked Q6_K kernel: skipped (CPU lacks AVX-512)");
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            let mut rng = Rng::new(32);
-            for nb in [1, 2, 7, 8, 9, 22] {
-                for extreme in [false, true] {
-                    let w = rows(nb, &mut rng, extreme);
-                    let p = repacked(&w, nb);
-                    let xs = x16::test_support::q8k_tokens(8, nb, &mut rng, extreme);
-                    let ctx = format!("nb={nb} extreme={extreme}");
-                    check::<1>(&w, &p, nb, &xs, &ctx);
-                    check::<2>(&w, &p, nb, &xs, &ctx);
-                    check::<3>(&w, &p, nb, &xs, &ctx);
-                    check::<4>(&w, &p, nb, &xs, &ctx);
-                    check::<8>(&w, &p, nb, &xs, &ctx);
-                }
-            }
-            eprintln!("repacked Q6_K kernel checked: avx512 ran");
-        }
+        check_kernel::<Kernel>(32);
     }
 }
 
