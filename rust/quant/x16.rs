@@ -425,6 +425,55 @@ unsafe fn add_block(
     *lane = _mm512_add_ps(*lane, term);
 }
 
+/// `lane += (d * dx) * isum`: a super-block's float step, 16 rows at once (`q4_0::combine` and
+/// `kquant_qx::combine`, as the row kernels of Q3_K, Q6_K and IQ4_XS take it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn add_scaled(
+    lane: &mut std::arch::x86_64::__m512,
+    d: std::arch::x86_64::__m512,
+    dx: f32,
+    isum: std::arch::x86_64::__m512i,
+) {
+    use std::arch::x86_64::*;
+    let dx = _mm512_set1_ps(dx);
+    *lane = _mm512_add_ps(
+        *lane,
+        _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum)),
+    );
+}
+
+/// `lane += (d * dx) * isum - (dmin * dx) * msum`: `kquant_dot::combine` (Q2_K, Q4_K, Q5_K), 16
+/// rows at once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn add_scaled_min(
+    lane: &mut std::arch::x86_64::__m512,
+    (d, dmin): (std::arch::x86_64::__m512, std::arch::x86_64::__m512),
+    dx: f32,
+    isum: std::arch::x86_64::__m512i,
+    msum: std::arch::x86_64::__m512i,
+) {
+    use std::arch::x86_64::*;
+    let dx = _mm512_set1_ps(dx);
+    let term = _mm512_sub_ps(
+        _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum)),
+        _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum)),
+    );
+    *lane = _mm512_add_ps(*lane, term);
+}
+
+/// `vpshufb` controls that put byte `k` of each dword in that dword, zero-extended.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) unsafe fn byte_of_each_dword() -> [std::arch::x86_64::__m512i; 4] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|k| {
+        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
+        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
+    })
+}
+
 /// [`reduce_rows`] after a super-block kernel's last block: the row driver of the K-quants (and
 /// IQ4_XS) pads the last group of 8 blocks with zero blocks, which add `+0.0` to their lanes
 /// (which can turn a `-0.0` lane into `+0.0`), so the repacked kernels do too.

@@ -94,11 +94,7 @@ pub(crate) unsafe fn rows_avx512<B: X16K32, const N: usize>(
     let bit4 = _mm512_set1_epi8(0x10);
     // `nib | (bits & 0x10)`: a ternary-logic truth table (a | (b & c)).
     let or_bit4 = |nib: __m512i, bits: __m512i| _mm512_ternarylogic_epi32::<0xf8>(nib, bits, bit4);
-    // Byte k of each dword, zero-extended: shuffle control `4 i + k` then three zeroing bytes.
-    let byte_of: [__m512i; 4] = std::array::from_fn(|k| {
-        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
-        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
-    });
+    let byte_of = x16::byte_of_each_dword();
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
     let hints = super::simd::column_hints::<N>();
     for b in 0..nb {
@@ -182,14 +178,8 @@ pub(crate) unsafe fn rows_avx512<B: X16K32, const N: usize>(
                 part_sum(ss[0], ss[1]),
                 _mm512_slli_epi32::<7>(part_sum(ss[2], ss[3])),
             );
-            let dx = _mm512_set1_ps(super::block::Scale::get(aux[n].block(b).d));
-            // kquant_dot::combine: (d * dx) * isum - (dmin * dx) * msum.
-            let term = _mm512_sub_ps(
-                _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[n])),
-                _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum)),
-            );
-            let lane = &mut acc[n][b % BLOCK_LANES];
-            *lane = _mm512_add_ps(*lane, term);
+            let dx = super::block::Scale::get(aux[n].block(b).d);
+            x16::add_scaled_min(&mut acc[n][b % BLOCK_LANES], (d, dmin), dx, isum[n], msum);
         }
     }
     x16::pad_and_reduce_rows(acc, nb)

@@ -42,11 +42,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
     );
     let two_bits = _mm512_set1_epi8(0x03);
     let low4 = _mm512_set1_epi32(0x0f);
-    // Byte k of each dword, zero-extended: shuffle control `4 i + k` then three zeroing bytes.
-    let byte_of: [__m512i; 4] = std::array::from_fn(|k| {
-        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
-        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
-    });
+    let byte_of = x16::byte_of_each_dword();
     // Bytes 2h and 2h + 1 of each dword as its two i16 halves, zero-extended.
     let pair_of: [__m512i; 2] = std::array::from_fn(|h| {
         let c = |i: i32| {
@@ -116,14 +112,8 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
                     msum = _mm512_dpwssd_epi32(msum, *m, _mm512_set1_epi32(sums as i32));
                 }
             }
-            let dx = _mm512_set1_ps(super::block::Scale::get(y.d));
-            // kquant_dot::combine: (d * dx) * isum - (dmin * dx) * msum.
-            let term = _mm512_sub_ps(
-                _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[t])),
-                _mm512_mul_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(msum)),
-            );
-            let lane = &mut acc[t][b % BLOCK_LANES];
-            *lane = _mm512_add_ps(*lane, term);
+            let dx = super::block::Scale::get(y.d);
+            x16::add_scaled_min(&mut acc[t][b % BLOCK_LANES], (d, dmin), dx, isum[t], msum);
         }
     }
     x16::pad_and_reduce_rows(acc, nb)

@@ -68,11 +68,7 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
     let bias = _mm512_set1_epi32(32);
     // `low | (high & 0x04)`: a ternary-logic truth table (a | (b & c)).
     let or_bit2 = |low: __m512i, high: __m512i| _mm512_ternarylogic_epi32::<0xf8>(low, high, bit2);
-    // Byte k of each dword, zero-extended: shuffle control `4 i + k` then three zeroing bytes.
-    let byte_of: [__m512i; 4] = std::array::from_fn(|k| {
-        let c = |i: i32| (0x8080_8000u32 as i32) | (4 * i + k as i32);
-        _mm512_broadcast_i32x4(_mm_setr_epi32(c(0), c(1), c(2), c(3)))
-    });
+    let byte_of = x16::byte_of_each_dword();
     let mut acc = [[_mm512_setzero_ps(); BLOCK_LANES]; N];
     let hints = super::simd::column_hints::<N>();
     for b in 0..nb {
@@ -147,11 +143,8 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             }
         }
         for t in 0..N {
-            let dx = _mm512_set1_ps(super::block::Scale::get(xs[t][b].d));
-            // kquant_qx::combine: (d * dx) * isum.
-            let term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[t]));
-            let lane = &mut acc[t][b % BLOCK_LANES];
-            *lane = _mm512_add_ps(*lane, term);
+            let dx = super::block::Scale::get(xs[t][b].d);
+            x16::add_scaled(&mut acc[t][b % BLOCK_LANES], d, dx, isum[t]);
         }
     }
     x16::pad_and_reduce_rows(acc, nb)

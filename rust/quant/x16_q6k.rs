@@ -106,11 +106,8 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
             }
         }
         for n in 0..N {
-            let dx = _mm512_set1_ps(super::block::Scale::get(xs[n][b].d));
-            // kquant_qx::combine: (d * dx) * isum.
-            let term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum[n]));
-            let lane = &mut acc[n][b % BLOCK_LANES];
-            *lane = _mm512_add_ps(*lane, term);
+            let dx = super::block::Scale::get(xs[n][b].d);
+            x16::add_scaled(&mut acc[n][b % BLOCK_LANES], d, dx, isum[n]);
         }
     }
     x16::pad_and_reduce_rows(acc, nb)
