@@ -749,14 +749,17 @@ pub(crate) mod test_support {
         p
     }
 
-    /// A repacked kernel over Q8_K activations, as its tests see it.
+    /// A repacked kernel over Q8_K activations, as its tests and its bench see it.
     pub(crate) trait KernelUnderTest {
         type Block: crate::quant::block::Family<Act = BlockQ8K> + crate::quant::block::Pod;
+        /// The tokens as the kernel takes them (their blocks, or the blocks and side data).
+        type Acts;
         const NAME: &'static str;
         const LAYOUT: Layout;
         /// Byte offsets of the block's f16 scales.
         const HALVES: &'static [usize];
-        /// 16 rows x `N` tokens of the repacked chunk `p` (`nb` super-blocks per row).
+        fn prepare(xs: &[Vec<BlockQ8K>]) -> Self::Acts;
+        /// 16 rows x the first `N` tokens of the repacked chunk `p` (`nb` super-blocks per row).
         ///
         /// # Safety
         /// The CPU must have AVX-512 (`simd::has_avx512`).
@@ -764,8 +767,79 @@ pub(crate) mod test_support {
         unsafe fn run<const N: usize>(
             p: &[u8],
             nb: usize,
-            xs: &[Vec<BlockQ8K>],
+            acts: &Self::Acts,
         ) -> [[f32; N]; super::ROWS];
+    }
+
+    /// A report, not a check (`cargo test --release --lib x16_ -- --ignored --nocapture`): one
+    /// thread, the row kernel and kernel `K` at 1, 4 and 8 tokens, in GB/s of weights per
+    /// token, on a 1024 x 4096 matrix held in cache and a 32768 x 4096 one streamed from memory.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn bench_kernel<K: KernelUnderTest>() {
+        use crate::quant::block::{bytes_of, view, zeroed, Family};
+        use crate::quant::dispatch;
+        use std::time::Instant;
+        if !crate::quant::simd::has_avx512() {
+            return eprintln!("no AVX-512 here");
+        }
+        fn best(mut f: impl FnMut()) -> f64 {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        }
+        let mut rng = Rng::new(9);
+        for rows in [1024, 32768] {
+            let cols = 4096;
+            let nb = cols / QK_K;
+            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
+            let mut w = vec![zeroed::<K::Block>(); rows * nb];
+            dispatch::quantize::<K::Block>(&wf, &mut w);
+            let src = bytes_of(&w[..]);
+            let chunk = K::LAYOUT.column() * nb;
+            let mut p = vec![0u8; src.len()];
+            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                repack(s, nb, K::LAYOUT, d);
+            }
+            let xs = q8k_tokens(8, nb, &mut rng, false);
+            let aux = K::Block::row_aux(&xs[0]).unwrap();
+            let acts = K::prepare(&xs);
+            let gb = src.len() as f64 / 1e9;
+            let mut out = vec![[0f32; 1]; rows];
+            let t_rows = best(|| {
+                dispatch::dot_rows::<K::Block, 1>(view(src), nb, [&xs[0]], Some([&aux]), &mut out)
+            });
+            let mut sink = 0f32;
+            let mut pass = |n: usize| {
+                best(|| {
+                    for c in p.chunks(chunk) {
+                        // SAFETY: checked above.
+                        sink += unsafe {
+                            match n {
+                                1 => K::run::<1>(c, nb, &acts)[0][0],
+                                4 => K::run::<4>(c, nb, &acts)[0][0],
+                                _ => K::run::<8>(c, nb, &acts)[0][0],
+                            }
+                        };
+                    }
+                })
+            };
+            let (t1, t4, t8) = (pass(1), pass(4), pass(8));
+            std::hint::black_box(sink);
+            eprintln!(
+                "{} {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s; repacked 1 token {:.1}, \
+                 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
+                K::NAME,
+                gb * 1e3,
+                gb / t_rows,
+                gb / t1,
+                4.0 * gb / t4,
+                8.0 * gb / t8
+            );
+        }
     }
 
     /// `n` random blocks: every byte random (or, when `extreme`, one of `EXTREME_BYTES` half the
@@ -827,7 +901,7 @@ pub(crate) mod test_support {
                 ctx: &str,
             ) {
                 // SAFETY: the caller checked simd::has_avx512.
-                let out = unsafe { K::run::<N>(p, nb, xs) };
+                let out = unsafe { K::run::<N>(p, nb, &K::prepare(xs)) };
                 assert_row_kernel_bits(&out, w, nb, xs, ctx);
             }
             for nb in [1, 2, 7, 8, 9, 22] {

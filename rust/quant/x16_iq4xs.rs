@@ -108,15 +108,19 @@ mod tests {
 
     struct Kernel;
     impl KernelUnderTest for Kernel {
+        type Acts = Vec<Vec<BlockQ8K>>;
         type Block = crate::quant::iq4_xs::BlockIq4Xs;
         const NAME: &'static str = "IQ4_XS";
         const LAYOUT: x16::Layout = x16::IQ4_XS;
         const HALVES: &'static [usize] = &[0];
+        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
+            xs.to_vec()
+        }
         #[cfg(target_arch = "x86_64")]
         unsafe fn run<const N: usize>(
             p: &[u8],
             nb: usize,
-            xs: &[Vec<BlockQ8K>],
+            xs: &Vec<Vec<BlockQ8K>>,
         ) -> [[f32; N]; ROWS] {
             rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
         }
@@ -126,84 +130,11 @@ mod tests {
     fn repacked_iq4_xs_equals_the_row_kernel() {
         check_kernel::<Kernel>(24);
     }
-}
 
-#[cfg(all(test, target_arch = "x86_64"))]
-mod bench {
-    use super::*;
-    use crate::quant::block::{bytes_of, view, zeroed, Family};
-    use crate::quant::iq4_xs::BlockIq4Xs;
-    use crate::quant::q8_k::QK_K;
-    use crate::quant::tests_util::Rng;
-    use crate::quant::{dispatch, simd};
-    use std::time::Instant;
-
-    fn best(mut f: impl FnMut()) -> f64 {
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
-
-    /// One thread: the row kernel and the repacked kernel at 1, 4 and 8 tokens, in GB/s of
-    /// weights per token, on a matrix in cache (1024 rows) and one streamed from memory.
     #[test]
     #[ignore]
+    #[cfg(target_arch = "x86_64")]
     fn bench_repacked_iq4_xs() {
-        if !simd::has_avx512() {
-            return eprintln!("no AVX-512 here");
-        }
-        let mut rng = Rng::new(9);
-        for rows in [1024, 32768] {
-            let cols = 4096;
-            let nb = cols / QK_K;
-            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
-            let mut w = vec![zeroed::<BlockIq4Xs>(); rows * nb];
-            dispatch::quantize::<BlockIq4Xs>(&wf, &mut w);
-            let src = bytes_of(&w[..]);
-            let chunk = x16::IQ4_XS.column() * nb;
-            let mut p = vec![0u8; src.len()];
-            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                x16::repack(s, nb, x16::IQ4_XS, d);
-            }
-            let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
-            let mut xq = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
-            crate::quant::q8_k::quantize_row(&x, &mut xq);
-            let aux = BlockIq4Xs::row_aux(&xq).unwrap();
-            let gb = src.len() as f64 / 1e9;
-            let mut out = vec![[0f32; 1]; rows];
-            let t_rows = best(|| {
-                dispatch::dot_rows::<BlockIq4Xs, 1>(view(src), nb, [&xq], Some([&aux]), &mut out)
-            });
-            let mut sink = 0f32;
-            let x = &xq[..];
-            let mut pass = |n: usize| {
-                best(|| {
-                    for c in p.chunks(chunk) {
-                        // SAFETY: checked above.
-                        sink += unsafe {
-                            match n {
-                                1 => rows_avx512::<1>(c, nb, [x])[0][0],
-                                4 => rows_avx512::<4>(c, nb, [x; 4])[0][0],
-                                _ => rows_avx512::<8>(c, nb, [x; 8])[0][0],
-                            }
-                        };
-                    }
-                })
-            };
-            let (t1, t4, t8) = (pass(1), pass(4), pass(8));
-            std::hint::black_box(sink);
-            eprintln!(
-                "IQ4_XS {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s; repacked 1 token {:.1}, 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
-                gb * 1e3,
-                gb / t_rows,
-                gb / t1,
-                4.0 * gb / t4,
-                8.0 * gb / t8
-            );
-        }
+        x16::test_support::bench_kernel::<Kernel>();
     }
 }

@@ -200,19 +200,17 @@ mod tests {
         B: X16K32 + Family<Act = BlockQ8K, Aux = K8Aux> + crate::quant::block::Pod,
     {
         type Block = B;
+        type Acts = Vec<K8Aux>;
         const NAME: &'static str = if B::FIFTH_BIT { "Q5_K" } else { "Q4_K" };
         const LAYOUT: Layout = B::LAYOUT;
         const HALVES: &'static [usize] = &[0, 2];
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn run<const N: usize>(
-            p: &[u8],
-            nb: usize,
-            xs: &[Vec<BlockQ8K>],
-        ) -> [[f32; N]; ROWS] {
-            let aux: Vec<K8Aux> = xs
-                .iter()
+        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<K8Aux> {
+            xs.iter()
                 .map(|x| crate::quant::kquant_dot::k8_aux(x))
-                .collect();
+                .collect()
+        }
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn run<const N: usize>(p: &[u8], nb: usize, aux: &Vec<K8Aux>) -> [[f32; N]; ROWS] {
             rows_avx512::<B, N>(p, nb, std::array::from_fn(|n| &aux[n]))
         }
     }
@@ -226,91 +224,12 @@ mod tests {
     fn repacked_q5_k_equals_the_row_kernel() {
         check_kernel::<Kernel<crate::quant::q5_k::BlockQ5K>>(23);
     }
-}
-
-#[cfg(all(test, target_arch = "x86_64"))]
-mod bench {
-    use super::*;
-    use crate::quant::block::{bytes_of, view, zeroed, Family, Pod};
-    use crate::quant::q4_k::BlockQ4K;
-    use crate::quant::q5_k::BlockQ5K;
-    use crate::quant::q8_k::{BlockQ8K, QK_K};
-    use crate::quant::tests_util::Rng;
-    use crate::quant::{dispatch, simd};
-    use std::time::Instant;
-
-    fn best(mut f: impl FnMut()) -> f64 {
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
-
-    /// One thread: the row kernel and the repacked kernel at 1, 4 and 8 tokens, in GB/s of
-    /// weights per token, on a matrix in cache (1024 rows) and one streamed from memory.
-    fn run<B>(name: &str, rng: &mut Rng)
-    where
-        B: X16K32 + Family<Act = BlockQ8K, Aux = K8Aux> + Pod,
-    {
-        for rows in [1024, 32768] {
-            let cols = 4096;
-            let nb = cols / QK_K;
-            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
-            let mut w = vec![zeroed::<B>(); rows * nb];
-            dispatch::quantize::<B>(&wf, &mut w);
-            let src = bytes_of(&w[..]);
-            let chunk = ROWS * B::LAYOUT.column() * nb / ROWS;
-            let mut p = vec![0u8; src.len()];
-            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                x16::repack(s, nb, B::LAYOUT, d);
-            }
-            let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
-            let mut xq = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
-            crate::quant::q8_k::quantize_row(&x, &mut xq);
-            let aux = B::row_aux(&xq).unwrap();
-            let gb = src.len() as f64 / 1e9;
-            let mut out = vec![[0f32; 1]; rows];
-            let t_rows =
-                best(|| dispatch::dot_rows::<B, 1>(view(src), nb, [&xq], Some([&aux]), &mut out));
-            let mut sink = 0f32;
-            let mut pass = |n: usize| {
-                best(|| {
-                    for c in p.chunks(chunk) {
-                        // SAFETY: checked by the caller.
-                        sink += unsafe {
-                            match n {
-                                1 => rows_avx512::<B, 1>(c, nb, [&aux])[0][0],
-                                4 => rows_avx512::<B, 4>(c, nb, [&aux; 4])[0][0],
-                                _ => rows_avx512::<B, 8>(c, nb, [&aux; 8])[0][0],
-                            }
-                        };
-                    }
-                })
-            };
-            let (t1, t4, t8) = (pass(1), pass(4), pass(8));
-            std::hint::black_box(sink);
-            eprintln!(
-                "{name} {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s; repacked 1 token {:.1}, 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
-                gb * 1e3,
-                gb / t_rows,
-                gb / t1,
-                4.0 * gb / t4,
-                8.0 * gb / t8
-            );
-        }
-    }
 
     #[test]
     #[ignore]
+    #[cfg(target_arch = "x86_64")]
     fn bench_repacked_k32() {
-        if !simd::has_avx512() {
-            return eprintln!("no AVX-512 here");
-        }
-        let mut rng = Rng::new(8);
-        run::<BlockQ4K>("Q4_K", &mut rng);
-        run::<BlockQ5K>("Q5_K", &mut rng);
+        x16::test_support::bench_kernel::<Kernel<crate::quant::q4_k::BlockQ4K>>();
+        x16::test_support::bench_kernel::<Kernel<crate::quant::q5_k::BlockQ5K>>();
     }
 }

@@ -126,15 +126,19 @@ mod tests {
 
     struct Kernel;
     impl KernelUnderTest for Kernel {
+        type Acts = Vec<Vec<BlockQ8K>>;
         type Block = crate::quant::q2_k::BlockQ2K;
         const NAME: &'static str = "Q2_K";
         const LAYOUT: x16::Layout = x16::Q2_K;
         const HALVES: &'static [usize] = &[80, 82];
+        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
+            xs.to_vec()
+        }
         #[cfg(target_arch = "x86_64")]
         unsafe fn run<const N: usize>(
             p: &[u8],
             nb: usize,
-            xs: &[Vec<BlockQ8K>],
+            xs: &Vec<Vec<BlockQ8K>>,
         ) -> [[f32; N]; ROWS] {
             rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
         }
@@ -143,5 +147,12 @@ mod tests {
     #[test]
     fn repacked_q2_k_equals_the_row_kernel() {
         check_kernel::<Kernel>(26);
+    }
+
+    #[test]
+    #[ignore]
+    #[cfg(target_arch = "x86_64")]
+    fn bench_repacked_q2_k() {
+        x16::test_support::bench_kernel::<Kernel>();
     }
 }

@@ -122,15 +122,19 @@ mod tests {
 
     struct Kernel;
     impl KernelUnderTest for Kernel {
+        type Acts = Vec<Vec<BlockQ8K>>;
         type Block = BlockQ6K;
         const NAME: &'static str = "Q6_K";
         const LAYOUT: x16::Layout = x16::Q6_K;
         const HALVES: &'static [usize] = &[208];
+        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
+            xs.to_vec()
+        }
         #[cfg(target_arch = "x86_64")]
         unsafe fn run<const N: usize>(
             p: &[u8],
             nb: usize,
-            xs: &[Vec<BlockQ8K>],
+            xs: &Vec<Vec<BlockQ8K>>,
         ) -> [[f32; N]; ROWS] {
             rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
         }
@@ -156,98 +160,11 @@ mod tests {
     fn repacked_q6_k_equals_the_row_kernel() {
         check_kernel::<Kernel>(32);
     }
-}
-
-/// The repacked kernel against the row kernels, one thread, a 32768 x 4096 matrix streamed
-/// from memory and a 1024 x 4096 one from cache (a report, not a check: `cargo test --release
-/// --lib x16_q6k::bench -- --ignored --nocapture`).
-#[cfg(all(test, target_arch = "x86_64"))]
-mod bench {
-    use super::*;
-    use crate::quant::block::{bytes_of, view, Family};
-    use crate::quant::q6_k::BlockQ6K;
-    use crate::quant::q8_k::QK_K;
-    use crate::quant::tests_util::Rng;
-    use crate::quant::{dispatch, simd};
-    use std::time::Instant;
-
-    fn best(mut f: impl FnMut()) -> f64 {
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
 
     #[test]
     #[ignore]
+    #[cfg(target_arch = "x86_64")]
     fn bench_repacked_q6_k() {
-        if !simd::has_avx512() {
-            return eprintln!("no AVX-512 here");
-        }
-        let mut rng = Rng::new(7);
-        for rows in [1024, 32768] {
-            let cols = 4096;
-            let nb = cols / QK_K;
-            let wf: Vec<f32> = (0..rows * cols).map(|_| rng.normal() * 0.02).collect();
-            let mut w = vec![crate::quant::block::zeroed::<BlockQ6K>(); rows * nb];
-            dispatch::quantize::<BlockQ6K>(&wf, &mut w);
-            let src = bytes_of(&w[..]);
-            let chunk = ROWS * nb * x16::Q6_K.block();
-            let mut p = vec![0u8; src.len()];
-            for (d, s) in p.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                x16::repack(s, nb, x16::Q6_K, d);
-            }
-            let x: Vec<f32> = (0..cols).map(|_| rng.normal()).collect();
-            let mut xq = vec![<BlockQ8K as crate::quant::block::Activation>::ZERO; nb];
-            crate::quant::q8_k::quantize_row(&x, &mut xq);
-            let aux = BlockQ6K::row_aux(&xq).unwrap();
-            let gb = src.len() as f64 / 1e9;
-            let mut out = vec![[0f32; 1]; rows];
-            let t_rows = best(|| {
-                dispatch::dot_rows::<BlockQ6K, 1>(view(src), nb, [&xq], Some([&aux]), &mut out)
-            });
-            let mut out8 = vec![[0f32; 8]; rows];
-            let t_rows8 = best(|| {
-                dispatch::dot_rows::<BlockQ6K, 8>(
-                    view(src),
-                    nb,
-                    [&xq; 8],
-                    Some([&aux; 8]),
-                    &mut out8,
-                )
-            });
-            let mut sink = 0f32;
-            let t1 = best(|| {
-                for c in p.chunks(chunk) {
-                    // SAFETY: checked above.
-                    sink += unsafe { rows_avx512::<1>(c, nb, [&xq]) }[0][0];
-                }
-            });
-            let t4 = best(|| {
-                for c in p.chunks(chunk) {
-                    // SAFETY: checked above.
-                    sink += unsafe { rows_avx512::<4>(c, nb, [&xq; 4]) }[0][0];
-                }
-            });
-            let t8 = best(|| {
-                for c in p.chunks(chunk) {
-                    // SAFETY: checked above.
-                    sink += unsafe { rows_avx512::<8>(c, nb, [&xq; 8]) }[0][0];
-                }
-            });
-            std::hint::black_box(sink);
-            eprintln!(
-                "Q6_K {rows} x {cols} ({:.0} MB): rows 1 token {:.1} GB/s, 8 tokens {:.1} GB/s/token; repacked 1 token {:.1}, 4 tokens {:.1}, 8 tokens {:.1} GB/s/token",
-                gb * 1e3,
-                gb / t_rows,
-                8.0 * gb / t_rows8,
-                gb / t1,
-                4.0 * gb / t4,
-                8.0 * gb / t8
-            );
-        }
+        x16::test_support::bench_kernel::<Kernel>();
     }
 }
