@@ -31,17 +31,17 @@ pub const ROWS: usize = 16;
 pub const REPACK_ENV: &str = "LLAMA_RS_REPACK";
 
 /// Whether a `rows`-row weight of type `ty` is repacked here (`weights::RepackPlan`): Q4_0, Q8_0,
-/// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS in whole chunks of 16 rows, on a CPU running the AVX-512 kernels, unless
-/// [`REPACK_ENV`] is `0`. The K-quants stay in the file's layout where AMX runs: their tile
-/// kernel reads that layout.
+/// the K-quants or IQ4_XS in whole chunks of 16 rows, on a CPU running the AVX-512 kernels,
+/// unless [`REPACK_ENV`] is `0`. Where AMX runs, the types whose tile kernel reads the file's
+/// layout (Q4_K, Q5_K, Q6_K: every tile kernel but Q4_0's and Q8_0's) stay in it.
 pub fn wanted(ty: GgmlType, rows: usize) -> bool {
     use std::sync::OnceLock;
     static ALLOWED: OnceLock<bool> = OnceLock::new();
     let allowed = *ALLOWED.get_or_init(|| {
         std::env::var(REPACK_ENV).map_or(true, |v| v.trim() != "0") && super::simd::has_avx512()
     });
-    let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
-    let amx_reads_rows = k_quant && super::has_amx_kernel(ty);
+    let tiles_read_repacked = matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0);
+    let amx_reads_rows = !tiles_read_repacked && super::has_amx_kernel(ty);
     allowed && layout(ty).is_some() && !amx_reads_rows && rows > 0 && rows.is_multiple_of(ROWS)
 }
 
