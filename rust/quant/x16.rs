@@ -771,6 +771,47 @@ pub(crate) mod test_support {
         ) -> [[f32; N]; super::ROWS];
     }
 
+    /// The tests of a kernel `$rows::<N>(chunk, nb, [&[BlockQ8K]; N])` over blocks `$block`
+    /// (f16 scales at byte offsets `$halves`): [`check_kernel`] as `$check`, and its
+    /// [`bench_kernel`] report as the ignored `$bench`.
+    macro_rules! q8k_kernel_tests {
+        ($block:ty, $name:literal, $layout:expr, $halves:expr, $rows:ident, $seed:literal,
+         $check:ident, $bench:ident) => {
+            struct Kernel;
+            impl $crate::quant::x16::test_support::KernelUnderTest for Kernel {
+                type Block = $block;
+                type Acts = Vec<Vec<$crate::quant::q8_k::BlockQ8K>>;
+                const NAME: &'static str = $name;
+                const LAYOUT: $crate::quant::x16::Layout = $layout;
+                const HALVES: &'static [usize] = &$halves;
+                fn prepare(xs: &[Vec<$crate::quant::q8_k::BlockQ8K>]) -> Self::Acts {
+                    xs.to_vec()
+                }
+                #[cfg(target_arch = "x86_64")]
+                unsafe fn run<const N: usize>(
+                    p: &[u8],
+                    nb: usize,
+                    xs: &Self::Acts,
+                ) -> [[f32; N]; $crate::quant::x16::ROWS] {
+                    $rows::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
+                }
+            }
+
+            #[test]
+            fn $check() {
+                $crate::quant::x16::test_support::check_kernel::<Kernel>($seed);
+            }
+
+            #[test]
+            #[ignore]
+            #[cfg(target_arch = "x86_64")]
+            fn $bench() {
+                $crate::quant::x16::test_support::bench_kernel::<Kernel>();
+            }
+        };
+    }
+    pub(crate) use q8k_kernel_tests;
+
     /// A report, not a check (`cargo test --release --lib x16_ -- --ignored --nocapture`): one
     /// thread, the row kernel and kernel `K` at 1, 4 and 8 tokens, in GB/s of weights per
     /// token, on a 1024 x 4096 matrix held in cache and a 32768 x 4096 one streamed from memory.

@@ -104,37 +104,15 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::x16::test_support::{check_kernel, KernelUnderTest};
 
-    struct Kernel;
-    impl KernelUnderTest for Kernel {
-        type Acts = Vec<Vec<BlockQ8K>>;
-        type Block = crate::quant::iq4_xs::BlockIq4Xs;
-        const NAME: &'static str = "IQ4_XS";
-        const LAYOUT: x16::Layout = x16::IQ4_XS;
-        const HALVES: &'static [usize] = &[0];
-        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
-            xs.to_vec()
-        }
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn run<const N: usize>(
-            p: &[u8],
-            nb: usize,
-            xs: &Vec<Vec<BlockQ8K>>,
-        ) -> [[f32; N]; ROWS] {
-            rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
-        }
-    }
-
-    #[test]
-    fn repacked_iq4_xs_equals_the_row_kernel() {
-        check_kernel::<Kernel>(24);
-    }
-
-    #[test]
-    #[ignore]
-    #[cfg(target_arch = "x86_64")]
-    fn bench_repacked_iq4_xs() {
-        x16::test_support::bench_kernel::<Kernel>();
-    }
+    crate::quant::x16::test_support::q8k_kernel_tests!(
+        crate::quant::iq4_xs::BlockIq4Xs,
+        "IQ4_XS",
+        x16::IQ4_XS,
+        [0],
+        rows_avx512,
+        24,
+        repacked_iq4_xs_equals_the_row_kernel,
+        bench_repacked_iq4_xs
+    );
 }

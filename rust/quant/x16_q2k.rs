@@ -122,37 +122,15 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::x16::test_support::{check_kernel, KernelUnderTest};
 
-    struct Kernel;
-    impl KernelUnderTest for Kernel {
-        type Acts = Vec<Vec<BlockQ8K>>;
-        type Block = crate::quant::q2_k::BlockQ2K;
-        const NAME: &'static str = "Q2_K";
-        const LAYOUT: x16::Layout = x16::Q2_K;
-        const HALVES: &'static [usize] = &[80, 82];
-        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
-            xs.to_vec()
-        }
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn run<const N: usize>(
-            p: &[u8],
-            nb: usize,
-            xs: &Vec<Vec<BlockQ8K>>,
-        ) -> [[f32; N]; ROWS] {
-            rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
-        }
-    }
-
-    #[test]
-    fn repacked_q2_k_equals_the_row_kernel() {
-        check_kernel::<Kernel>(26);
-    }
-
-    #[test]
-    #[ignore]
-    #[cfg(target_arch = "x86_64")]
-    fn bench_repacked_q2_k() {
-        x16::test_support::bench_kernel::<Kernel>();
-    }
+    crate::quant::x16::test_support::q8k_kernel_tests!(
+        crate::quant::q2_k::BlockQ2K,
+        "Q2_K",
+        x16::Q2_K,
+        [80, 82],
+        rows_avx512,
+        26,
+        repacked_q2_k_equals_the_row_kernel,
+        bench_repacked_q2_k
+    );
 }

@@ -153,37 +153,15 @@ pub(crate) unsafe fn rows_avx512<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::x16::test_support::{check_kernel, KernelUnderTest};
 
-    struct Kernel;
-    impl KernelUnderTest for Kernel {
-        type Acts = Vec<Vec<BlockQ8K>>;
-        type Block = crate::quant::q3_k::BlockQ3K;
-        const NAME: &'static str = "Q3_K";
-        const LAYOUT: x16::Layout = x16::Q3_K;
-        const HALVES: &'static [usize] = &[108];
-        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
-            xs.to_vec()
-        }
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn run<const N: usize>(
-            p: &[u8],
-            nb: usize,
-            xs: &Vec<Vec<BlockQ8K>>,
-        ) -> [[f32; N]; ROWS] {
-            rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
-        }
-    }
-
-    #[test]
-    fn repacked_q3_k_equals_the_row_kernel() {
-        check_kernel::<Kernel>(25);
-    }
-
-    #[test]
-    #[ignore]
-    #[cfg(target_arch = "x86_64")]
-    fn bench_repacked_q3_k() {
-        x16::test_support::bench_kernel::<Kernel>();
-    }
+    crate::quant::x16::test_support::q8k_kernel_tests!(
+        crate::quant::q3_k::BlockQ3K,
+        "Q3_K",
+        x16::Q3_K,
+        [108],
+        rows_avx512,
+        25,
+        repacked_q3_k_equals_the_row_kernel,
+        bench_repacked_q3_k
+    );
 }

@@ -118,27 +118,18 @@ mod tests {
     use super::*;
     use crate::quant::q6_k::BlockQ6K;
     use crate::quant::tests_util::Rng;
-    use crate::quant::x16::test_support::{check_kernel, random_blocks, KernelUnderTest};
+    use crate::quant::x16::test_support::random_blocks;
 
-    struct Kernel;
-    impl KernelUnderTest for Kernel {
-        type Acts = Vec<Vec<BlockQ8K>>;
-        type Block = BlockQ6K;
-        const NAME: &'static str = "Q6_K";
-        const LAYOUT: x16::Layout = x16::Q6_K;
-        const HALVES: &'static [usize] = &[208];
-        fn prepare(xs: &[Vec<BlockQ8K>]) -> Vec<Vec<BlockQ8K>> {
-            xs.to_vec()
-        }
-        #[cfg(target_arch = "x86_64")]
-        unsafe fn run<const N: usize>(
-            p: &[u8],
-            nb: usize,
-            xs: &Vec<Vec<BlockQ8K>>,
-        ) -> [[f32; N]; ROWS] {
-            rows_avx512::<N>(p, nb, std::array::from_fn(|n| &xs[n][..]))
-        }
-    }
+    crate::quant::x16::test_support::q8k_kernel_tests!(
+        BlockQ6K,
+        "Q6_K",
+        x16::Q6_K,
+        [208],
+        rows_avx512,
+        32,
+        repacked_q6_k_equals_the_row_kernel,
+        bench_repacked_q6_k
+    );
 
     #[test]
     fn the_column_opens_with_the_rows_scales() {
@@ -154,17 +145,5 @@ mod tests {
                 assert_eq!(p[2 * r..2 * r + 2], w[r * nb].d.0, "nb={nb} row {r}'s d");
             }
         }
-    }
-
-    #[test]
-    fn repacked_q6_k_equals_the_row_kernel() {
-        check_kernel::<Kernel>(32);
-    }
-
-    #[test]
-    #[ignore]
-    #[cfg(target_arch = "x86_64")]
-    fn bench_repacked_q6_k() {
-        x16::test_support::bench_kernel::<Kernel>();
     }
 }
