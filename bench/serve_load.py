@@ -3,12 +3,14 @@ the same model file and thread count, alternating by level in one run: aggregate
 p50/p99 request latency and p50 time to first token for each number of clients C.
 
     python bench/serve_load.py MODEL [--llama-cpp DIR] [-c 1 2 4 8 16 32] [--tokens 48]
-        [-t 2] [--parallel 16] [--rounds 2]
+        [-t 2] [--parallel 16] [--rounds 2] [--vs-bench ROUNDS]
 
 Each of the C clients sends `--rounds` streaming /v1/completions requests one after another
 (a different prompt each, `--tokens` tokens, temperature 0.8, end of generation banned so
 every request makes exactly that many tokens). Aggregate = all tokens / wall time of the
-level. Without --llama-cpp (or LLAMA_CPP_DIR) only llama-rs runs.
+level. Without --llama-cpp (or LLAMA_CPP_DIR) only llama-rs runs. `--vs-bench N` first runs N
+alternating rounds of one client against our server and of `llama-rs bench` tg, and prints the
+ratio of their decode speeds (issue 16's "C = 1 within 5% of bench").
 """
 
 from __future__ import annotations
@@ -84,7 +86,11 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[
 
 
 async def level(server: Server, clients: int, rounds: int, tokens: int, ban: dict, extra: dict) -> dict:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 4)) as client:
+    # A new connection per request: llama-server c392e50 closes idle keep-alive connections,
+    # and a request sent on one as it closes fails with "Server disconnected without sending
+    # a response" while the server runs on.
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(limits=limits) as client:
 
         async def user(i: int) -> list[tuple[float, float, int]]:
             out = []
@@ -106,6 +112,8 @@ async def level(server: Server, clients: int, rounds: int, tokens: int, ban: dic
         wall = time.perf_counter() - t0
     lat = sorted(r[0] for r in results)
     made = sum(r[2] for r in results)
+    # Per request: the tokens after the first over the time after the first.
+    decode = [(n - 1) / (t - first) for t, first, n in results if n > 1 and t > first]
     return {
         "server": server.name,
         "clients": clients,
@@ -114,6 +122,7 @@ async def level(server: Server, clients: int, rounds: int, tokens: int, ban: dic
         "p50": statistics.median(lat),
         "p99": lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))],
         "ttft_p50": statistics.median(r[1] for r in results),
+        "decode_p50": statistics.median(decode) if decode else float("nan"),
     }
 
 
@@ -140,6 +149,27 @@ def run_level(server: Server, clients: int, a: argparse.Namespace, ban: dict, ex
     raise AssertionError("unreachable")
 
 
+def bench_tg(a: argparse.Namespace) -> float:
+    """`llama-rs bench`'s single-stream generation speed (tok/s) on the same file and threads."""
+    cmd = [sys.executable, "-m", "llama_rs_cli.app", "bench", "-m", str(a.model), "-t", str(a.threads),
+           "-p", "16", "-n", str(a.tokens), "-r", "1", "--json"]  # fmt: skip
+    rows = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return next(r["tg_tokens_per_second"] for r in rows if "tg_tokens_per_second" in r)
+
+
+def vs_bench(server: Server, a: argparse.Namespace, ban: dict) -> None:
+    """Issue 16's "C = 1 within 5% of `llama-rs bench`": `--vs-bench` rounds, alternating, of
+    one client's requests (decode speed after the first token) and of `llama-rs bench` tg."""
+    served, benched = [], []
+    for _ in range(a.vs_bench):
+        served.append(run_level(server, 1, a, ban, {})["decode_p50"])
+        benched.append(bench_tg(a))
+    s, b = statistics.median(served), statistics.median(benched)
+    print(f"# C = 1 against llama-rs bench, {a.vs_bench} alternating rounds: one client decodes at "
+          f"{s:.1f} tok/s per request after its first token ({min(served):.1f}-{max(served):.1f}), "
+          f"bench tg{a.tokens} {b:.1f} ({min(benched):.1f}-{max(benched):.1f}): {s / b:.3f}", flush=True)  # fmt: skip
+
+
 def eog_ids(model: Path) -> list[int]:
     import llama_rs
 
@@ -156,6 +186,8 @@ def main() -> None:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=16, help="sequences at once, both servers (-np)")
     ap.add_argument("--ctx", type=int, default=512, help="context per sequence")
+    ap.add_argument("--vs-bench", type=int, default=0, metavar="ROUNDS",
+                    help="first, ROUNDS alternating runs of one client and of `llama-rs bench` tg")  # fmt: skip
     a = ap.parse_args()
 
     ban = {str(t): -100 for t in eog_ids(a.model)}
@@ -184,9 +216,11 @@ def main() -> None:
         servers.append((peer, {"ignore_eos": True}))
     print(f"# {time.strftime('%Y-%m-%d')}  {cpu_line()}; {a.model.name}; -t {a.threads} -np {a.parallel}")
     print(f"# {' '.join(sys.argv)}")
-    print("| C | server | tok/s (aggregate) | p50 latency | p99 latency | TTFT p50 |")
-    print("|---|---|---|---|---|---|")
     try:
+        if a.vs_bench:
+            vs_bench(ours, a, ban)
+        print("| C | server | tok/s (aggregate) | p50 latency | p99 latency | TTFT p50 |")
+        print("|---|---|---|---|---|---|")
         for c in a.clients:
             for server, extra in servers:  # alternating: the same moment of the machine for both
                 r = run_level(server, c, a, ban, extra)
