@@ -49,6 +49,8 @@ pub struct Event {
     pub tokens: usize,
     /// Tokens of the prompt (those reused from the prefix cache included).
     pub prompt_tokens: usize,
+    /// Of those, the ones reused from the prefix cache (not evaluated again).
+    pub cached_tokens: usize,
     /// The log-probabilities of the tokens sampled since the last event (when asked for).
     pub logprobs: Vec<TokenLogprob>,
     /// Set (and `finish` None) when the sequence failed: this is its last event.
@@ -56,13 +58,14 @@ pub struct Event {
 }
 
 impl Event {
-    fn of(id: u64, piece: Option<String>, gen: &mut Generation) -> Event {
+    fn of(id: u64, cached_tokens: usize, piece: Option<String>, gen: &mut Generation) -> Event {
         Event {
             id,
             piece,
             finish: gen.finish,
             tokens: gen.generated,
             prompt_tokens: gen.prompt_tokens,
+            cached_tokens,
             logprobs: gen.take_logprobs(),
             error: None,
         }
@@ -75,6 +78,7 @@ impl Event {
             finish: None,
             tokens: job.gen.as_ref().map_or(0, |g| g.generated),
             prompt_tokens: job.prompt.len(),
+            cached_tokens: job.cached,
             logprobs: Vec::new(),
             error: Some(e.to_string()),
         }
@@ -87,6 +91,8 @@ struct Job {
     params: Option<GenerateParams>,
     /// Prompt tokens already in the cache.
     fed: usize,
+    /// Prompt tokens the prefix cache held when it started.
+    cached: usize,
     gen: Option<Generation>,
     /// Cells the pool keeps for this sequence: all it may hold.
     reserved: usize,
@@ -330,6 +336,7 @@ impl Batch {
             prompt: prompt.to_vec(),
             params: Some(params),
             fed: keep,
+            cached: keep,
             gen: None,
             reserved,
         });
@@ -376,7 +383,7 @@ impl Batch {
             if let Some(gen) = job.gen.as_mut() {
                 match gen.next_input(&slot.session)? {
                     Next::Done(piece) => {
-                        events.push(Event::of(job.id, piece, gen));
+                        events.push(Event::of(job.id, job.cached, piece, gen));
                         Self::release(slot, &mut self.clock);
                     }
                     Next::Eval(t) => {
@@ -480,7 +487,7 @@ impl Batch {
                 Next::Eval(_) => unreachable!("logits were just fed"),
             };
             let finish = gen.finish;
-            events.push(Event::of(job.id, piece, gen));
+            events.push(Event::of(job.id, job.cached, piece, gen));
             if finish.is_some() {
                 Self::release(slot, &mut self.clock);
             }
@@ -658,7 +665,11 @@ mod tests {
         let a = b.add(&history, params(1, 3)).unwrap();
         let o = b.add(&other, params(2, 3)).unwrap();
         while b.active() > 0 {
-            b.step().unwrap();
+            let ev = b.step().unwrap();
+            assert!(
+                ev.iter().all(|e| e.cached_tokens == 0),
+                "nothing cached yet: {ev:?}"
+            );
         }
         let _ = (a, o);
         // The next turn extends the history: only its new tokens are evaluated (one step
@@ -673,9 +684,14 @@ mod tests {
             slot.session.tokens().starts_with(&history[..20]),
             "prefix kept"
         );
-        assert_eq!(slot.job.as_ref().unwrap().fed, slot.session.tokens().len());
+        let kept = slot.session.tokens().len();
+        assert_eq!(slot.job.as_ref().unwrap().fed, kept);
         let ev = b2.step().unwrap();
         assert_eq!(ev.len(), 1, "the whole new part fit in one chunk: {ev:?}");
+        assert_eq!(
+            ev[0].cached_tokens, kept,
+            "its event counts the reused tokens"
+        );
         assert_eq!(
             alone(&model, &longer, params(3, 1)).0,
             ev[0].piece.clone().unwrap_or_default()

@@ -316,9 +316,9 @@ impl BatchEngine {
     }
 
     /// One forward pass over every running sequence: its events, each `(id, piece or None,
-    /// finish or None, tokens generated, prompt tokens, [(id, logprob, top)] of the tokens
-    /// sampled since the last event, error or None)`; an error (finish None) ends that
-    /// sequence alone.
+    /// finish or None, tokens generated, prompt tokens, prompt tokens reused from the prefix
+    /// cache, [(id, logprob, top)] of the tokens sampled since the last event, error or
+    /// None)`; an error (finish None) ends that sequence alone.
     fn step(&self, py: Python<'_>) -> PyResult<Vec<BatchEvent>> {
         let batch = &self.batch;
         let events = run(py, move || lock_batch(batch).step())?;
@@ -331,6 +331,7 @@ impl BatchEngine {
                     e.finish.map(|f| f.as_str()),
                     e.tokens,
                     e.prompt_tokens,
+                    e.cached_tokens,
                     e.logprobs.into_iter().map(logprob_tuple).collect(),
                     e.error,
                 )
@@ -395,6 +396,7 @@ type BatchEvent = (
     u64,
     Option<String>,
     Option<&'static str>,
+    usize,
     usize,
     usize,
     Vec<(u32, f64, Top)>,

@@ -154,6 +154,28 @@ def test_load_leaves_no_kv_cells_or_memory_behind(batch_server: Server) -> None:
     assert rss_after - rss_before < 16 << 20, (rss_before, rss_after)
 
 
+def test_usage_counts_the_prompt_tokens_taken_from_the_prefix_cache(batch_server: Server) -> None:
+    """OpenAI's `usage.prompt_tokens_details.cached_tokens`: a prompt that extends one just
+    served reuses its KV cells, and says how many (the /metrics counter adds them up)."""
+    history = "Zebras of the northern plains " + " ".join(["fortune cookie never lies"] * 6)
+    before = metrics(batch_server)["llama_rs_prompt_tokens_cached_total"]
+    first = batch_server.post("/v1/completions", {"prompt": history, "max_tokens": 4, "temperature": 0})
+    assert first.status_code == 200, first.text
+    u1 = first.json()["usage"]
+    # Only the first token or so can be shared with another prompt: nothing of this text was seen.
+    assert u1["prompt_tokens_details"]["cached_tokens"] < u1["prompt_tokens"] // 2, u1
+    turn = batch_server.post(
+        "/v1/completions", {"prompt": history + " and then a second turn", "max_tokens": 4, "temperature": 0}
+    )
+    assert turn.status_code == 200, turn.text
+    u2 = turn.json()["usage"]
+    # All of the first prompt but the tokens at its end, which the new text may tokenize
+    # differently; never the last prompt token, whose logits are not kept.
+    assert u1["prompt_tokens"] - 2 <= u2["prompt_tokens_details"]["cached_tokens"] < u2["prompt_tokens"], (u1, u2)
+    after = metrics(batch_server)["llama_rs_prompt_tokens_cached_total"]
+    assert after - before == u1["prompt_tokens_details"]["cached_tokens"] + u2["prompt_tokens_details"]["cached_tokens"]
+
+
 def test_metrics_declare_every_sample(batch_server: Server) -> None:
     text = httpx.get(batch_server.url + "/metrics").text
     names = set(re.findall(r"^# TYPE ([a-z_]+) (?:gauge|counter)$", text, re.M))

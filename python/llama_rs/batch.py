@@ -31,6 +31,8 @@ class BatchEvent:
     #: Tokens generated so far.
     tokens: int
     prompt_tokens: int
+    #: Of the prompt's tokens, those reused from the prefix cache (not evaluated again).
+    cached_tokens: int
     #: (id, logprob, top) of the tokens sampled since the sequence's last event.
     logprobs: List[Tuple[int, float, List[Tuple[int, float]]]]
     #: Set (and `finish` None) when the sequence failed, e.g. the machine had no memory to

@@ -200,7 +200,13 @@ class Pool:
         #: Totals over the server's life (the workers' own counts restart with them).
         #: route_fallbacks: requests whose prompt start was remembered on a worker with no
         #: free slot (or since replaced), sent to another.
-        self.counters = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "route_fallbacks": 0}
+        self.counters = {
+            "requests": 0,
+            "prompt_tokens": 0,
+            "cached_prompt_tokens": 0,
+            "generated_tokens": 0,
+            "route_fallbacks": 0,
+        }
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: Optional[asyncio.Task] = None
 
@@ -477,6 +483,7 @@ class Pool:
         """A request's `done` message, into the totals."""
         self.counters["requests"] += 1
         self.counters["prompt_tokens"] += done.get("prompt_tokens", 0)
+        self.counters["cached_prompt_tokens"] += done.get("cached_tokens", 0)
         self.counters["generated_tokens"] += done.get("tokens", 0)
 
     def record(self, entry: dict) -> None:

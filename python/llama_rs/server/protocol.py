@@ -17,7 +17,7 @@ Messages (worker -> front):
     {"stats": {"active": 2, "kv_used": 300, ...}, "pid": 123}    answer to {"op": "stats"}
     {"echo": "prompt text", "logprobs": [TOKEN, ...]?}          first, when echo was asked
     {"text": "piece", "logprobs": [TOKEN, ...]?}                a piece of the generation
-    {"done": true, "tokens": 12, "prompt_tokens": 3, "finish_reason": "length", ...}
+    {"done": true, "tokens": 12, "prompt_tokens": 3, "cached_tokens": 0, "finish_reason": "length", ...}
     {"error": {"message": "...", "type": "invalid_request_error", "param": "top_p"}}
 
 TOKEN is `{"id": 5, "bytes": [32, 104], "logprob": -0.3, "top": [[id, [bytes], logprob], ...]}`,

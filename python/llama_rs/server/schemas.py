@@ -201,10 +201,16 @@ class ChatRequest(OpenAIRequest):
         return data
 
 
+class PromptTokensDetails(BaseModel):
+    #: Prompt tokens whose KV cells came from the prefix cache instead of being evaluated.
+    cached_tokens: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(BaseModel):

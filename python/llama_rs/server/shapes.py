@@ -40,11 +40,22 @@ class Choice:
 
 
 def usage(choices: list[Choice]) -> dict:
-    """Prompt tokens once per prompt (choices of one prompt share it), completions summed."""
+    """Prompt tokens once per prompt (choices of one prompt share it), completions summed;
+    `prompt_tokens_details.cached_tokens` (OpenAI's field): the prompt tokens taken from the
+    prefix cache, once per prompt (those every choice of it reused)."""
     per_prompt = {c.prompt_index: c.done.get("prompt_tokens", 0) for c in choices}
+    cached: dict[int, int] = {}
+    for c in choices:
+        n = c.done.get("cached_tokens", 0)
+        cached[c.prompt_index] = min(cached.get(c.prompt_index, n), n)
     prompt = sum(per_prompt.values())
     completion = sum(c.done.get("tokens", 0) for c in choices)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(cached.values())},
+    }
 
 
 def token_text(t: dict) -> str:

@@ -307,6 +307,7 @@ class Lease:
                 "done": True,
                 "tokens": last.tokens,
                 "prompt_tokens": last.prompt_tokens,
+                "cached_tokens": last.cached_tokens,
                 "finish_reason": last.finish,
                 "started": started,
                 "ended": ended,
