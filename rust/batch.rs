@@ -58,14 +58,14 @@ pub struct Event {
 }
 
 impl Event {
-    fn of(id: u64, cached_tokens: usize, piece: Option<String>, gen: &mut Generation) -> Event {
+    fn of(id: u64, piece: Option<String>, gen: &mut Generation) -> Event {
         Event {
             id,
             piece,
             finish: gen.finish,
             tokens: gen.generated,
             prompt_tokens: gen.prompt_tokens,
-            cached_tokens,
+            cached_tokens: gen.cached_tokens,
             logprobs: gen.take_logprobs(),
             error: None,
         }
@@ -383,7 +383,7 @@ impl Batch {
             if let Some(gen) = job.gen.as_mut() {
                 match gen.next_input(&slot.session)? {
                     Next::Done(piece) => {
-                        events.push(Event::of(job.id, job.cached, piece, gen));
+                        events.push(Event::of(job.id, piece, gen));
                         Self::release(slot, &mut self.clock);
                     }
                     Next::Eval(t) => {
@@ -475,6 +475,7 @@ impl Batch {
                     job.gen.insert(Generation::after_prompt(
                         &slot.session,
                         &job.prompt,
+                        job.cached,
                         params,
                         l,
                     ))
@@ -487,7 +488,7 @@ impl Batch {
                 Next::Eval(_) => unreachable!("logits were just fed"),
             };
             let finish = gen.finish;
-            events.push(Event::of(job.id, job.cached, piece, gen));
+            events.push(Event::of(job.id, piece, gen));
             if finish.is_some() {
                 Self::release(slot, &mut self.clock);
             }

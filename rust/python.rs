@@ -696,6 +696,13 @@ struct GenerationIter {
     generation: Mutex<Generation>,
 }
 
+impl GenerationIter {
+    /// The generation, for a look at its counts (a panic elsewhere left it usable).
+    fn locked(&self) -> MutexGuard<'_, Generation> {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[pymethods]
 impl GenerationIter {
     /// Next piece of text ("" while a character or a stop string is incomplete), or None at the end.
@@ -712,35 +719,26 @@ impl GenerationIter {
     /// [(id, logprob, [(id, logprob)] top alternatives)] of the tokens generated since the
     /// last call (empty unless started with logprobs).
     fn take_logprobs(&self) -> Vec<(u32, f64, Top)> {
-        let taken = self
-            .generation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_logprobs();
+        let taken = self.locked().take_logprobs();
         taken.into_iter().map(logprob_tuple).collect()
     }
 
     #[getter]
     fn finish_reason(&self) -> Option<&'static str> {
-        self.generation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .finish
-            .map(|f| f.as_str())
+        self.locked().finish.map(|f| f.as_str())
     }
     #[getter]
     fn generated(&self) -> usize {
-        self.generation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .generated
+        self.locked().generated
     }
     #[getter]
     fn prompt_tokens(&self) -> usize {
-        self.generation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prompt_tokens
+        self.locked().prompt_tokens
+    }
+    /// Prompt tokens the session's cache already held (not evaluated again).
+    #[getter]
+    fn cached_tokens(&self) -> usize {
+        self.locked().cached_tokens
     }
 }
 

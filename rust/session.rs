@@ -154,16 +154,17 @@ impl Session {
             .collect())
     }
 
-    /// Make the cache hold exactly `prompt` and return the logits after its last token,
-    /// reusing the longest prefix already cached (a chat that grows re-evaluates only the end).
-    fn load_prompt(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+    /// Make the cache hold exactly `prompt` and return the logits after its last token and
+    /// how many of its tokens were already cached: the longest prefix already there is
+    /// reused (a chat that grows re-evaluates only the end).
+    fn load_prompt(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         check_prompt(prompt, self.n_ctx(), self.model.config.n_vocab)?;
         let common = common_prefix(&self.tokens, prompt);
         // At least the last prompt token is evaluated again: its logits are not kept.
         let keep = common.min(prompt.len() - 1);
         self.tokens.truncate(keep);
         self.epoch += 1;
-        self.eval_inner(&prompt[keep..], false)
+        Ok((self.eval_inner(&prompt[keep..], false)?, keep))
     }
 }
 
@@ -543,6 +544,8 @@ pub struct Generation {
     /// Text held back because it may be the start of a stop string.
     held: String,
     pub prompt_tokens: usize,
+    /// Of those, the ones the cache already held (not evaluated again).
+    pub cached_tokens: usize,
     pub generated: usize,
     pub finish: Option<FinishReason>,
     /// Log-probabilities recorded since the last `take_logprobs` (when `params.logprobs`).
@@ -554,14 +557,16 @@ impl Generation {
     /// Evaluate the prompt and get ready to generate. `params` come from
     /// `GenerateArgs::validate`; a `seed` of None draws a random one.
     pub fn start(s: &mut Session, prompt: &[u32], params: GenerateParams) -> Result<Generation> {
-        let logits = s.load_prompt(prompt)?;
-        Ok(Generation::after_prompt(s, prompt, params, logits))
+        let (logits, cached) = s.load_prompt(prompt)?;
+        Ok(Generation::after_prompt(s, prompt, cached, params, logits))
     }
 
-    /// A generation whose prompt is already in `s` (its last token's `logits` given).
+    /// A generation whose prompt is already in `s` (its last token's `logits` given; its
+    /// first `cached_tokens` were in the cache before).
     pub fn after_prompt(
         s: &Session,
         prompt: &[u32],
+        cached_tokens: usize,
         params: GenerateParams,
         logits: Vec<f32>,
     ) -> Generation {
@@ -581,6 +586,7 @@ impl Generation {
             decoder,
             held: String::new(),
             prompt_tokens: prompt.len(),
+            cached_tokens,
             generated: 0,
             finish: None,
             logprobs: Vec::new(),

@@ -119,9 +119,14 @@ def test_invalid_sampling_parameters(demo, kwargs, match) -> None:
 def test_prompt_cache_reuse_gives_same_result(demo) -> None:
     m = llama_rs.Model.demo()
     a = m.complete("Q: What is the answer?", max_tokens=20, temp=0)
-    m.complete("Q: What is", max_tokens=3, temp=0)  # shares a prefix
+    short = m.complete("Q: What is", max_tokens=3, temp=0)  # shares a prefix
     b = m.complete("Q: What is the answer?", max_tokens=20, temp=0)
     assert a == b
+    # Each reused what the one before left in the cache: never its last prompt token.
+    assert a.cached_tokens == 0
+    assert short.cached_tokens == short.prompt_tokens - 1
+    # At least the shorter prompt's tokens (more where its generated tokens match the text).
+    assert len(m.tokenize("Q: What is")) <= b.cached_tokens < b.prompt_tokens, b
 
 
 def test_interleaved_generation_is_refused() -> None:

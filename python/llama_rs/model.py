@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, List, Literal, Mapping, Sequence, Tuple
 
 from . import _core
-from .batch import BatchEngine
+from .batch import BatchEngine, BatchEvent
 from .chat import check_messages, render_chat
 from .generation import DEFAULTS
 
@@ -46,6 +46,10 @@ class Completion:
     finish_reason: FinishReason
     #: One entry per generated token when asked for (`logprobs=n`), else None.
     logprobs: list[TokenLogprob] | None = None
+    #: Of the prompt's tokens, those reused from the cache of an earlier prompt that started
+    #: the same way (not evaluated again). How the result was reached, not part of it: two
+    #: completions of the same text compare equal whatever their caches held.
+    cached_tokens: int = field(kw_only=True, compare=False)
 
 
 def _default_threads() -> int:
@@ -350,6 +354,7 @@ class Model:
             prompt_tokens=gen.prompt_tokens,
             finish_reason=gen.finish_reason,
             logprobs=gen.take_logprobs() if logprobs is not None else None,
+            cached_tokens=gen.cached_tokens,
         )
 
     # -- batches ----------------------------------------------------------------------------
@@ -379,10 +384,9 @@ class Model:
 
     def _events(
         self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None, params: Mapping[str, Any]
-    ) -> Iterator[tuple[int, str | None, str | None, int, list]]:
+    ) -> Iterator[tuple[int, BatchEvent]]:
         """Start a batch over `prompts` (checking the parameters and the first prompts now)
-        and return its events: (prompt index, piece or None, finish reason or None, tokens,
-        log-probabilities)."""
+        and return its events, each with the index of its prompt."""
         waiting = [(i, p if isinstance(p, str) else list(p)) for i, p in enumerate(prompts)]
         if not waiting:
             BatchEngine.arguments(params)  # still checked
@@ -398,14 +402,14 @@ class Model:
 
         admit()
 
-        def run() -> Iterator[tuple[int, str | None, str | None, int, list]]:
+        def run() -> Iterator[tuple[int, BatchEvent]]:
             done = 0
             while done < len(index) or waiting:
                 for e in batch.step():
                     if e.error is not None:  # its cache could not grow: no text to give
                         raise MemoryError(e.error)
                     done += e.finish is not None
-                    yield index[e.id], e.piece, e.finish, e.tokens, e.logprobs
+                    yield index[e.id], e
                 admit()
 
         return run()
@@ -447,31 +451,30 @@ class Model:
                 frequency_penalty=frequency_penalty, logit_bias=logit_bias,
             ),
         )  # fmt: skip
-        return ((i, piece) for i, piece, _, _, _ in events if piece)
+        return ((i, e.piece) for i, e in events if e.piece)
 
     def complete_many(
         self, prompts: Sequence[str | Sequence[int]], n_parallel: int | None = None, **params: Any
     ) -> list[Completion]:
         """`complete` for every prompt at once (see `generate_many`), in prompt order;
         `params` are `complete`'s."""
-        events = self._events(prompts, n_parallel, params)
-        texts, counts, reasons = [""] * len(prompts), [0] * len(prompts), [None] * len(prompts)
+        texts = [""] * len(prompts)
+        last: dict[int, BatchEvent] = {}  # each prompt's latest event: its final one at the end
         logprobs: list[list[TokenLogprob]] = [[] for _ in prompts]
-        for i, piece, finish, tokens, lps in events:
-            texts[i] += piece or ""
-            counts[i] = tokens
-            logprobs[i] += lps
-            if finish is not None:
-                reasons[i] = finish
+        for i, e in self._events(prompts, n_parallel, params):
+            texts[i] += e.piece or ""
+            logprobs[i] += e.logprobs
+            last[i] = e
         return [
             Completion(
-                text=t,
-                tokens=n,
-                prompt_tokens=len(self.tokenize(p)) if isinstance(p, str) else len(p),
-                finish_reason=r,
-                logprobs=lp if params.get("logprobs") is not None else None,
+                text=texts[i],
+                tokens=last[i].tokens,
+                prompt_tokens=last[i].prompt_tokens,
+                finish_reason=last[i].finish,
+                logprobs=logprobs[i] if params.get("logprobs") is not None else None,
+                cached_tokens=last[i].cached_tokens,
             )
-            for t, n, r, p, lp in zip(texts, counts, reasons, prompts, logprobs)
+            for i in range(len(prompts))
         ]
 
     # -- chat -------------------------------------------------------------------------------
@@ -533,13 +536,15 @@ class Model:
             prompt_tokens=gen.prompt_tokens,
             finish_reason=gen.finish_reason,
             logprobs=gen.take_logprobs() if params.get("logprobs") is not None else None,
+            cached_tokens=gen.cached_tokens,
         )
 
 
 class Generation(Iterator[str]):
     """A generation in progress: iterate for text pieces (never half a UTF-8 character).
 
-    `tokens`, `prompt_tokens` and `finish_reason` (None until it ends) describe it so far;
+    `tokens`, `prompt_tokens`, `cached_tokens` and `finish_reason` (None until it ends)
+    describe it so far;
     `prompt_seconds` is the time taken by the prompt, `gen_seconds` by the tokens since.
     """
 
@@ -569,6 +574,12 @@ class Generation(Iterator[str]):
     @property
     def prompt_tokens(self) -> int:
         return self._core.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        """Of the prompt's tokens, those the model's cache already held from an earlier
+        prompt that started the same way (not evaluated again)."""
+        return self._core.cached_tokens
 
     @property
     def finish_reason(self) -> FinishReason | None:
