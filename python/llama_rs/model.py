@@ -544,8 +544,8 @@ class Generation(Iterator[str]):
     """A generation in progress: iterate for text pieces (never half a UTF-8 character).
 
     `tokens`, `prompt_tokens`, `cached_tokens` and `finish_reason` (None until it ends)
-    describe it so far;
-    `prompt_seconds` is the time taken by the prompt, `gen_seconds` by the tokens since.
+    describe it so far; `prompt_seconds` is the time taken by the prompt, `gen_seconds` by the
+    tokens since.
     """
 
     def __init__(self, core, prompt_seconds: float):
